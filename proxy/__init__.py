@@ -1,0 +1,3 @@
+"""registry-proxy: a pull-through caching container registry."""
+
+__version__ = "0.1.0"
