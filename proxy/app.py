@@ -1,0 +1,168 @@
+"""The aiohttp application: routes, middlewares, and the resources opened for its lifetime."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxy import routes
+from proxy.cache.blobs import BlobCache
+from proxy.cache.manifests import ManifestCache
+from proxy.config import Settings, UpstreamSettings
+from proxy.errors import RegistryError
+from proxy.logs import begin_request
+from proxy.services import Services, StorageHealth
+from proxy.storage import Storage, StorageError
+from proxy.storage.filesystem import FilesystemStorage
+from proxy.upstream.client import RETRY_DELAYS, RegistryClient
+from proxy.upstream.registry import Upstreams
+
+log = structlog.get_logger("proxy.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Largest request line / header field we accept from clients (registry requests are small).
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+CONNECTION_POOL_SIZE = 100
+
+
+def create_storage(settings: Settings) -> Storage:
+    if settings.storage.is_s3:
+        from proxy.storage.s3 import S3Storage
+
+        return S3Storage(
+            settings.storage.bucket or "",
+            settings.storage.prefix,
+            endpoint_url=settings.s3_endpoint_url,
+        )
+    assert settings.storage.path is not None
+    return FilesystemStorage(settings.storage.path)
+
+
+def spool_dir(settings: Settings) -> Path:
+    if settings.spool_dir is not None:
+        return settings.spool_dir
+    if settings.storage.path is not None:
+        return settings.storage.path / "spool"
+    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    upstream_settings: list[UpstreamSettings] | None = None,
+    retry_delays: tuple[float, ...] | None = None,
+) -> web.Application:
+    """Build the app. ``storage`` and ``retry_delays`` let tests swap parts in."""
+    app = web.Application(
+        middlewares=[access_log_middleware, error_middleware],
+        handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
+    )
+    storage = storage or create_storage(settings)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            await storage.open()
+            health = StorageHealth()
+            clients = [
+                RegistryClient(
+                    upstream,
+                    session,
+                    connect_timeout=settings.upstream_connect_timeout,
+                    read_timeout=settings.upstream_read_timeout,
+                    retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
+                )
+                for upstream in (upstream_settings or [settings.upstream])
+            ]
+            blobs = BlobCache(
+                storage,
+                spool_dir(settings),
+                on_storage_error=health.record,
+                redirect_expires=300 if settings.blob_redirect else None,
+            )
+            blobs.open()
+            manifests = ManifestCache(
+                storage,
+                tag_ttl=settings.tag_ttl,
+                max_manifest_bytes=settings.max_manifest_bytes,
+                on_storage_error=health.record,
+            )
+            upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
+            app[routes.SERVICES] = Services(
+                settings, storage, upstreams, blobs, manifests, storage_health=health
+            )
+            try:
+                yield
+            finally:
+                await blobs.close()
+                await storage.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_route("*", "/v2", routes.api)
+    app.router.add_route("*", "/v2/{tail:.*}", routes.api)
+    return app
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a registry error response; nothing escapes as a bare 500."""
+    head = request.method == "HEAD"
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        return exc.to_response(head=head)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "NOT_FOUND" if exc.status == 404 else "UNSUPPORTED" if exc.status == 405 else None
+        if code is None:
+            raise
+        return RegistryError(code).to_response(head=head)
+    except StorageError as exc:
+        log.error("storage.failed", detail=str(exc))
+        return RegistryError("UNAVAILABLE", detail=f"cache storage: {exc}").to_response(head=head)
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception as exc:
+        log.exception("request.failed", error=repr(exc))
+        return RegistryError("UNKNOWN", detail="internal error").to_response(head=head)
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One log line per request, with what the cache and the upstream did for it."""
+    stats = begin_request()
+    started = time.perf_counter()
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        api_path = request.get("api_path")
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            repository=getattr(api_path, "name", None) or None,
+            reference=getattr(api_path, "reference", None) or None,
+            status=status,
+            bytes=response.body_length if response is not None else 0,
+            cache=stats.cache,
+            upstream_requests=stats.upstream_requests,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            aborted=request.get("aborted"),
+            remote=request.remote,
+        )

@@ -1,0 +1,104 @@
+"""The ``registry-proxy`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from proxy import __version__
+from proxy.config import ConfigError, Settings, load_settings
+from proxy.logs import configure_logging
+
+log = structlog.get_logger("proxy")
+
+# Command-line flags and the environment variable each one overrides.
+_SERVE_FLAGS = {
+    "listen": "PROXY_LISTEN",
+    "storage": "PROXY_STORAGE",
+    "upstream_url": "PROXY_UPSTREAM_URL",
+    "log_format": "PROXY_LOG_FORMAT",
+    "tag_ttl": "PROXY_TAG_TTL",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registry-proxy",
+        description="Pull-through caching container registry. Settings come from PROXY_* "
+        "environment variables (see README); flags override them.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--listen", help="HOST:PORT (PROXY_LISTEN)")
+    serve.add_argument("--storage", help="cache directory or s3://BUCKET/PREFIX (PROXY_STORAGE)")
+    serve.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
+    serve.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
+    serve.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    for flag, variable in _SERVE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            env[variable] = value
+    return load_settings(env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args, dict(os.environ))
+    except ConfigError as exc:
+        print(f"registry-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "serve":
+        return serve(settings)
+    return 2
+
+
+def serve(settings: Settings) -> int:
+    from proxy.app import create_app
+    from proxy.storage import StorageError
+
+    app = create_app(settings)
+    log.info(
+        "proxy.starting",
+        listen=f"{settings.listen_host}:{settings.listen_port}",
+        upstream=settings.upstream.url,
+        upstream_account=settings.upstream.username or "anonymous",
+        storage=str(settings.storage),
+        tag_ttl=settings.tag_ttl,
+    )
+    try:
+        web.run_app(
+            app,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            shutdown_timeout=settings.shutdown_grace,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+        )
+    except StorageError as exc:
+        print(f"registry-proxy: storage error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"registry-proxy: cannot listen on PROXY_LISTEN="
+            f"{settings.listen_host}:{settings.listen_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

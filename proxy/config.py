@@ -1,0 +1,250 @@
+"""Settings, read once from the environment (and command-line overrides) and validated.
+
+Nothing reads the environment at import time: ``load_settings(env)`` builds a frozen ``Settings``
+and raises ``ConfigError`` with one line naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+DOCKER_HUB_HOST = "docker.io"
+
+
+class ConfigError(Exception):
+    """A setting has a value the proxy cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLocation:
+    """Where the cache lives: a local directory, or an S3 bucket and key prefix."""
+
+    path: Path | None = None
+    bucket: str | None = None
+    prefix: str = ""
+
+    @property
+    def is_s3(self) -> bool:
+        return self.bucket is not None
+
+    def __str__(self) -> str:
+        if self.bucket is not None:
+            return f"s3://{self.bucket}/{self.prefix}"
+        return str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """One upstream registry: the host clients name it by, its URL and its account."""
+
+    host: str
+    url: str
+    username: str | None = None
+    password: str = field(default="", repr=False)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.username is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 5000
+    upstream: UpstreamSettings = field(
+        default_factory=lambda: UpstreamSettings(DOCKER_HUB_HOST, DOCKER_HUB_URL)
+    )
+    storage: StorageLocation = field(default_factory=lambda: StorageLocation(Path("./cache")))
+    s3_endpoint_url: str | None = None
+    blob_redirect: bool = False
+    log_format: str = "console"
+    log_level: str = "info"
+    tag_ttl: float = 300.0
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 60.0
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    shutdown_grace: float = 30.0
+    spool_dir: Path | None = None
+
+
+# --- value parsers: each raises ValueError with what is accepted --------------------------------
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:5000")
+    return host.strip("[]"), _port(port)
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError("expected a port number from 1 to 65535")
+    return int(value)
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL, e.g. https://registry-1.docker.io")
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError("expected a registry base URL without path, e.g. https://ghcr.io")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _storage(value: str) -> StorageLocation:
+    if value.startswith("s3://"):
+        bucket, _, prefix = value[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError("expected s3://BUCKET/PREFIX or a directory path")
+        return StorageLocation(bucket=bucket, prefix=prefix.strip("/"))
+    if "://" in value:
+        raise ValueError("expected a directory path or s3://BUCKET/PREFIX")
+    return StorageLocation(path=Path(value).expanduser())
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"expected one of: {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("expected a number of seconds, e.g. 300") from None
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError("expected a number of seconds >= 0")
+    return seconds
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise ValueError("expected a number of seconds > 0")
+    return seconds
+
+
+def _size(value: str) -> int:
+    units = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
+    number = value.rstrip("KkMmIiBb")
+    unit = value[len(number) :].lower()
+    if not number.isdigit() or unit not in units or int(number) == 0:
+        raise ValueError("expected a size in bytes, e.g. 4194304 or 4MiB")
+    return int(number) * units[unit]
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError("expected a non-empty value")
+    return value
+
+
+# Every variable the proxy reads, with what it accepts. Used for validation and for checking
+# deployment files (docker-compose, CDK) against what the proxy really understands.
+ENV_VARS: dict[str, str] = {
+    "PROXY_LISTEN": "HOST:PORT to listen on (default 0.0.0.0:5000)",
+    "PROXY_UPSTREAM_URL": "upstream registry URL (default https://registry-1.docker.io)",
+    "PROXY_UPSTREAM_USERNAME": "upstream account name (anonymous when unset)",
+    "PROXY_UPSTREAM_PASSWORD": "upstream password or access token",
+    "PROXY_STORAGE": "cache directory, or s3://BUCKET/PREFIX (default ./cache)",
+    "PROXY_S3_ENDPOINT_URL": "S3-compatible endpoint URL (default: AWS)",
+    "PROXY_BLOB_REDIRECT": "true: answer cached blob GETs with a 307 to a presigned S3 URL",
+    "PROXY_LOG_FORMAT": "json or console (default console)",
+    "PROXY_LOG_LEVEL": "debug, info, warning or error (default info)",
+    "PROXY_TAG_TTL": "seconds a tag is served without asking the upstream (default 300)",
+    "PROXY_UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream (default 10)",
+    "PROXY_UPSTREAM_READ_TIMEOUT": "seconds of upstream silence before giving up (default 60)",
+    "PROXY_MAX_MANIFEST_SIZE": "largest manifest accepted from the upstream (default 4MiB)",
+    "PROXY_SHUTDOWN_GRACE": "seconds to finish in-flight requests on SIGTERM (default 30)",
+    "PROXY_SPOOL_DIR": "directory for in-flight downloads (default: inside the cache or /tmp)",
+}
+
+
+class _Reader:
+    """Reads prefixed variables from a mapping, collecting the first error with its name."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        assert name in ENV_VARS, name
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from ``env`` (default: the process environment)."""
+    read = _Reader(os.environ if env is None else env)
+    defaults = Settings()
+    host, port = read.get("PROXY_LISTEN", _listen, (defaults.listen_host, defaults.listen_port))
+    username = read.get("PROXY_UPSTREAM_USERNAME", _non_empty, None)
+    password = read.get("PROXY_UPSTREAM_PASSWORD", _non_empty, "")
+    if username is not None and not password:
+        raise ConfigError(
+            "PROXY_UPSTREAM_PASSWORD is not set: it is required with PROXY_UPSTREAM_USERNAME "
+            "(use a Docker Hub access token)"
+        )
+    if password and username is None:
+        raise ConfigError("PROXY_UPSTREAM_USERNAME is not set: it is required with the password")
+    upstream_url = read.get("PROXY_UPSTREAM_URL", _url, DOCKER_HUB_URL)
+    storage = read.get("PROXY_STORAGE", _storage, defaults.storage)
+    blob_redirect = read.get("PROXY_BLOB_REDIRECT", _bool, False)
+    if blob_redirect and not storage.is_s3:
+        raise ConfigError("PROXY_BLOB_REDIRECT=true needs PROXY_STORAGE=s3://BUCKET/PREFIX")
+    spool = read.get("PROXY_SPOOL_DIR", _non_empty, None)
+    return Settings(
+        listen_host=host,
+        listen_port=port,
+        upstream=UpstreamSettings(DOCKER_HUB_HOST, upstream_url, username, password),
+        storage=storage,
+        s3_endpoint_url=read.get("PROXY_S3_ENDPOINT_URL", _url_any, None),
+        blob_redirect=blob_redirect,
+        log_format=read.get("PROXY_LOG_FORMAT", _choice("json", "console"), defaults.log_format),
+        log_level=read.get(
+            "PROXY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), defaults.log_level
+        ),
+        tag_ttl=read.get("PROXY_TAG_TTL", _seconds, defaults.tag_ttl),
+        upstream_connect_timeout=read.get(
+            "PROXY_UPSTREAM_CONNECT_TIMEOUT", _positive_seconds, defaults.upstream_connect_timeout
+        ),
+        upstream_read_timeout=read.get(
+            "PROXY_UPSTREAM_READ_TIMEOUT", _positive_seconds, defaults.upstream_read_timeout
+        ),
+        max_manifest_bytes=read.get("PROXY_MAX_MANIFEST_SIZE", _size, defaults.max_manifest_bytes),
+        shutdown_grace=read.get("PROXY_SHUTDOWN_GRACE", _seconds, defaults.shutdown_grace),
+        spool_dir=Path(spool) if spool else None,
+    )
+
+
+def _url_any(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return value.rstrip("/")

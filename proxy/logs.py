@@ -1,0 +1,81 @@
+"""Logging: structlog configured once, and the per-request statistics the access log reports.
+
+Each request gets a ``RequestStats`` in a context variable. Code deep in the cache or the
+upstream client adds to it (``count_upstream_request``, ``mark_cache``) without being handed it, and
+the access-log middleware writes one line per request from it. Background fetches started by a
+request inherit a copy of the context, so their upstream requests are counted for that request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from dataclasses import dataclass
+
+import structlog
+
+
+@dataclass(slots=True)
+class RequestStats:
+    upstream_requests: int = 0
+    cache: str = "-"  # "hit", "miss", "stale", or "-" when no cache was involved
+
+
+_stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar(
+    "request_stats", default=None
+)
+
+
+def begin_request() -> RequestStats:
+    stats = RequestStats()
+    _stats.set(stats)
+    return stats
+
+
+def count_upstream_request() -> None:
+    stats = _stats.get()
+    if stats is not None:
+        stats.upstream_requests += 1
+
+
+def mark_cache(state: str) -> None:
+    stats = _stats.get()
+    if stats is not None:
+        stats.cache = state
+
+
+_SECRET_KEYS = frozenset({"authorization", "password", "token", "access_token", "secret"})
+
+
+def _redact(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Last line of defence: never write a credential, whatever a caller passed."""
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(log_format: str, level: str = "info") -> None:
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: structlog.types.Processor
+    if log_format == "json":
+        processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

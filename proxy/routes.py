@@ -1,0 +1,227 @@
+"""HTTP handlers for the registry v2 / OCI distribution read API.
+
+Handlers are thin: parse and validate the path, ask the cache, write the response with the headers
+registries send. They never talk to storage or the upstream directly.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlsplit
+
+import structlog
+from aiohttp import web
+
+from proxy.errors import RegistryError
+from proxy.manifest import INDEX_TYPES, default_platform_digest, parse_accept
+from proxy.reference import (
+    ApiPath,
+    Digest,
+    Endpoint,
+    RangeNotSatisfiable,
+    Reference,
+    parse_api_path,
+    parse_range,
+    validate_tag,
+)
+from proxy.services import Services
+from proxy.upstream.errors import UpstreamError, registry_error
+
+log = structlog.get_logger(__name__)
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+READ_METHODS = ("GET", "HEAD")
+MAX_TAGS_PAGE = 10_000
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    """Every ``/v2/...`` request: dispatch on the parsed path."""
+    path = parse_api_path(request.rel_url.raw_path)
+    request["api_path"] = path
+    if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
+        raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
+    services = request.app[SERVICES]
+    try:
+        match path.endpoint:
+            case Endpoint.BASE:
+                return web.json_response({}, headers=API_VERSION)
+            case Endpoint.MANIFEST:
+                return await manifest(request, services, path)
+            case Endpoint.BLOB:
+                return await blob(request, services, path)
+            case Endpoint.TAGS:
+                return await tags_list(request, services, path)
+    except UpstreamError as exc:
+        not_found = {
+            Endpoint.MANIFEST: "MANIFEST_UNKNOWN",
+            Endpoint.BLOB: "BLOB_UNKNOWN",
+        }.get(path.endpoint, "NAME_UNKNOWN")
+        raise registry_error(exc, not_found_code=not_found) from exc
+    raise RegistryError("NOT_FOUND")
+
+
+async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
+    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    reference = Reference.parse(path.reference)
+    head = request.method == "HEAD"
+    if head and reference.digest is not None:
+        media_type, size = await services.manifests.head_by_digest(client, name, reference.digest)
+        return _manifest_response(media_type, reference.digest, size, None, head=True)
+
+    found = await services.manifests.get(client, name, reference)
+    accepted = parse_accept(request.headers.getall("Accept", []))
+    if accepted is not None and found.media_type not in accepted:
+        # A client that cannot read an index gets the linux/amd64 image, as from distribution.
+        platform = (
+            default_platform_digest(found.data, accepted)
+            if found.media_type in INDEX_TYPES
+            else None
+        )
+        if platform is None:
+            raise RegistryError(
+                "MANIFEST_UNKNOWN",
+                detail=f"manifest is {found.media_type}, which the client does not accept",
+            )
+        found = await services.manifests.by_digest(client, name, Digest.parse(platform))
+    warning = (
+        f'110 registry-proxy "served from cache: upstream failed: {found.stale_reason}"'
+        if found.stale_reason
+        else None
+    )
+    return _manifest_response(
+        found.media_type,
+        found.digest,
+        len(found.data),
+        None if head else found.data,
+        head=head,
+        warning=warning,
+    )
+
+
+def _manifest_response(
+    media_type: str,
+    digest: Digest,
+    size: int,
+    body: bytes | None,
+    *,
+    head: bool,
+    warning: str | None = None,
+) -> web.Response:
+    headers = {
+        **API_VERSION,
+        "Content-Type": media_type,
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+    }
+    if warning:
+        headers["Warning"] = warning.replace("\n", " ")[:500]
+    response = web.Response(status=200, body=body, headers=headers)
+    if head:
+        response.content_length = size
+    return response
+
+
+async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
+    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    digest = Digest.parse(path.reference)
+    headers = {
+        **API_VERSION,
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+        "Content-Type": "application/octet-stream",
+    }
+    if request.method == "HEAD":
+        size = await services.blobs.stat(client, name, digest)
+        head_response = web.Response(status=200, headers=headers)
+        if size is not None:
+            head_response.content_length = size
+        return head_response
+
+    content = await services.blobs.get(client, name, digest)
+    if content.redirect_url is not None:
+        raise web.HTTPTemporaryRedirect(content.redirect_url, headers=API_VERSION)
+    byte_range = None
+    if content.size is not None:
+        try:
+            byte_range = parse_range(request.headers.get("Range"), content.size)
+        except RangeNotSatisfiable:
+            raise RegistryError(
+                "RANGE_INVALID",
+                detail=f"blob is {content.size} bytes",
+                headers={"Content-Range": f"bytes */{content.size}"},
+            ) from None
+    response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+    if byte_range is not None:
+        assert content.size is not None
+        response.headers["Content-Range"] = byte_range.content_range(content.size)
+        response.content_length = byte_range.length
+        start, end = byte_range.start, byte_range.end
+    else:
+        response.content_length = content.size
+        start, end = 0, None
+    await response.prepare(request)
+    try:
+        async for chunk in content.read(start, end):
+            await response.write(chunk)
+    except (ConnectionResetError, OSError):
+        raise  # the client went away
+    except Exception as exc:
+        # Headers are sent: the only honest thing left is to break the connection, so the client
+        # sees a failed transfer instead of a complete response with missing or wrong bytes.
+        log.warning("blob.stream_aborted", digest=str(digest), reason=str(exc))
+        request["aborted"] = str(exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def tags_list(request: web.Request, services: Services, path: ApiPath) -> web.Response:
+    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    n = request.query.get("n")
+    if n is not None and (not n.isdigit() or not 0 < int(n) <= MAX_TAGS_PAGE):
+        raise RegistryError(
+            "PAGINATION_NUMBER_INVALID", detail=f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
+        )
+    last = request.query.get("last")
+    if last is not None and last != "":
+        validate_tag(last)
+    body, link = await client.tags_list(name, int(n) if n else None, last or None)
+    headers = {**API_VERSION, "Content-Type": "application/json"}
+    if link:
+        # Point the next page at this proxy's path for the repository, keeping the query.
+        match = re.match(r"\s*<([^>]*)>(.*)", link)
+        if match:
+            query = "&".join(
+                f"{k}={v}"
+                for k, v in parse_qsl(urlsplit(match.group(1)).query)
+                if k in ("n", "last")
+            )
+            headers["Link"] = f"<{request.path}?{query}>{match.group(2)}"
+    return web.Response(status=200, body=body, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the storage answers and no storage error happened recently."""
+    services = request.app[SERVICES]
+    problems: dict[str, str] = {}
+    try:
+        await services.storage.check()
+    except Exception as exc:
+        problems["storage"] = str(exc)
+    else:
+        if services.storage_health.recently_failed():
+            problems["storage"] = f"recent error: {services.storage_health.last_error}"
+    status = 503 if problems else 200
+    return web.json_response(
+        {"status": "ok" if not problems else "degraded", **problems}, status=status
+    )

@@ -1,0 +1,194 @@
+"""The storage interface every cache backend implements, and its domain errors.
+
+Semantics every backend keeps (the conformance suite in tests/test_storage.py checks them):
+
+- Keys are '/'-separated strings built by ``proxy.cache.keys`` from validated names and digests;
+  backends still refuse any key outside ``KEY_RE`` as a second line of defence.
+- ``writer()`` streams an object in and hashes it as it goes; ``commit()`` makes it visible only if
+  the sha256 and size match, atomically, and never replaces an existing object with other bytes.
+  A mismatch, an ``abort()`` or a crash leaves nothing visible under the key.
+- ``put()`` stores a small object whole (manifests, tag records); ``overwrite=False`` keeps an
+  existing object (content-addressed keys), ``overwrite=True`` replaces it (tag records).
+- ``read()`` streams a byte range of an object; ``stat()`` tells its size and content type.
+
+Exception tree:
+
+    StorageError            the backend failed (I/O error, S3 unreachable, throttled past retries)
+    ObjectNotFound          the key holds nothing (raised by read(); stat() returns None instead)
+    DigestMismatch          commit() found bytes that do not match the expected digest or size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+
+
+class StorageError(Exception):
+    """The storage backend could not do what was asked."""
+
+
+class ObjectNotFound(Exception):
+    """No object is stored under the key."""
+
+
+class DigestMismatch(Exception):
+    """Streamed bytes did not hash to the digest they were promised to have."""
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.fullmatch(key) or ".." in key.split("/"):
+        raise ValueError(f"invalid storage key: {key!r}")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    size: int
+    content_type: str | None = None
+
+
+class BlobWriter(ABC):
+    """A streaming write that becomes visible only when ``commit()`` verified the bytes.
+
+    Subclasses implement ``_write``, ``_commit`` and ``_abort``; hashing and the size check live
+    here once, so every backend verifies the same way.
+    """
+
+    #: Whether a successful commit leaves the object in storage.
+    stores = True
+
+    def __init__(self, key: str, expected_hex: str, expected_size: int | None) -> None:
+        self.key = key
+        self.expected_hex = expected_hex
+        self.expected_size = expected_size
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._closed = False
+
+    async def write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        if self.expected_size is not None and self.size > self.expected_size:
+            await self.abort()
+            raise DigestMismatch(f"{self.key}: more than the expected {self.expected_size} bytes")
+        await self._write(chunk)
+
+    def verify(self) -> None:
+        """Raise DigestMismatch unless what was written is exactly the expected content."""
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise DigestMismatch(
+                f"{self.key}: got {self.size} bytes, expected {self.expected_size}"
+            )
+        actual = self._hash.hexdigest()
+        if actual != self.expected_hex:
+            raise DigestMismatch(f"{self.key}: content hashes to sha256:{actual}")
+
+    async def commit(self) -> None:
+        try:
+            self.verify()
+        except DigestMismatch:
+            await self.abort()
+            raise
+        self._closed = True
+        await self._commit()
+
+    async def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._abort()
+
+    async def detach(self) -> BlobWriter:
+        """Give up storing (the backend failed) but keep verifying: abort, and return a writer
+        that carries on hashing from where this one stopped."""
+        await self.abort()
+        verifier = DiscardingWriter(self.key, self.expected_hex, self.expected_size)
+        verifier._hash = self._hash.copy()
+        verifier.size = self.size
+        return verifier
+
+    @abstractmethod
+    async def _write(self, chunk: bytes) -> None: ...
+
+    @abstractmethod
+    async def _commit(self) -> None: ...
+
+    @abstractmethod
+    async def _abort(self) -> None: ...
+
+
+class DiscardingWriter(BlobWriter):
+    """Verifies a stream without storing it: used when the storage backend is unavailable."""
+
+    stores = False
+
+    async def _write(self, chunk: bytes) -> None:
+        pass
+
+    async def _commit(self) -> None:
+        pass
+
+    async def _abort(self) -> None:
+        pass
+
+
+class Storage(ABC):
+    """A cache backend. See the module docstring for the semantics every backend keeps."""
+
+    #: Short name for logs and metrics.
+    kind: str = "storage"
+
+    async def open(self) -> None:
+        """Acquire resources and check the backend is usable; raise StorageError if not."""
+
+    async def close(self) -> None:
+        """Release resources."""
+
+    @abstractmethod
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """Size and content type of the object, or None when there is none."""
+
+    @abstractmethod
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes ``start`` to ``end`` (inclusive; None = to the end) of the object."""
+
+    @abstractmethod
+    async def get(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        """A whole small object and its info, or None when there is none."""
+
+    @abstractmethod
+    async def put(
+        self, key: str, data: bytes, *, content_type: str | None = None, overwrite: bool = False
+    ) -> bool:
+        """Store a small object whole. Returns False if it existed and overwrite is False."""
+
+    @abstractmethod
+    async def writer(
+        self,
+        key: str,
+        expected_hex: str,
+        expected_size: int | None = None,
+        *,
+        content_type: str | None = None,
+    ) -> BlobWriter:
+        """Start a verified streaming write of the object with the given sha256."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the object if present."""
+
+    @abstractmethod
+    def keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key under ``prefix`` (for scans and maintenance, not for the request path)."""
+
+    async def check(self) -> None:
+        """Raise StorageError when the backend cannot serve right now (readiness)."""
+
+    async def presigned_url(self, key: str, expires_in: int) -> str | None:
+        """A URL the client can fetch the object from directly, where the backend has one."""
+        return None

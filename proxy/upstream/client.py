@@ -1,0 +1,372 @@
+"""The upstream registry client: manifests, blobs and tags from one registry.
+
+One ``RegistryClient`` per upstream, all sharing the app's connection pool. It authenticates with
+the registry's token flow (``TokenAuth``), follows blob redirects itself so that the registry's
+Authorization header never reaches another host (Docker Hub sends blobs from a CDN), and retries
+only what is safe to retry: requests that got no response or a 502/503/504, before any body byte
+was handed to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import structlog
+
+from proxy.config import UpstreamSettings
+from proxy.logs import count_upstream_request
+from proxy.manifest import UPSTREAM_ACCEPT, media_type_of
+from proxy.reference import Digest
+from proxy.upstream.auth import TokenAuth
+from proxy.upstream.errors import (
+    UpstreamDenied,
+    UpstreamError,
+    UpstreamInvalid,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+log = structlog.get_logger(__name__)
+
+CHUNK_SIZE = 256 * 1024
+MAX_REDIRECTS = 5
+RETRY_DELAYS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
+_RETRYABLE_STATUS = {502, 503, 504}
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Docker Hub's pull quota as reported on manifest responses (None: not reported)."""
+
+    limit: int | None
+    remaining: int | None
+    window: int | None
+    source: str | None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
+        limit, window = _quota(headers.get("ratelimit-limit"))
+        remaining, remaining_window = _quota(headers.get("ratelimit-remaining"))
+        source = headers.get("docker-ratelimit-source")
+        if limit is None and remaining is None:
+            return None
+        return cls(limit, remaining, window or remaining_window, source)
+
+
+def _quota(value: str | None) -> tuple[int | None, int | None]:
+    """Parse ``100;w=21600`` into (100, 21600)."""
+    if not value:
+        return None, None
+    match = re.fullmatch(r"\s*(\d+)\s*(?:;\s*w\s*=\s*(\d+))?.*", value)
+    if not match:
+        return None, None
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHead:
+    digest: Digest | None  # None when the upstream sent no Docker-Content-Digest
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestBody:
+    data: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(slots=True)
+class BlobStream:
+    """An open upstream blob response: its size (when known) and its chunks."""
+
+    size: int | None
+    chunks: AsyncIterator[bytes]
+
+
+RateLimitListener = Callable[[str, RateLimit, bool], None]
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        on_rate_limit: RateLimitListener | None = None,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ) -> None:
+        self.settings = settings
+        self.host = settings.host
+        self._base = settings.url.rstrip("/")
+        self._origin = _origin(self._base)
+        self._session = session
+        # Every call is bounded: connecting, and each wait for more bytes. A complete blob may take
+        # long, so there is no total limit, but a silent upstream is given up after read_timeout.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        )
+        self._auth = TokenAuth(session, settings.username, settings.password, self._timeout)
+        self._on_rate_limit = on_rate_limit
+        self._retry_delays = retry_delays
+
+    # --- manifests ------------------------------------------------------------------------------
+
+    async def head_manifest(self, name: str, reference: str) -> ManifestHead:
+        """Resolve a tag or digest without spending a pull (Docker Hub does not count HEADs)."""
+        async with self._request(
+            "HEAD", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
+        ) as response:
+            self._report_rate_limit(response, counted=False)
+            digest_header = response.headers.get("Docker-Content-Digest")
+            try:
+                digest = Digest.parse(digest_header) if digest_header else None
+            except Exception:
+                digest = None
+            return ManifestHead(
+                digest,
+                media_type_of(b"", response.headers.get("Content-Type")),
+                response.content_length,
+            )
+
+    async def get_manifest(self, name: str, reference: str, max_bytes: int) -> ManifestBody:
+        """Fetch manifest bytes (a counted pull on Docker Hub), verified when fetched by digest."""
+        async with self._request(
+            "GET", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
+        ) as response:
+            self._report_rate_limit(response, counted=True)
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise UpstreamInvalid(
+                    f"manifest is {response.content_length} bytes, over the limit"
+                )
+            data = await self._read_limited(response, max_bytes)
+            content_type = response.headers.get("Content-Type")
+        digest = Digest.of(data)
+        if reference.startswith("sha256:") and str(digest) != reference:
+            raise UpstreamInvalid(f"manifest {reference} has bytes that hash to {digest}")
+        return ManifestBody(data, media_type_of(data, content_type), digest)
+
+    async def _read_limited(self, response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+        data = bytearray()
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise UpstreamInvalid(f"manifest is over the {max_bytes} bytes limit")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(f"manifest body broken: {_describe(exc)}") from exc
+        return bytes(data)
+
+    # --- blobs ----------------------------------------------------------------------------------
+
+    async def head_blob(self, name: str, digest: Digest) -> int | None:
+        async with self._request("HEAD", name, f"/blobs/{digest}", {}, "BLOB_UNKNOWN") as response:
+            return response.content_length
+
+    @asynccontextmanager
+    async def open_blob(self, name: str, digest: Digest) -> AsyncIterator[BlobStream]:
+        """Open a blob for streaming; the chunks raise UpstreamUnavailable if the stream breaks."""
+        async with self._request("GET", name, f"/blobs/{digest}", {}, "BLOB_UNKNOWN") as response:
+            yield BlobStream(response.content_length, self._chunks(response, digest))
+
+    async def _chunks(
+        self, response: aiohttp.ClientResponse, digest: Digest
+    ) -> AsyncIterator[bytes]:
+        received = 0
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+                received += len(chunk)
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"blob {digest} stream broken after {received} bytes: {_describe(exc)}"
+            ) from exc
+
+    # --- tags -----------------------------------------------------------------------------------
+
+    async def tags_list(
+        self, name: str, n: int | None, last: str | None
+    ) -> tuple[bytes, str | None]:
+        """One page of the tag list (body bytes and the Link header, if any)."""
+        query = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
+        path = "/tags/list" + (
+            "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
+        )
+        async with self._request("GET", name, path, {}, "NAME_UNKNOWN") as response:
+            body = await self._read_limited(response, 16 * 1024 * 1024)
+            return body, response.headers.get("Link")
+
+    async def ping(self) -> None:
+        """Raise UpstreamUnavailable unless the registry answers its base endpoint at all."""
+        count_upstream_request()
+        try:
+            async with self._session.get(f"{self._base}/v2/", timeout=self._timeout) as response:
+                if response.status >= 500:
+                    raise UpstreamUnavailable(f"/v2/ answered {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(_describe(exc)) from exc
+
+    # --- the request machinery ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _request(
+        self, method: str, name: str, path: str, headers: dict[str, str], not_found_code: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        response = await self._send_with_retries(method, name, path, headers)
+        try:
+            await _raise_for_status(response, method, f"{name}{path}", not_found_code)
+            yield response
+        finally:
+            response.release()
+
+    async def _send_with_retries(
+        self, method: str, name: str, path: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        url = f"{self._base}/v2/{name}{path}"
+        scope = f"repository:{name}:pull"
+        attempts = len(self._retry_delays) + 1
+        for attempt in range(attempts):
+            last_attempt = attempt == attempts - 1
+            try:
+                response = await self._send_authorized(method, url, scope, headers)
+            except UpstreamUnavailable as exc:
+                if last_attempt:
+                    raise
+                log.info("upstream.retry", method=method, url=url, reason=exc.detail)
+            else:
+                if response.status not in _RETRYABLE_STATUS or last_attempt:
+                    return response
+                response.release()
+                log.info("upstream.retry", method=method, url=url, status=response.status)
+            await asyncio.sleep(self._retry_delays[attempt] * random.uniform(0.8, 1.2))
+        raise AssertionError("unreachable")
+
+    async def _send_authorized(
+        self, method: str, url: str, scope: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        authorization = self._auth.cached(scope)
+        if authorization is None and self._auth.knows_realm():
+            authorization = await self._auth.authorize(scope, None)
+        response = await self._send(method, url, headers, authorization)
+        if response.status != 401:
+            return response
+        # The token is missing, expired or for another scope: take the challenge and try once more.
+        challenge = response.headers.get("WWW-Authenticate")
+        response.release()
+        self._auth.forget(scope)
+        authorization = await self._auth.authorize(scope, challenge)
+        if authorization is None:
+            raise UpstreamDenied(
+                "authentication required and the proxy has no upstream credentials "
+                "(set PROXY_UPSTREAM_USERNAME and PROXY_UPSTREAM_PASSWORD)",
+                status=401,
+                code="UNAUTHORIZED",
+            )
+        return await self._send(method, url, headers, authorization)
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], authorization: str | None
+    ) -> aiohttp.ClientResponse:
+        """Send one request, following redirects; Authorization goes only to the registry."""
+        for _ in range(MAX_REDIRECTS + 1):
+            request_headers = dict(headers)
+            if authorization and _origin(url) == self._origin:
+                request_headers["Authorization"] = authorization
+            count_upstream_request()
+            try:
+                response = await self._session.request(
+                    method,
+                    url,
+                    headers=request_headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamUnavailable(f"{method} {_redact_url(url)}: {_describe(exc)}") from exc
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECT_STATUS or not location:
+                return response
+            response.release()
+            url = urljoin(url, location)
+            if method != "HEAD" and response.status == 303:
+                method = "GET"
+        raise UpstreamInvalid(f"more than {MAX_REDIRECTS} redirects")
+
+    def _report_rate_limit(self, response: aiohttp.ClientResponse, *, counted: bool) -> None:
+        if self._on_rate_limit is None:
+            return
+        rate_limit = RateLimit.from_headers(response.headers)
+        if rate_limit is not None or counted:
+            self._on_rate_limit(self.host, rate_limit or RateLimit(None, None, None, None), counted)
+
+
+async def _raise_for_status(
+    response: aiohttp.ClientResponse, method: str, what: str, not_found_code: str
+) -> None:
+    status = response.status
+    if 200 <= status < 300:
+        return
+    code, message = await _error_body(response) if method != "HEAD" else (None, None)
+    detail = f"{method} {what} answered {status}" + (f" {code}: {message}" if code else "")
+    if status == 429:
+        raise UpstreamRateLimited(detail, retry_after=response.headers.get("Retry-After"))
+    if status == 404:
+        raise UpstreamNotFound(detail, status=status, code=code or not_found_code)
+    if status in (401, 403):
+        raise UpstreamDenied(detail, status=status, code=code)
+    if status >= 500:
+        raise UpstreamUnavailable(detail, status=status, code=code)
+    raise UpstreamInvalid(detail, status=status, code=code)
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> tuple[str | None, str | None]:
+    """The first (code, message) of a registry error body, if the body is one."""
+    try:
+        raw = await response.content.read(64 * 1024)
+        errors = json.loads(raw).get("errors") or []
+        first = errors[0]
+        return str(first.get("code")), str(first.get("message"))
+    except Exception:
+        return None, None
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def _redact_url(url: str) -> str:
+    """Drop the query string: presigned CDN URLs carry credentials in it."""
+    return url.split("?", 1)[0]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+__all__ = [
+    "BlobStream",
+    "ManifestBody",
+    "ManifestHead",
+    "RateLimit",
+    "RegistryClient",
+    "UpstreamError",
+]

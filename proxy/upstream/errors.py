@@ -1,0 +1,70 @@
+"""What can go wrong talking to an upstream registry.
+
+    UpstreamError             base; carries the upstream's status, error code and message
+    ├── UpstreamUnavailable   could not connect, timed out, 5xx, or a broken stream
+    ├── UpstreamRateLimited   429: the account or address is over its pull limit
+    ├── UpstreamNotFound      404: the repository, manifest or blob does not exist
+    ├── UpstreamDenied        401/403 even with the proxy's credentials
+    └── UpstreamInvalid       the upstream answered something unusable (bad digest, too large)
+
+The HTTP edge maps each to a registry error (``registry_error``); the cache uses the type to
+decide whether serving stale content is allowed.
+"""
+
+from __future__ import annotations
+
+from proxy.errors import RegistryError, too_many_requests
+
+
+class UpstreamError(Exception):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.code = code
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamRateLimited(UpstreamError):
+    def __init__(self, detail: str, *, retry_after: str | None = None) -> None:
+        super().__init__(detail, status=429, code="TOOMANYREQUESTS")
+        self.retry_after = retry_after
+
+
+class UpstreamNotFound(UpstreamError):
+    pass
+
+
+class UpstreamDenied(UpstreamError):
+    pass
+
+
+class UpstreamInvalid(UpstreamError):
+    pass
+
+
+_NOT_FOUND_CODES = {"NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"}
+
+
+def registry_error(exc: UpstreamError, *, not_found_code: str) -> RegistryError:
+    """The registry error a client should see for an upstream failure with nothing cached."""
+    detail = f"upstream: {exc.detail}"
+    if isinstance(exc, UpstreamRateLimited):
+        return too_many_requests(exc.retry_after, detail)
+    if isinstance(exc, UpstreamNotFound):
+        code = exc.code if exc.code in _NOT_FOUND_CODES else not_found_code
+        return RegistryError(code, detail=detail)
+    if isinstance(exc, UpstreamDenied):
+        return RegistryError("DENIED" if exc.status == 403 else "UNAUTHORIZED", detail=detail)
+    if isinstance(exc, UpstreamInvalid):
+        return RegistryError("UNAVAILABLE", status=502, detail=detail)
+    return RegistryError("UNAVAILABLE", detail=detail, headers={"Retry-After": "10"})

@@ -1,0 +1,88 @@
+"""Settings from the environment: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.config import DOCKER_HUB_URL, ConfigError, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 5000)
+    assert settings.upstream.url == DOCKER_HUB_URL
+    assert settings.upstream.username is None
+    assert settings.storage.path == Path("cache")
+    assert settings.log_format == "console"
+    assert settings.tag_ttl == 300
+
+
+def test_values_are_parsed() -> None:
+    settings = load_settings(
+        {
+            "PROXY_LISTEN": "127.0.0.1:8080",
+            "PROXY_UPSTREAM_URL": "http://127.0.0.1:5001/",
+            "PROXY_UPSTREAM_USERNAME": "user",
+            "PROXY_UPSTREAM_PASSWORD": "dckr_pat_secret",
+            "PROXY_STORAGE": "s3://bucket/some/prefix/",
+            "PROXY_LOG_FORMAT": "JSON",
+            "PROXY_TAG_TTL": "0",
+            "PROXY_MAX_MANIFEST_SIZE": "1MiB",
+        }
+    )
+    assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 8080)
+    assert settings.upstream.url == "http://127.0.0.1:5001"
+    assert settings.storage.bucket == "bucket" and settings.storage.prefix == "some/prefix"
+    assert settings.log_format == "json"
+    assert settings.tag_ttl == 0
+    assert settings.max_manifest_bytes == 1024 * 1024
+    assert "dckr_pat_secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "accepted"),
+    [
+        ({"PROXY_LISTEN": "5000"}, "PROXY_LISTEN", "HOST:PORT"),
+        ({"PROXY_LISTEN": "0.0.0.0:99999"}, "PROXY_LISTEN", "1 to 65535"),
+        ({"PROXY_UPSTREAM_URL": "ftp://x"}, "PROXY_UPSTREAM_URL", "http"),
+        ({"PROXY_UPSTREAM_URL": "https://x/path"}, "PROXY_UPSTREAM_URL", "without path"),
+        ({"PROXY_LOG_FORMAT": "xml"}, "PROXY_LOG_FORMAT", "json, console"),
+        ({"PROXY_TAG_TTL": "soon"}, "PROXY_TAG_TTL", "seconds"),
+        ({"PROXY_TAG_TTL": "-1"}, "PROXY_TAG_TTL", ">= 0"),
+        ({"PROXY_STORAGE": "gs://bucket"}, "PROXY_STORAGE", "s3://"),
+        ({"PROXY_STORAGE": "s3://"}, "PROXY_STORAGE", "s3://BUCKET"),
+        ({"PROXY_BLOB_REDIRECT": "maybe"}, "PROXY_BLOB_REDIRECT", "true or false"),
+        ({"PROXY_BLOB_REDIRECT": "true"}, "PROXY_BLOB_REDIRECT", "s3://"),
+        ({"PROXY_UPSTREAM_USERNAME": "u"}, "PROXY_UPSTREAM_PASSWORD", "access token"),
+        ({"PROXY_UPSTREAM_PASSWORD": "p"}, "PROXY_UPSTREAM_USERNAME", "required"),
+        ({"PROXY_MAX_MANIFEST_SIZE": "big"}, "PROXY_MAX_MANIFEST_SIZE", "4MiB"),
+    ],
+)
+def test_errors_name_the_variable_and_what_is_accepted(
+    env: dict[str, str], variable: str, accepted: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(variable) and accepted in message
+    assert "\n" not in message
+
+
+def test_cli_reports_a_bad_setting_in_one_line_without_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env={"PROXY_LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "PROXY_LOG_FORMAT" in lines[0] and "json, console" in lines[0]
+    assert "Traceback" not in result.stderr
