@@ -117,26 +117,25 @@ def create_app(
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a registry error response; nothing escapes as a bare 500."""
-    head = request.method == "HEAD"
     try:
         return await handler(request)
     except RegistryError as exc:
-        return exc.to_response(head=head)
+        return exc.to_response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = "NOT_FOUND" if exc.status == 404 else "UNSUPPORTED" if exc.status == 405 else None
         if code is None:
             raise
-        return RegistryError(code).to_response(head=head)
+        return RegistryError(code).to_response()
     except StorageError as exc:
         log.error("storage.failed", detail=str(exc))
-        return RegistryError("UNAVAILABLE", detail=f"cache storage: {exc}").to_response(head=head)
+        return RegistryError("UNAVAILABLE", detail=f"cache storage: {exc}").to_response()
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception as exc:
         log.exception("request.failed", error=repr(exc))
-        return RegistryError("UNKNOWN", detail="internal error").to_response(head=head)
+        return RegistryError("UNKNOWN", detail="internal error").to_response()
 
 
 @web.middleware
@@ -151,7 +150,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
-        api_path = request.get("api_path")
+        api_path = request.get(routes.API_PATH)
         log.info(
             "request",
             method=request.method,
@@ -163,6 +162,6 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             cache=stats.cache,
             upstream_requests=stats.upstream_requests,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
-            aborted=request.get("aborted"),
+            aborted=request.get(routes.ABORTED),
             remote=request.remote,
         )

@@ -59,20 +59,15 @@ class RegistryError(Exception):
         self.headers = headers or {}
         super().__init__(f"{code}: {detail or self.message}")
 
-    def to_response(self, *, head: bool = False) -> web.Response:
+    def to_response(self) -> web.Response:
+        """The error response (aiohttp sends only the headers when the request was a HEAD)."""
         body = json.dumps(
             {"errors": [{"code": self.code, "message": self.message, "detail": self.detail}]}
         ).encode()
         headers = {"Docker-Distribution-API-Version": "registry/2.0", **self.headers}
-        response = web.Response(
-            status=self.status,
-            body=None if head else body,
-            content_type="application/json",
-            headers=headers,
+        return web.Response(
+            status=self.status, body=body, content_type="application/json", headers=headers
         )
-        if head:
-            response.content_length = len(body)
-        return response
 
 
 def too_many_requests(retry_after: str | None, detail: str) -> RegistryError:

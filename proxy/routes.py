@@ -30,6 +30,8 @@ from proxy.upstream.errors import UpstreamError, registry_error
 log = structlog.get_logger(__name__)
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+API_PATH: web.RequestKey[ApiPath] = web.RequestKey("api_path", ApiPath)
+ABORTED: web.RequestKey[str] = web.RequestKey("aborted", str)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
@@ -38,7 +40,7 @@ MAX_TAGS_PAGE = 10_000
 async def api(request: web.Request) -> web.StreamResponse:
     """Every ``/v2/...`` request: dispatch on the parsed path."""
     path = parse_api_path(request.rel_url.raw_path)
-    request["api_path"] = path
+    request[API_PATH] = path
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
     services = request.app[SERVICES]
@@ -116,9 +118,17 @@ def _manifest_response(
     }
     if warning:
         headers["Warning"] = warning.replace("\n", " ")[:500]
-    response = web.Response(status=200, body=body, headers=headers)
-    if head:
-        response.content_length = size
+    if body is not None:
+        return web.Response(status=200, body=body, headers=headers)
+    return _headers_only(headers, size)
+
+
+def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
+    """A HEAD answer announcing the entity's length without having its bytes at hand."""
+    response = web.Response(status=200, headers=headers)
+    if size is not None:
+        # aiohttp computes Content-Length from the body; for HEAD we state it ourselves.
+        response.headers["Content-Length"] = str(size)
     return response
 
 
@@ -135,10 +145,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
     }
     if request.method == "HEAD":
         size = await services.blobs.stat(client, name, digest)
-        head_response = web.Response(status=200, headers=headers)
-        if size is not None:
-            head_response.content_length = size
-        return head_response
+        return _headers_only(headers, size)
 
     content = await services.blobs.get(client, name, digest)
     if content.redirect_url is not None:
@@ -172,7 +179,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
         log.warning("blob.stream_aborted", digest=str(digest), reason=str(exc))
-        request["aborted"] = str(exc)
+        request[ABORTED] = str(exc)
         if request.transport is not None:
             request.transport.abort()
         return response

@@ -1,10 +1,530 @@
-"""S3 storage: placeholder until the S3 backend lands (issue 3)."""
+"""The cache in S3 (or any S3-compatible server), shared by every proxy instance on the bucket.
+
+Objects live at ``<prefix>/<key>`` in the bucket (just ``<key>`` when the prefix is empty).
+
+One aiobotocore client is created in ``open()`` and closed in ``close()``. Credentials and region
+come from the standard AWS chain: environment variables locally, the task role on Fargate (region
+``us-east-1`` when none is configured). ``open()`` checks the bucket with HeadBucket, so a missing
+bucket or bad credentials stop start-up with one line that names the bucket.
+
+Writes never replace an object with other bytes. Content-addressed objects are written with
+``If-None-Match: *`` (PutObject, and CompleteMultipartUpload for large blobs): when writers in
+several instances race on the same digest, the first one to finish stores the object and the others
+get 412 PreconditionFailed (or 409 ConditionalRequestConflict while the first is in progress),
+which means "already there, same bytes" and counts as success.
+
+A blob writer buffers up to ``part_size`` bytes. A blob that fits in one part goes up with one
+PutObject at commit; a larger one becomes a multipart upload while it streams: each full part is
+uploaded in the background while the next one fills, so at most two parts are held in memory
+whatever the blob size. ``commit()`` (called only after the base class verified the digest)
+completes the upload; a mismatch, ``abort()`` or any failure aborts it, so nothing is left behind.
+(A process killed mid-upload leaves an incomplete multipart upload: the bucket's lifecycle rule
+``AbortIncompleteMultipartUpload`` removes those.)
+
+Errors: throttling (SlowDown, 503), other 5xx responses, connection errors and timeouts are retried
+with exponential backoff by botocore's retry handler (``retries={"mode": ..., "max_attempts": ...}``
+in the client config; "standard" mode by default, "adaptive" adds client-side rate limiting). What
+still fails after the retries, and every other S3 error, is raised as ``StorageError`` naming the
+operation, the key and S3's error code, except "no such key", which is ``None`` from ``stat()`` and
+``get()`` and ``ObjectNotFound`` from ``read()``. A body that breaks off while streaming is not
+retried (the bytes already went to the client): it raises ``StorageError``.
+
+S3 stores ``binary/octet-stream`` as the content type of an object written without one; ``stat()``
+reports that as ``None``, the same as the filesystem backend.
+"""
 
 from __future__ import annotations
 
-from proxy.storage.base import Storage
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from proxy.storage.base import (
+    BlobWriter,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    check_key,
+)
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+#: S3's smallest part size (for every part but the last).
+MIN_PART_SIZE = 5 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
+READ_CHUNK = 256 * 1024
+DEFAULT_REGION = "us-east-1"
+#: The content type S3 gives an object stored without one.
+S3_DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+#: Conditional-write failures: the object exists (412), or a write of it is in progress (409).
+EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
+
+_S3Error = (ClientError, BotoCoreError)
 
 
-class S3Storage(Storage):  # type: ignore[misc]
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None = None) -> None:
-        raise NotImplementedError("S3 storage is not implemented yet")
+def error_code(exc: BaseException) -> str:
+    """S3's error code ("NoSuchKey", "SlowDown", "403", ...), or the exception's class name."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status) if status else "Unknown"
+    return type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        message = exc.response.get("Error", {}).get("Message") or ""
+        code = error_code(exc)
+        return f"{code} ({message})" if message and message != code else code
+    return f"{type(exc).__name__}: {exc}"
+
+
+class S3Storage(Storage):
+    kind = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        endpoint_url: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        region: str | None = None,
+        retry_mode: str = "standard",
+        max_attempts: int = 5,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_pool_connections: int = 64,
+        path_style: bool | None = None,
+    ) -> None:
+        """``path_style`` None means path-style addressing with a custom ``endpoint_url`` (what
+        S3-compatible servers expect) and the AWS default otherwise."""
+        if part_size < 1:
+            raise ValueError("part_size must be positive")
+        if retry_mode not in {"standard", "adaptive", "legacy"}:
+            raise ValueError(f"unknown retry mode: {retry_mode!r}")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.part_size = part_size
+        self.region = region
+        self.retry_mode = retry_mode
+        self.max_attempts = max_attempts
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_pool_connections = max_pool_connections
+        self.path_style = endpoint_url is not None if path_style is None else path_style
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Storage(s3://{self.bucket}/{self.prefix})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        session = AioSession()
+        region = self.region or session.get_config_variable("region") or DEFAULT_REGION
+        config = AioConfig(
+            region_name=region,
+            signature_version="s3v4",
+            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_pool_connections=self.max_pool_connections,
+            s3={"addressing_style": "path" if self.path_style else "auto"},
+        )
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._client = await stack.enter_async_context(
+                session.create_client("s3", endpoint_url=self.endpoint_url, config=config)
+            )
+            self._stack = stack
+            await self._check_bucket(region)
+        except BaseException:
+            self._client = None
+            self._stack = None
+            await stack.aclose()
+            raise
+        log.info(
+            "storage.opened",
+            backend="s3",
+            bucket=self.bucket,
+            prefix=self.prefix,
+            region=region,
+            endpoint_url=self.endpoint_url,
+        )
+
+    async def _check_bucket(self, region: str) -> None:
+        where = f"S3 bucket {self.bucket!r}"
+        if self.endpoint_url:
+            where += f" at {self.endpoint_url}"
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise StorageError(
+                f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, or run with a task role) (PROXY_STORAGE)"
+            ) from None
+        except ClientError as exc:
+            code = error_code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            if code in {"404", "NoSuchBucket", "NotFound"} or status == 404:
+                detail = "does not exist"
+            elif code in {"403", "AccessDenied", "Forbidden"} or status == 403:
+                detail = (
+                    f"access denied ({_describe(exc)}): check the AWS credentials and that they "
+                    "may use the bucket"
+                )
+            elif status in {301, 307, 400} and headers.get("x-amz-bucket-region"):
+                actual = headers["x-amz-bucket-region"]
+                detail = f"is in region {actual}, not {region} (set AWS_REGION={actual})"
+            else:
+                detail = f"HeadBucket failed: {_describe(exc)}"
+            raise StorageError(f"{where} {detail} (PROXY_STORAGE)") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"{where}: cannot reach S3: {exc} (PROXY_STORAGE)") from None
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def client(self) -> Any:
+        """The aiobotocore S3 client (only between ``open()`` and ``close()``)."""
+        if self._client is None:
+            raise StorageError(f"{self!r} is not open")
+        return self._client
+
+    def object_key(self, key: str) -> str:
+        """The S3 object key of a storage key."""
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, operation: str, key: str | None, exc: BaseException) -> StorageError:
+        target = f"s3://{self.bucket}/{self.object_key(key)}" if key else f"s3://{self.bucket}"
+        return StorageError(f"S3 {operation} {target}: {_describe(exc)}")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        name = self.object_key(key)
+        try:
+            head = await self.client.head_object(Bucket=self.bucket, Key=name)
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND_CODES:
+                return None
+            raise self._error("HeadObject", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("HeadObject", key, exc) from exc
+        return _info(head)
+
+    async def get(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        name = self.object_key(key)
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=name)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND_CODES:
+                return None
+            raise self._error("GetObject", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("GetObject", key, exc) from exc
+        info = _info(response)
+        return data, ObjectInfo(len(data), info.content_type)
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        name = self.object_key(key)
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid byte range {start}-{end}")
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+        if start or end is not None:
+            params["Range"] = f"bytes={start}-{'' if end is None else end}"
+        try:
+            response = await self.client.get_object(**params)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in NOT_FOUND_CODES:
+                raise ObjectNotFound(key) from None
+            if code == "InvalidRange":
+                return  # the range starts at or past the end: nothing to send (as a file would)
+            raise self._error("GetObject", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("GetObject", key, exc) from exc
+        body = response["Body"]
+        try:
+            while True:
+                try:
+                    chunk: bytes = await body.read(READ_CHUNK)
+                except _S3Error as exc:
+                    raise self._error("GetObject (body)", key, exc) from exc
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            body.close()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str | None = None, overwrite: bool = False
+    ) -> bool:
+        params = self._put_params(key, content_type)
+        if not overwrite:
+            params["IfNoneMatch"] = "*"
+        try:
+            await self.client.put_object(Body=data, **params)
+        except ClientError as exc:
+            if not overwrite and error_code(exc) in EXISTS_CODES:
+                return False
+            raise self._error("PutObject", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("PutObject", key, exc) from exc
+        return True
+
+    def _put_params(self, key: str, content_type: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        if content_type is not None:
+            params["ContentType"] = content_type
+        return params
+
+    async def writer(
+        self,
+        key: str,
+        expected_hex: str,
+        expected_size: int | None = None,
+        *,
+        content_type: str | None = None,
+    ) -> S3BlobWriter:
+        check_key(key)
+        if self._client is None:  # fail now rather than at the first part
+            raise StorageError(f"{self!r} is not open")
+        return S3BlobWriter(self, key, expected_hex, expected_size, content_type)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        except _S3Error as exc:
+            raise self._error("DeleteObject", key, exc) from exc
+
+    async def keys(self, prefix: str) -> AsyncIterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for item in page.get("Contents", []):
+                    name: str = item["Key"]
+                    yield name[len(base) :]
+        except _S3Error as exc:
+            raise StorageError(
+                f"S3 ListObjectsV2 s3://{self.bucket}/{base}{prefix}: {_describe(exc)}"
+            ) from exc
+
+    async def check(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except _S3Error as exc:
+            raise self._error("HeadBucket", None, exc) from exc
+
+    async def presigned_url(self, key: str, expires_in: int) -> str | None:
+        try:
+            url: str = await self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self.object_key(key)},
+                ExpiresIn=expires_in,
+            )
+        except _S3Error as exc:
+            raise self._error("presign GetObject", key, exc) from exc
+        return url
+
+
+def _info(response: dict[str, Any]) -> ObjectInfo:
+    content_type = response.get("ContentType")
+    if content_type == S3_DEFAULT_CONTENT_TYPE:
+        content_type = None
+    return ObjectInfo(int(response["ContentLength"]), content_type)
+
+
+class S3BlobWriter(BlobWriter):
+    """Streams a blob into S3: one PutObject when it fits in a part, else a multipart upload.
+
+    Holds the part being filled plus at most one part being uploaded in the background.
+    ``peak_buffered`` records the most bytes it ever held at once (tests check the bound).
+    """
+
+    def __init__(
+        self,
+        storage: S3Storage,
+        key: str,
+        expected_hex: str,
+        expected_size: int | None,
+        content_type: str | None,
+    ) -> None:
+        super().__init__(key, expected_hex, expected_size)
+        self.storage = storage
+        self.content_type = content_type
+        self.object_key = storage.object_key(key)
+        self.upload_id: str | None = None
+        self.peak_buffered = 0
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._next_part = 1
+        self._uploading: asyncio.Task[None] | None = None
+        self._uploading_bytes = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held right now: the part being filled and the one being uploaded."""
+        return len(self._buffer) + self._uploading_bytes
+
+    def _note_peak(self) -> None:
+        self.peak_buffered = max(self.peak_buffered, self.buffered)
+
+    async def _write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        self._note_peak()
+        while len(self._buffer) >= self.storage.part_size:
+            await self._send_part()
+
+    async def _send_part(self) -> None:
+        """Hand the first full part of the buffer to a background upload."""
+        await self._wait_upload()  # at most one part in flight
+        size = self.storage.part_size
+        part = self._buffer
+        if len(part) > size:
+            self._buffer = part[size:]
+            del part[size:]
+        else:
+            self._buffer = bytearray()
+        if self.upload_id is None:
+            await self._create_upload()
+        number = self._next_part
+        self._next_part += 1
+        self._uploading_bytes = len(part)
+        self._uploading = asyncio.create_task(self._upload_part(number, part))
+        self._note_peak()
+
+    async def _create_upload(self) -> None:
+        params: dict[str, Any] = {"Bucket": self.storage.bucket, "Key": self.object_key}
+        if self.content_type is not None:
+            params["ContentType"] = self.content_type
+        try:
+            response = await self.storage.client.create_multipart_upload(**params)
+        except _S3Error as exc:
+            raise self.storage._error("CreateMultipartUpload", self.key, exc) from exc
+        self.upload_id = str(response["UploadId"])
+
+    async def _upload_part(self, number: int, data: bytearray) -> None:
+        try:
+            response = await self.storage.client.upload_part(
+                Bucket=self.storage.bucket,
+                Key=self.object_key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+            )
+        except _S3Error as exc:
+            raise self.storage._error(f"UploadPart {number}", self.key, exc) from exc
+        finally:
+            self._uploading_bytes = 0
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    async def _wait_upload(self) -> None:
+        task, self._uploading = self._uploading, None
+        if task is not None:
+            await task
+
+    async def _commit(self) -> None:
+        try:
+            if self.upload_id is None:
+                await self._put_whole()
+            else:
+                await self._complete()
+        except BaseException:
+            await self._abort()
+            raise
+        finally:
+            self._buffer = bytearray()
+
+    async def _put_whole(self) -> None:
+        params = self.storage._put_params(self.key, self.content_type)
+        try:
+            await self.storage.client.put_object(
+                Body=bytes(self._buffer), IfNoneMatch="*", **params
+            )
+        except ClientError as exc:
+            if error_code(exc) in EXISTS_CODES:
+                log.debug("storage.already_stored", key=self.key, code=error_code(exc))
+                return
+            raise self.storage._error("PutObject", self.key, exc) from exc
+        except BotoCoreError as exc:
+            raise self.storage._error("PutObject", self.key, exc) from exc
+
+    async def _complete(self) -> None:
+        await self._wait_upload()
+        if self._buffer:
+            await self._upload_part(self._next_part, self._buffer)
+            self._next_part += 1
+        parts = sorted(self._parts, key=lambda part: int(part["PartNumber"]))
+        try:
+            await self.storage.client.complete_multipart_upload(
+                Bucket=self.storage.bucket,
+                Key=self.object_key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if error_code(exc) in EXISTS_CODES:
+                # Another writer stored this digest first: same bytes. A refused completion
+                # leaves our upload pending, so abort it.
+                log.debug("storage.already_stored", key=self.key, code=error_code(exc))
+                await self._abort()
+                return
+            raise self.storage._error("CompleteMultipartUpload", self.key, exc) from exc
+        except BotoCoreError as exc:
+            raise self.storage._error("CompleteMultipartUpload", self.key, exc) from exc
+        self.upload_id = None
+
+    async def _abort(self) -> None:
+        """Drop the buffer and any multipart upload; never raises (a failed abort is logged)."""
+        self._buffer = bytearray()
+        task, self._uploading = self._uploading, None
+        if task is not None:
+            task.cancel()
+            # Wait for it without raising its error (or swallowing our own cancellation).
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()
+        upload_id, self.upload_id = self.upload_id, None
+        if upload_id is None:
+            return
+        try:
+            await self.storage.client.abort_multipart_upload(
+                Bucket=self.storage.bucket, Key=self.object_key, UploadId=upload_id
+            )
+        except _S3Error as exc:
+            # The bucket's AbortIncompleteMultipartUpload lifecycle rule cleans it up later.
+            log.warning(
+                "storage.abort_failed",
+                key=self.key,
+                upload_id=upload_id,
+                detail=_describe(exc),
+            )

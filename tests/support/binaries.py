@@ -1,0 +1,89 @@
+"""Locating the real programs the end-to-end tests run, and picking free ports.
+
+A missing program skips the test with a reason that names the program and the Debian package
+that provides it.  CI sets ``PROXY_TEST_REQUIRE_BINARIES=1``: there a missing program fails the
+test instead, so a broken install step cannot hide behind a row of skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+REQUIRE_ENV = "PROXY_TEST_REQUIRE_BINARIES"
+
+# program name -> Debian package that installs it
+DEBIAN_PACKAGES: dict[str, str] = {
+    "docker-registry": "docker-registry",
+    "skopeo": "skopeo",
+    "busybox": "busybox-static",
+    "htpasswd": "apache2-utils",
+    "jq": "jq",
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "podman": "podman",
+    "buildah": "buildah",
+    "umoci": "umoci",
+}
+
+
+def binaries_required() -> bool:
+    """True when a missing program must fail the test run (CI) rather than skip."""
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing_binaries(*names: str) -> list[str]:
+    return [name for name in names if shutil.which(name) is None]
+
+
+def require_binaries(*names: str) -> dict[str, str]:
+    """Return ``{name: absolute path}`` for each program, or skip/fail the calling test.
+
+    Call it from a test or a fixture.  Skips with a visible reason; fails instead when
+    ``PROXY_TEST_REQUIRE_BINARIES=1``.
+    """
+    missing = missing_binaries(*names)
+    if missing:
+        parts = [
+            f"{name!r} (Debian package: {DEBIAN_PACKAGES.get(name, 'unknown')})" for name in missing
+        ]
+        packages = sorted({DEBIAN_PACKAGES[name] for name in missing if name in DEBIAN_PACKAGES})
+        hint = f"; install with: apt-get install -y {' '.join(packages)}" if packages else ""
+        reason = f"missing program(s) on PATH: {', '.join(parts)}{hint}"
+        if binaries_required():
+            pytest.fail(f"{reason} ({REQUIRE_ENV}=1 makes this a failure)", pytrace=False)
+        pytest.skip(reason)
+    found: dict[str, str] = {}
+    for name in names:
+        path = shutil.which(name)
+        assert path is not None
+        found[name] = path
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = ""
+) -> None:
+    """Poll ``condition`` until it is true; raise TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what or condition!r}")
+        time.sleep(interval)

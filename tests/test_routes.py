@@ -1,0 +1,162 @@
+"""The read API's HTTP surface: headers, errors, negotiation, tag lists, unsupported methods."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import ProxyFactory
+from support.fakehub import DOCKER_MANIFEST, FakeHub
+
+from proxy.manifest import MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+
+ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
+
+
+async def error_code(response: object) -> str:
+    body = await response.json()  # type: ignore[attr-defined]
+    code: str = body["errors"][0]["code"]
+    return code
+
+
+async def test_base_endpoint(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(fakehub)
+    response = await client.get("/v2/")
+    assert response.status == 200
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert fakehub.count(server=None) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v2/library/golang/blobs/uploads/"),
+        ("PUT", "/v2/library/golang/manifests/latest"),
+        ("DELETE", "/v2/library/golang/manifests/latest"),
+        ("PATCH", "/v2/library/golang/blobs/uploads/abc"),
+        ("GET", "/v2/library/golang/blobs/uploads/abc"),
+        ("DELETE", f"/v2/library/golang/blobs/sha256:{'a' * 64}"),
+    ],
+)
+async def test_push_methods_are_unsupported(
+    fakehub: FakeHub, make_proxy: ProxyFactory, method: str, path: str
+) -> None:
+    client = await make_proxy(fakehub)
+    response = await client.request(method, path)
+    assert response.status == 405
+    assert await error_code(response) == "UNSUPPORTED"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v2/Library/golang/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/library/golang/manifests/-bad", 400, "TAG_INVALID"),
+        ("/v2/library/golang/manifests/sha256:abc", 400, "DIGEST_INVALID"),
+        ("/v2/library/golang/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
+        ("/v2/library/golang/blobs/latest", 400, "DIGEST_INVALID"),
+        ("/v2/library/a%2Fb/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/nothing/here", 404, "NOT_FOUND"),
+        # Tags are resolved with HEAD, whose 404 has no body to tell "no repository" apart.
+        ("/v2/library/missing/manifests/latest", 404, "MANIFEST_UNKNOWN"),
+        ("/v2/library/missing/tags/list", 404, "NAME_UNKNOWN"),
+        ("/v2/library/golang/manifests/nosuchtag", 404, "MANIFEST_UNKNOWN"),
+        (f"/v2/library/golang/blobs/sha256:{'0' * 64}", 404, "BLOB_UNKNOWN"),
+    ],
+)
+async def test_errors_in_registry_format(
+    fakehub: FakeHub, make_proxy: ProxyFactory, path: str, status: int, code: str
+) -> None:
+    fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub)
+    response = await client.get(path, headers=ACCEPT_ALL)
+    assert response.status == status
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert await error_code(response) == code
+    head = await client.head(path, headers=ACCEPT_ALL)
+    assert head.status == status
+    assert await head.read() == b""
+
+
+async def test_manifest_headers_and_bytes(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    image = fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub)
+    for path in ("/v2/library/golang/manifests/1.22", "/v2/golang/manifests/1.22"):
+        response = await client.get(path, headers=ACCEPT_ALL)
+        assert response.status == 200
+        assert await response.read() == image.manifest
+        assert response.headers["Content-Type"] == DOCKER_MANIFEST
+        assert response.headers["Docker-Content-Digest"] == image.digest
+        assert response.headers["Content-Length"] == str(len(image.manifest))
+        assert response.headers["ETag"] == f'"{image.digest}"'
+        head = await client.head(path, headers=ACCEPT_ALL)
+        assert head.status == 200
+        assert head.headers["Content-Length"] == str(len(image.manifest))
+        assert head.headers["Docker-Content-Digest"] == image.digest
+        assert await head.read() == b""
+
+
+async def test_ns_parameter_is_accepted(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    image = fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub)
+    response = await client.get(
+        "/v2/library/golang/manifests/1.22?ns=docker.io", headers=ACCEPT_ALL
+    )
+    assert response.status == 200
+    assert response.headers["Docker-Content-Digest"] == image.digest
+
+
+async def test_unconfigured_registry_is_refused(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(fakehub)
+    for path in ("/v2/ghcr.io/owner/repo/manifests/1", "/v2/owner/repo/manifests/1?ns=quay.io"):
+        response = await client.get(path)
+        assert response.status == 403
+        assert await error_code(response) == "DENIED"
+    assert fakehub.count(server=None) == 0
+
+
+async def test_index_negotiation(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    index = fakehub.add_multiarch_image("library/golang", "multi", oci=True)
+    client = await make_proxy(fakehub)
+    full = await client.get("/v2/library/golang/manifests/multi", headers=ACCEPT_ALL)
+    assert full.headers["Content-Type"] == OCI_INDEX
+    assert await full.read() == index.manifest
+    # A client that reads only single-image manifests gets the linux/amd64 one.
+    single = await client.get(
+        "/v2/library/golang/manifests/multi", headers={"Accept": OCI_MANIFEST}
+    )
+    assert single.status == 200
+    assert single.headers["Content-Type"] == OCI_MANIFEST
+    amd64 = next(i for i in index.images if i.platform == "linux/amd64")
+    assert single.headers["Docker-Content-Digest"] == amd64.digest
+    # One that reads neither gets a clear 404.
+    neither = await client.get(
+        "/v2/library/golang/manifests/multi", headers={"Accept": DOCKER_MANIFEST}
+    )
+    assert neither.status == 404
+    assert await error_code(neither) == "MANIFEST_UNKNOWN"
+
+
+async def test_tags_list_pagination(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    for tag in ("a", "b", "c"):
+        fakehub.add_image("library/golang", tag)
+    client: TestClient = await make_proxy(fakehub)  # type: ignore[type-arg]
+    response = await client.get("/v2/golang/tags/list")
+    assert response.status == 200
+    assert json.loads(await response.read())["tags"] == ["a", "b", "c"]
+    page = await client.get("/v2/golang/tags/list?n=2")
+    assert json.loads(await page.read())["tags"] == ["a", "b"]
+    assert page.headers["Link"].startswith("</v2/golang/tags/list?")
+    rest = await client.get("/v2/golang/tags/list?n=2&last=b")
+    assert json.loads(await rest.read())["tags"] == ["c"]
+    bad = await client.get("/v2/golang/tags/list?n=abc")
+    assert bad.status == 400
+    assert await error_code(bad) == "PAGINATION_NUMBER_INVALID"
+
+
+async def test_health_endpoints(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(fakehub)
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200, await ready.text()

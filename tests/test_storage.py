@@ -1,0 +1,388 @@
+"""The storage conformance suite: every backend keeps the semantics in ``proxy.storage.base``.
+
+Each test runs against the local directory backend (on tmp_path) and the S3 backend (on a moto
+server, with S3's smallest part size so that the "large" blobs go up as multipart uploads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.moto import MotoServer
+
+from proxy.storage import (
+    BlobWriter,
+    DigestMismatch,
+    DiscardingWriter,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+)
+from proxy.storage.filesystem import FilesystemStorage
+from proxy.storage.s3 import MIN_PART_SIZE, S3Storage
+
+PART_SIZE = MIN_PART_SIZE
+SMALL = 1000
+LARGE = 2 * PART_SIZE + 12345  # three parts in S3, the last one short
+CHUNK = 1024 * 1024
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_key(data: bytes) -> str:
+    digest = sha256(data)
+    return f"blobs/sha256/{digest[:2]}/{digest}"
+
+
+def chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+async def collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+@dataclass
+class Backend:
+    """An opened storage plus a way to see what an unfinished write left behind."""
+
+    name: str
+    storage: Storage
+    leftovers: Callable[[], Awaitable[list[str]]]
+
+
+BackendFactory = Callable[[], Awaitable[Backend]]
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    if request.param == "filesystem":
+
+        async def filesystem() -> Backend:
+            store = FilesystemStorage(tmp_path / "cache")
+            await store.open()
+
+            async def leftovers() -> list[str]:
+                return sorted(path.name for path in store.tmp_dir.iterdir())
+
+            return Backend("filesystem", store, leftovers)
+
+        return filesystem
+
+    moto: MotoServer = request.getfixturevalue("moto_endpoint")
+    bucket = moto.create_bucket()
+
+    async def s3() -> Backend:
+        store = S3Storage(bucket, "cache/v1", endpoint_url=moto.endpoint_url, part_size=PART_SIZE)
+        await store.open()
+
+        async def leftovers() -> list[str]:
+            uploads = await store.client.list_multipart_uploads(Bucket=bucket)
+            return sorted(str(upload["Key"]) for upload in uploads.get("Uploads", []))
+
+        return Backend("s3", store, leftovers)
+
+    return s3
+
+
+@pytest.fixture
+async def backend(backend_factory: BackendFactory) -> AsyncIterator[Backend]:
+    made = await backend_factory()
+    try:
+        yield made
+    finally:
+        await made.storage.close()
+
+
+@pytest.fixture
+def storage(backend: Backend) -> Storage:
+    return backend.storage
+
+
+async def write_all(writer: BlobWriter, data: bytes) -> None:
+    for chunk in chunks(data):
+        await writer.write(chunk)
+
+
+# -- put / get / stat ---------------------------------------------------------------------------
+
+
+async def test_put_get_stat_with_content_type(storage: Storage) -> None:
+    data = b'{"schemaVersion": 2}'
+    key = "manifests/sha256/ab/" + sha256(data)
+    assert await storage.put(key, data, content_type=MANIFEST_TYPE) is True
+
+    assert await storage.stat(key) == ObjectInfo(len(data), MANIFEST_TYPE)
+    assert await storage.get(key) == (data, ObjectInfo(len(data), MANIFEST_TYPE))
+
+
+async def test_put_without_content_type(storage: Storage) -> None:
+    assert await storage.put("tags/host/library/x/_tag/latest", b"{}") is True
+    assert await storage.stat("tags/host/library/x/_tag/latest") == ObjectInfo(2, None)
+
+
+async def test_missing_object(storage: Storage) -> None:
+    assert await storage.stat("blobs/sha256/00/missing") is None
+    assert await storage.get("blobs/sha256/00/missing") is None
+
+
+async def test_put_without_overwrite_keeps_the_first(storage: Storage) -> None:
+    assert await storage.put("k/one", b"first", content_type="text/plain") is True
+    assert await storage.put("k/one", b"second", content_type="text/other") is False
+    assert await storage.get("k/one") == (b"first", ObjectInfo(5, "text/plain"))
+
+
+async def test_put_with_overwrite_replaces(storage: Storage) -> None:
+    assert await storage.put("k/one", b"first") is True
+    assert await storage.put("k/one", b"second!", overwrite=True) is True
+    found = await storage.get("k/one")
+    assert found is not None
+    assert found[0] == b"second!"
+    assert found[1].size == 7
+
+
+async def test_empty_object(storage: Storage) -> None:
+    assert await storage.put("k/empty", b"") is True
+    assert await storage.stat("k/empty") == ObjectInfo(0, None)
+    assert await collect(storage.read("k/empty")) == b""
+
+
+# -- read ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (0, None, slice(None)),
+        (0, 0, slice(0, 1)),
+        (10, 19, slice(10, 20)),
+        (100_000, None, slice(100_000, None)),
+        (299_999, 299_999, slice(299_999, None)),  # the last byte
+        (299_999, None, slice(299_999, None)),
+        (250_000, 10_000_000, slice(250_000, None)),  # end past the object: to its end
+    ],
+)
+async def test_read_ranges(storage: Storage, start: int, end: int | None, expected: slice) -> None:
+    data = payload(300_000)
+    await storage.put("blobs/x", data)
+    assert await collect(storage.read("blobs/x", start, end)) == data[expected]
+
+
+async def test_read_streams_in_chunks(storage: Storage) -> None:
+    data = payload(3 * CHUNK)
+    await storage.put("blobs/x", data)
+    pieces = [chunk async for chunk in storage.read("blobs/x")]
+    assert len(pieces) > 1
+    assert max(len(piece) for piece in pieces) < len(data)
+    assert b"".join(pieces) == data
+
+
+async def test_read_missing_raises(storage: Storage) -> None:
+    with pytest.raises(ObjectNotFound):
+        await collect(storage.read("blobs/sha256/00/missing"))
+    with pytest.raises(ObjectNotFound):
+        await collect(storage.read("blobs/sha256/00/missing", 5, 10))
+
+
+async def test_read_can_stop_early(storage: Storage) -> None:
+    data = payload(3 * CHUNK)
+    await storage.put("blobs/x", data)
+    stream = storage.read("blobs/x")
+    first = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert data.startswith(first)
+    assert await collect(storage.read("blobs/x", 1, 3)) == data[1:4]
+
+
+# -- streaming writes ---------------------------------------------------------------------------
+
+SIZES = pytest.mark.parametrize("size", [SMALL, LARGE], ids=["one-part", "multipart"])
+
+
+@SIZES
+async def test_writer_commit(backend: Backend, size: int) -> None:
+    storage = backend.storage
+    data = payload(size, seed=size)
+    key = blob_key(data)
+    writer = await storage.writer(key, sha256(data), len(data), content_type=LAYER_TYPE)
+    assert writer.stores
+    await write_all(writer, data)
+    assert await storage.stat(key) is None  # not visible before the commit
+    await writer.commit()
+
+    assert await storage.stat(key) == ObjectInfo(size, LAYER_TYPE)
+    assert await collect(storage.read(key)) == data
+    assert await backend.leftovers() == []
+
+
+async def test_writer_commit_without_expected_size(storage: Storage) -> None:
+    data = payload(SMALL)
+    writer = await storage.writer(blob_key(data), sha256(data))
+    await write_all(writer, data)
+    await writer.commit()
+    assert await collect(storage.read(blob_key(data))) == data
+
+
+async def test_writer_empty_blob(storage: Storage) -> None:
+    writer = await storage.writer(blob_key(b""), sha256(b""), 0)
+    await writer.commit()
+    assert await storage.stat(blob_key(b"")) == ObjectInfo(0, None)
+
+
+@SIZES
+async def test_writer_wrong_bytes(backend: Backend, size: int) -> None:
+    data = payload(size)
+    wrong = bytearray(data)
+    wrong[-1] ^= 0xFF
+    writer = await backend.storage.writer(blob_key(data), sha256(data), len(data))
+    await write_all(writer, bytes(wrong))
+    with pytest.raises(DigestMismatch):
+        await writer.commit()
+    assert await backend.storage.stat(blob_key(data)) is None
+    assert await backend.leftovers() == []
+
+
+@SIZES
+async def test_writer_too_many_bytes(backend: Backend, size: int) -> None:
+    data = payload(size)
+    writer = await backend.storage.writer(blob_key(data), sha256(data), len(data))
+    await write_all(writer, data)
+    with pytest.raises(DigestMismatch):
+        await writer.write(b"x")
+    with pytest.raises(DigestMismatch):
+        await writer.commit()
+    assert await backend.storage.stat(blob_key(data)) is None
+    assert await backend.leftovers() == []
+
+
+@SIZES
+async def test_writer_too_few_bytes(backend: Backend, size: int) -> None:
+    data = payload(size)
+    writer = await backend.storage.writer(blob_key(data), sha256(data), len(data))
+    await write_all(writer, data[:-1])
+    with pytest.raises(DigestMismatch):
+        await writer.commit()
+    assert await backend.storage.stat(blob_key(data)) is None
+    assert await backend.leftovers() == []
+
+
+async def test_writer_too_few_bytes_without_expected_size(backend: Backend) -> None:
+    data = payload(LARGE)
+    writer = await backend.storage.writer(blob_key(data), sha256(data))
+    await write_all(writer, data[:PART_SIZE])
+    with pytest.raises(DigestMismatch):
+        await writer.commit()
+    assert await backend.storage.stat(blob_key(data)) is None
+    assert await backend.leftovers() == []
+
+
+@SIZES
+async def test_writer_abort(backend: Backend, size: int) -> None:
+    data = payload(size)
+    writer = await backend.storage.writer(blob_key(data), sha256(data), len(data))
+    await write_all(writer, data)
+    await writer.abort()
+    await writer.abort()  # idempotent
+    assert await backend.storage.stat(blob_key(data)) is None
+    assert await backend.leftovers() == []
+
+
+async def test_writer_commit_keeps_an_existing_object(storage: Storage) -> None:
+    data = payload(SMALL)
+    key = blob_key(data)
+    first = await storage.writer(key, sha256(data), len(data))
+    second = await storage.writer(key, sha256(data), len(data))
+    await write_all(first, data)
+    await write_all(second, data)
+    await first.commit()
+    await second.commit()  # same digest already stored: fine
+    assert await collect(storage.read(key)) == data
+
+
+@SIZES
+async def test_detached_writer_keeps_verifying(backend: Backend, size: int) -> None:
+    data = payload(size)
+    half = len(data) // 2
+    writer = await backend.storage.writer(blob_key(data), sha256(data), len(data))
+    await write_all(writer, data[:half])
+    verifier = await writer.detach()
+    assert isinstance(verifier, DiscardingWriter)
+    assert not verifier.stores
+    assert verifier.size == half
+    await write_all(verifier, data[half:])
+    await verifier.commit()  # verifies the whole stream: no DigestMismatch
+
+    assert await backend.storage.stat(blob_key(data)) is None  # detached: nothing stored
+    assert await backend.leftovers() == []
+
+    writer = await backend.storage.writer(blob_key(data), sha256(data), len(data))
+    await write_all(writer, data[:half])
+    verifier = await writer.detach()
+    await write_all(verifier, data[half:-1] + b"?")
+    with pytest.raises(DigestMismatch):
+        await verifier.commit()
+
+
+# -- keys / delete ------------------------------------------------------------------------------
+
+
+async def test_keys_and_delete(storage: Storage) -> None:
+    names = [
+        "blobs/sha256/aa/aa01",
+        "blobs/sha256/ab/ab02",
+        "manifests/sha256/aa/aa03",
+        "tags/registry-1.docker.io/library/golang/_tag/1.22",
+    ]
+    for name in names:
+        await storage.put(name, name.encode())
+
+    assert sorted([key async for key in storage.keys("blobs/")]) == names[:2]
+    assert sorted([key async for key in storage.keys("blobs/sha256/ab")]) == names[1:2]
+    assert sorted([key async for key in storage.keys("")]) == names
+    assert [key async for key in storage.keys("nothing/")] == []
+
+    await storage.delete("blobs/sha256/aa/aa01")
+    await storage.delete("blobs/sha256/aa/aa01")  # deleting a missing object is fine
+    await storage.delete("never/there")
+    assert await storage.stat("blobs/sha256/aa/aa01") is None
+    assert sorted([key async for key in storage.keys("blobs/")]) == names[1:2]
+
+
+async def test_check(storage: Storage) -> None:
+    await storage.check()
+
+
+# -- keys are validated -------------------------------------------------------------------------
+
+INVALID_KEYS = ["../x", "/abs", "a//b", "a/../b", "a/", "", "a/./b"]
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS)
+async def test_invalid_keys_are_refused(storage: Storage, key: str) -> None:
+    with pytest.raises(ValueError):
+        await storage.stat(key)
+    with pytest.raises(ValueError):
+        await storage.get(key)
+    with pytest.raises(ValueError):
+        await storage.put(key, b"x")
+    with pytest.raises(ValueError):
+        await collect(storage.read(key))
+    with pytest.raises(ValueError):
+        await storage.writer(key, sha256(b"x"), 1)
+    with pytest.raises(ValueError):
+        await storage.delete(key)
