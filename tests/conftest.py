@@ -50,15 +50,15 @@ async def make_proxy(
 ) -> ProxyFactory:
     """``client = await make_proxy(hub, tag_ttl=0, ...)``: the app on a loopback port.
 
-    Keyword arguments override Settings fields; the cache lives in a fresh directory under
-    tmp_path (``client.app[SERVICES].storage.root``).
+    Keyword arguments override Settings fields; by default the cache lives in a fresh directory
+    under tmp_path (``client.app[SERVICES].storage.root``).
     """
     count = 0
 
     async def make(
         hub: FakeHub,
         *,
-        storage: Storage | None = None,
+        storage_backend: Storage | None = None,
         username: str | None = None,
         password: str = "",
         **overrides: Any,
@@ -72,7 +72,7 @@ async def make_proxy(
             upstream_read_timeout=5.0,
         )
         settings = dataclasses.replace(base, **overrides)
-        app = create_app(settings, storage=storage, retry_delays=(0.01, 0.01))
+        app = create_app(settings, storage=storage_backend, retry_delays=(0.01, 0.01))
         return await aiohttp_client(app)
 
     return make

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -367,6 +368,10 @@ class S3BlobWriter(BlobWriter):
 
     Holds the part being filled plus at most one part being uploaded in the background.
     ``peak_buffered`` records the most bytes it ever held at once (tests check the bound).
+
+    The buffer is an ``io.BytesIO`` handed to botocore as the request body as it is: aiohttp
+    then sends it in 64 KiB pieces, where a ``bytes`` body would be copied whole once or twice
+    more on its way to the socket.
     """
 
     def __init__(
@@ -383,7 +388,8 @@ class S3BlobWriter(BlobWriter):
         self.object_key = storage.object_key(key)
         self.upload_id: str | None = None
         self.peak_buffered = 0
-        self._buffer = bytearray()
+        self._buffer = io.BytesIO()
+        self._buffered = 0
         self._parts: list[dict[str, Any]] = []
         self._next_part = 1
         self._uploading: asyncio.Task[None] | None = None
@@ -392,32 +398,43 @@ class S3BlobWriter(BlobWriter):
     @property
     def buffered(self) -> int:
         """Bytes held right now: the part being filled and the one being uploaded."""
-        return len(self._buffer) + self._uploading_bytes
+        return self._buffered + self._uploading_bytes
 
     def _note_peak(self) -> None:
         self.peak_buffered = max(self.peak_buffered, self.buffered)
 
     async def _write(self, chunk: bytes) -> None:
-        self._buffer += chunk
+        self._buffer.write(chunk)
+        self._buffered += len(chunk)
         self._note_peak()
-        while len(self._buffer) >= self.storage.part_size:
+        while self._buffered >= self.storage.part_size:
             await self._send_part()
+
+    def _take_buffer(self, limit: int | None = None) -> tuple[io.BytesIO, int]:
+        """The buffer (at most ``limit`` bytes of it, rewound) and its size; a new buffer holds
+        the rest."""
+        part, size = self._buffer, self._buffered
+        rest = b""
+        if limit is not None and size > limit:
+            with part.getbuffer() as view:
+                rest = bytes(view[limit:])
+            part.truncate(limit)
+            size = limit
+        self._buffer = io.BytesIO(rest)
+        self._buffer.seek(0, io.SEEK_END)
+        self._buffered = len(rest)
+        part.seek(0)
+        return part, size
 
     async def _send_part(self) -> None:
         """Hand the first full part of the buffer to a background upload."""
         await self._wait_upload()  # at most one part in flight
-        size = self.storage.part_size
-        part = self._buffer
-        if len(part) > size:
-            self._buffer = part[size:]
-            del part[size:]
-        else:
-            self._buffer = bytearray()
         if self.upload_id is None:
             await self._create_upload()
+        part, size = self._take_buffer(self.storage.part_size)
         number = self._next_part
         self._next_part += 1
-        self._uploading_bytes = len(part)
+        self._uploading_bytes = size
         self._uploading = asyncio.create_task(self._upload_part(number, part))
         self._note_peak()
 
@@ -431,19 +448,20 @@ class S3BlobWriter(BlobWriter):
             raise self.storage._error("CreateMultipartUpload", self.key, exc) from exc
         self.upload_id = str(response["UploadId"])
 
-    async def _upload_part(self, number: int, data: bytearray) -> None:
+    async def _upload_part(self, number: int, body: io.BytesIO) -> None:
         try:
             response = await self.storage.client.upload_part(
                 Bucket=self.storage.bucket,
                 Key=self.object_key,
                 UploadId=self.upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=body,
             )
         except _S3Error as exc:
             raise self.storage._error(f"UploadPart {number}", self.key, exc) from exc
         finally:
             self._uploading_bytes = 0
+            body.close()
         self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
 
     async def _wait_upload(self) -> None:
@@ -461,14 +479,13 @@ class S3BlobWriter(BlobWriter):
             await self._abort()
             raise
         finally:
-            self._buffer = bytearray()
+            self._take_buffer()[0].close()
 
     async def _put_whole(self) -> None:
         params = self.storage._put_params(self.key, self.content_type)
+        body, _ = self._take_buffer()
         try:
-            await self.storage.client.put_object(
-                Body=bytes(self._buffer), IfNoneMatch="*", **params
-            )
+            await self.storage.client.put_object(Body=body, IfNoneMatch="*", **params)
         except ClientError as exc:
             if error_code(exc) in EXISTS_CODES:
                 log.debug("storage.already_stored", key=self.key, code=error_code(exc))
@@ -476,11 +493,13 @@ class S3BlobWriter(BlobWriter):
             raise self.storage._error("PutObject", self.key, exc) from exc
         except BotoCoreError as exc:
             raise self.storage._error("PutObject", self.key, exc) from exc
+        finally:
+            body.close()
 
     async def _complete(self) -> None:
         await self._wait_upload()
-        if self._buffer:
-            await self._upload_part(self._next_part, self._buffer)
+        if self._buffered:
+            await self._upload_part(self._next_part, self._take_buffer()[0])
             self._next_part += 1
         parts = sorted(self._parts, key=lambda part: int(part["PartNumber"]))
         try:
@@ -505,7 +524,7 @@ class S3BlobWriter(BlobWriter):
 
     async def _abort(self) -> None:
         """Drop the buffer and any multipart upload; never raises (a failed abort is logged)."""
-        self._buffer = bytearray()
+        self._take_buffer()[0].close()
         task, self._uploading = self._uploading, None
         if task is not None:
             task.cancel()
