@@ -17,6 +17,7 @@ from proxy.cache.manifests import ManifestCache
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import RegistryError
 from proxy.logs import begin_request
+from proxy.metrics import Metrics
 from proxy.services import Services, StorageHealth
 from proxy.storage import Storage, StorageError
 from proxy.storage.filesystem import FilesystemStorage
@@ -72,7 +73,8 @@ def create_app(
         connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             await storage.open()
-            health = StorageHealth()
+            metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
+            health = StorageHealth(metrics)
             clients = [
                 RegistryClient(
                     upstream,
@@ -80,6 +82,7 @@ def create_app(
                     connect_timeout=settings.upstream_connect_timeout,
                     read_timeout=settings.upstream_read_timeout,
                     retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
+                    observer=metrics,
                 )
                 for upstream in (upstream_settings or [settings.upstream])
             ]
@@ -97,8 +100,9 @@ def create_app(
                 on_storage_error=health.record,
             )
             upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
+            metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
             app[routes.SERVICES] = Services(
-                settings, storage, upstreams, blobs, manifests, storage_health=health
+                settings, storage, upstreams, blobs, manifests, metrics, storage_health=health
             )
             try:
                 yield
@@ -109,6 +113,8 @@ def create_app(
     app.cleanup_ctx.append(resources)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/metrics", routes.metrics)
+    app.router.add_get("/status", routes.status)
     app.router.add_route("*", "/v2", routes.api)
     app.router.add_route("*", "/v2/{tail:.*}", routes.api)
     return app
@@ -151,6 +157,14 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         return response
     finally:
         api_path = request.get(routes.API_PATH)
+        duration = time.perf_counter() - started
+        route = api_path.endpoint.value if api_path is not None else _route_name(request)
+        services = request.app.get(routes.SERVICES)
+        if services is not None:
+            services.metrics.requests.labels(route, request.method, str(status)).inc()
+            services.metrics.latency.labels(route).observe(duration)
+            if stats.cache != "-":
+                services.metrics.cache.labels(route, stats.cache).inc()
         log.info(
             "request",
             method=request.method,
@@ -161,7 +175,18 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             bytes=response.body_length if response is not None else 0,
             cache=stats.cache,
             upstream_requests=stats.upstream_requests,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            duration_ms=round(duration * 1000, 1),
             aborted=request.get(routes.ABORTED),
             remote=request.remote,
         )
+
+
+def _route_name(request: web.Request) -> str:
+    """A bounded label for requests outside the registry API (never the raw path)."""
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else ""
+    return (
+        canonical.strip("/")
+        if canonical in ("/healthz", "/readyz", "/metrics", "/status")
+        else "other"
+    )

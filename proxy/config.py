@@ -73,6 +73,7 @@ class Settings:
     max_manifest_bytes: int = 4 * 1024 * 1024
     shutdown_grace: float = 30.0
     spool_dir: Path | None = None
+    quota_warn_remaining: int = 10
 
 
 # --- value parsers: each raises ValueError with what is accepted --------------------------------
@@ -155,6 +156,12 @@ def _size(value: str) -> int:
     return int(number) * units[unit]
 
 
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError("expected a whole number >= 0")
+    return int(value)
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise ValueError("expected a non-empty value")
@@ -179,6 +186,7 @@ ENV_VARS: dict[str, str] = {
     "PROXY_MAX_MANIFEST_SIZE": "largest manifest accepted from the upstream (default 4MiB)",
     "PROXY_SHUTDOWN_GRACE": "seconds to finish in-flight requests on SIGTERM (default 30)",
     "PROXY_SPOOL_DIR": "directory for in-flight downloads (default: inside the cache or /tmp)",
+    "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
 }
 
 
@@ -240,6 +248,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_manifest_bytes=read.get("PROXY_MAX_MANIFEST_SIZE", _size, defaults.max_manifest_bytes),
         shutdown_grace=read.get("PROXY_SHUTDOWN_GRACE", _seconds, defaults.shutdown_grace),
         spool_dir=Path(spool) if spool else None,
+        quota_warn_remaining=read.get(
+            "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
+        ),
     )
 
 

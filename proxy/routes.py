@@ -170,9 +170,11 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         response.content_length = content.size
         start, end = 0, None
     await response.prepare(request)
+    sent = 0
     try:
         async for chunk in content.read(start, end):
             await response.write(chunk)
+            sent += len(chunk)
     except (ConnectionResetError, OSError):
         raise  # the client went away
     except Exception as exc:
@@ -183,6 +185,9 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         if request.transport is not None:
             request.transport.abort()
         return response
+    finally:
+        source = "cache" if content.from_cache else "upstream"
+        services.metrics.bytes_served.labels(source).inc(sent)
     await response.write_eof()
     return response
 
@@ -231,4 +236,31 @@ async def readyz(request: web.Request) -> web.Response:
     status = 503 if problems else 200
     return web.json_response(
         {"status": "ok" if not problems else "degraded", **problems}, status=status
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics."""
+    body = request.app[SERVICES].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def status(request: web.Request) -> web.Response:
+    """A small JSON summary for operators: upstream quota, counted pulls, cache activity."""
+    services = request.app[SERVICES]
+    upstreams = {}
+    for client in services.upstreams:
+        quota = services.metrics.quotas.get(client.host)
+        upstreams[client.host] = {
+            "url": client.settings.url,
+            "account": client.settings.username or "anonymous",
+            **(quota.as_json() if quota else {"counted_pulls": 0, "ratelimit": None}),
+        }
+    return web.json_response(
+        {
+            "upstreams": upstreams,
+            "storage": str(services.settings.storage),
+            "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
+            "storage_errors": services.storage_health.errors,
+        }
     )

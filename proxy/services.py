@@ -10,6 +10,7 @@ import structlog
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
 from proxy.config import Settings
+from proxy.metrics import Metrics
 from proxy.storage import Storage, StorageError
 from proxy.upstream.registry import Upstreams
 
@@ -23,12 +24,15 @@ STORAGE_ERROR_WINDOW = 30.0
 class StorageHealth:
     """Remembers recent storage failures so readiness can report them."""
 
+    metrics: Metrics | None = None
     last_error: str | None = None
     last_error_at: float = 0.0
     errors: int = 0
 
     def record(self, exc: StorageError) -> None:
         self.errors += 1
+        if self.metrics is not None:
+            self.metrics.storage_errors.inc()
         # One warning per window: a dead S3 endpoint must not flood the log once per request.
         if time.monotonic() - self.last_error_at > STORAGE_ERROR_WINDOW:
             log.warning("storage.error", detail=str(exc), note="serving without caching")
@@ -49,4 +53,5 @@ class Services:
     upstreams: Upstreams
     blobs: BlobCache
     manifests: ManifestCache
+    metrics: Metrics
     storage_health: StorageHealth = field(default_factory=StorageHealth)

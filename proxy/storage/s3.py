@@ -62,6 +62,8 @@ MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 READ_CHUNK = 256 * 1024
+#: Keys per ListObjectsV2 request (S3's maximum).
+LIST_PAGE_SIZE = 1000
 DEFAULT_REGION = "us-east-1"
 #: The content type S3 gives an object stored without one.
 S3_DEFAULT_CONTENT_TYPE = "binary/octet-stream"
@@ -143,7 +145,8 @@ class S3Storage(Storage):
         config = AioConfig(
             region_name=region,
             signature_version="s3v4",
-            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first attempt; botocore's "max_attempts" would not.
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             max_pool_connections=self.max_pool_connections,
@@ -329,7 +332,12 @@ class S3Storage(Storage):
         base = f"{self.prefix}/" if self.prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=base + prefix,
+                PaginationConfig={"PageSize": LIST_PAGE_SIZE},
+            )
+            async for page in pages:
                 for item in page.get("Contents", []):
                     name: str = item["Key"]
                     yield name[len(base) :]

@@ -13,9 +13,10 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -95,7 +96,12 @@ class BlobStream:
     chunks: AsyncIterator[bytes]
 
 
-RateLimitListener = Callable[[str, RateLimit, bool], None]
+class UpstreamObserver(Protocol):
+    """Hears about upstream traffic (the metrics implement it)."""
+
+    def upstream_request(self, upstream: str, method: str, status: int | str) -> None: ...
+
+    def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None: ...
 
 
 class RegistryClient:
@@ -106,7 +112,7 @@ class RegistryClient:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
-        on_rate_limit: RateLimitListener | None = None,
+        observer: UpstreamObserver | None = None,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
     ) -> None:
         self.settings = settings
@@ -123,7 +129,7 @@ class RegistryClient:
             sock_read=read_timeout,
         )
         self._auth = TokenAuth(session, settings.username, settings.password, self._timeout)
-        self._on_rate_limit = on_rate_limit
+        self._observer = observer
         self._retry_delays = retry_delays
 
     # --- manifests ------------------------------------------------------------------------------
@@ -298,7 +304,9 @@ class RegistryClient:
                     timeout=self._timeout,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self._observe(method, "error")
                 raise UpstreamUnavailable(f"{method} {_redact_url(url)}: {_describe(exc)}") from exc
+            self._observe(method, response.status)
             location = response.headers.get("Location")
             if response.status not in _REDIRECT_STATUS or not location:
                 return response
@@ -308,12 +316,13 @@ class RegistryClient:
                 method = "GET"
         raise UpstreamInvalid(f"more than {MAX_REDIRECTS} redirects")
 
+    def _observe(self, method: str, status: int | str) -> None:
+        if self._observer is not None:
+            self._observer.upstream_request(self.host, method, status)
+
     def _report_rate_limit(self, response: aiohttp.ClientResponse, *, counted: bool) -> None:
-        if self._on_rate_limit is None:
-            return
-        rate_limit = RateLimit.from_headers(response.headers)
-        if rate_limit is not None or counted:
-            self._on_rate_limit(self.host, rate_limit or RateLimit(None, None, None, None), counted)
+        if self._observer is not None:
+            self._observer.rate_limit(self.host, RateLimit.from_headers(response.headers), counted)
 
 
 async def _raise_for_status(

@@ -1,0 +1,132 @@
+"""Prometheus metrics and the upstream quota tracker.
+
+Each app has its own ``CollectorRegistry`` (tests run many apps in one process). ``Metrics`` is
+also the upstream client's observer: it hears every upstream request and every rate-limit report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy.upstream.client import RateLimit
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class UpstreamQuota:
+    """What we know of one upstream account's pull quota."""
+
+    counted_pulls: int = 0
+    rate_limit: RateLimit | None = None
+    updated_at: float | None = None
+    warned_at_remaining: int | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "counted_pulls": self.counted_pulls,
+            "ratelimit": asdict(self.rate_limit) if self.rate_limit else None,
+            "updated_at": self.updated_at,
+        }
+
+
+class Metrics:
+    def __init__(self, *, quota_warn_remaining: int = 10) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.quota_warn_remaining = quota_warn_remaining
+        self.quotas: dict[str, UpstreamQuota] = {}
+        r = self.registry
+        self.requests = Counter(
+            "registry_proxy_requests", "Client requests", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "registry_proxy_request_duration_seconds",
+            "Time to answer a client request (whole transfer for blobs)",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.cache = Counter(
+            "registry_proxy_cache", "Cache lookups by result", ["route", "result"], registry=r
+        )
+        self.bytes_served = Counter(
+            "registry_proxy_served_bytes",
+            "Blob bytes sent to clients, by where they came from",
+            ["source"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "registry_proxy_upstream_requests",
+            "Requests to upstream registries",
+            ["upstream", "method", "status"],
+            registry=r,
+        )
+        self.upstream_pulls = Counter(
+            "registry_proxy_upstream_pulls",
+            "Counted pulls (manifest GETs) made upstream",
+            ["upstream"],
+            registry=r,
+        )
+        self.quota_remaining = Gauge(
+            "registry_proxy_upstream_quota_remaining",
+            "Pulls left in the upstream's rate-limit window, as last reported",
+            ["upstream"],
+            registry=r,
+        )
+        self.quota_limit = Gauge(
+            "registry_proxy_upstream_quota_limit",
+            "The upstream's pull limit per window, as last reported",
+            ["upstream"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "registry_proxy_inflight_fetches", "Upstream fetches in progress", registry=r
+        )
+        self.storage_errors = Counter(
+            "registry_proxy_storage_errors", "Cache storage failures", registry=r
+        )
+
+    # --- the upstream client's observer ---------------------------------------------------------
+
+    def upstream_request(self, upstream: str, method: str, status: int | str) -> None:
+        self.upstream_requests.labels(upstream, method, str(status)).inc()
+
+    def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None:
+        quota = self.quotas.setdefault(upstream, UpstreamQuota())
+        if counted:
+            quota.counted_pulls += 1
+            self.upstream_pulls.labels(upstream).inc()
+        if rate_limit is None:
+            return
+        quota.rate_limit = rate_limit
+        quota.updated_at = time.time()
+        if rate_limit.limit is not None:
+            self.quota_limit.labels(upstream).set(rate_limit.limit)
+        remaining = rate_limit.remaining
+        if remaining is None:
+            return
+        self.quota_remaining.labels(upstream).set(remaining)
+        # Warn when crossing below the threshold, and again for every further 10% drop.
+        if remaining < self.quota_warn_remaining and (
+            quota.warned_at_remaining is None
+            or remaining <= quota.warned_at_remaining - max(1, self.quota_warn_remaining // 10)
+        ):
+            quota.warned_at_remaining = remaining
+            log.warning(
+                "upstream.quota_low",
+                upstream=upstream,
+                remaining=remaining,
+                limit=rate_limit.limit,
+                window_seconds=rate_limit.window,
+                source=rate_limit.source,
+            )
+        elif remaining >= self.quota_warn_remaining:
+            quota.warned_at_remaining = None
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
