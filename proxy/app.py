@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,7 @@ from aiohttp import web
 from proxy import routes
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
-from proxy.config import Settings, UpstreamSettings
+from proxy.config import Settings
 from proxy.errors import RegistryError
 from proxy.logs import begin_request
 from proxy.metrics import Metrics
@@ -32,6 +33,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 CONNECTION_POOL_SIZE = 100
+# Lifetime of presigned S3 URLs handed to clients with PROXY_BLOB_REDIRECT=true.
+BLOB_REDIRECT_SECONDS = 300
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -55,11 +58,62 @@ def spool_dir(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / "registry-proxy-spool"
 
 
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    retry_delays: tuple[float, ...] | None = None,
+) -> AsyncIterator[Services]:
+    """Open everything a proxy needs (connection pool, storage, caches) for a block's lifetime.
+
+    The server and the ``warm`` command both run on this, so they cache in exactly the same way.
+    """
+    storage = storage or create_storage(settings)
+    connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        await storage.open()
+        metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
+        health = StorageHealth(metrics)
+        clients = [
+            RegistryClient(
+                upstream,
+                session,
+                connect_timeout=settings.upstream_connect_timeout,
+                read_timeout=settings.upstream_read_timeout,
+                retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
+                observer=metrics,
+            )
+            for upstream in (settings.upstream, *settings.extra_upstreams)
+        ]
+        blobs = BlobCache(
+            storage,
+            spool_dir(settings),
+            on_storage_error=health.record,
+            redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
+        )
+        blobs.open()
+        manifests = ManifestCache(
+            storage,
+            tag_ttl=settings.tag_ttl,
+            max_manifest_bytes=settings.max_manifest_bytes,
+            on_storage_error=health.record,
+        )
+        upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
+        metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        try:
+            yield Services(
+                settings, storage, upstreams, blobs, manifests, metrics, storage_health=health
+            )
+        finally:
+            await blobs.close()
+            await storage.close()
+
+
 def create_app(
     settings: Settings,
     *,
     storage: Storage | None = None,
-    upstream_settings: list[UpstreamSettings] | None = None,
     retry_delays: tuple[float, ...] | None = None,
 ) -> web.Application:
     """Build the app. ``storage`` and ``retry_delays`` let tests swap parts in."""
@@ -67,48 +121,11 @@ def create_app(
         middlewares=[access_log_middleware, error_middleware],
         handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
     )
-    storage = storage or create_storage(settings)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-            await storage.open()
-            metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
-            health = StorageHealth(metrics)
-            clients = [
-                RegistryClient(
-                    upstream,
-                    session,
-                    connect_timeout=settings.upstream_connect_timeout,
-                    read_timeout=settings.upstream_read_timeout,
-                    retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
-                    observer=metrics,
-                )
-                for upstream in (upstream_settings or [settings.upstream])
-            ]
-            blobs = BlobCache(
-                storage,
-                spool_dir(settings),
-                on_storage_error=health.record,
-                redirect_expires=300 if settings.blob_redirect else None,
-            )
-            blobs.open()
-            manifests = ManifestCache(
-                storage,
-                tag_ttl=settings.tag_ttl,
-                max_manifest_bytes=settings.max_manifest_bytes,
-                on_storage_error=health.record,
-            )
-            upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
-            metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
-            app[routes.SERVICES] = Services(
-                settings, storage, upstreams, blobs, manifests, metrics, storage_health=health
-            )
-            try:
-                yield
-            finally:
-                await blobs.close()
-                await storage.close()
+        async with open_services(settings, storage=storage, retry_delays=retry_delays) as services:
+            app[routes.SERVICES] = services
+            yield
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/healthz", routes.healthz)

@@ -7,6 +7,7 @@ and raises ``ConfigError`` with one line naming the variable and what it accepts
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class Settings:
     upstream: UpstreamSettings = field(
         default_factory=lambda: UpstreamSettings(DOCKER_HUB_HOST, DOCKER_HUB_URL)
     )
+    extra_upstreams: tuple[UpstreamSettings, ...] = ()
     storage: StorageLocation = field(default_factory=lambda: StorageLocation(Path("./cache")))
     s3_endpoint_url: str | None = None
     blob_redirect: bool = False
@@ -186,6 +188,11 @@ ENV_VARS: dict[str, str] = {
     "PROXY_MAX_MANIFEST_SIZE": "largest manifest accepted from the upstream (default 4MiB)",
     "PROXY_SHUTDOWN_GRACE": "seconds to finish in-flight requests on SIGTERM (default 30)",
     "PROXY_SPOOL_DIR": "directory for in-flight downloads (default: inside the cache or /tmp)",
+    "PROXY_EXTRA_UPSTREAMS": "more registries, as HOST or HOST=URL, comma-separated "
+    "(e.g. ghcr.io,quay.io); reached as /v2/HOST/REPO or with ?ns=HOST",
+    "PROXY_UPSTREAM_<HOST>_USERNAME": "account for an extra upstream; HOST upper-cased, "
+    "dots and dashes as _ (e.g. PROXY_UPSTREAM_GHCR_IO_USERNAME)",
+    "PROXY_UPSTREAM_<HOST>_PASSWORD": "its password or token",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
 }
 
@@ -197,7 +204,7 @@ class _Reader:
         self.env = env
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
-        assert name in ENV_VARS, name
+        assert name in ENV_VARS or name.startswith("PROXY_UPSTREAM_"), name
         raw = self.env.get(name)
         if raw is None or raw == "":
             return default
@@ -231,6 +238,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listen_host=host,
         listen_port=port,
         upstream=UpstreamSettings(DOCKER_HUB_HOST, upstream_url, username, password),
+        extra_upstreams=tuple(
+            _extra_upstream(read, host, url)
+            for host, url in read.get("PROXY_EXTRA_UPSTREAMS", _upstream_list, _NO_UPSTREAMS)
+        ),
         storage=storage,
         s3_endpoint_url=read.get("PROXY_S3_ENDPOINT_URL", _url_any, None),
         blob_redirect=blob_redirect,
@@ -252,6 +263,43 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
         ),
     )
+
+
+_HOST_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+
+
+_NO_UPSTREAMS: list[tuple[str, str]] = []
+
+
+def _upstream_list(value: str) -> list[tuple[str, str]]:
+    entries: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        host, _, url = item.partition("=")
+        host = host.strip().lower()
+        if not _HOST_RE.fullmatch(host):
+            raise ValueError(
+                f"{host!r} is not a registry host name with a dot (e.g. ghcr.io); "
+                "expected HOST or HOST=URL, comma-separated"
+            )
+        if host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
+            raise ValueError("docker.io is the default upstream (PROXY_UPSTREAM_URL)")
+        entries.append((host, _url(url.strip()) if url else f"https://{host}"))
+    return entries
+
+
+def credential_variable(host: str, part: str) -> str:
+    """``PROXY_UPSTREAM_GHCR_IO_USERNAME`` for host ``ghcr.io`` and part ``USERNAME``."""
+    return f"PROXY_UPSTREAM_{re.sub(r'[^A-Z0-9]', '_', host.upper())}_{part}"
+
+
+def _extra_upstream(read: _Reader, host: str, url: str) -> UpstreamSettings:
+    user_var = credential_variable(host, "USERNAME")
+    password_var = credential_variable(host, "PASSWORD")
+    username = read.get(user_var, _non_empty, None)
+    password = read.get(password_var, _non_empty, "")
+    if (username is None) != (not password):
+        raise ConfigError(f"{user_var} and {password_var} must be set together")
+    return UpstreamSettings(host, url, username, password)
 
 
 def _url_any(value: str) -> str:

@@ -86,3 +86,43 @@ def test_cli_reports_a_bad_setting_in_one_line_without_traceback() -> None:
     assert len(lines) == 1, result.stderr
     assert "PROXY_LOG_FORMAT" in lines[0] and "json, console" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_extra_upstreams_with_credentials() -> None:
+    settings = load_settings(
+        {
+            "PROXY_EXTRA_UPSTREAMS": "ghcr.io, registry.test=http://127.0.0.1:5001",
+            "PROXY_UPSTREAM_GHCR_IO_USERNAME": "bot",
+            "PROXY_UPSTREAM_GHCR_IO_PASSWORD": "ghp_x",
+        }
+    )
+    ghcr, local = settings.extra_upstreams
+    assert (ghcr.host, ghcr.url, ghcr.username, ghcr.password) == (
+        "ghcr.io",
+        "https://ghcr.io",
+        "bot",
+        "ghp_x",
+    )
+    assert (local.host, local.url, local.username) == (
+        "registry.test",
+        "http://127.0.0.1:5001",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PROXY_EXTRA_UPSTREAMS": "localhost"}, "PROXY_EXTRA_UPSTREAMS"),
+        ({"PROXY_EXTRA_UPSTREAMS": "docker.io"}, "PROXY_EXTRA_UPSTREAMS"),
+        ({"PROXY_EXTRA_UPSTREAMS": "quay.io=ftp://x"}, "PROXY_EXTRA_UPSTREAMS"),
+        (
+            {"PROXY_EXTRA_UPSTREAMS": "quay.io", "PROXY_UPSTREAM_QUAY_IO_USERNAME": "u"},
+            "PROXY_UPSTREAM_QUAY_IO_USERNAME",
+        ),
+    ],
+)
+def test_bad_extra_upstreams(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert variable in str(info.value)

@@ -160,3 +160,29 @@ async def test_health_endpoints(fakehub: FakeHub, make_proxy: ProxyFactory) -> N
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200, await ready.text()
+
+
+async def test_extra_upstream_by_path_and_by_ns(
+    fakehub: FakeHub, fakehub_factory: object, make_proxy: ProxyFactory
+) -> None:
+    from proxy.config import UpstreamSettings
+
+    other: FakeHub = await fakehub_factory()  # type: ignore[operator]
+    hub_image = fakehub.add_image("library/golang", "1")
+    other_image = other.add_image("owner/tool", "1", [b"from the other registry"])
+    client = await make_proxy(
+        fakehub, extra_upstreams=(UpstreamSettings("registry.test", other.url),)
+    )
+    by_path = await client.get("/v2/registry.test/owner/tool/manifests/1", headers=ACCEPT_ALL)
+    assert by_path.headers["Docker-Content-Digest"] == other_image.digest
+    by_ns = await client.get("/v2/owner/tool/manifests/1?ns=registry.test", headers=ACCEPT_ALL)
+    assert by_ns.headers["Docker-Content-Digest"] == other_image.digest
+    layer = await client.get(f"/v2/registry.test/owner/tool/blobs/{other_image.layer_digests[0]}")
+    assert await layer.read() == other_image.layers[0]
+    # Docker Hub stays at the root; docker.io as a prefix or ns is Docker Hub too.
+    for path in ("/v2/golang/manifests/1", "/v2/docker.io/library/golang/manifests/1?ns=docker.io"):
+        response = await client.get(path, headers=ACCEPT_ALL)
+        assert response.headers["Docker-Content-Digest"] == hub_image.digest
+    assert (
+        fakehub.manifest_gets(repo="owner/tool") == fakehub.manifest_heads(repo="owner/tool") == 0
+    )

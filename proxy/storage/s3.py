@@ -22,12 +22,15 @@ completes the upload; a mismatch, ``abort()`` or any failure aborts it, so nothi
 ``AbortIncompleteMultipartUpload`` removes those.)
 
 Errors: throttling (SlowDown, 503), other 5xx responses, connection errors and timeouts are retried
-with exponential backoff by botocore's retry handler (``retries={"mode": ..., "max_attempts": ...}``
-in the client config; "standard" mode by default, "adaptive" adds client-side rate limiting). What
-still fails after the retries, and every other S3 error, is raised as ``StorageError`` naming the
-operation, the key and S3's error code, except "no such key", which is ``None`` from ``stat()`` and
-``get()`` and ``ObjectNotFound`` from ``read()``. A body that breaks off while streaming is not
-retried (the bytes already went to the client): it raises ``StorageError``.
+by botocore's retry handler, configured on the client: ``retries={"mode": retry_mode,
+"total_max_attempts": max_attempts}`` ("standard" mode and 5 attempts in all by default; the delay
+before retry n is random up to 2**(n-1) seconds, capped at 20 s; "adaptive" mode also slows the
+client's own request rate after throttling). Timeouts are ``connect_timeout`` and ``read_timeout``
+(between two reads of a response, not the whole transfer). What still fails after the retries, and
+every other S3 error, is raised as ``StorageError`` naming the operation, the object and S3's error
+code, except "no such key", which is ``None`` from ``stat()`` and ``get()`` and ``ObjectNotFound``
+from ``read()``. A body that breaks off while streaming is not retried (its first bytes already went
+to the client): it raises ``StorageError``.
 
 S3 stores ``binary/octet-stream`` as the content type of an object written without one; ``stat()``
 reports that as ``None``, the same as the filesystem backend.
