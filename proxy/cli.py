@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -40,6 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
     serve.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
     serve.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
+    warm = commands.add_parser(
+        "warm",
+        help="fetch images into the cache ahead of the builds (same settings as serve)",
+        description="Fetch manifests and blobs of IMAGE[:TAG] (or @DIGEST) into the cache. "
+        "Idempotent: what is cached is not fetched again, and tags inside PROXY_TAG_TTL cost no "
+        "upstream request at all.",
+    )
+    warm.add_argument("images", nargs="*", metavar="IMAGE[:TAG]")
+    warm.add_argument("--from-file", type=Path, help="file with one image per line (# comments)")
+    warm.add_argument(
+        "--platform",
+        action="append",
+        help="only this platform of multi-platform images, e.g. linux/amd64 (repeatable)",
+    )
+    warm.add_argument("--storage", help="cache directory or s3://BUCKET/PREFIX (PROXY_STORAGE)")
+    warm.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
+    warm.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
+    warm.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
     return parser
 
 
@@ -61,7 +80,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "serve":
         return serve(settings)
+    if args.command == "warm":
+        return run_warm(settings, args)
     return 2
+
+
+def run_warm(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.storage import StorageError
+    from proxy.warm import read_image_list, warm
+
+    images = list(args.images)
+    if args.from_file is not None:
+        try:
+            images += read_image_list(args.from_file)
+        except OSError as exc:
+            print(f"registry-proxy: cannot read --from-file: {exc}", file=sys.stderr)
+            return 2
+    if not images:
+        print("registry-proxy: warm needs at least one IMAGE or --from-file", file=sys.stderr)
+        return 2
+    try:
+        failures = asyncio.run(warm(settings, images, args.platform))
+    except StorageError as exc:
+        print(f"registry-proxy: storage error: {exc}", file=sys.stderr)
+        return 1
+    return 1 if failures else 0
 
 
 def serve(settings: Settings) -> int:
