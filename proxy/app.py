@@ -127,7 +127,17 @@ def create_app(
             app[routes.SERVICES] = services
             yield
 
+    async def drain(app: web.Application) -> None:
+        # SIGTERM: aiohttp has stopped accepting connections; give downloads in progress up to
+        # the grace period to finish (and land in the cache) before handlers are cancelled and
+        # unfinished cache writes are aborted.
+        services = app.get(routes.SERVICES)
+        if services is not None and services.blobs.in_flight:
+            log.info("shutdown.draining", in_flight=services.blobs.in_flight)
+            await services.blobs.drain(settings.shutdown_grace)
+
     app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(drain)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)

@@ -259,8 +259,10 @@ class S3Storage(Storage):
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         name = self.object_key(key)
-        if start < 0 or (end is not None and end < start):
-            raise ValueError(f"invalid byte range {start}-{end}")
+        if start < 0:
+            raise ValueError(f"negative read offset: {start}")
+        if end is not None and end < start:
+            return
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
         if start or end is not None:
             params["Range"] = f"bytes={start}-{'' if end is None else end}"
@@ -405,6 +407,8 @@ class S3BlobWriter(BlobWriter):
         self._next_part = 1
         self._uploading: asyncio.Task[None] | None = None
         self._uploading_bytes = 0
+        self._uploaded = 0
+        self._failed: StorageError | None = None
 
     @property
     def buffered(self) -> int:
@@ -415,11 +419,21 @@ class S3BlobWriter(BlobWriter):
         self.peak_buffered = max(self.peak_buffered, self.buffered)
 
     async def _write(self, chunk: bytes) -> None:
+        self._check_not_failed()
         self._buffer.write(chunk)
         self._buffered += len(chunk)
         self._note_peak()
-        while self._buffered >= self.storage.part_size:
-            await self._send_part()
+        try:
+            while self._buffered >= self.storage.part_size:
+                await self._send_part()
+        except StorageError as exc:
+            self._failed = exc
+            raise
+
+    def _check_not_failed(self) -> None:
+        # After a failed part the upload has a hole: it must never be completed.
+        if self._failed is not None:
+            raise StorageError(f"{self.key}: an earlier write failed: {self._failed}")
 
     def _take_buffer(self, limit: int | None = None) -> tuple[io.BytesIO, int]:
         """The buffer (at most ``limit`` bytes of it, rewound) and its size; a new buffer holds
@@ -446,7 +460,7 @@ class S3BlobWriter(BlobWriter):
         number = self._next_part
         self._next_part += 1
         self._uploading_bytes = size
-        self._uploading = asyncio.create_task(self._upload_part(number, part))
+        self._uploading = asyncio.create_task(self._upload_part(number, part, size))
         self._note_peak()
 
     async def _create_upload(self) -> None:
@@ -459,7 +473,7 @@ class S3BlobWriter(BlobWriter):
             raise self.storage._error("CreateMultipartUpload", self.key, exc) from exc
         self.upload_id = str(response["UploadId"])
 
-    async def _upload_part(self, number: int, body: io.BytesIO) -> None:
+    async def _upload_part(self, number: int, body: io.BytesIO, size: int) -> None:
         try:
             response = await self.storage.client.upload_part(
                 Bucket=self.storage.bucket,
@@ -474,6 +488,7 @@ class S3BlobWriter(BlobWriter):
             self._uploading_bytes = 0
             body.close()
         self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self._uploaded += size
 
     async def _wait_upload(self) -> None:
         task, self._uploading = self._uploading, None
@@ -482,6 +497,7 @@ class S3BlobWriter(BlobWriter):
 
     async def _commit(self) -> None:
         try:
+            self._check_not_failed()
             if self.upload_id is None:
                 await self._put_whole()
             else:
@@ -494,7 +510,8 @@ class S3BlobWriter(BlobWriter):
 
     async def _put_whole(self) -> None:
         params = self.storage._put_params(self.key, self.content_type)
-        body, _ = self._take_buffer()
+        body, size = self._take_buffer()
+        self._check_complete(size)
         try:
             await self.storage.client.put_object(Body=body, IfNoneMatch="*", **params)
         except ClientError as exc:
@@ -510,9 +527,12 @@ class S3BlobWriter(BlobWriter):
     async def _complete(self) -> None:
         await self._wait_upload()
         if self._buffered:
-            await self._upload_part(self._next_part, self._take_buffer()[0])
+            await self._upload_part(self._next_part, *self._take_buffer())
             self._next_part += 1
         parts = sorted(self._parts, key=lambda part: int(part["PartNumber"]))
+        if [part["PartNumber"] for part in parts] != list(range(1, len(parts) + 1)):
+            raise StorageError(f"{self.key}: multipart upload is missing parts")
+        self._check_complete(self._uploaded)
         try:
             await self.storage.client.complete_multipart_upload(
                 Bucket=self.storage.bucket,
@@ -532,6 +552,11 @@ class S3BlobWriter(BlobWriter):
         except BotoCoreError as exc:
             raise self.storage._error("CompleteMultipartUpload", self.key, exc) from exc
         self.upload_id = None
+
+    def _check_complete(self, stored: int) -> None:
+        """Refuse to publish anything but exactly the bytes that were written and verified."""
+        if stored != self.size:
+            raise StorageError(f"{self.key}: {stored} bytes uploaded, {self.size} written")
 
     async def _abort(self) -> None:
         """Drop the buffer and any multipart upload; never raises (a failed abort is logged)."""
