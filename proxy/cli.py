@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
     serve.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
     serve.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
+    commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the proxy on PROXY_LISTEN answers /healthz (for container HEALTHCHECKs)",
+    )
     warm = commands.add_parser(
         "warm",
         help="fetch images into the cache ahead of the builds (same settings as serve)",
@@ -82,7 +86,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     if args.command == "warm":
         return run_warm(settings, args)
+    if args.command == "healthcheck":
+        return healthcheck(settings)
     return 2
+
+
+def healthcheck(settings: Settings) -> int:
+    import urllib.request
+
+    host = settings.listen_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.listen_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"registry-proxy: {url}: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_warm(settings: Settings, args: argparse.Namespace) -> int:
