@@ -11,8 +11,10 @@ from pathlib import Path
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy import routes
+from proxy.access import AccessPolicy, access_middleware
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
 from proxy.config import Settings
@@ -117,8 +119,18 @@ def create_app(
     retry_delays: tuple[float, ...] | None = None,
 ) -> web.Application:
     """Build the app. ``storage`` and ``retry_delays`` let tests swap parts in."""
+    policy = AccessPolicy(
+        allow=settings.allow_cidrs,
+        anonymous=settings.anonymous_cidrs,
+        trusted_proxies=settings.trusted_proxies,
+        users=settings.htpasswd_users,
+        tokens=settings.auth_tokens,
+    )
+    middlewares: list[Middleware] = [access_log_middleware, error_middleware]
+    if policy.enabled:
+        middlewares.append(access_middleware(policy))
     app = web.Application(
-        middlewares=[access_log_middleware, error_middleware],
+        middlewares=middlewares,
         handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
     )
 

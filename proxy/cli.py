@@ -45,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
         "healthcheck",
         help="exit 0 if the proxy on PROXY_LISTEN answers /healthz (for container HEALTHCHECKs)",
     )
+    ranges = commands.add_parser(
+        "codebuild-ranges",
+        help="print AWS CodeBuild's address ranges of a region from an ip-ranges.json file",
+        description="Reads AWS's published ip-ranges.json (download it yourself) and prints the "
+        "CODEBUILD prefixes of --region, for PROXY_ALLOW_CIDRS or a security group.",
+    )
+    ranges.add_argument("file", type=Path, help="ip-ranges.json")
+    ranges.add_argument("--region", required=True, help="e.g. us-east-1")
+    ranges.add_argument(
+        "--format",
+        choices=("lines", "env"),
+        default="lines",
+        help="one per line, or PROXY_ALLOW_CIDRS=...",
+    )
     warm = commands.add_parser(
         "warm",
         help="fetch images into the cache ahead of the builds (same settings as serve)",
@@ -76,6 +90,8 @@ def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "codebuild-ranges":
+        return print_codebuild_ranges(args)
     try:
         settings = settings_from(args, dict(os.environ))
     except ConfigError as exc:
@@ -89,6 +105,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "healthcheck":
         return healthcheck(settings)
     return 2
+
+
+def print_codebuild_ranges(args: argparse.Namespace) -> int:
+    import json
+
+    from proxy.access import codebuild_ranges
+
+    try:
+        document = json.loads(args.file.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"registry-proxy: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    ranges = codebuild_ranges(document, args.region)
+    if not ranges:
+        print(f"registry-proxy: no CODEBUILD ranges for region {args.region!r}", file=sys.stderr)
+        return 1
+    if args.format == "env":
+        print("PROXY_ALLOW_CIDRS=" + ",".join(ranges))
+    else:
+        print("\n".join(ranges))
+    return 0
 
 
 def healthcheck(settings: Settings) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from proxy.access import Network, load_htpasswd, load_tokens, parse_networks
+
 T = TypeVar("T")
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -76,6 +78,11 @@ class Settings:
     shutdown_grace: float = 30.0
     spool_dir: Path | None = None
     quota_warn_remaining: int = 10
+    allow_cidrs: tuple[Network, ...] = ()
+    anonymous_cidrs: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    htpasswd_users: dict[str, bytes] = field(default_factory=dict, repr=False)
+    auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 # --- value parsers: each raises ValueError with what is accepted --------------------------------
@@ -158,6 +165,16 @@ def _size(value: str) -> int:
     return int(number) * units[unit]
 
 
+def _htpasswd(value: str) -> dict[str, bytes]:
+    try:
+        users = load_htpasswd(Path(value))
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror}") from None
+    if not users:
+        raise ValueError("the file has no users (create them with: htpasswd -B FILE USER)")
+    return users
+
+
 def _count(value: str) -> int:
     if not value.isdigit():
         raise ValueError("expected a whole number >= 0")
@@ -193,6 +210,11 @@ ENV_VARS: dict[str, str] = {
     "PROXY_UPSTREAM_<HOST>_USERNAME": "account for an extra upstream; HOST upper-cased, "
     "dots and dashes as _ (e.g. PROXY_UPSTREAM_GHCR_IO_USERNAME)",
     "PROXY_UPSTREAM_<HOST>_PASSWORD": "its password or token",
+    "PROXY_ALLOW_CIDRS": "client networks allowed to connect, comma-separated CIDRs (default: all)",
+    "PROXY_TRUSTED_PROXIES": "load balancer networks whose X-Forwarded-For is trusted",
+    "PROXY_AUTH_HTPASSWD": "htpasswd file with bcrypt entries: clients must log in",
+    "PROXY_AUTH_TOKENS": "comma-separated static tokens accepted as Bearer or as Basic password",
+    "PROXY_ANONYMOUS_CIDRS": "networks that need no login when auth is on (Docker mirror clients)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
 }
 
@@ -259,6 +281,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_manifest_bytes=read.get("PROXY_MAX_MANIFEST_SIZE", _size, defaults.max_manifest_bytes),
         shutdown_grace=read.get("PROXY_SHUTDOWN_GRACE", _seconds, defaults.shutdown_grace),
         spool_dir=Path(spool) if spool else None,
+        allow_cidrs=read.get("PROXY_ALLOW_CIDRS", parse_networks, ()),
+        anonymous_cidrs=read.get("PROXY_ANONYMOUS_CIDRS", parse_networks, ()),
+        trusted_proxies=read.get("PROXY_TRUSTED_PROXIES", parse_networks, ()),
+        htpasswd_users=read.get("PROXY_AUTH_HTPASSWD", _htpasswd, {}),
+        auth_tokens=read.get("PROXY_AUTH_TOKENS", load_tokens, frozenset()),
         quota_warn_remaining=read.get(
             "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
         ),

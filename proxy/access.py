@@ -1,0 +1,208 @@
+"""Who may use the proxy: client networks and credentials.
+
+Off by default (a laptop). In production the proxy holds a Docker Hub credential, so an open proxy
+would let anyone spend the account's quota. Two controls, both optional, combined with AND:
+
+- Networks: ``PROXY_ALLOW_CIDRS`` lists the client networks that may connect at all (403 DENIED
+  otherwise). Behind a load balancer the peer is the balancer, so ``X-Forwarded-For`` is used, but
+  only when the peer is in ``PROXY_TRUSTED_PROXIES`` (anyone can send that header).
+- Credentials: with ``PROXY_AUTH_HTPASSWD`` (bcrypt entries) and/or ``PROXY_AUTH_TOKENS`` set,
+  requests need ``Authorization: Basic`` (``docker login proxy.host``; a static token works as the
+  password with any user name) or ``Authorization: Bearer <token>``; 401 with a Basic challenge
+  otherwise. Docker daemons never send a mirror its own login, so mirror clients (CodeBuild) are
+  let in by network instead: ``PROXY_ANONYMOUS_CIDRS`` need no credentials.
+
+The health endpoints stay open for load balancer checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+import cachetools
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from proxy.errors import RegistryError
+
+log = structlog.get_logger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+REALM = "registry-proxy"
+# bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
+# verified (user, password) pair is remembered for a while (by hash, never in clear).
+VERIFIED_TTL = 300.0
+
+
+class HtpasswdError(ValueError):
+    pass
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """``10.0.0.0/16, 192.168.1.7`` -> networks; raises ValueError naming the bad entry."""
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is not an IP network (expected CIDRs like 10.0.0.0/16)"
+            ) from None
+    return tuple(networks)
+
+
+def load_htpasswd(path: Path) -> dict[str, bytes]:
+    """Users and bcrypt hashes from an htpasswd file (``htpasswd -B``)."""
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
+            raise HtpasswdError(f"{path}:{number}: only bcrypt entries are accepted (htpasswd -B)")
+        users[user] = hashed.encode()
+    return users
+
+
+def load_tokens(value: str) -> frozenset[str]:
+    return frozenset(filter(None, (part.strip() for part in value.split(","))))
+
+
+@dataclass(slots=True)
+class AccessPolicy:
+    allow: tuple[Network, ...] = ()
+    anonymous: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    users: dict[str, bytes] = field(default_factory=dict)
+    tokens: frozenset[str] = frozenset()
+    _verified: cachetools.TTLCache[bytes, bool] = field(
+        default_factory=lambda: cachetools.TTLCache(10_000, VERIFIED_TTL)
+    )
+
+    @property
+    def requires_credentials(self) -> bool:
+        return bool(self.users or self.tokens)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow) or self.requires_credentials
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> Address | None:
+        """The client's address: the peer, or from X-Forwarded-For when the peer is trusted."""
+        address = _address(peer)
+        if address is None or not forwarded_for or not _within(address, self.trusted_proxies):
+            return address
+        # Walk from the right: the last hop not added by one of our own trusted proxies.
+        for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+            hop_address = _address(hop)
+            if hop_address is None:
+                return None
+            if not _within(hop_address, self.trusted_proxies):
+                return hop_address
+        return address
+
+    async def check(self, request: web.Request) -> None:
+        """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on."""
+        address = self.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+        if self.allow and (address is None or not _within(address, self.allow)):
+            raise RegistryError("DENIED", detail=f"client address {address} is not allowed")
+        if not self.requires_credentials:
+            return
+        if address is not None and _within(address, self.anonymous):
+            return
+        if not await self._authenticated(request.headers.get("Authorization")):
+            raise RegistryError(
+                "UNAUTHORIZED",
+                detail="log in to this registry (docker login) with a proxy user or token",
+                headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
+            )
+
+    async def _authenticated(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return self._token_ok(credentials.strip())
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = (
+                base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+            )
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        if self._token_ok(password):
+            return True
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        if key in self._verified:
+            return True
+        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
+        if ok:
+            self._verified[key] = True
+        return ok
+
+    def _token_ok(self, candidate: str) -> bool:
+        return any(hmac.compare_digest(candidate.encode(), t.encode()) for t in self.tokens)
+
+
+def _address(value: str | None) -> Address | None:
+    if not value:
+        return None
+    try:
+        return ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _within(address: Address, networks: Iterable[Network]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
+def access_middleware(
+    policy: AccessPolicy,
+) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            await policy.check(request)
+        return await handler(request)
+
+    return middleware
+
+
+def codebuild_ranges(ip_ranges: dict[str, object], region: str) -> list[str]:
+    """CodeBuild's published address ranges in ``region`` from AWS's ip-ranges.json."""
+    ranges: list[str] = []
+    for key, address_key in (("prefixes", "ip_prefix"), ("ipv6_prefixes", "ipv6_prefix")):
+        entries = ip_ranges.get(key, [])
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if (
+                isinstance(entry, dict)
+                and entry.get("service") == "CODEBUILD"
+                and entry.get("region") == region
+                and isinstance(entry.get(address_key), str)
+            ):
+                ranges.append(entry[address_key])
+    return sorted(
+        set(ranges), key=lambda n: (ipaddress.ip_network(n).version, ipaddress.ip_network(n))
+    )

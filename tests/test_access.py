@@ -1,0 +1,147 @@
+"""Access control: client networks, X-Forwarded-For from trusted proxies, logins, open health."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import bcrypt
+import pytest
+from conftest import ProxyFactory
+from support.fakehub import FakeHub
+
+from proxy.access import AccessPolicy, codebuild_ranges, parse_networks
+from proxy.config import ConfigError, load_settings
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> Path:
+    path = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(f"# proxy users\nci:{hashed}\n")
+    return path
+
+
+async def test_login_required_when_users_are_configured(
+    fakehub: FakeHub, make_proxy: ProxyFactory, htpasswd: Path
+) -> None:
+    image = fakehub.add_image("library/golang", "1")
+    users = load_settings({"PROXY_AUTH_HTPASSWD": str(htpasswd)}).htpasswd_users
+    client = await make_proxy(fakehub, htpasswd_users=users, auth_tokens=frozenset({"tok-1"}))
+    anonymous = await client.get("/v2/")
+    assert anonymous.status == 401
+    assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="registry-proxy"'
+    assert (await anonymous.json())["errors"][0]["code"] == "UNAUTHORIZED"
+    assert (await client.get("/v2/", headers=basic("ci", "wrong"))).status == 401
+    assert (await client.get("/v2/", headers=basic("nobody", "s3cret"))).status == 401
+    assert (await client.get("/v2/", headers={"Authorization": "Basic !!!"})).status == 401
+    for headers in (basic("ci", "s3cret"), {"Authorization": "Bearer tok-1"}, basic("x", "tok-1")):
+        response = await client.get("/v2/library/golang/manifests/1", headers=headers)
+        assert response.status == 200
+        assert response.headers["Docker-Content-Digest"] == image.digest
+    # Health stays open for the load balancer.
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    assert fakehub.count(server=None, kind="manifest") > 0
+
+
+async def test_client_networks(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(fakehub, allow_cidrs=parse_networks("10.0.0.0/8"))
+    denied = await client.get("/v2/")
+    assert denied.status == 403
+    assert (await denied.json())["errors"][0]["code"] == "DENIED"
+    # X-Forwarded-For is not trusted from an untrusted peer.
+    spoofed = await client.get("/v2/", headers={"X-Forwarded-For": "10.1.2.3"})
+    assert spoofed.status == 403
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_forwarded_for_from_trusted_balancer(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy(
+        fakehub,
+        allow_cidrs=parse_networks("10.0.0.0/8"),
+        trusted_proxies=parse_networks("127.0.0.0/8"),
+    )
+    assert (await client.get("/v2/", headers={"X-Forwarded-For": "10.1.2.3"})).status == 200
+    # The client's own claim on the left is ignored; the balancer appended the real address.
+    header = {"X-Forwarded-For": "10.9.9.9, 192.0.2.1"}
+    assert (await client.get("/v2/", headers=header)).status == 403
+
+
+async def test_anonymous_networks_skip_login(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(
+        fakehub, auth_tokens=frozenset({"tok"}), anonymous_cidrs=parse_networks("127.0.0.1/32")
+    )
+    assert (await client.get("/v2/")).status == 200
+
+
+def test_client_address_walks_forwarded_for_from_the_right() -> None:
+    policy = AccessPolicy(trusted_proxies=parse_networks("10.0.0.0/24, 10.0.1.0/24"))
+    address = policy.client_address("10.0.0.5", "198.51.100.7, 203.0.113.9, 10.0.1.4")
+    assert address == ipaddress.ip_address("203.0.113.9")
+    assert policy.client_address("192.0.2.1", "203.0.113.9") == ipaddress.ip_address("192.0.2.1")
+    assert policy.client_address("10.0.0.5", "not-an-ip") is None
+
+
+def test_bad_access_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PROXY_ALLOW_CIDRS"):
+        load_settings({"PROXY_ALLOW_CIDRS": "10.0.0.0/33"})
+    with pytest.raises(ConfigError, match="PROXY_AUTH_HTPASSWD"):
+        load_settings({"PROXY_AUTH_HTPASSWD": str(tmp_path / "missing")})
+    plain = tmp_path / "plain"
+    plain.write_text("user:{SHA}abc\n")
+    with pytest.raises(ConfigError, match="bcrypt"):
+        load_settings({"PROXY_AUTH_HTPASSWD": str(plain)})
+
+
+IP_RANGES: dict[str, object] = {
+    "prefixes": [
+        {"ip_prefix": "34.228.4.208/28", "region": "us-east-1", "service": "CODEBUILD"},
+        {"ip_prefix": "3.5.0.0/16", "region": "us-east-1", "service": "S3"},
+        {"ip_prefix": "13.56.32.200/29", "region": "us-west-1", "service": "CODEBUILD"},
+        {"ip_prefix": "34.228.4.208/28", "region": "us-east-1", "service": "AMAZON"},
+    ],
+    "ipv6_prefixes": [
+        {"ipv6_prefix": "2600:1f18::/36", "region": "us-east-1", "service": "CODEBUILD"}
+    ],
+}
+
+
+def test_codebuild_ranges() -> None:
+    assert codebuild_ranges(IP_RANGES, "us-east-1") == ["34.228.4.208/28", "2600:1f18::/36"]
+    assert codebuild_ranges(IP_RANGES, "eu-west-1") == []
+
+
+def test_codebuild_ranges_command(tmp_path: Path) -> None:
+    path = tmp_path / "ip-ranges.json"
+    path.write_text(json.dumps(IP_RANGES))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "codebuild-ranges",
+            str(path),
+            "--region",
+            "us-east-1",
+            "--format",
+            "env",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout.strip() == "PROXY_ALLOW_CIDRS=34.228.4.208/28,2600:1f18::/36"
+    assert load_settings({"PROXY_ALLOW_CIDRS": result.stdout.strip().split("=", 1)[1]}).allow_cidrs
