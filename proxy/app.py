@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -93,6 +94,7 @@ async def open_services(
             spool_dir(settings),
             on_storage_error=health.record,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
+            max_fetches=settings.max_upstream_fetches,
         )
         blobs.open()
         manifests = ManifestCache(
@@ -187,12 +189,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One log line per request, with what the cache and the upstream did for it."""
     stats = begin_request()
+    # Correlate with the load balancer's logs when it sent an id; otherwise make one.
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(request_id=request_id[:64])
     started = time.perf_counter()
     status = 500
     response: web.StreamResponse | None = None
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id[:64]
         return response
     finally:
         api_path = request.get(routes.API_PATH)
@@ -216,6 +223,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             upstream_requests=stats.upstream_requests,
             duration_ms=round(duration * 1000, 1),
             aborted=request.get(routes.ABORTED),
+            request_id=request_id[:64],
             remote=request.remote,
         )
 

@@ -186,6 +186,7 @@ def serve(settings: Settings) -> int:
             host=settings.listen_host,
             port=settings.listen_port,
             shutdown_timeout=settings.shutdown_grace,
+            keepalive_timeout=settings.client_idle_timeout,
             access_log=None,
             print=None,
             handle_signals=True,

@@ -78,6 +78,8 @@ class Settings:
     shutdown_grace: float = 30.0
     spool_dir: Path | None = None
     quota_warn_remaining: int = 10
+    max_upstream_fetches: int = 64
+    client_idle_timeout: float = 75.0
     allow_cidrs: tuple[Network, ...] = ()
     anonymous_cidrs: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
@@ -181,6 +183,12 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _positive_count(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError("expected a whole number >= 1")
+    return int(value)
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise ValueError("expected a non-empty value")
@@ -215,6 +223,8 @@ ENV_VARS: dict[str, str] = {
     "PROXY_AUTH_HTPASSWD": "htpasswd file with bcrypt entries: clients must log in",
     "PROXY_AUTH_TOKENS": "comma-separated static tokens accepted as Bearer or as Basic password",
     "PROXY_ANONYMOUS_CIDRS": "networks that need no login when auth is on (Docker mirror clients)",
+    "PROXY_MAX_UPSTREAM_FETCHES": "blob downloads from upstreams at once; more wait (default 64)",
+    "PROXY_CLIENT_IDLE_TIMEOUT": "seconds an idle keep-alive connection stays open (default 75)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
 }
 
@@ -286,6 +296,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=read.get("PROXY_TRUSTED_PROXIES", parse_networks, ()),
         htpasswd_users=read.get("PROXY_AUTH_HTPASSWD", _htpasswd, {}),
         auth_tokens=read.get("PROXY_AUTH_TOKENS", load_tokens, frozenset()),
+        max_upstream_fetches=read.get(
+            "PROXY_MAX_UPSTREAM_FETCHES", _positive_count, defaults.max_upstream_fetches
+        ),
+        client_idle_timeout=read.get(
+            "PROXY_CLIENT_IDLE_TIMEOUT", _positive_seconds, defaults.client_idle_timeout
+        ),
         quota_warn_remaining=read.get(
             "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
         ),

@@ -223,19 +223,34 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the storage answers and no storage error happened recently."""
+    """Readiness: the cache storage answers, and (reported) whether the upstream is reachable.
+
+    An unreachable upstream is reported but does not make the instance unready by default: the
+    cache can still serve every build whose images it has, which is the point of serving stale.
+    ``?upstream=required`` makes it count, for checks that want the strict meaning.
+    """
     services = request.app[SERVICES]
-    problems: dict[str, str] = {}
+    checks: dict[str, str] = {}
+    failed = False
     try:
         await services.storage.check()
     except Exception as exc:
-        problems["storage"] = str(exc)
+        checks["storage"] = f"failing: {exc}"
+        failed = True
     else:
         if services.storage_health.recently_failed():
-            problems["storage"] = f"recent error: {services.storage_health.last_error}"
-    status = 503 if problems else 200
+            checks["storage"] = f"recent error: {services.storage_health.last_error}"
+            failed = True
+        else:
+            checks["storage"] = "ok"
+    try:
+        await services.upstreams.default.ping()
+        checks["upstream"] = "ok"
+    except UpstreamError as exc:
+        checks["upstream"] = f"unreachable: {exc.detail}"
+        failed = failed or request.query.get("upstream") == "required"
     return web.json_response(
-        {"status": "ok" if not problems else "degraded", **problems}, status=status
+        {"status": "degraded" if failed else "ok", **checks}, status=503 if failed else 200
     )
 
 

@@ -186,3 +186,28 @@ async def test_extra_upstream_by_path_and_by_ns(
     assert (
         fakehub.manifest_gets(repo="owner/tool") == fakehub.manifest_heads(repo="owner/tool") == 0
     )
+
+
+async def test_readiness_reports_upstream_without_failing_on_it(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy(fakehub)
+    await fakehub.close()
+    ready = await client.get("/readyz")
+    assert ready.status == 200  # the cache can still serve what it has
+    body = await ready.json()
+    assert body["storage"] == "ok" and body["upstream"].startswith("unreachable")
+    strict = await client.get("/readyz?upstream=required")
+    assert strict.status == 503
+
+
+async def test_request_id_is_echoed_and_logged(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    import structlog
+
+    client = await make_proxy(fakehub)
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get("/v2/", headers={"X-Request-Id": "trace-123"})
+    assert response.headers["X-Request-Id"] == "trace-123"
+    generated = await client.get("/v2/")
+    assert len(generated.headers["X-Request-Id"]) == 32
+    assert any(e.get("request_id") == "trace-123" for e in logs if e["event"] == "request")

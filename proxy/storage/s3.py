@@ -5,7 +5,9 @@ Objects live at ``<prefix>/<key>`` in the bucket (just ``<key>`` when the prefix
 One aiobotocore client is created in ``open()`` and closed in ``close()``. Credentials and region
 come from the standard AWS chain: environment variables locally, the task role on Fargate (region
 ``us-east-1`` when none is configured). ``open()`` checks the bucket with HeadBucket, so a missing
-bucket or bad credentials stop start-up with one line that names the bucket.
+bucket or bad credentials stop start-up with one line that names the bucket. The role needs
+s3:ListBucket on the bucket (HeadBucket, ListObjectsV2, and a 404 rather than a 403 for a missing
+key) and GetObject, PutObject, DeleteObject and AbortMultipartUpload on the objects.
 
 Writes never replace an object with other bytes. Content-addressed objects are written with
 ``If-None-Match: *`` (PutObject, and CompleteMultipartUpload for large blobs): when writers in
@@ -13,11 +15,14 @@ several instances race on the same digest, the first one to finish stores the ob
 get 412 PreconditionFailed (or 409 ConditionalRequestConflict while the first is in progress),
 which means "already there, same bytes" and counts as success.
 
-A blob writer buffers up to ``part_size`` bytes. A blob that fits in one part goes up with one
+A blob writer buffers up to one part (``part_size``, 8 MiB by default, or larger when a known blob
+size would need more than S3's 10,000 parts). A blob that fits in one part goes up with one
 PutObject at commit; a larger one becomes a multipart upload while it streams: each full part is
 uploaded in the background while the next one fills, so at most two parts are held in memory
 whatever the blob size. ``commit()`` (called only after the base class verified the digest)
-completes the upload; a mismatch, ``abort()`` or any failure aborts it, so nothing is left behind.
+completes the upload, after checking that the parts hold exactly the bytes written; a mismatch,
+``abort()`` or any failure aborts it, so nothing is left behind. After a failed part the writer
+refuses to commit (the upload would have a hole); the blob pump detaches from it instead.
 (A process killed mid-upload leaves an incomplete multipart upload: the bucket's lifecycle rule
 ``AbortIncompleteMultipartUpload`` removes those.)
 
@@ -64,6 +69,8 @@ MiB = 1024 * 1024
 #: S3's smallest part size (for every part but the last).
 MIN_PART_SIZE = 5 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
+#: S3's largest part number: a writer that knows the blob size raises its part size to fit.
+MAX_PARTS = 10_000
 READ_CHUNK = 256 * 1024
 #: Keys per ListObjectsV2 request (S3's maximum).
 LIST_PAGE_SIZE = 1000
@@ -117,8 +124,8 @@ class S3Storage(Storage):
     ) -> None:
         """``path_style`` None means path-style addressing with a custom ``endpoint_url`` (what
         S3-compatible servers expect) and the AWS default otherwise."""
-        if part_size < 1:
-            raise ValueError("part_size must be positive")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         if retry_mode not in {"standard", "adaptive", "legacy"}:
             raise ValueError(f"unknown retry mode: {retry_mode!r}")
         self.bucket = bucket
@@ -399,6 +406,9 @@ class S3BlobWriter(BlobWriter):
         self.storage = storage
         self.content_type = content_type
         self.object_key = storage.object_key(key)
+        self.part_size = storage.part_size
+        if expected_size is not None:
+            self.part_size = max(self.part_size, -(-expected_size // MAX_PARTS))
         self.upload_id: str | None = None
         self.peak_buffered = 0
         self._buffer = io.BytesIO()
@@ -424,7 +434,7 @@ class S3BlobWriter(BlobWriter):
         self._buffered += len(chunk)
         self._note_peak()
         try:
-            while self._buffered >= self.storage.part_size:
+            while self._buffered >= self.part_size:
                 await self._send_part()
         except StorageError as exc:
             self._failed = exc
@@ -456,7 +466,7 @@ class S3BlobWriter(BlobWriter):
         await self._wait_upload()  # at most one part in flight
         if self.upload_id is None:
             await self._create_upload()
-        part, size = self._take_buffer(self.storage.part_size)
+        part, size = self._take_buffer(self.part_size)
         number = self._next_part
         self._next_part += 1
         self._uploading_bytes = size

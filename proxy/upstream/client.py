@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ log = structlog.get_logger(__name__)
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
 RETRY_DELAYS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
+PING_CACHE_SECONDS = 30.0
+PING_TIMEOUT = 5.0
 _RETRYABLE_STATUS = {502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 
@@ -131,6 +134,8 @@ class RegistryClient:
         self._auth = TokenAuth(session, settings.username, settings.password, self._timeout)
         self._observer = observer
         self._retry_delays = retry_delays
+        self._ping_at = -PING_CACHE_SECONDS
+        self._ping_error: str | None = None
 
     # --- manifests ------------------------------------------------------------------------------
 
@@ -219,14 +224,28 @@ class RegistryClient:
             return body, response.headers.get("Link")
 
     async def ping(self) -> None:
-        """Raise UpstreamUnavailable unless the registry answers its base endpoint at all."""
+        """Raise UpstreamUnavailable unless the registry answers its base endpoint at all.
+
+        Health checks call this often; the answer is reused for PING_CACHE_SECONDS.
+        """
+        now = time.monotonic()
+        if now - self._ping_at < PING_CACHE_SECONDS:
+            if self._ping_error is not None:
+                raise UpstreamUnavailable(self._ping_error)
+            return
+        self._ping_at = now
+        self._ping_error = None
         count_upstream_request()
         try:
-            async with self._session.get(f"{self._base}/v2/", timeout=self._timeout) as response:
+            async with self._session.get(
+                f"{self._base}/v2/", timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT)
+            ) as response:
                 if response.status >= 500:
-                    raise UpstreamUnavailable(f"/v2/ answered {response.status}")
+                    self._ping_error = f"/v2/ answered {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(_describe(exc)) from exc
+            self._ping_error = _describe(exc)
+        if self._ping_error is not None:
+            raise UpstreamUnavailable(self._ping_error)
 
     # --- the request machinery ------------------------------------------------------------------
 
