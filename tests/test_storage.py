@@ -175,6 +175,9 @@ async def test_empty_object(storage: Storage) -> None:
         (299_999, 299_999, slice(299_999, None)),  # the last byte
         (299_999, None, slice(299_999, None)),
         (250_000, 10_000_000, slice(250_000, None)),  # end past the object: to its end
+        (300_000, None, slice(0, 0)),  # starts at the end: nothing
+        (400_000, 500_000, slice(0, 0)),  # starts past the end: nothing
+        (20, 10, slice(0, 0)),  # empty range
     ],
 )
 async def test_read_ranges(storage: Storage, start: int, end: int | None, expected: slice) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -151,7 +152,13 @@ class S3Storage(Storage):
         if self._client is not None:
             return
         session = AioSession()
-        region = self.region or session.get_config_variable("region") or DEFAULT_REGION
+        # botocore reads AWS_DEFAULT_REGION and the config file; ECS and other SDKs set AWS_REGION.
+        region = (
+            self.region
+            or session.get_config_variable("region")
+            or os.environ.get("AWS_REGION")
+            or DEFAULT_REGION
+        )
         config = AioConfig(
             region_name=region,
             signature_version="s3v4",
@@ -207,7 +214,7 @@ class S3Storage(Storage):
                 )
             elif status in {301, 307, 400} and headers.get("x-amz-bucket-region"):
                 actual = headers["x-amz-bucket-region"]
-                detail = f"is in region {actual}, not {region} (set AWS_REGION={actual})"
+                detail = f"is in region {actual}, not {region} (set AWS_DEFAULT_REGION={actual})"
             else:
                 detail = f"HeadBucket failed: {_describe(exc)}"
             raise StorageError(f"{where} {detail} (PROXY_STORAGE)") from None

@@ -186,10 +186,10 @@ class MotoServer:
     # -- S3 helpers (synchronous: for fixtures) -------------------------------------------
 
     def client(self) -> Any:
-        """A boto3 S3 client on this server with the fake credentials."""
-        import boto3
+        """A (synchronous) botocore S3 client on this server with the fake credentials."""
+        import botocore.session
 
-        return boto3.client(
+        return botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint_url,
             region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
