@@ -24,6 +24,7 @@ from proxy.logs import begin_request
 from proxy.metrics import Metrics
 from proxy.services import Services, StorageHealth
 from proxy.storage import Storage, StorageError
+from proxy.storage.breaker import CircuitBreakerStorage
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.upstream.client import RETRY_DELAYS, RegistryClient
 from proxy.upstream.registry import Upstreams
@@ -72,7 +73,7 @@ async def open_services(
 
     The server and the ``warm`` command both run on this, so they cache in exactly the same way.
     """
-    storage = storage or create_storage(settings)
+    storage = CircuitBreakerStorage(storage or create_storage(settings))
     connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
         await storage.open()
@@ -196,7 +197,11 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     status = 500
     response: web.StreamResponse | None = None
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
         status = response.status
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id[:64]

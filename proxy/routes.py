@@ -149,7 +149,8 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
 
     content = await services.blobs.get(client, name, digest)
     if content.redirect_url is not None:
-        raise web.HTTPTemporaryRedirect(content.redirect_url, headers=API_VERSION)
+        # The bytes flow from S3 to the client directly (PROXY_BLOB_REDIRECT).
+        return web.Response(status=307, headers={**API_VERSION, "Location": content.redirect_url})
     byte_range = None
     if content.size is not None:
         try:

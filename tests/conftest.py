@@ -51,7 +51,7 @@ async def make_proxy(
     """``client = await make_proxy(hub, tag_ttl=0, ...)``: the app on a loopback port.
 
     Keyword arguments override Settings fields; by default the cache lives in a fresh directory
-    under tmp_path (``client.app[SERVICES].storage.root``).
+    under tmp_path (``client.app[SERVICES].settings.storage.path``).
     """
     count = 0
 
