@@ -20,8 +20,8 @@ test: lint typecheck
 	$(BIN)/pytest
 
 lint: $(BIN)/registry-proxy
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests infra
+	$(BIN)/ruff format --check proxy tests infra
 
 typecheck: $(BIN)/registry-proxy
 	$(BIN)/mypy

@@ -18,11 +18,11 @@ def cache_files(root: Path, area: str) -> list[Path]:
     return [p for p in (root / area).rglob("*") if p.is_file()]
 
 
-async def wait_exit(proxy: ProxyProcess, timeout: float) -> int:
+async def wait_exit(proxy: ProxyProcess, seconds: float) -> int:
     """Wait for the process to exit by itself (no second signal) and return its exit code."""
     process = proxy._proc
     assert process is not None
-    return await asyncio.to_thread(process.wait, timeout)
+    return await asyncio.to_thread(process.wait, seconds)
 
 
 async def start_transfer(

@@ -1,0 +1,121 @@
+"""The scenarios the infra tests synthesize, and helpers to inspect what came out.
+
+Synthesis runs offline: the stack leaves the account open and reads an existing VPC from ids,
+so nothing here needs AWS credentials, a network or a Docker daemon.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Template
+from registry_proxy_infra.application import build_app
+from registry_proxy_infra.stack import RegistryProxyStack
+
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+CERTIFICATE_ARN = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/5d0c2a9e-8f1b-4c3d-9e6f-1a2b3c4d5e6f"
+SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:registry-proxy/docker-hub-AbC123"
+
+# What a user gets from cdk.json with nothing but a region.
+DEFAULT_CONTEXT: dict[str, Any] = {"region": REGION}
+
+# Every optional feature at once: an existing VPC described by ids, explicit client networks,
+# a DNS name in a hosted zone, cache expiry, an existing secret and an image given by URI.
+CUSTOM_CONTEXT: dict[str, Any] = {
+    "region": REGION,
+    "stackName": "RegistryProxyCustom",
+    "vpcId": "vpc-0a1b2c3d4e5f60718",
+    "vpcCidr": "10.40.0.0/16",
+    # as `-c key=a,b` passes lists: comma-separated strings
+    "vpcAvailabilityZones": "eu-west-1a,eu-west-1b,eu-west-1c",
+    "vpcPrivateSubnetIds": (
+        "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2,subnet-0ccccccccccccccc3"
+    ),
+    "vpcPrivateSubnetRouteTableIds": (
+        "rtb-0aaaaaaaaaaaaaaa1,rtb-0bbbbbbbbbbbbbbb2,rtb-0ccccccccccccccc3"
+    ),
+    "allowedCidrs": ["10.50.0.0/16", "10.51.0.0/16"],
+    "allowedSecurityGroupIds": ["sg-0123456789abcdef0"],
+    "certificateArn": CERTIFICATE_ARN,
+    "domainName": "registry.build.example.com",
+    "hostedZoneId": "Z0123456789ABCDEFGHIJ",
+    "hostedZoneName": "build.example.com",
+    "imageUri": "public.ecr.aws/example/registry-proxy:1.2.3",
+    "dockerHubSecretArn": SECRET_ARN,
+    "cacheExpirationDays": "30",
+    "blobRedirect": "true",
+    "logRetentionDays": 90,
+    "minTasks": 3,
+    "maxTasks": 10,
+    "cpuTargetPercent": 50,
+    "extraEnvironment": {"PROXY_UPSTREAM_READ_TIMEOUT": "120"},
+}
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    """One synthesized scenario: the stack, its template and what cdk-nag reported."""
+
+    name: str
+    stack: RegistryProxyStack
+    template: Template
+    outdir: Path
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return dict(self.template.to_json())
+
+    def resources(self, resource_type: str) -> dict[str, dict[str, Any]]:
+        found = self.template.find_resources(resource_type)
+        return {logical_id: dict(resource) for logical_id, resource in found.items()}
+
+    def only(self, resource_type: str) -> dict[str, Any]:
+        """The properties of the single resource of ``resource_type``."""
+        found = self.resources(resource_type)
+        assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+        properties: dict[str, Any] = next(iter(found.values())).get("Properties", {})
+        return properties
+
+    def logical_id(self, resource_type: str) -> str:
+        found = self.resources(resource_type)
+        assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+        return next(iter(found))
+
+    def nag_rows(self) -> list[dict[str, str]]:
+        reports = sorted(self.outdir.glob("AwsSolutions-*NagReport.csv"))
+        assert reports, f"cdk-nag wrote no report into {self.outdir}"
+        rows: list[dict[str, str]] = []
+        for report in reports:
+            with report.open(newline="", encoding="utf-8") as handle:
+                rows.extend(csv.DictReader(handle))
+        return rows
+
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.outdir / "manifest.json").read_text())
+        return data
+
+
+def synthesize(name: str, context: Mapping[str, Any], outdir: Path) -> Synthesized:
+    app, stack = build_app(context, outdir=str(outdir))
+    try:
+        app.synth()
+    except RuntimeError as exc:
+        # cdk-nag errors fail synthesis; show the findings rather than only "Validation failed".
+        findings = [
+            f"{row['Rule ID']} on {row['Resource ID']}: {row['Rule Info']}"
+            for path in outdir.glob("AwsSolutions-*NagReport.csv")
+            for row in csv.DictReader(path.open(newline="", encoding="utf-8"))
+            if row["Compliance"] not in ("Compliant", "Suppressed", "N/A")
+        ]
+        pytest.fail(
+            f"synthesis of the {name} scenario failed: {exc}\n" + "\n".join(findings),
+            pytrace=False,
+        )
+    return Synthesized(name, stack, Template.from_stack(stack), outdir)

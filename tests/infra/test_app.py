@@ -1,0 +1,56 @@
+"""``app.py``, the entry point ``cdk synth`` runs, works offline and explains a missing region."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from registry_proxy_infra import application
+
+from .scenarios import REGION
+
+INFRA_DIR = Path(application.__file__).resolve().parents[1]
+
+
+def test_app_py_synthesizes_without_credentials_or_network(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env |= {
+        "CDK_OUTDIR": str(tmp_path),  # what the CDK CLI sets
+        "CDK_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        # a tripwire: any attempt to reach the network through a proxy fails at once
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, str(INFRA_DIR / "app.py")],
+        cwd=INFRA_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "missing" not in manifest, manifest["missing"]
+    template = json.loads((tmp_path / "RegistryProxy.template.json").read_text())
+    assert "MirrorUrl" in template["Outputs"]
+    # app.py applies cdk-nag itself, so `cdk synth` fails on a new unacknowledged finding
+    reports = list(tmp_path.glob("AwsSolutions-*NagReport.csv"))
+    assert reports
+    assert "Non-Compliant" not in reports[0].read_text()
+
+
+def test_main_without_a_region_exits_with_advice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CDK_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("CDK_CONTEXT_JSON", raising=False)
+    assert application.main() == 2
+    assert "-c region=" in capsys.readouterr().out

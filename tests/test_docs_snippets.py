@@ -1,0 +1,389 @@
+"""The client snippets in docs/ are valid: shell passes shellcheck, config files parse, and the
+mirror script really merges daemon.json, reloads dockerd and verifies the result.
+
+Shell comes from three places: script files (docs/clients/*.sh), ```bash / ```sh blocks in the
+Markdown guides, and the ``commands`` of buildspec files.  shellcheck (Debian package
+``shellcheck``) and jq are needed; a missing one skips these tests visibly, or fails them when
+``PROXY_TEST_REQUIRE_BINARIES=1`` (as in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+CLIENTS = DOCS / "clients"
+MIRROR_SCRIPT = CLIENTS / "use-registry-mirror.sh"
+BUILDKITD_TOML = CLIENTS / "buildkitd.toml"
+BUILDSPEC = CLIENTS / "codebuild-buildspec.yml"
+GUIDE = DOCS / "codebuild.md"
+EXAMPLE_MIRROR = "https://registry.build.example.com"
+
+REQUIRE_ENV = "PROXY_TEST_REQUIRE_BINARIES"
+DEBIAN_PACKAGES = {"shellcheck": "shellcheck", "jq": "jq", "bash": "bash"}
+SHELL_LANGUAGES = {"bash": "bash", "sh": "sh", "shell": "bash"}
+FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def require(program: str) -> str:
+    """Path of ``program``; skip when it is missing, or fail when binaries are required."""
+    path = shutil.which(program)
+    if path is not None:
+        return path
+    reason = f"{program} is not installed (Debian package: {DEBIAN_PACKAGES.get(program, program)})"
+    if os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; {REQUIRE_ENV}=1 makes this a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------------------- collecting snippets
+
+
+@dataclass(frozen=True)
+class Snippet:
+    origin: str  # file:line, for messages
+    language: str
+    text: str
+
+
+def markdown_files() -> list[Path]:
+    files = sorted(DOCS.rglob("*.md"))
+    infra_readme = REPO / "infra" / "README.md"
+    if infra_readme.is_file():
+        files.append(infra_readme)
+    return files
+
+
+def fenced_blocks(path: Path) -> list[Snippet]:
+    text = path.read_text(encoding="utf-8")
+    return [
+        Snippet(
+            origin=f"{path.relative_to(REPO)}:{text.count(chr(10), 0, match.start()) + 1}",
+            language=match.group(1).lower(),
+            text=match.group(2),
+        )
+        for match in FENCE.finditer(text)
+    ]
+
+
+def buildspec_files() -> list[Path]:
+    return sorted(CLIENTS.glob("*buildspec*.yml")) + sorted(CLIENTS.glob("*buildspec*.yaml"))
+
+
+def buildspec_script(path: Path) -> Snippet:
+    """All commands of a buildspec as one script: CodeBuild runs them in one shell session."""
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    shell = spec.get("env", {}).get("shell", "sh")
+    lines = [f"# variables: {', '.join(spec.get('env', {}).get('variables', {}))}"]
+    for name, phase in spec.get("phases", {}).items():
+        lines.append(f"# phase {name}")
+        for key in ("commands", "finally"):
+            lines.extend(str(command) for command in phase.get(key, []))
+    return Snippet(str(path.relative_to(REPO)), SHELL_LANGUAGES.get(shell, shell), "\n".join(lines))
+
+
+def shell_snippets() -> list[Snippet]:
+    snippets = [
+        block
+        for path in markdown_files()
+        for block in fenced_blocks(path)
+        if block.language in SHELL_LANGUAGES
+    ]
+    return snippets + [buildspec_script(path) for path in buildspec_files()]
+
+
+def run_shellcheck(source: str, shell: str, origin: str) -> None:
+    shellcheck = require("shellcheck")
+    result = subprocess.run(
+        [shellcheck, "--format=gcc", f"--shell={shell}", "--external-sources", "-"],
+        input=source,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"shellcheck on {origin}:\n{result.stdout}{result.stderr}"
+
+
+# ---------------------------------------------------------------------------- shellcheck
+
+
+SHEBANG = re.compile(r"^#!\s*(?:/usr/bin/env\s+)?(?:/\S*/)?(bash|sh|dash)\b")
+
+
+@pytest.mark.parametrize("script", sorted(CLIENTS.glob("*.sh")), ids=lambda path: path.name)
+def test_scripts_pass_shellcheck(script: Path) -> None:
+    text = script.read_text(encoding="utf-8")
+    shebang = SHEBANG.match(text)
+    assert shebang is not None, f"{script} does not start with a bash or sh #! line"
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    shell = "bash" if shebang.group(1) == "bash" else "sh"
+    run_shellcheck(text, shell, str(script.relative_to(REPO)))
+
+
+@pytest.mark.parametrize("snippet", shell_snippets(), ids=lambda snippet: snippet.origin)
+def test_shell_snippets_pass_shellcheck(snippet: Snippet) -> None:
+    run_shellcheck(
+        snippet.text, SHELL_LANGUAGES.get(snippet.language, snippet.language), snippet.origin
+    )
+
+
+def test_the_guides_have_shell_snippets() -> None:
+    """Guard against the collector silently finding nothing (a changed fence style, say)."""
+    origins = [snippet.origin for snippet in shell_snippets()]
+    assert any(origin.startswith("docs/codebuild.md:") for origin in origins)
+    assert any(origin.endswith(".yml") for origin in origins)
+
+
+# ---------------------------------------------------------------------------- other snippets
+
+
+def test_config_snippets_parse() -> None:
+    blocks = [
+        block
+        for path in markdown_files()
+        for block in fenced_blocks(path)
+        if block.language in ("json", "toml", "yaml", "yml")
+    ]
+    for block in blocks:
+        try:
+            if block.language == "json":
+                json.loads(block.text)
+            elif block.language == "toml":
+                tomllib.loads(block.text)
+            else:
+                yaml.safe_load(block.text)
+        except (ValueError, yaml.YAMLError) as exc:
+            pytest.fail(f"{block.origin}: {block.language} does not parse: {exc}")
+
+
+def test_buildkitd_toml_mirrors_docker_hub() -> None:
+    config = tomllib.loads(BUILDKITD_TOML.read_text(encoding="utf-8"))
+    mirrors = config["registry"]["docker.io"]["mirrors"]
+    # BuildKit wants a host (HTTPS is the default), not a URL
+    assert mirrors == [EXAMPLE_MIRROR.removeprefix("https://")]
+
+
+def test_buildspec_points_dockerd_at_the_mirror() -> None:
+    spec = yaml.safe_load(BUILDSPEC.read_text(encoding="utf-8"))
+    assert spec["version"] == 0.2
+    assert spec["env"]["variables"]["REGISTRY_MIRROR"] == EXAMPLE_MIRROR
+    commands = spec["phases"]["pre_build"]["commands"]
+    assert commands[0] == 'bash docs/clients/use-registry-mirror.sh "$REGISTRY_MIRROR"'
+    assert any(command.startswith("docker info") for command in commands)
+
+
+def test_guide_names_only_files_that_exist() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    mentioned = set(re.findall(r"(?:docs|infra)/[\w./-]+\.(?:sh|yml|toml|md)", text))
+    assert mentioned >= {
+        "docs/clients/codebuild-buildspec.yml",
+        "docs/clients/use-registry-mirror.sh",
+        "docs/clients/buildkitd.toml",
+    }
+    missing = sorted(name for name in mentioned if not (REPO / name).is_file())
+    assert missing == []
+
+
+def test_guide_covers_the_explicit_form_and_the_vpc() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    assert "FROM registry.build.example.com/library/golang" in text
+    assert "docker login" in text
+    for topic in ("private subnets", "NAT", "security group", "DNS", "SIGHUP", "docker info"):
+        assert topic in text, topic
+
+
+# ---------------------------------------------------------------------------- the mirror script
+
+FAKE_DOCKERD = """\
+# Stands in for dockerd: on SIGHUP it "loads" daemon.json by copying it to the state file.
+trap 'cp "$1" "$2" 2>/dev/null || true' HUP
+while :; do sleep 0.05; done
+"""
+
+FAKE_DOCKER = """\
+#!/usr/bin/env bash
+# Stands in for the docker CLI: `docker info` answers; with --format it prints the mirrors the
+# fake dockerd loaded, the way dockerd prints them (with a trailing slash).
+[[ "${1:-}" == info ]] || exit 1
+if [[ $# -gt 1 && -s "$FAKE_DOCKERD_STATE" ]]; then
+  jq -r '(.["registry-mirrors"] // [])[] | rtrimstr("/") + "/"' "$FAKE_DOCKERD_STATE"
+fi
+"""
+
+FAKE_CURL = """\
+#!/usr/bin/env bash
+# Stands in for curl: records its arguments, prints the status code it was told to.
+printf '%s\\n' "$@" > "$FAKE_CURL_ARGS"
+printf '%s' "$FAKE_CURL_STATUS"
+[[ "$FAKE_CURL_STATUS" != 000 ]] || exit 7
+"""
+
+
+@dataclass
+class FakeHost:
+    root: Path
+    env: dict[str, str]
+    config: Path
+    state: Path
+    dockerd: subprocess.Popen[bytes] | None = None
+
+    def start_dockerd(self, *, reloads: bool = True) -> None:
+        script = FAKE_DOCKERD if reloads else "trap '' HUP\nwhile :; do sleep 0.05; done\n"
+        self.dockerd = subprocess.Popen(
+            [require("bash"), "-c", script, "fake-dockerd", str(self.config), str(self.state)]
+        )
+        (self.root / "docker.pid").write_text(f"{self.dockerd.pid}\n")
+        time.sleep(0.2)  # let bash install its trap before anything signals it
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [require("bash"), str(MIRROR_SCRIPT), *args],
+            env=self.env | env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def daemon_json(self) -> object:
+        return json.loads(self.config.read_text())
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[FakeHost]:
+    require("jq")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("docker", FAKE_DOCKER), ("curl", FAKE_CURL)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    config = tmp_path / "etc" / "docker" / "daemon.json"
+    state = tmp_path / "loaded.json"
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DOCKER_DAEMON_CONFIG": str(config),
+        "DOCKER_CERTS_DIR": str(tmp_path / "etc" / "docker" / "certs.d"),
+        "DOCKERD_PIDFILE": str(tmp_path / "docker.pid"),
+        "MIRROR_WAIT_SECONDS": "5",
+        "FAKE_DOCKERD_STATE": str(state),
+        "FAKE_CURL_STATUS": "200",
+        "FAKE_CURL_ARGS": str(tmp_path / "curl-args"),
+    }
+    fake = FakeHost(tmp_path, env, config, state)
+    yield fake
+    if fake.dockerd is not None:
+        fake.dockerd.send_signal(signal.SIGTERM)
+        fake.dockerd.wait(timeout=10)
+
+
+def test_script_creates_daemon_json_and_reloads_dockerd(host: FakeHost) -> None:
+    host.start_dockerd()
+    result = host.run(EXAMPLE_MIRROR + "/")
+    assert result.returncode == 0, result.stderr
+    assert host.daemon_json() == {"registry-mirrors": [EXAMPLE_MIRROR]}
+    assert json.loads(host.state.read_text()) == host.daemon_json(), "dockerd got no SIGHUP"
+    assert f"through {EXAMPLE_MIRROR}" in result.stderr
+    assert "answers /v2/ with HTTP 200" in result.stderr
+    assert (host.root / "curl-args").read_text().splitlines()[-1] == f"{EXAMPLE_MIRROR}/v2/"
+
+
+def test_script_merges_into_existing_settings_and_is_idempotent(host: FakeHost) -> None:
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text(
+        json.dumps(
+            {
+                "log-level": "warn",
+                "insecure-registries": ["10.0.0.5:5000"],
+                "registry-mirrors": ["https://mirror.gcr.io/", EXAMPLE_MIRROR + "/"],
+            }
+        )
+    )
+    host.start_dockerd()
+    first = host.run(EXAMPLE_MIRROR)
+    assert first.returncode == 0, first.stderr
+    merged = {
+        "log-level": "warn",
+        "insecure-registries": ["10.0.0.5:5000"],
+        "registry-mirrors": [EXAMPLE_MIRROR, "https://mirror.gcr.io"],
+    }
+    assert host.daemon_json() == merged
+    second = host.run(REGISTRY_MIRROR=EXAMPLE_MIRROR)  # the URL from the environment this time
+    assert second.returncode == 0, second.stderr
+    assert host.daemon_json() == merged
+    assert oct(host.config.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_script_fails_when_the_mirror_does_not_answer(host: FakeHost) -> None:
+    host.start_dockerd()
+    result = host.run(EXAMPLE_MIRROR, FAKE_CURL_STATUS="000")
+    assert result.returncode == 1
+    assert "fall back to Docker Hub" in result.stderr
+
+
+def test_script_only_warns_when_asked_to(host: FakeHost) -> None:
+    host.start_dockerd()
+    result = host.run(EXAMPLE_MIRROR, FAKE_CURL_STATUS="503", MIRROR_CHECK="warn")
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr
+
+
+def test_script_fails_when_dockerd_does_not_take_the_mirror(host: FakeHost) -> None:
+    host.start_dockerd(reloads=False)
+    result = host.run(EXAMPLE_MIRROR, MIRROR_WAIT_SECONDS="1")
+    assert result.returncode == 1
+    assert "does not list" in result.stderr
+
+
+def test_script_installs_a_private_ca_for_the_mirror_host(host: FakeHost) -> None:
+    ca = host.root / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    host.start_dockerd()
+    result = host.run(EXAMPLE_MIRROR, MIRROR_CA_FILE=str(ca))
+    assert result.returncode == 0, result.stderr
+    installed = host.root / "etc/docker/certs.d/registry.build.example.com/ca.crt"
+    assert installed.read_text() == ca.read_text()
+    assert str(ca) in (host.root / "curl-args").read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://registry.build.example.com", "https://registry.build.example.com/v2", "", "host"],
+)
+def test_script_refuses_anything_but_an_https_host(host: FakeHost, url: str) -> None:
+    host.start_dockerd()
+    result = host.run(url)
+    assert result.returncode == 1
+    assert not host.config.exists(), "daemon.json written despite a bad URL"
+
+
+def test_script_leaves_invalid_daemon_json_alone(host: FakeHost) -> None:
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text("{not json")
+    host.start_dockerd()
+    result = host.run(EXAMPLE_MIRROR)
+    assert result.returncode == 1
+    assert host.config.read_text() == "{not json"
+    assert list(host.config.parent.iterdir()) == [host.config], "temporary file left behind"
+
+
+def test_heart_of_the_script_in_the_guide_matches_it() -> None:
+    """The inline variant in the guide uses the same jq merge rule as the script."""
+    text = GUIDE.read_text(encoding="utf-8")
+    assert '.["registry-mirrors"] = [$m] + ((.["registry-mirrors"] // []) - [$m])' in text
+    assert 'kill -HUP "$(cat /var/run/docker.pid)"' in text
+    assert 'kill -HUP "$pid"' in MIRROR_SCRIPT.read_text(encoding="utf-8")
