@@ -73,7 +73,7 @@ class Settings:
     log_level: str = "info"
     tag_ttl: float = 300.0
     upstream_connect_timeout: float = 10.0
-    upstream_read_timeout: float = 60.0
+    upstream_read_timeout: float = 30.0
     max_manifest_bytes: int = 4 * 1024 * 1024
     shutdown_grace: float = 30.0
     spool_dir: Path | None = None
@@ -209,7 +209,7 @@ ENV_VARS: dict[str, str] = {
     "PROXY_LOG_LEVEL": "debug, info, warning or error (default info)",
     "PROXY_TAG_TTL": "seconds a tag is served without asking the upstream (default 300)",
     "PROXY_UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream (default 10)",
-    "PROXY_UPSTREAM_READ_TIMEOUT": "seconds of upstream silence before giving up (default 60)",
+    "PROXY_UPSTREAM_READ_TIMEOUT": "seconds of upstream silence before giving up (default 30)",
     "PROXY_MAX_MANIFEST_SIZE": "largest manifest accepted from the upstream (default 4MiB)",
     "PROXY_SHUTDOWN_GRACE": "seconds to finish in-flight requests on SIGTERM (default 30)",
     "PROXY_SPOOL_DIR": "directory for in-flight downloads (default: inside the cache or /tmp)",

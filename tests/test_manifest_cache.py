@@ -193,3 +193,12 @@ async def test_tag_record_survives_restart(fakehub: FakeHub, make_proxy: ProxyFa
     second = await make_proxy(fakehub, tag_ttl=300, storage=first.app[SERVICES].settings.storage)
     assert await pull(second) == image.digest
     assert fakehub.count(server=None) == 0
+
+
+async def test_timeouts_are_not_retried(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub, upstream_read_timeout=0.3)
+    hang = fakehub.inject_hang(method="HEAD", path_contains="/manifests/")
+    response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
+    assert response.status == 503
+    assert hang.hits == 1  # one attempt: a second would double the client's wait

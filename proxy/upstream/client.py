@@ -271,7 +271,9 @@ class RegistryClient:
             try:
                 response = await self._send_authorized(method, url, scope, headers)
             except UpstreamUnavailable as exc:
-                if last_attempt:
+                # A timeout already cost the client a full timeout: retrying would multiply the
+                # wait. Only failures that happen fast (refused, reset) are worth another try.
+                if last_attempt or exc.timed_out:
                     raise
                 log.info("upstream.retry", method=method, url=url, reason=exc.detail)
             else:
@@ -324,7 +326,9 @@ class RegistryClient:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._observe(method, "error")
-                raise UpstreamUnavailable(f"{method} {_redact_url(url)}: {_describe(exc)}") from exc
+                error = UpstreamUnavailable(f"{method} {_redact_url(url)}: {_describe(exc)}")
+                error.timed_out = isinstance(exc, TimeoutError)
+                raise error from exc
             self._observe(method, response.status)
             location = response.headers.get("Location")
             if response.status not in _REDIRECT_STATUS or not location:

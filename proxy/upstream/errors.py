@@ -31,7 +31,8 @@ class UpstreamError(Exception):
 
 
 class UpstreamUnavailable(UpstreamError):
-    pass
+    #: The upstream did not answer in time (as opposed to refusing or resetting).
+    timed_out = False
 
 
 class UpstreamRateLimited(UpstreamError):
