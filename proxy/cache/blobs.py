@@ -158,7 +158,7 @@ class BlobCache:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def drain(self, timeout: float) -> None:
-        """Let downloads in progress finish for up to ``timeout`` seconds."""
+    async def drain(self, grace: float) -> None:
+        """Let downloads in progress finish for up to ``grace`` seconds."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=grace)

@@ -42,14 +42,20 @@ class TagRecord:
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"digest": str(self.digest), "media_type": self.media_type, "checked_at": self.checked_at}
+            {
+                "digest": str(self.digest),
+                "media_type": self.media_type,
+                "checked_at": self.checked_at,
+            }
         ).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> TagRecord | None:
         try:
             raw = json.loads(data)
-            return cls(Digest.parse(raw["digest"]), str(raw["media_type"]), float(raw["checked_at"]))
+            return cls(
+                Digest.parse(raw["digest"]), str(raw["media_type"]), float(raw["checked_at"])
+            )
         except Exception:
             return None
 
@@ -161,7 +167,9 @@ class ManifestCache:
         except UpstreamError as exc:
             if record is None:
                 raise
-            log.warning("tag.stale", repository=name, tag=tag, digest=str(record.digest), reason=exc.detail)
+            log.warning(
+                "tag.stale", repository=name, tag=tag, digest=str(record.digest), reason=exc.detail
+            )
             return record, exc.detail
 
         now = self.clock()
