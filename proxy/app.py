@@ -223,7 +223,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             repository=getattr(api_path, "name", None) or None,
             reference=getattr(api_path, "reference", None) or None,
             status=status,
-            bytes=response.body_length if response is not None else 0,
+            bytes=_bytes_sent(request, response),
             cache=stats.cache,
             upstream_requests=stats.upstream_requests,
             duration_ms=round(duration * 1000, 1),
@@ -242,3 +242,12 @@ def _route_name(request: web.Request) -> str:
         if canonical in ("/healthz", "/readyz", "/metrics", "/status")
         else "other"
     )
+
+
+def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:
+    """Body bytes of the response; a web.Response's body is sent after the middlewares return."""
+    if response is None or request.method == "HEAD":
+        return 0
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        return len(response.body)
+    return response.body_length

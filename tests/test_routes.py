@@ -211,3 +211,15 @@ async def test_request_id_is_echoed_and_logged(fakehub: FakeHub, make_proxy: Pro
     generated = await client.get("/v2/")
     assert len(generated.headers["X-Request-Id"]) == 32
     assert any(e.get("request_id") == "trace-123" for e in logs if e["event"] == "request")
+
+
+async def test_access_log_counts_manifest_bytes(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    import structlog
+
+    image = fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub)
+    with structlog.testing.capture_logs() as logs:
+        await (await client.get("/v2/golang/manifests/1.22", headers=ACCEPT_ALL)).read()
+        await (await client.head("/v2/golang/manifests/1.22", headers=ACCEPT_ALL)).read()
+    lines = [e for e in logs if e["event"] == "request"]
+    assert [e["bytes"] for e in lines] == [len(image.manifest), 0]

@@ -185,3 +185,55 @@ def proxy_factory(
 def proxy(proxy_factory: ProxyFactory) -> ProxyProcess:
     """A fresh proxy with an empty cache, in front of the upstream."""
     return proxy_factory()
+
+
+# -- images for the real-client tests (test_clients.py) ------------------------------------------
+
+CLIENT_IMAGE_SEEDS = {"golang": 3, "static": 4}
+
+
+@pytest.fixture(scope="session")
+def client_images(
+    upstream_session: Distribution,
+    token_server_session: TokenServer,
+    skopeo: Skopeo,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, PushedImage]:
+    """Two small 2-platform images pushed upstream for docker/containerd/podman/buildah:
+
+    * ``"golang"``: ``library/golang:1.22``, an OCI index whose base layer holds busybox
+      (``/bin/busybox``, ``/bin/sh``, ``/bin/cat``, ...), so it runs and builds (``RUN``);
+    * ``"static"``: ``chainguard/static:latest``, a Docker manifest list without a shell, the
+      distroless-like final stage of a multi-stage build (and a non-``library/`` repository).
+
+    Each image's config carries the label ``org.example.registry-proxy.test-seed`` with its
+    seed from CLIENT_IMAGE_SEEDS.
+    """
+    require_binaries("busybox")
+    token_server_session.start()
+    upstream_session.start()
+    specs = {
+        "golang": ("library/golang", "1.22", True, False, 512 * 1024, (256 * 1024, 64 * 1024)),
+        "static": ("chainguard/static", "latest", False, True, 128 * 1024, (32 * 1024,)),
+    }
+    images = {}
+    for key, (repository, tag, busybox, v2s2, base_size, layer_sizes) in specs.items():
+        layout = build_oci_layout(
+            tmp_path_factory.mktemp(f"{key}-layout"),
+            tags=(tag,),
+            seed=CLIENT_IMAGE_SEEDS[key],
+            base_layer_size=base_size,
+            platform_layer_sizes=layer_sizes,
+            include_busybox=busybox,
+        )
+        images[key] = push_image(
+            skopeo,
+            layout,
+            upstream_session.host,
+            repository,
+            tag,
+            username=HUB_USER,
+            password=HUB_PASSWORD,
+            docker_v2s2=v2s2,
+        )
+    return images
