@@ -5,31 +5,38 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint typecheck unit bench clean
 
-$(BIN)/registry-proxy: pyproject.toml
+# The runtime alone (make run), or the runtime plus everything the tests need (make test).
+$(VENV)/.installed-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
 ## run: set up and start the proxy (Docker Hub upstream, cache in ./cache)
-run: $(BIN)/registry-proxy
+run: $(VENV)/.installed-run
 	PROXY_STORAGE=$${PROXY_STORAGE:-./cache} $(BIN)/registry-proxy serve
 
 ## test: set up and run everything CI runs: ruff, mypy, the whole pytest suite
 test: lint typecheck
 	$(BIN)/pytest
 
-lint: $(BIN)/registry-proxy
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check proxy tests infra
 	$(BIN)/ruff format --check proxy tests infra
 
-typecheck: $(BIN)/registry-proxy
+typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-unit: $(BIN)/registry-proxy
+unit: $(VENV)/.installed-test
 	$(BIN)/pytest -m 'not e2e'
 
-bench: $(BIN)/registry-proxy
+bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.bench.run
 
 clean:
