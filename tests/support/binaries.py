@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 import pytest
 
@@ -87,3 +90,22 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what or condition!r}")
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
+    """Stop a server we started, by its pid: SIGTERM, SIGKILL after ``timeout`` seconds.
+
+    Returns the exit code (None when there was no process).
+    """
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout)
+    return proc.returncode

@@ -41,7 +41,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from support.binaries import wait_for
+from support.binaries import stop_process, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS_CLIENTS = REPO_ROOT / "docs" / "clients"
@@ -208,22 +208,6 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return f"--- {path}: no log"
     text = path.read_text(errors="replace").splitlines()[-lines:]
     return f"--- {path} (last {len(text)} lines)\n" + "\n".join(text)
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
-    """SIGTERM, SIGKILL after ``timeout`` seconds; returns the exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout)
-    return proc.returncode
 
 
 def _pids_with_argument(argument: str) -> list[int]:
@@ -456,7 +440,7 @@ class Containerd:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop containerd by its pid, then any runc shim it left behind, then unmount."""
-        _stop_process(self._proc, timeout)
+        stop_process(self._proc, timeout)
         self._proc = None
         if self._log is not None:
             self._log.close()
@@ -615,7 +599,7 @@ class Dockerd:
             return log.read().decode(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> None:
-        _stop_process(self._proc, timeout)
+        stop_process(self._proc, timeout)
         self._proc = None
         if self._log is not None:
             self._log.close()

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import time
 import urllib.error
@@ -38,7 +37,7 @@ from typing import IO, Any
 
 import yaml
 
-from support.binaries import free_port
+from support.binaries import free_port, stop_process
 from support.token_server import TokenServer
 
 ACCESS_LINE = re.compile(
@@ -218,18 +217,8 @@ class Distribution:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        proc = self._proc
-        if proc is not None:
-            if proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with suppress(ProcessLookupError):
-                        proc.kill()
-                    proc.wait(timeout)
-            self._proc = None
+        stop_process(self._proc, timeout)
+        self._proc = None
         for handle in self._log_files:
             handle.close()
         self._log_files = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
-from support.binaries import free_port
+from support.binaries import free_port, stop_process
 
 
 def proxy_executable() -> Path:
@@ -154,18 +153,8 @@ class ProxyProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, SIGKILL after ``timeout`` seconds; returns the exit code."""
-        proc = self._proc
-        if proc is not None:
-            if proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with suppress(ProcessLookupError):
-                        proc.kill()
-                    proc.wait(timeout)
-            self.returncode = proc.returncode
+        if self._proc is not None:
+            self.returncode = stop_process(self._proc, timeout)
             self._proc = None
         if self._log is not None:
             self._log.close()
