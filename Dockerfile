@@ -13,9 +13,12 @@ RUN python -m venv /opt/venv \
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/registry-proxy --create-home proxy
 COPY --from=build /opt/venv /opt/venv
+# MALLOC_ARENA_MAX=2: glibc's per-thread arenas (file I/O runs in threads) made RSS creep under
+# long load runs; two arenas keep it flat (docs/benchmarks.md).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2 \
     PROXY_LISTEN=0.0.0.0:5000 \
     PROXY_STORAGE=/var/lib/registry-proxy/cache \
     PROXY_LOG_FORMAT=json

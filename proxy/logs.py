@@ -58,6 +58,21 @@ def _redact(
     return event
 
 
+class _StdlibBridge(logging.Handler):
+    """Library logs (aiohttp, botocore) as one structlog line each, without tracebacks.
+
+    aiohttp logs every malformed client request with a traceback; a scanner would flood the log.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            record.getMessage(),
+            error=f"{type(error).__name__}: {error}" if error else None,
+        )
+
+
 def configure_logging(log_format: str, level: str = "info") -> None:
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -79,3 +94,6 @@ def configure_logging(log_format: str, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [_StdlibBridge()]
+    root.setLevel(logging.WARNING)

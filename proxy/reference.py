@@ -146,7 +146,7 @@ class RangeNotSatisfiable(Exception):
     """The Range header is well formed but selects no byte of the entity."""
 
 
-_RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # ASCII digits: \d admits others
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:

@@ -196,7 +196,8 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
 async def tags_list(request: web.Request, services: Services, path: ApiPath) -> web.Response:
     client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
     n = request.query.get("n")
-    if n is not None and (not n.isdigit() or not 0 < int(n) <= MAX_TAGS_PAGE):
+    # ASCII digits only, and few of them: str.isdigit() admits "²" and int() refuses huge inputs.
+    if n is not None and (not re.fullmatch(r"[0-9]{1,5}", n) or not 0 < int(n) <= MAX_TAGS_PAGE):
         raise RegistryError(
             "PAGINATION_NUMBER_INVALID", detail=f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
         )
