@@ -202,3 +202,20 @@ async def test_timeouts_are_not_retried(fakehub: FakeHub, make_proxy: ProxyFacto
     response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
     assert response.status == 503
     assert hang.hits == 1  # one attempt: a second would double the client's wait
+
+
+async def test_after_a_failure_stale_tags_do_not_ask_again_at_once(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    image = fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub, tag_ttl=0)
+    await pull(client)
+    fakehub.inject_status(429, retry_after=120, method="HEAD", path_contains="/manifests/")
+    fakehub.reset_counts()
+    for _ in range(5):
+        response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
+        assert response.status == 200
+        assert response.headers["Docker-Content-Digest"] == image.digest
+        assert "Warning" in response.headers
+    # One HEAD met the 429; the next requests honoured its Retry-After and served stale at once.
+    assert fakehub.count("HEAD", kind="manifest", status=429) == 1

@@ -160,11 +160,15 @@ class ManifestCache:
     async def _revalidate(
         self, client: RegistryClient, name: str, tag: str, key: str, record: TagRecord | None
     ) -> tuple[TagRecord, str | None]:
+        backoff = client.backoff_reason()
+        if record is not None and backoff is not None:
+            return record, backoff
         try:
             head = await client.head_manifest(name, tag)
         except UpstreamNotFound:
             raise  # the upstream says the tag is gone: that is an answer, not a failure
         except UpstreamError as exc:
+            client.note_failure(exc)
             if record is None:
                 raise
             log.warning(

@@ -42,6 +42,10 @@ log = structlog.get_logger(__name__)
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
 RETRY_DELAYS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
+# After the upstream failed or rate-limited us, stale tags are served without asking it again for
+# a while: hammering a failing or 429ing upstream only delays builds (and 429s spend nothing).
+FAILURE_BACKOFF_SECONDS = 5.0
+RATE_LIMIT_BACKOFF_MAX = 300.0
 PING_CACHE_SECONDS = 30.0
 PING_TIMEOUT = 5.0
 _RETRYABLE_STATUS = {502, 503, 504}
@@ -135,7 +139,29 @@ class RegistryClient:
         self._observer = observer
         self._retry_delays = retry_delays
         self._ping_at = -PING_CACHE_SECONDS
+        self._backoff_until = 0.0
+        self._backoff_reason = ""
         self._ping_error: str | None = None
+
+    # --- backoff after failures -----------------------------------------------------------------
+
+    def note_failure(self, exc: UpstreamError) -> None:
+        """Remember that the upstream failed, for ``backoff_reason``."""
+        if isinstance(exc, UpstreamRateLimited):
+            seconds = _retry_after_seconds(exc.retry_after) or 60.0
+            delay = min(seconds, RATE_LIMIT_BACKOFF_MAX)
+        elif isinstance(exc, UpstreamUnavailable):
+            delay = FAILURE_BACKOFF_SECONDS
+        else:
+            return
+        self._backoff_until = time.monotonic() + delay
+        self._backoff_reason = exc.detail
+
+    def backoff_reason(self) -> str | None:
+        """Why not to ask the upstream right now (it failed moments ago), or None."""
+        if time.monotonic() < self._backoff_until:
+            return f"{self._backoff_reason} (not retried for a few seconds)"
+        return None
 
     # --- manifests ------------------------------------------------------------------------------
 
@@ -376,6 +402,13 @@ async def _error_body(response: aiohttp.ClientResponse) -> tuple[str | None, str
         return str(first.get("code")), str(first.get("message"))
     except Exception:
         return None, None
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (only the delta-seconds form; registries do not send dates)."""
+    if value and value.strip().isascii() and value.strip().isdigit():
+        return float(value.strip())
+    return None
 
 
 def _origin(url: str) -> tuple[str, str]:
