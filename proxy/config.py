@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from proxy.access import Network, load_htpasswd, load_tokens, parse_networks
 
@@ -103,10 +103,16 @@ def _port(value: str) -> int:
     return int(value)
 
 
-def _url(value: str) -> str:
+def _http_url(value: str, example: str) -> SplitResult:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("expected an http:// or https:// URL, e.g. https://registry-1.docker.io")
+        raise ValueError(f"expected an http:// or https:// URL, e.g. {example}")
+    return parts
+
+
+def _url(value: str) -> str:
+    """A registry base URL, normalised to scheme://host[:port]."""
+    parts = _http_url(value, "https://registry-1.docker.io")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
         raise ValueError("expected a registry base URL without path, e.g. https://ghcr.io")
     return f"{parts.scheme}://{parts.netloc}"
@@ -346,7 +352,6 @@ def _extra_upstream(read: _Reader, host: str, url: str) -> UpstreamSettings:
 
 
 def _url_any(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("expected an http:// or https:// URL")
+    """An endpoint URL (a path is allowed, e.g. an S3-compatible server behind a prefix)."""
+    _http_url(value, "http://127.0.0.1:9000")
     return value.rstrip("/")

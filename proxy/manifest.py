@@ -8,6 +8,7 @@ upstream did not send, or the platform manifest an older client needs from an in
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -64,27 +65,61 @@ def _load(data: bytes) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+@dataclass(frozen=True, slots=True)
+class PlatformManifest:
+    """One entry of an index: a platform's manifest."""
+
+    digest: str
+    media_type: str | None
+    platform: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        """``os/architecture[/variant]``, e.g. ``linux/arm64/v8``."""
+        parts = (self.platform.get(k) for k in ("os", "architecture", "variant"))
+        return "/".join(p for p in parts if p) or "unknown"
+
+    @property
+    def is_attestation(self) -> bool:
+        """BuildKit's attestation manifests carry the platform unknown/unknown."""
+        return self.platform.get("os") == "unknown"
+
+
+def platform_manifests(index_bytes: bytes) -> list[PlatformManifest]:
+    """The well-formed entries of an index (others are skipped, never trusted)."""
+    document = _load(index_bytes)
+    entries = document.get("manifests") if document else None
+    if not isinstance(entries, list):
+        return []
+    found = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+            continue
+        platform = entry.get("platform")
+        media_type = entry.get("mediaType")
+        found.append(
+            PlatformManifest(
+                entry["digest"],
+                media_type if isinstance(media_type, str) else None,
+                {k: v for k, v in platform.items() if isinstance(v, str)}
+                if isinstance(platform, dict)
+                else {},
+            )
+        )
+    return found
+
+
 def default_platform_digest(index_bytes: bytes, accepted: set[str]) -> str | None:
     """The digest of the linux/amd64 manifest in an index, if its type is one the client accepts.
 
     Older clients that accept only single-image manifests get this from distribution too.
     """
-    document = _load(index_bytes)
-    entries = document.get("manifests") if document else None
-    if not isinstance(entries, list):
-        return None
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        platform = entry.get("platform") or {}
+    for entry in platform_manifests(index_bytes):
         if (
-            isinstance(platform, dict)
-            and all(platform.get(k) == v for k, v in DEFAULT_PLATFORM.items())
-            and entry.get("mediaType") in accepted
-            and isinstance(entry.get("digest"), str)
+            all(entry.platform.get(k) == v for k, v in DEFAULT_PLATFORM.items())
+            and entry.media_type in accepted
         ):
-            digest: str = entry["digest"]
-            return digest
+            return entry.digest
     return None
 
 

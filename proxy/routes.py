@@ -69,7 +69,7 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         media_type, size = await services.manifests.head_by_digest(client, name, reference.digest)
-        return _manifest_response(media_type, reference.digest, size, None, head=True)
+        return _manifest_response(media_type, reference.digest, size, None)
 
     found = await services.manifests.get(client, name, reference)
     accepted = parse_accept(request.headers.getall("Accept", []))
@@ -91,13 +91,9 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
         if found.stale_reason
         else None
     )
+    # aiohttp sends only the headers (with this Content-Length) when the request is a HEAD.
     return _manifest_response(
-        found.media_type,
-        found.digest,
-        len(found.data),
-        None if head else found.data,
-        head=head,
-        warning=warning,
+        found.media_type, found.digest, len(found.data), found.data, warning=warning
     )
 
 
@@ -107,7 +103,6 @@ def _manifest_response(
     size: int,
     body: bytes | None,
     *,
-    head: bool,
     warning: str | None = None,
 ) -> web.Response:
     headers = {

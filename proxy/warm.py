@@ -7,7 +7,6 @@ fetched again. Suitable for a schedule (cron, an ECS scheduled task on the same 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import structlog
 from proxy.app import open_services
 from proxy.config import Settings
 from proxy.errors import RegistryError
-from proxy.manifest import INDEX_TYPES, referenced_digests
+from proxy.manifest import INDEX_TYPES, platform_manifests, referenced_digests
 from proxy.reference import Digest, Reference, validate_name
 from proxy.services import Services
 from proxy.upstream.client import RegistryClient
@@ -101,14 +100,17 @@ async def warm_image(
         images = [top]
         if top.media_type in INDEX_TYPES:
             images = []
-            for child_digest, platform in _platform_children(top.data):
-                if platforms is None or platform in platforms:
-                    child = await services.manifests.by_digest(
-                        client, upstream_name, Digest.parse(child_digest)
-                    )
-                    result.manifests += 1
-                    result.platforms.append(platform)
-                    images.append(child)
+            # Attestation manifests are left out: no client pulls them, and each would cost a
+            # counted pull.
+            for entry in platform_manifests(top.data):
+                if entry.is_attestation or (platforms is not None and entry.label not in platforms):
+                    continue
+                child = await services.manifests.by_digest(
+                    client, upstream_name, Digest.parse(entry.digest)
+                )
+                result.manifests += 1
+                result.platforms.append(entry.label)
+                images.append(child)
         blobs = list(dict.fromkeys(d for m in images for d in referenced_digests(m.data)[1]))
         for index, blob in enumerate(blobs):
             await _warm_blob(services, client, upstream_name, Digest.parse(blob), result)
@@ -130,26 +132,6 @@ async def _warm_blob(
     async for chunk in content.read(0, None):
         result.bytes_fetched += len(chunk)
     result.blobs_fetched += 1
-
-
-def _platform_children(index: bytes) -> list[tuple[str, str]]:
-    """(digest, "os/arch[/variant]") of every platform manifest in an index.
-
-    Attestation manifests (platform unknown/unknown) are left out: no client pulls them, and each
-    would cost a counted pull.
-    """
-    entries = json.loads(index).get("manifests", [])
-    children = []
-    for entry in entries:
-        platform = entry.get("platform") or {}
-        label = "/".join(
-            p
-            for p in (platform.get("os"), platform.get("architecture"), platform.get("variant"))
-            if p
-        )
-        if platform.get("os") != "unknown":
-            children.append((entry["digest"], label or "unknown"))
-    return children
 
 
 async def warm(

@@ -177,15 +177,14 @@ class ManifestCache:
             return record, exc.detail
 
         now = self.clock()
-        if head.digest is not None and (
-            (record is not None and head.digest == record.digest)
-            or await self._load(head.digest) is not None
-        ):
-            media_type = (record.media_type if record else None) or head.media_type
-            cached = await self._load(head.digest)
-            if cached is not None:
-                media_type = cached[1]
-            updated = TagRecord(head.digest, media_type, now)
+        cached = await self._load(head.digest) if head.digest is not None else None
+        if cached is not None:
+            assert head.digest is not None
+            updated = TagRecord(head.digest, cached[1], now)
+        elif head.digest is not None and record is not None and head.digest == record.digest:
+            # Unchanged, but the bytes are not in the cache right now: by_digest refetches them
+            # if a client asks; confirming the tag needs no GET.
+            updated = TagRecord(head.digest, record.media_type, now)
         else:
             # New content (or an upstream that does not tell digests on HEAD): one counted GET.
             reference = str(head.digest) if head.digest is not None else tag
