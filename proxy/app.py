@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import aiohttp
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy import routes
 from proxy.access import AccessPolicy, access_middleware
-from proxy.cache.blobs import BlobCache
-from proxy.cache.manifests import ManifestCache
 from proxy.config import Settings
 from proxy.errors import RegistryError
 from proxy.logs import begin_request
-from proxy.metrics import Metrics
-from proxy.services import Services, StorageHealth
+from proxy.services import open_services
 from proxy.storage import Storage, StorageError
-from proxy.storage.breaker import CircuitBreakerStorage
-from proxy.storage.filesystem import FilesystemStorage
-from proxy.upstream.client import RETRY_DELAYS, RegistryClient
-from proxy.upstream.registry import Upstreams
 
 log = structlog.get_logger("proxy.access")
 
@@ -36,83 +25,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Largest request line / header field we accept from clients (registry requests are small).
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
-CONNECTION_POOL_SIZE = 100
-# Lifetime of presigned S3 URLs handed to clients with PROXY_BLOB_REDIRECT=true.
-BLOB_REDIRECT_SECONDS = 300
-
-
-def create_storage(settings: Settings) -> Storage:
-    if settings.storage.is_s3:
-        from proxy.storage.s3 import S3Storage
-
-        return S3Storage(
-            settings.storage.bucket or "",
-            settings.storage.prefix,
-            endpoint_url=settings.s3_endpoint_url,
-        )
-    assert settings.storage.path is not None
-    return FilesystemStorage(settings.storage.path)
-
-
-def spool_dir(settings: Settings) -> Path:
-    if settings.spool_dir is not None:
-        return settings.spool_dir
-    if settings.storage.path is not None:
-        return settings.storage.path / "spool"
-    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
-
-
-@contextlib.asynccontextmanager
-async def open_services(
-    settings: Settings,
-    *,
-    storage: Storage | None = None,
-    retry_delays: tuple[float, ...] | None = None,
-) -> AsyncIterator[Services]:
-    """Open everything a proxy needs (connection pool, storage, caches) for a block's lifetime.
-
-    The server and the ``warm`` command both run on this, so they cache in exactly the same way.
-    """
-    storage = CircuitBreakerStorage(storage or create_storage(settings))
-    connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        await storage.open()
-        metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
-        health = StorageHealth(metrics)
-        clients = [
-            RegistryClient(
-                upstream,
-                session,
-                connect_timeout=settings.upstream_connect_timeout,
-                read_timeout=settings.upstream_read_timeout,
-                retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
-                observer=metrics,
-            )
-            for upstream in (settings.upstream, *settings.extra_upstreams)
-        ]
-        blobs = BlobCache(
-            storage,
-            spool_dir(settings),
-            on_storage_error=health.record,
-            redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
-            max_fetches=settings.max_upstream_fetches,
-        )
-        blobs.open()
-        manifests = ManifestCache(
-            storage,
-            tag_ttl=settings.tag_ttl,
-            max_manifest_bytes=settings.max_manifest_bytes,
-            on_storage_error=health.record,
-        )
-        upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
-        metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
-        try:
-            yield Services(
-                settings, storage, upstreams, blobs, manifests, metrics, storage_health=health
-            )
-        finally:
-            await blobs.close()
-            await storage.close()
 
 
 def create_app(

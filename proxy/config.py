@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_HOST = "docker.io"
+# Names clients use for Docker Hub (in image references, ``ns=`` and path prefixes).
+DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB_HOST, "registry-1.docker.io", "index.docker.io"})
 
 
 class ConfigError(Exception):
@@ -52,10 +54,6 @@ class UpstreamSettings:
     url: str
     username: str | None = None
     password: str = field(default="", repr=False)
-
-    @property
-    def has_credentials(self) -> bool:
-        return self.username is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +328,7 @@ def _upstream_list(value: str) -> list[tuple[str, str]]:
                 f"{host!r} is not a registry host name with a dot (e.g. ghcr.io); "
                 "expected HOST or HOST=URL, comma-separated"
             )
-        if host in ("docker.io", "registry-1.docker.io", "index.docker.io"):
+        if host in DOCKER_HUB_ALIASES:
             raise ValueError("docker.io is the default upstream (PROXY_UPSTREAM_URL)")
         entries.append((host, _url(url.strip()) if url else f"https://{host}"))
     return entries

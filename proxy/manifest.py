@@ -8,8 +8,10 @@ upstream did not send, or the platform manifest an older client needs from an in
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from proxy.reference import Digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -19,6 +21,24 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 IMAGE_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
 MANIFEST_TYPES = (*INDEX_TYPES, *IMAGE_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A manifest as stored and served: its exact bytes, their media type and digest.
+
+    ``stale_reason`` is set only on an answer served from the cache because the upstream could
+    not be asked (a fixed phrase, safe to show to every client: see ``UpstreamError.reason``).
+    """
+
+    data: bytes
+    media_type: str
+    digest: Digest
+    stale_reason: str | None = None
+
+    def served_stale(self, reason: str) -> Manifest:
+        return replace(self, stale_reason=reason)
+
 
 # What we ask upstreams for: every modern type, so the stored manifest is the canonical one.
 UPSTREAM_ACCEPT = ", ".join(MANIFEST_TYPES)

@@ -25,6 +25,7 @@ from proxy.reference import (
     validate_tag,
 )
 from proxy.services import Services
+from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamError, registry_error
 
 log = structlog.get_logger(__name__)
@@ -68,26 +69,28 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
     reference = Reference.parse(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
-        media_type, size = await services.manifests.head_by_digest(client, name, reference.digest)
-        return _manifest_response(media_type, reference.digest, size, None)
+        head_found = await services.manifests.head_by_digest(client, name, reference.digest)
+        return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)
     accepted = parse_accept(request.headers.getall("Accept", []))
-    if accepted is not None and found.media_type not in accepted:
+    if (
+        reference.tag is not None
+        and accepted is not None
+        and found.media_type not in accepted
+        and found.media_type in INDEX_TYPES
+    ):
         # A client that cannot read an index gets the linux/amd64 image, as from distribution.
-        platform = (
-            default_platform_digest(found.data, accepted)
-            if found.media_type in INDEX_TYPES
-            else None
-        )
-        if platform is None:
-            raise RegistryError(
-                "MANIFEST_UNKNOWN",
-                detail=f"manifest is {found.media_type}, which the client does not accept",
-            )
-        found = await services.manifests.by_digest(client, name, Digest.parse(platform))
+        platform = default_platform_digest(found.data, accepted)
+        if platform is not None:
+            found = await services.manifests.by_digest(client, name, Digest.parse(platform))
+    # Otherwise the manifest goes out as stored whatever the Accept header says: a digest names
+    # exactly these bytes, and we cannot convert (nor would a 404 help the client). HEAD and GET
+    # answer alike.
+    # The reason is a fixed phrase (never text from some client's request): see
+    # UpstreamError.reason and Backoff.
     warning = (
-        f'110 registry-proxy "served from cache: upstream failed: {found.stale_reason}"'
+        f'110 registry-proxy "served from cache: {found.stale_reason}"'
         if found.stale_reason
         else None
     )
@@ -100,7 +103,7 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
 def _manifest_response(
     media_type: str,
     digest: Digest,
-    size: int,
+    size: int | None,
     body: bytes | None,
     *,
     warning: str | None = None,
@@ -229,14 +232,15 @@ async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     checks: dict[str, str] = {}
     failed = False
+    recent_error = services.storage.recent_error()
     try:
         await services.storage.check()
-    except Exception as exc:
+    except StorageError as exc:
         checks["storage"] = f"failing: {exc}"
         failed = True
     else:
-        if services.storage_health.recently_failed():
-            checks["storage"] = f"recent error: {services.storage_health.last_error}"
+        if recent_error is not None:
+            checks["storage"] = f"recent error: {recent_error}"
             failed = True
         else:
             checks["storage"] = "ok"
@@ -273,6 +277,6 @@ async def status(request: web.Request) -> web.Response:
             "upstreams": upstreams,
             "storage": str(services.settings.storage),
             "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
-            "storage_errors": services.storage_health.errors,
+            "storage_errors": services.storage.errors,
         }
     )

@@ -1,57 +1,114 @@
-"""The objects a running proxy is made of, built once per app and shared by the handlers."""
+"""The objects a running proxy is made of, opened once and shared.
+
+``open_services`` builds them for the lifetime of a block; the HTTP app (``proxy.app``) and the
+command-line tools (``warm``) both run on it, so they cache in exactly the same way.
+"""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
-import structlog
+import aiohttp
 
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
+from proxy.cache.spool import Spool
 from proxy.config import Settings
 from proxy.metrics import Metrics
-from proxy.storage import Storage, StorageError
+from proxy.storage import Storage
+from proxy.storage.failsafe import FailSafeStorage
+from proxy.storage.filesystem import FilesystemStorage
+from proxy.upstream.client import RETRY_DELAYS, RegistryClient
 from proxy.upstream.registry import Upstreams
 
-log = structlog.get_logger(__name__)
-
-# After a storage error the instance reports not ready for this long (unless a check succeeds).
-STORAGE_ERROR_WINDOW = 30.0
-
-
-@dataclass(slots=True)
-class StorageHealth:
-    """Remembers recent storage failures so readiness can report them."""
-
-    metrics: Metrics | None = None
-    last_error: str | None = None
-    last_error_at: float = 0.0
-    errors: int = 0
-
-    def record(self, exc: StorageError) -> None:
-        self.errors += 1
-        if self.metrics is not None:
-            self.metrics.storage_errors.inc()
-        # One warning per window: a dead S3 endpoint must not flood the log once per request.
-        if time.monotonic() - self.last_error_at > STORAGE_ERROR_WINDOW:
-            log.warning("storage.error", detail=str(exc), note="serving without caching")
-        self.last_error = str(exc)
-        self.last_error_at = time.monotonic()
-
-    def recently_failed(self) -> bool:
-        return (
-            self.last_error is not None
-            and time.monotonic() - self.last_error_at < STORAGE_ERROR_WINDOW
-        )
+CONNECTION_POOL_SIZE = 100
+# Lifetime of presigned S3 URLs handed to clients with PROXY_BLOB_REDIRECT=true.
+BLOB_REDIRECT_SECONDS = 300
 
 
 @dataclass(slots=True)
 class Services:
     settings: Settings
-    storage: Storage
+    storage: FailSafeStorage
     upstreams: Upstreams
     blobs: BlobCache
     manifests: ManifestCache
     metrics: Metrics
-    storage_health: StorageHealth = field(default_factory=StorageHealth)
+
+
+def create_storage(settings: Settings) -> Storage:
+    """The storage backend ``PROXY_STORAGE`` names (not yet opened)."""
+    if settings.storage.is_s3:
+        from proxy.storage.s3 import S3Storage
+
+        return S3Storage(
+            settings.storage.bucket or "",
+            settings.storage.prefix,
+            endpoint_url=settings.s3_endpoint_url,
+        )
+    assert settings.storage.path is not None
+    return FilesystemStorage(settings.storage.path)
+
+
+def spool_dir(settings: Settings) -> Path:
+    if settings.spool_dir is not None:
+        return settings.spool_dir
+    if settings.storage.path is not None:
+        return settings.storage.path / "spool"
+    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    retry_delays: tuple[float, ...] | None = None,
+) -> AsyncIterator[Services]:
+    """Open everything a proxy needs (connection pool, storage, caches) for a block's lifetime.
+
+    ``storage`` and ``retry_delays`` let tests swap parts in. Raises StorageError when the
+    storage cannot be opened (start-up fails loudly rather than caching nothing).
+    """
+    metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
+    safe_storage = FailSafeStorage(
+        storage or create_storage(settings), on_error=metrics.storage_errors.inc
+    )
+    connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        await safe_storage.open()
+        clients = [
+            RegistryClient(
+                upstream,
+                session,
+                connect_timeout=settings.upstream_connect_timeout,
+                read_timeout=settings.upstream_read_timeout,
+                retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
+                observer=metrics,
+            )
+            for upstream in (settings.upstream, *settings.extra_upstreams)
+        ]
+        spool = Spool(spool_dir(settings))
+        spool.open()
+        blobs = BlobCache(
+            safe_storage,
+            spool,
+            redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
+            max_fetches=settings.max_upstream_fetches,
+        )
+        manifests = ManifestCache(
+            safe_storage,
+            tag_ttl=settings.tag_ttl,
+            max_manifest_bytes=settings.max_manifest_bytes,
+        )
+        upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
+        metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        try:
+            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics)
+        finally:
+            await blobs.close()
+            await safe_storage.close()

@@ -14,12 +14,11 @@ from typing import TextIO
 
 import structlog
 
-from proxy.app import open_services
 from proxy.config import Settings
 from proxy.errors import RegistryError
 from proxy.manifest import INDEX_TYPES, platform_manifests, referenced_digests
 from proxy.reference import Digest, Reference, validate_name
-from proxy.services import Services
+from proxy.services import Services, open_services
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.errors import UpstreamError
 

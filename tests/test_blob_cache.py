@@ -14,16 +14,13 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
 from proxy.routes import SERVICES
-from proxy.storage.breaker import CircuitBreakerStorage
 from proxy.storage.filesystem import FilesystemStorage
 
 LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: several upstream chunks
 
 
 def cache_root(client: TestClient[web.Request, web.Application]) -> Path:
-    storage = client.app[SERVICES].storage
-    if isinstance(storage, CircuitBreakerStorage):
-        storage = storage.inner
+    storage = client.app[SERVICES].storage.inner
     assert isinstance(storage, FilesystemStorage)
     return storage.root
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
-from support.fakehub import FakeHub
+from support.fakehub import FakeHub, ImageInfo
 
 from proxy.manifest import MANIFEST_TYPES
 from proxy.routes import SERVICES
+from proxy.upstream.backoff import RATE_LIMIT_MAX_SECONDS, Backoff
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 TAG_PATH = "/v2/library/golang/manifests/1.22"
@@ -26,8 +27,12 @@ class Clock:
 
 
 def use_clock(client: TestClient[web.Request, web.Application]) -> Clock:
+    """Drive the tag TTL and every upstream's back-off from one fake clock."""
     clock = Clock()
-    client.app[SERVICES].manifests.clock = clock
+    services = client.app[SERVICES]
+    services.manifests.clock = clock
+    for upstream in services.upstreams:
+        upstream.backoff = Backoff(clock=clock, wall_clock=clock)
     return clock
 
 
@@ -219,3 +224,151 @@ async def test_after_a_failure_stale_tags_do_not_ask_again_at_once(
         assert "Warning" in response.headers
     # One HEAD met the 429; the next requests honoured its Retry-After and served stale at once.
     assert fakehub.count("HEAD", kind="manifest", status=429) == 1
+
+
+# --- a moved tag while the upstream refuses the new manifest (issue 9) -------------------------
+
+GET_FAILURES = ("quota", "503", "timeout", "dropped")
+WARNINGS = {
+    "quota": "upstream rate limit reached",
+    "503": "upstream answered 503",
+    "timeout": "upstream timed out",
+    "dropped": "upstream connection dropped",
+}
+
+
+async def pull_image(
+    client: TestClient[web.Request, web.Application], path: str, image: ImageInfo
+) -> ClientResponse:
+    """Pull by ``path`` (a tag) like a client: the manifest, then every blob, all verified."""
+    response = await client.get(path, headers=ACCEPT_ALL)
+    assert response.status == 200, await response.text()
+    assert await response.read() == image.manifest
+    for digest, data in zip(image.blob_digests, (image.config, *image.layers), strict=True):
+        blob = await client.get(f"/v2/{image.repo}/blobs/{digest}")
+        assert blob.status == 200, await blob.text()
+        assert await blob.read() == data
+    return response
+
+
+@pytest.mark.parametrize("failure", GET_FAILURES)
+async def test_moved_tag_whose_new_manifest_fails_serves_the_old_digest(
+    fakehub: FakeHub, make_proxy: ProxyFactory, failure: str
+) -> None:
+    old = fakehub.add_image("library/alpine", "x", [b"old layer"])
+    client = await make_proxy(fakehub, tag_ttl=60, upstream_read_timeout=0.5)
+    clock = use_clock(client)
+    path = "/v2/library/alpine/manifests/x"
+    await pull_image(client, path, old)
+
+    new = fakehub.add_image("library/alpine", "x", [b"new layer"])  # the tag moved upstream
+    if failure == "quota":
+        fakehub.set_rate_limit(100, remaining=0)
+    elif failure == "503":
+        fakehub.inject_status(503, method="GET", path_contains="/manifests/")
+    elif failure == "timeout":
+        fakehub.inject_hang(method="GET", path_contains="/manifests/")
+    else:
+        fakehub.inject_drop_mid_blob(path_contains="/manifests/", server="registry")
+    clock.now += 61
+    fakehub.reset_counts()
+
+    stale = await pull_image(client, path, old)  # the HEAD saw the new digest, the GET failed
+    assert stale.headers["Docker-Content-Digest"] == old.digest
+    assert stale.headers["Warning"] == (
+        f'110 registry-proxy "served from cache: {WARNINGS[failure]}"'
+    )
+    assert fakehub.count("HEAD", kind="manifest", status=200) == 1
+    # No counted pull spent beyond the one GET that failed (a dropped body had its 200 sent).
+    assert fakehub.count("GET", kind="manifest", status=200) == (failure == "dropped")
+
+    # In back-off: served stale again without asking the upstream at all.
+    fakehub.reset_counts()
+    again = await client.get(path, headers=ACCEPT_ALL)
+    assert again.headers["Docker-Content-Digest"] == old.digest
+    assert "Warning" in again.headers
+    assert fakehub.count(server=None) == 0
+
+    # The upstream recovers: after the back-off (and the TTL, long passed) the tag moves on.
+    fakehub.clear_faults()
+    fakehub.set_rate_limit(None)
+    clock.now += RATE_LIMIT_MAX_SECONDS + 1
+    fresh = await pull_image(client, path, new)
+    assert fresh.headers["Docker-Content-Digest"] == new.digest
+    assert "Warning" not in fresh.headers
+    assert fakehub.count("GET", kind="manifest", status=200) == 1
+
+
+async def test_moved_tag_with_nothing_cached_passes_the_refusal_on(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    fakehub.add_image("library/alpine", "x", [b"old layer"])
+    client = await make_proxy(fakehub, tag_ttl=60)
+    clock = use_clock(client)
+    await pull(client, "/v2/library/alpine/manifests/x")
+    fakehub.add_image("library/alpine", "x", [b"new layer"])
+    services = client.app[SERVICES]
+    # The old manifest is gone from the cache: nothing to serve stale.
+    [record] = [r for r in services.manifests._tags.values()]
+    services.manifests._manifests.clear()
+    root = services.settings.storage.path
+    assert root is not None
+    for stored in (root / "data" / "manifests").rglob(record.digest.hex):
+        stored.unlink()
+    fakehub.set_rate_limit(100, remaining=0)
+    clock.now += 61
+    response = await client.get("/v2/library/alpine/manifests/x", headers=ACCEPT_ALL)
+    assert response.status == 429
+    assert response.headers["Retry-After"] == str(fakehub.retry_after)
+
+
+async def test_one_repository_failing_does_not_stall_the_others(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    fakehub.add_image("library/golang", "1.22", [b"old"])
+    fakehub.add_image("library/broken", "1", [b"broken"])
+    client = await make_proxy(fakehub, tag_ttl=60)
+    clock = use_clock(client)
+    await pull(client)
+    new = fakehub.add_image("library/golang", "1.22", [b"new"])
+    fakehub.inject_status(500, path_contains="library/broken")
+    broken = await client.get("/v2/library/broken/manifests/1", headers=ACCEPT_ALL)
+    assert broken.status == 503
+    clock.now += 61
+    # A 5xx about one repository backs off that repository only: golang's tag still moves on.
+    assert await pull(client) == new.digest
+
+
+async def test_upstream_wide_failures_back_off_every_repository(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    image = fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub, tag_ttl=0)  # every request would revalidate
+    use_clock(client)
+    await pull(client)
+    fault = fakehub.inject_status(500, path_contains="library/missing")
+    for name in ("missing-a", "missing-b"):  # 5xx for two repositories: the upstream is unwell
+        response = await client.get(f"/v2/library/{name}/manifests/1", headers=ACCEPT_ALL)
+        assert response.status == 503
+    fakehub.remove_fault(fault)
+    fakehub.reset_counts()
+    response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
+    assert response.headers["Docker-Content-Digest"] == image.digest
+    assert response.headers["Warning"] == (
+        '110 registry-proxy "served from cache: upstream failing (5xx); '
+        'not asked again for a few seconds"'
+    )
+    assert fakehub.count(server=None) == 0
+
+
+async def test_a_name_too_long_upstream_is_refused_before_any_request(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy(fakehub)
+    name = "a" * 255  # valid here; 263 characters once library/ is added
+    for method in ("GET", "HEAD"):
+        response = await client.request(method, f"/v2/{name}/manifests/x")
+        assert response.status == 400
+    response = await client.get(f"/v2/{name}/manifests/x")
+    assert (await response.json())["errors"][0]["code"] == "NAME_INVALID"
+    assert fakehub.count(server=None) == 0

@@ -130,12 +130,19 @@ async def test_index_negotiation(fakehub: FakeHub, make_proxy: ProxyFactory) -> 
     assert single.headers["Content-Type"] == OCI_MANIFEST
     amd64 = next(i for i in index.images if i.platform == "linux/amd64")
     assert single.headers["Docker-Content-Digest"] == amd64.digest
-    # One that reads neither gets a clear 404.
-    neither = await client.get(
-        "/v2/library/golang/manifests/multi", headers={"Accept": DOCKER_MANIFEST}
-    )
-    assert neither.status == 404
-    assert await error_code(neither) == "MANIFEST_UNKNOWN"
+    # One that reads neither gets the manifest as stored (nothing can be converted, and a 404
+    # would only hide why its pull fails), by tag and by digest, HEAD and GET alike.
+    for reference in ("multi", index.digest, amd64.digest):
+        for method in ("HEAD", "GET"):
+            neither = await client.request(
+                method,
+                f"/v2/library/golang/manifests/{reference}",
+                headers={"Accept": DOCKER_MANIFEST},
+            )
+            assert neither.status == 200, (method, reference)
+            expected = index if reference in ("multi", index.digest) else amd64
+            assert neither.headers["Docker-Content-Digest"] == expected.digest
+            assert neither.headers["Content-Type"] == expected.media_type
 
 
 async def test_tags_list_pagination(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:

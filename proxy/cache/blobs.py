@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
 from proxy.cache.inflight import BlobFetch, pump
 from proxy.cache.keys import blob_key
+from proxy.cache.spool import Spool
 from proxy.logs import mark_cache
 from proxy.reference import Digest
-from proxy.storage import BlobWriter, DiscardingWriter, Storage, StorageError
-from proxy.storage.filesystem import remove_orphans
+from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
 from proxy.upstream.client import RegistryClient
 
 log = structlog.get_logger(__name__)
-
-StorageErrorListener = Callable[[StorageError], None]
 
 
 @dataclass(slots=True)
@@ -44,25 +39,19 @@ class BlobContent:
 class BlobCache:
     def __init__(
         self,
-        storage: Storage,
-        spool_dir: Path,
+        storage: FailSafeStorage,
+        spool: Spool,
         *,
-        on_storage_error: StorageErrorListener,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
     ) -> None:
         self._storage = storage
-        self._spool_dir = spool_dir
-        self._on_storage_error = on_storage_error
+        self._spool = spool
         self._redirect_expires = redirect_expires
         self._fetches: dict[str, BlobFetch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
-
-    def open(self) -> None:
-        self._spool_dir.mkdir(parents=True, exist_ok=True)
-        remove_orphans(self._spool_dir)
 
     @property
     def in_flight(self) -> int:
@@ -106,16 +95,11 @@ class BlobCache:
         return BlobContent(digest, size, read, True, url)
 
     async def _stat(self, digest: Digest) -> int | None:
-        try:
-            info = await self._storage.stat(blob_key(digest))
-        except StorageError as exc:
-            self._on_storage_error(exc)
-            return None
+        info = await self._storage.stat(blob_key(digest))
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
-        spool = self._spool_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
-        fetch = BlobFetch(str(digest), spool)
+        fetch = BlobFetch(str(digest), self._spool.new_path())
         self._fetches[digest.hex] = fetch
 
         @contextlib.asynccontextmanager
@@ -123,17 +107,13 @@ class BlobCache:
             async with client.open_blob(name, digest) as stream:
                 yield stream.size, stream.chunks
 
-        async def open_writer(size: int | None) -> BlobWriter:
-            try:
-                return await self._storage.writer(blob_key(digest), digest.hex, size)
-            except StorageError as exc:
-                self._on_storage_error(exc)
-                return DiscardingWriter(blob_key(digest), digest.hex, size)
+        async def open_writer(size: int | None) -> FailSafeWriter:
+            return await self._storage.writer(blob_key(digest), digest.hex, size)
 
         async def run() -> None:
             try:
                 async with self._fetch_slots:
-                    await pump(fetch, open_upstream, open_writer, self._on_storage_error)
+                    await pump(fetch, open_upstream, open_writer)
             finally:
                 # Later requests read the committed blob from storage (or fetch anew on failure).
                 if self._fetches.get(digest.hex) is fetch:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import structlog
 
-from proxy.storage import BlobWriter, DigestMismatch, StorageError
+from proxy.storage import DigestMismatch, StorageError
+from proxy.storage.failsafe import FailSafeWriter
 
 log = structlog.get_logger(__name__)
 
@@ -164,32 +165,26 @@ UpstreamOpener = Callable[
 async def pump(
     fetch: BlobFetch,
     open_upstream: UpstreamOpener,
-    open_writer: Callable[[int | None], Awaitable[BlobWriter]],
-    on_storage_error: Callable[[StorageError], None],
+    open_writer: Callable[[int | None], Awaitable[FailSafeWriter]],
 ) -> None:
-    """Download the blob into the spool and the cache storage, verifying it on the way."""
-    writer: BlobWriter | None = None
+    """Download the blob into the spool and the cache storage, verifying it on the way.
+
+    A storage failure costs only the caching (the fail-safe writer goes on verifying without
+    storing); a digest mismatch or a broken upstream stream fails the fetch for every reader.
+    """
+    writer: FailSafeWriter | None = None
     try:
         async with open_upstream() as (size, chunks):
             writer = await open_writer(size)
             await fetch.started(size)
             async for chunk in chunks:
-                try:
-                    await writer.write(chunk)
-                except StorageError as exc:
-                    # Keep serving the clients; only the caching is lost.
-                    on_storage_error(exc)
-                    writer = await writer.detach()
+                await writer.write(chunk)
                 await fetch.append(chunk)
-        try:
-            await writer.commit()
-            fetch.committed = writer.stores
-        except StorageError as exc:
-            on_storage_error(exc)
+        await writer.commit()
+        fetch.committed = writer.stores
     except BaseException as exc:
         if writer is not None:
-            with contextlib.suppress(Exception):
-                await writer.abort()
+            await writer.abort()
         cancelled = isinstance(exc, asyncio.CancelledError)
         await fetch.finish(StorageError("download cancelled: shutting down") if cancelled else exc)
         if isinstance(exc, DigestMismatch):

@@ -28,11 +28,3 @@ def manifest_key(digest: Digest) -> str:
 def tag_key(upstream_host: str, name: str, tag: str) -> str:
     host = upstream_host.replace(":", "_")
     return f"{TAGS}{host}/{name}/_tag/{tag}"
-
-
-def digest_from_key(key: str) -> Digest | None:
-    """The digest a blob or manifest key names (for scans of the cache)."""
-    for prefix in (BLOBS, MANIFESTS):
-        if key.startswith(prefix):
-            return Digest(key.rsplit("/", 1)[-1])
-    return None

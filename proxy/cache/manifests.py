@@ -6,8 +6,14 @@
   upstream request at all. After it, one HEAD (free on Docker Hub) revalidates it; only when the
   digest changed does a GET (a counted pull) fetch the new manifest. A failed HEAD never falls
   back to a GET.
-- When the upstream fails and the tag has a record, the last known digest is served ("stale"),
-  with a Warning header; with nothing cached the upstream's error is passed on.
+- Stale on any failure to get new content: when the HEAD *or the GET of the new manifest* fails
+  (429, 5xx, timeout, dropped connection, bytes that do not match their digest, ...) and the tag
+  has a record whose manifest is cached, that manifest is served with its stale reason (the
+  route turns it into a ``Warning`` header), and the record keeps its old confirmation time, so
+  the next request after the upstream recovers moves the tag on. While the upstream client is in
+  back-off (``RegistryClient.backoff_reason``) a tag with a cached manifest is served stale
+  without asking at all. With nothing cached the upstream's error is passed on.
+- A 404 on revalidation is an answer, not a failure: the tag is gone and the client hears so.
 """
 
 from __future__ import annotations
@@ -21,17 +27,19 @@ import cachetools
 import structlog
 
 from proxy.cache.keys import manifest_key, tag_key
-from proxy.cache.singleflight import SingleFlight
 from proxy.logs import mark_cache
+from proxy.manifest import Manifest
 from proxy.reference import Digest, Reference
-from proxy.storage import Storage, StorageError
-from proxy.upstream.client import RegistryClient
+from proxy.singleflight import SingleFlight
+from proxy.storage.failsafe import FailSafeStorage
+from proxy.upstream.client import ManifestHead, RegistryClient
 from proxy.upstream.errors import UpstreamError, UpstreamNotFound
 
 log = structlog.get_logger(__name__)
 
 # Manifests are small (4 MiB at most) and asked for on every pull: keep the hot ones in memory.
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
+MEMORY_ENTRY_OVERHEAD = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,86 +69,78 @@ class TagRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
-    data: bytes
-    media_type: str
-    digest: Digest
-    stale_reason: str | None = None  # set when served from cache because the upstream failed
+class TagAnswer:
+    """What a revalidation found, shared by every request that waited on it."""
+
+    manifest: Manifest
+    fetched: bool  # the manifest came from the upstream (a counted pull), not from the cache
 
 
 class ManifestCache:
     def __init__(
         self,
-        storage: Storage,
+        storage: FailSafeStorage,
         *,
         tag_ttl: float,
         max_manifest_bytes: int,
-        on_storage_error: Callable[[StorageError], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._storage = storage
         self._tag_ttl = tag_ttl
         self._max_bytes = max_manifest_bytes
-        self._on_storage_error = on_storage_error
         self.clock = clock
-        self._manifests: cachetools.LRUCache[str, tuple[bytes, str]] = cachetools.LRUCache(
-            MEMORY_CACHE_BYTES, getsizeof=lambda entry: len(entry[0]) + 200
+        self._manifests: cachetools.LRUCache[str, Manifest] = cachetools.LRUCache(
+            MEMORY_CACHE_BYTES, getsizeof=lambda m: len(m.data) + MEMORY_ENTRY_OVERHEAD
         )
         self._tags: cachetools.LRUCache[str, TagRecord] = cachetools.LRUCache(100_000)
         self._flights: SingleFlight[Manifest] = SingleFlight()
-        self._resolutions: SingleFlight[tuple[TagRecord, str | None]] = SingleFlight()
+        self._resolutions: SingleFlight[TagAnswer] = SingleFlight()
 
     @property
     def in_flight(self) -> int:
         return len(self._flights) + len(self._resolutions)
 
     async def get(self, client: RegistryClient, name: str, reference: Reference) -> Manifest:
+        """The manifest a tag or digest names (by tag: possibly stale, see ``stale_reason``)."""
         if reference.digest is not None:
             return await self.by_digest(client, name, reference.digest)
         assert reference.tag is not None
-        record, stale_reason = await self._resolve_tag(client, name, reference.tag)
-        manifest = await self.by_digest(client, name, record.digest, stale_ok=stale_reason)
-        if stale_reason is not None:
-            mark_cache("stale")
-            return Manifest(manifest.data, manifest.media_type, manifest.digest, stale_reason)
-        return manifest
+        return await self._by_tag(client, name, reference.tag)
 
     async def head_by_digest(
         self, client: RegistryClient, name: str, digest: Digest
-    ) -> tuple[str, int]:
+    ) -> ManifestHead:
         """Media type and size of a manifest by digest, without spending a pull on a miss."""
         cached = await self._load(digest)
         if cached is not None:
             mark_cache("hit")
-            return cached[1], len(cached[0])
+            return ManifestHead(digest, cached.media_type, len(cached.data))
         mark_cache("miss")
         head = await client.head_manifest(name, str(digest))
         if head.size is None:
             manifest = await self.by_digest(client, name, digest)
-            return manifest.media_type, len(manifest.data)
-        return head.media_type, head.size
+            return ManifestHead(digest, manifest.media_type, len(manifest.data))
+        return ManifestHead(digest, head.media_type, head.size)
 
-    async def by_digest(
-        self, client: RegistryClient, name: str, digest: Digest, *, stale_ok: str | None = None
-    ) -> Manifest:
+    async def by_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest:
         cached = await self._load(digest)
         if cached is not None:
             mark_cache("hit")
-            return Manifest(cached[0], cached[1], digest)
+            return cached
         mark_cache("miss")
+        return await self._flights.run(
+            ("manifest", digest.hex), lambda: self._fetch(client, name, str(digest))
+        )
 
-        async def fetch() -> Manifest:
-            body = await client.get_manifest(name, str(digest), self._max_bytes)
-            await self._store(body.digest, body.data, body.media_type)
-            return Manifest(body.data, body.media_type, body.digest)
-
-        manifest, _ = await self._flights.run(("manifest", digest.hex), fetch)
+    async def _fetch(self, client: RegistryClient, name: str, reference: str) -> Manifest:
+        """One counted GET; the manifest is verified (by digest) and stored."""
+        manifest = await client.get_manifest(name, reference, self._max_bytes)
+        await self._store(manifest)
         return manifest
 
-    async def _resolve_tag(
-        self, client: RegistryClient, name: str, tag: str
-    ) -> tuple[TagRecord, str | None]:
-        """The digest the tag names now, and why it is stale (None when confirmed or fresh)."""
+    # --- tags -----------------------------------------------------------------------------------
+
+    async def _by_tag(self, client: RegistryClient, name: str, tag: str) -> Manifest:
         key = tag_key(client.host, name, tag)
         record = self._tags.get(key)
         if record is None or not self._is_fresh(record):
@@ -149,65 +149,73 @@ class ManifestCache:
             await self._load_tag(key)
             record = self._tags.get(key)
         if record is not None and self._is_fresh(record):
-            return record, None
-
-        async def revalidate() -> tuple[TagRecord, str | None]:
-            return await self._revalidate(client, name, tag, key, record)
-
-        result, _ = await self._resolutions.run(("tag", key), revalidate)
-        return result
+            return await self.by_digest(client, name, record.digest)
+        answer = await self._resolutions.run(
+            ("tag", key), lambda: self._revalidate(client, name, tag, key, record)
+        )
+        if answer.manifest.stale_reason:
+            mark_cache("stale")
+        else:
+            mark_cache("miss" if answer.fetched else "hit")
+        return answer.manifest
 
     async def _revalidate(
         self, client: RegistryClient, name: str, tag: str, key: str, record: TagRecord | None
-    ) -> tuple[TagRecord, str | None]:
-        backoff = client.backoff_reason()
-        if record is not None and backoff is not None:
-            return record, backoff
+    ) -> TagAnswer:
+        """Ask the upstream what the tag names now; on failure, what it named last (stale)."""
+        if record is not None:
+            backoff = client.backoff_reason(name)
+            if backoff is not None:
+                stale = await self._load(record.digest)
+                if stale is not None:
+                    return TagAnswer(stale.served_stale(backoff), fetched=False)
         try:
-            head = await client.head_manifest(name, tag)
+            answer = await self._current(client, name, tag)
         except UpstreamNotFound:
             raise  # the upstream says the tag is gone: that is an answer, not a failure
         except UpstreamError as exc:
-            client.note_failure(exc)
-            if record is None:
+            stale = await self._load(record.digest) if record is not None else None
+            if stale is None:
                 raise
             log.warning(
-                "tag.stale", repository=name, tag=tag, digest=str(record.digest), reason=exc.detail
+                "tag.stale",
+                repository=name,
+                tag=tag,
+                digest=str(stale.digest),
+                reason=exc.reason,
+                detail=exc.detail,
             )
-            return record, exc.detail
+            return TagAnswer(stale.served_stale(exc.reason), fetched=False)
+        manifest = answer.manifest
+        await self._save_tag(key, TagRecord(manifest.digest, manifest.media_type, self.clock()))
+        return answer
 
-        now = self.clock()
-        cached = await self._load(head.digest) if head.digest is not None else None
+    async def _current(self, client: RegistryClient, name: str, tag: str) -> TagAnswer:
+        """The manifest the tag names upstream now: a HEAD, and a GET only for new content."""
+        head = await client.head_manifest(name, tag)
+        if head.digest is None:
+            # An upstream that does not tell digests on HEAD: the GET by tag is the only way.
+            return TagAnswer(await self._fetch(client, name, tag), fetched=True)
+        cached = await self._load(head.digest)
         if cached is not None:
-            assert head.digest is not None
-            updated = TagRecord(head.digest, cached[1], now)
-        elif head.digest is not None and record is not None and head.digest == record.digest:
-            # Unchanged, but the bytes are not in the cache right now: by_digest refetches them
-            # if a client asks; confirming the tag needs no GET.
-            updated = TagRecord(head.digest, record.media_type, now)
-        else:
-            # New content (or an upstream that does not tell digests on HEAD): one counted GET.
-            reference = str(head.digest) if head.digest is not None else tag
-            body = await client.get_manifest(name, reference, self._max_bytes)
-            await self._store(body.digest, body.data, body.media_type)
-            updated = TagRecord(body.digest, body.media_type, now)
-        await self._save_tag(key, updated)
-        return updated, None
+            return TagAnswer(cached, fetched=False)
+        # New content (or the known digest's bytes are no longer cached): one counted GET.
+        digest = head.digest
+        manifest = await self._flights.run(
+            ("manifest", digest.hex), lambda: self._fetch(client, name, str(digest))
+        )
+        return TagAnswer(manifest, fetched=True)
 
     def _is_fresh(self, record: TagRecord) -> bool:
         return self.clock() - record.checked_at < self._tag_ttl
 
-    # --- storage access, tolerant of a failing backend ------------------------------------------
+    # --- storage (fail-safe: a failing backend is a miss, a write that did not happen) ----------
 
-    async def _load(self, digest: Digest) -> tuple[bytes, str] | None:
+    async def _load(self, digest: Digest) -> Manifest | None:
         cached = self._manifests.get(digest.hex)
         if cached is not None:
             return cached
-        try:
-            found = await self._storage.get(manifest_key(digest))
-        except StorageError as exc:
-            self._on_storage_error(exc)
-            return None
+        found = await self._storage.get(manifest_key(digest))
         if found is None:
             return None
         data, info = found
@@ -216,32 +224,27 @@ class ManifestCache:
             log.error("manifest.corrupt", digest=str(digest))
             await self._storage.delete(manifest_key(digest))
             return None
-        entry = (data, info.content_type or "application/octet-stream")
-        self._manifests[digest.hex] = entry
-        return entry
+        manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
+        self._manifests[digest.hex] = manifest
+        return manifest
 
-    async def _store(self, digest: Digest, data: bytes, media_type: str) -> None:
-        self._manifests[digest.hex] = (data, media_type)
-        try:
-            await self._storage.put(manifest_key(digest), data, content_type=media_type)
-        except StorageError as exc:
-            self._on_storage_error(exc)
+    async def _store(self, manifest: Manifest) -> None:
+        self._manifests[manifest.digest.hex] = manifest
+        # Overwrite: the bytes are verified, and a corrupt entry whose delete failed is healed.
+        await self._storage.put(
+            manifest_key(manifest.digest),
+            manifest.data,
+            content_type=manifest.media_type,
+            overwrite=True,
+        )
 
-    async def _load_tag(self, key: str) -> TagRecord | None:
-        try:
-            found = await self._storage.get(key)
-        except StorageError as exc:
-            self._on_storage_error(exc)
-            return None
+    async def _load_tag(self, key: str) -> None:
+        found = await self._storage.get(key)
         record = TagRecord.from_json(found[0]) if found else None
         current = self._tags.get(key)
         if record is not None and (current is None or record.checked_at > current.checked_at):
             self._tags[key] = record
-        return record
 
     async def _save_tag(self, key: str, record: TagRecord) -> None:
         self._tags[key] = record
-        try:
-            await self._storage.put(key, record.to_json(), overwrite=True)
-        except StorageError as exc:
-            self._on_storage_error(exc)
+        await self._storage.put(key, record.to_json(), overwrite=True)

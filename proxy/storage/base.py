@@ -20,6 +20,7 @@ Exception tree:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -106,7 +107,8 @@ class BlobWriter(ABC):
     async def detach(self) -> BlobWriter:
         """Give up storing (the backend failed) but keep verifying: abort, and return a writer
         that carries on hashing from where this one stopped."""
-        await self.abort()
+        with contextlib.suppress(StorageError):
+            await self.abort()  # already failing; what is left behind is cleaned up later
         verifier = DiscardingWriter(self.key, self.expected_hex, self.expected_size)
         verifier._hash = self._hash.copy()
         verifier.size = self.size
@@ -139,9 +141,6 @@ class DiscardingWriter(BlobWriter):
 
 class Storage(ABC):
     """A cache backend. See the module docstring for the semantics every backend keeps."""
-
-    #: Short name for logs and metrics.
-    kind: str = "storage"
 
     async def open(self) -> None:
         """Acquire resources and check the backend is usable; raise StorageError if not."""

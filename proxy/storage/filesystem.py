@@ -14,10 +14,8 @@ File I/O runs in worker threads so a slow disk never stalls the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, ParamSpec, TypeVar
@@ -32,6 +30,7 @@ from proxy.storage.base import (
     StorageError,
     check_key,
 )
+from proxy.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +41,6 @@ R = TypeVar("R")
 
 
 class FilesystemStorage(Storage):
-    kind = "filesystem"
-
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.data_dir = self.root / "data"
@@ -136,7 +133,7 @@ class FilesystemStorage(Storage):
             tmp.unlink(missing_ok=True)
 
     def _tmp_path(self) -> Path:
-        return self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+        return self.tmp_dir / temp_name()
 
     def _publish(self, tmp: Path, key: str, content_type: str | None, *, overwrite: bool) -> bool:
         """Make ``tmp`` visible as ``key``; metadata first, so visible data always has it."""
@@ -242,26 +239,3 @@ class _FileWriter(BlobWriter):
             self.tmp.unlink(missing_ok=True)
 
         await asyncio.to_thread(discard)
-
-
-def remove_orphans(directory: Path) -> int:
-    """Delete temporary files left by processes that no longer run (crash recovery)."""
-    removed = 0
-    for entry in directory.iterdir():
-        pid_text = entry.name.partition("-")[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
-            continue
-        with contextlib.suppress(OSError):
-            entry.unlink()
-            removed += 1
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

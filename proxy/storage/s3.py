@@ -106,8 +106,6 @@ def _describe(exc: BaseException) -> str:
 
 
 class S3Storage(Storage):
-    kind = "s3"
-
     def __init__(
         self,
         bucket: str,

@@ -9,7 +9,6 @@ realm is remembered so that later scopes skip the first 401 round trip.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from proxy.logs import count_upstream_request
+from proxy.singleflight import SingleFlight
 from proxy.upstream.errors import UpstreamDenied, UpstreamInvalid, UpstreamUnavailable
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -66,7 +66,7 @@ class TokenAuth:
         self._timeout = timeout
         self._challenge: Challenge | None = None
         self._tokens: dict[str, _Token] = {}
-        self._fetching: dict[str, asyncio.Future[_Token]] = {}
+        self._fetching: SingleFlight[_Token] = SingleFlight()
 
     def cached(self, scope: str) -> str | None:
         """The header to send for ``scope`` without any network round trip, if we have one."""
@@ -109,12 +109,7 @@ class TokenAuth:
         if token and token.valid_until > time.monotonic():
             return token
         # One token request per scope however many requests need it at once.
-        pending = self._fetching.get(scope)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch_token(scope))
-            self._fetching[scope] = pending
-            pending.add_done_callback(lambda _: self._fetching.pop(scope, None))
-        return await asyncio.shield(pending)
+        return await self._fetching.run(scope, lambda: self._fetch_token(scope))
 
     async def _fetch_token(self, scope: str) -> _Token:
         assert self._challenge is not None

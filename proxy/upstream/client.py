@@ -25,9 +25,10 @@ import structlog
 
 from proxy.config import UpstreamSettings
 from proxy.logs import count_upstream_request
-from proxy.manifest import UPSTREAM_ACCEPT, media_type_of
+from proxy.manifest import UPSTREAM_ACCEPT, Manifest, media_type_of
 from proxy.reference import Digest
 from proxy.upstream.auth import TokenAuth
+from proxy.upstream.backoff import Backoff
 from proxy.upstream.errors import (
     UpstreamDenied,
     UpstreamError,
@@ -42,10 +43,6 @@ log = structlog.get_logger(__name__)
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
 RETRY_DELAYS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
-# After the upstream failed or rate-limited us, stale tags are served without asking it again for
-# a while: hammering a failing or 429ing upstream only delays builds (and 429s spend nothing).
-FAILURE_BACKOFF_SECONDS = 5.0
-RATE_LIMIT_BACKOFF_MAX = 300.0
 PING_CACHE_SECONDS = 30.0
 PING_TIMEOUT = 5.0
 _RETRYABLE_STATUS = {502, 503, 504}
@@ -86,13 +83,6 @@ class ManifestHead:
     digest: Digest | None  # None when the upstream sent no Docker-Content-Digest
     media_type: str
     size: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestBody:
-    data: bytes
-    media_type: str
-    digest: Digest
 
 
 @dataclass(slots=True)
@@ -139,29 +129,15 @@ class RegistryClient:
         self._observer = observer
         self._retry_delays = retry_delays
         self._ping_at = -PING_CACHE_SECONDS
-        self._backoff_until = 0.0
-        self._backoff_reason = ""
+        # Every call's failures are recorded here, after its retries.
+        self.backoff = Backoff()
         self._ping_error: str | None = None
 
-    # --- backoff after failures -----------------------------------------------------------------
+    # --- back-off after failures ---------------------------------------------------------------
 
-    def note_failure(self, exc: UpstreamError) -> None:
-        """Remember that the upstream failed, for ``backoff_reason``."""
-        if isinstance(exc, UpstreamRateLimited):
-            seconds = _retry_after_seconds(exc.retry_after) or 60.0
-            delay = min(seconds, RATE_LIMIT_BACKOFF_MAX)
-        elif isinstance(exc, UpstreamUnavailable):
-            delay = FAILURE_BACKOFF_SECONDS
-        else:
-            return
-        self._backoff_until = time.monotonic() + delay
-        self._backoff_reason = exc.detail
-
-    def backoff_reason(self) -> str | None:
-        """Why not to ask the upstream right now (it failed moments ago), or None."""
-        if time.monotonic() < self._backoff_until:
-            return f"{self._backoff_reason} (not retried for a few seconds)"
-        return None
+    def backoff_reason(self, repository: str) -> str | None:
+        """Why not to ask the upstream about ``repository`` right now (see ``Backoff``), or None."""
+        return self.backoff.reason(repository)
 
     # --- manifests ------------------------------------------------------------------------------
 
@@ -182,7 +158,7 @@ class RegistryClient:
                 response.content_length,
             )
 
-    async def get_manifest(self, name: str, reference: str, max_bytes: int) -> ManifestBody:
+    async def get_manifest(self, name: str, reference: str, max_bytes: int) -> Manifest:
         """Fetch manifest bytes (a counted pull on Docker Hub), verified when fetched by digest."""
         async with self._request(
             "GET", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
@@ -197,7 +173,7 @@ class RegistryClient:
         digest = Digest.of(data)
         if reference.startswith("sha256:") and str(digest) != reference:
             raise UpstreamInvalid(f"manifest {reference} has bytes that hash to {digest}")
-        return ManifestBody(data, media_type_of(data, content_type), digest)
+        return Manifest(data, media_type_of(data, content_type), digest)
 
     async def _read_limited(self, response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
         data = bytearray()
@@ -207,7 +183,7 @@ class RegistryClient:
                 if len(data) > max_bytes:
                     raise UpstreamInvalid(f"manifest is over the {max_bytes} bytes limit")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"manifest body broken: {_describe(exc)}") from exc
+            raise _broken(f"manifest body broken: {_describe(exc)}", exc) from exc
         return bytes(data)
 
     # --- blobs ----------------------------------------------------------------------------------
@@ -231,8 +207,8 @@ class RegistryClient:
                 received += len(chunk)
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(
-                f"blob {digest} stream broken after {received} bytes: {_describe(exc)}"
+            raise _broken(
+                f"blob {digest} stream broken after {received} bytes: {_describe(exc)}", exc
             ) from exc
 
     # --- tags -----------------------------------------------------------------------------------
@@ -279,12 +255,17 @@ class RegistryClient:
     async def _request(
         self, method: str, name: str, path: str, headers: dict[str, str], not_found_code: str
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        response = await self._send_with_retries(method, name, path, headers)
         try:
-            await _raise_for_status(response, method, f"{name}{path}", not_found_code)
-            yield response
-        finally:
-            response.release()
+            response = await self._send_with_retries(method, name, path, headers)
+            try:
+                await _raise_for_status(response, method, f"{name}{path}", not_found_code)
+                yield response
+            finally:
+                response.release()
+        except UpstreamError as exc:
+            # Failures while the caller reads the body (a broken blob stream) land here too.
+            self.backoff.record(exc, name)
+            raise
 
     async def _send_with_retries(
         self, method: str, name: str, path: str, headers: dict[str, str]
@@ -404,11 +385,12 @@ async def _error_body(response: aiohttp.ClientResponse) -> tuple[str | None, str
         return None, None
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After in seconds (only the delta-seconds form; registries do not send dates)."""
-    if value and value.strip().isascii() and value.strip().isdigit():
-        return float(value.strip())
-    return None
+def _broken(detail: str, exc: BaseException) -> UpstreamUnavailable:
+    """A body that broke off mid-way (or went silent: a timeout)."""
+    error = UpstreamUnavailable(detail)
+    error.timed_out = isinstance(exc, TimeoutError)
+    error.dropped = not error.timed_out
+    return error
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -429,7 +411,6 @@ def _describe(exc: BaseException) -> str:
 
 __all__ = [
     "BlobStream",
-    "ManifestBody",
     "ManifestHead",
     "RateLimit",
     "RegistryClient",

@@ -7,6 +7,10 @@
     ├── UpstreamDenied        401/403 even with the proxy's credentials
     └── UpstreamInvalid       the upstream answered something unusable (bad digest, too large)
 
+``detail`` says what happened to this request (for logs and for the client that made it);
+``reason`` is a fixed phrase without anything taken from the request, safe to show to *other*
+clients (the ``Warning`` header of a stale answer is shared by everyone waiting on a fetch).
+
 The HTTP edge maps each to a registry error (``registry_error``); the cache uses the type to
 decide whether serving stale content is allowed.
 """
@@ -29,16 +33,36 @@ class UpstreamError(Exception):
         self.status = status
         self.code = code
 
+    @property
+    def reason(self) -> str:
+        if self.status is not None:
+            return f"upstream answered {self.status}"
+        return "upstream failed"
+
 
 class UpstreamUnavailable(UpstreamError):
     #: The upstream did not answer in time (as opposed to refusing or resetting).
     timed_out = False
+    #: The response started but its body broke off.
+    dropped = False
+
+    @property
+    def reason(self) -> str:
+        if self.status is not None:
+            return f"upstream answered {self.status}"
+        if self.dropped:
+            return "upstream connection dropped"
+        return "upstream timed out" if self.timed_out else "upstream unreachable"
 
 
 class UpstreamRateLimited(UpstreamError):
     def __init__(self, detail: str, *, retry_after: str | None = None) -> None:
         super().__init__(detail, status=429, code="TOOMANYREQUESTS")
         self.retry_after = retry_after
+
+    @property
+    def reason(self) -> str:
+        return "upstream rate limit reached"
 
 
 class UpstreamNotFound(UpstreamError):
@@ -50,7 +74,11 @@ class UpstreamDenied(UpstreamError):
 
 
 class UpstreamInvalid(UpstreamError):
-    pass
+    @property
+    def reason(self) -> str:
+        if self.status is not None:
+            return f"upstream answered {self.status}"
+        return "upstream sent unusable content"
 
 
 _NOT_FOUND_CODES = {"NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"}

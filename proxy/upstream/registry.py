@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from proxy.config import DOCKER_HUB_HOST
+from proxy.config import DOCKER_HUB_ALIASES, DOCKER_HUB_HOST
 from proxy.errors import RegistryError
+from proxy.reference import NAME_MAX_LENGTH
 from proxy.upstream.client import RegistryClient
-
-DOCKER_HUB_ALIASES = frozenset({"docker.io", "registry-1.docker.io", "index.docker.io"})
 
 
 class Upstreams:
@@ -26,29 +25,33 @@ class Upstreams:
         return iter(self.by_host.values())
 
     def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
-        """(client, upstream repository name) for a validated request name and ``ns`` value."""
+        """(client, upstream repository name) for a validated request name and ``ns`` value.
+
+        The upstream name is checked against the length limit again: ``library/`` may have made
+        it too long, and an upstream that chokes on it must not be asked at all.
+        """
+        client, upstream_name = self._route(name, ns)
+        if len(upstream_name) > NAME_MAX_LENGTH:
+            raise RegistryError(
+                "NAME_INVALID",
+                detail=f"repository name is over {NAME_MAX_LENGTH} characters upstream",
+            )
+        return client, upstream_name
+
+    def _route(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
         first, _, rest = name.partition("/")
         if rest and ("." in first) and first not in DOCKER_HUB_ALIASES:
-            client = self.by_host.get(first)
-            if client is None:
-                raise RegistryError(
-                    "DENIED", detail=f"registry {first} is not configured on this proxy"
-                )
-            return client, rest
+            return self._configured(first), rest
         if rest and first in DOCKER_HUB_ALIASES:
             name = rest
         if ns and ns.lower() not in DOCKER_HUB_ALIASES:
-            client = self.by_host.get(ns.lower())
-            if client is None:
-                raise RegistryError(
-                    "DENIED", detail=f"registry {ns} is not configured on this proxy"
-                )
-            return client, name
-        return self.default, _docker_hub_name(
-            name
-        ) if self.default.host == DOCKER_HUB_HOST else name
+            return self._configured(ns.lower()), name
+        if self.default.host == DOCKER_HUB_HOST and "/" not in name:
+            name = f"library/{name}"  # official images: ``golang`` is ``library/golang``
+        return self.default, name
 
-
-def _docker_hub_name(name: str) -> str:
-    """Official images live under library/: ``golang`` is ``library/golang``."""
-    return name if "/" in name else f"library/{name}"
+    def _configured(self, host: str) -> RegistryClient:
+        client = self.by_host.get(host)
+        if client is None:
+            raise RegistryError("DENIED", detail=f"registry {host} is not configured on this proxy")
+        return client

@@ -166,7 +166,8 @@ def proxy_factory(
         kwargs.setdefault("username", HUB_USER)
         kwargs.setdefault("password", HUB_PASSWORD)
         workdir = kwargs.pop("workdir", None) or tmp_path_factory.mktemp("proxy")
-        proxy = ProxyProcess(Path(workdir), upstream.url, **kwargs)
+        upstream_url = kwargs.pop("upstream_url", upstream.url)
+        proxy = ProxyProcess(Path(workdir), upstream_url, **kwargs)
         made.append(proxy)
         if start:
             proxy.start()

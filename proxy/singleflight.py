@@ -17,30 +17,20 @@ class SingleFlight(Generic[V]):
     def __init__(self) -> None:
         self._calls: dict[Hashable, asyncio.Future[V]] = {}
 
-    def in_flight(self, key: Hashable) -> bool:
-        return key in self._calls
-
     def __len__(self) -> int:
         return len(self._calls)
 
-    async def run(self, key: Hashable, work: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
-        """Run ``work`` once for all concurrent callers; returns (result, whether we led it)."""
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[V]]) -> V:
+        """Run ``work`` once for all concurrent callers with ``key``; each gets its result."""
         future = self._calls.get(key)
-        leader = future is None
         if future is None:
             future = asyncio.ensure_future(work())
             self._calls[key] = future
             future.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(future), leader
+        return await asyncio.shield(future)
 
     def _finished(self, key: Hashable, future: asyncio.Future[V]) -> None:
         if self._calls.get(key) is future:
             del self._calls[key]
         if not future.cancelled():
             future.exception()  # mark retrieved: every waiter already got it re-raised
-
-    async def cancel_all(self) -> None:
-        futures = list(self._calls.values())
-        for future in futures:
-            future.cancel()
-        await asyncio.gather(*futures, return_exceptions=True)

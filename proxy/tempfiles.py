@@ -1,0 +1,41 @@
+"""Temporary files named after the process that owns them: ``<pid>-<random>``.
+
+A process killed mid-download leaves its temporary files behind (partial cache writes, spool
+files). The pid in the name lets a later process tell abandoned files (their process is gone)
+from those of a live process sharing the directory, and remove only the former.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+
+def temp_name() -> str:
+    """A fresh name for a temporary file of this process."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def remove_orphans(directory: Path) -> int:
+    """Delete the temporary files in ``directory`` whose process no longer runs."""
+    removed = 0
+    for entry in directory.iterdir():
+        pid_text = entry.name.partition("-")[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
