@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import structlog
 from aiohttp import web
 
+from proxy.cache.blobs import BlobContent
 from proxy.errors import RegistryError
 from proxy.manifest import INDEX_TYPES, default_platform_digest, parse_accept
 from proxy.reference import (
@@ -24,6 +25,7 @@ from proxy.reference import (
     parse_range,
     validate_tag,
 )
+from proxy.sendfile import SendfileResponse
 from proxy.services import Services
 from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamError, registry_error
@@ -145,7 +147,13 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         size = await services.blobs.stat(client, name, digest)
         return _headers_only(headers, size)
 
-    content = await services.blobs.get(client, name, digest)
+    async with services.blobs.open(client, name, digest) as content:
+        return await _send_blob(request, services, content, headers)
+
+
+async def _send_blob(
+    request: web.Request, services: Services, content: BlobContent, headers: dict[str, str]
+) -> web.StreamResponse:
     if content.redirect_url is not None:
         # The bytes flow from S3 to the client directly (PROXY_BLOB_REDIRECT).
         return web.Response(status=307, headers={**API_VERSION, "Location": content.redirect_url})
@@ -159,7 +167,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
                 detail=f"blob is {content.size} bytes",
                 headers={"Content-Range": f"bytes */{content.size}"},
             ) from None
-    response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+    response = SendfileResponse(status=206 if byte_range else 200, headers=headers)
     if byte_range is not None:
         assert content.size is not None
         response.headers["Content-Range"] = byte_range.content_range(content.size)
@@ -169,24 +177,28 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         response.content_length = content.size
         start, end = 0, None
     await response.prepare(request)
-    sent = 0
     try:
-        async for chunk in content.read(start, end):
-            await response.write(chunk)
-            sent += len(chunk)
+        if content.file is not None:
+            # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
+            assert content.size is not None
+            length = content.size - start if end is None else end - start + 1
+            await response.send_file(request, content.file.file, start, length)
+        else:
+            async for chunk in content.read(start, end):
+                await response.write(chunk)
     except (ConnectionResetError, OSError):
         raise  # the client went away
     except Exception as exc:
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
-        log.warning("blob.stream_aborted", digest=str(digest), reason=str(exc))
+        log.warning("blob.stream_aborted", digest=str(content.digest), reason=str(exc))
         request[ABORTED] = str(exc)
         if request.transport is not None:
             request.transport.abort()
         return response
     finally:
         source = "cache" if content.from_cache else "upstream"
-        services.metrics.bytes_served.labels(source).inc(sent)
+        services.metrics.bytes_served.labels(source).inc(response.body_length)
     await response.write_eof()
     return response
 

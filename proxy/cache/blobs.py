@@ -20,6 +20,7 @@ from proxy.cache.spool import Spool
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
+from proxy.storage.localfile import LocalFile
 from proxy.upstream.client import RegistryClient
 
 log = structlog.get_logger(__name__)
@@ -27,13 +28,23 @@ log = structlog.get_logger(__name__)
 
 @dataclass(slots=True)
 class BlobContent:
-    """A blob ready to be sent: its size and a way to stream any byte range of it."""
+    """A blob ready to be sent, its source settled before any byte of the response goes out.
+
+    - ``read(start, end)`` streams any byte range (``end`` inclusive, None: to the end): the
+      cached object, or the shared upstream download (``from_cache`` False).
+    - ``file``, from ``BlobCache.open`` only: the cached blob opened on local disk, to be sent
+      with sendfile. It was opened before the response started and stays readable until the
+      ``open`` block ends, whatever happens to the cache entry meanwhile (an eviction unlinks
+      the name; this descriptor keeps the bytes).
+    - ``redirect_url``: a presigned URL the client fetches the bytes from itself.
+    """
 
     digest: Digest
     size: int | None
     read: Callable[[int, int | None], AsyncIterator[bytes]]
     from_cache: bool
     redirect_url: str | None = None
+    file: LocalFile | None = None
 
 
 class BlobCache:
@@ -70,8 +81,27 @@ class BlobCache:
         mark_cache("miss")
         return await client.head_blob(name, digest)
 
+    @contextlib.asynccontextmanager
+    async def open(
+        self, client: RegistryClient, name: str, digest: Digest
+    ) -> AsyncIterator[BlobContent]:
+        """The blob to answer a client with: as ``get``, except that a blob cached on local disk
+        comes as an open file (``BlobContent.file``), closed when the block ends.
+
+        Opening is the cache lookup: one step, so nothing can remove the blob between finding
+        it and sending it.
+        """
+        if digest.hex not in self._fetches:
+            local = await self._storage.open_local(blob_key(digest))
+            if local is not None:
+                mark_cache("hit")
+                with contextlib.closing(local):
+                    yield BlobContent(digest, local.size, local.read, True, file=local)
+                return
+        yield await self.get(client, name, digest)
+
     async def get(self, client: RegistryClient, name: str, digest: Digest) -> BlobContent:
-        """The blob from the cache, or from the (shared) upstream download."""
+        """The blob from the cache, or from the (shared) upstream download, as a byte stream."""
         fetch = self._fetches.get(digest.hex)
         if fetch is None:
             size = await self._stat(digest)

@@ -10,6 +10,8 @@ Semantics every backend keeps (the conformance suite in tests/test_storage.py ch
 - ``put()`` stores a small object whole (manifests, tag records); ``overwrite=False`` keeps an
   existing object (content-addressed keys), ``overwrite=True`` replaces it (tag records).
 - ``read()`` streams a byte range of an object; ``stat()`` tells its size and content type.
+- ``open_local()`` opens an object kept on local disk (a ``LocalFile``, for sendfile); backends
+  without local files answer None and are read with ``read()``.
 
 Exception tree:
 
@@ -26,6 +28,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+from proxy.storage.localfile import LocalFile
 
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
@@ -190,4 +194,12 @@ class Storage(ABC):
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         """A URL the client can fetch the object from directly, where the backend has one."""
+        return None
+
+    async def open_local(self, key: str) -> LocalFile | None:
+        """The object opened on local disk, or None: absent, or this backend has no local files.
+
+        The caller closes it. It reads the bytes the object had when opened, whatever happens to
+        the key afterwards (see ``proxy.storage.localfile``).
+        """
         return None
