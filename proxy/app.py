@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy import routes
 from proxy.access import AccessPolicy, access_middleware
+from proxy.clientcap import CLIENT_CAP, ClientCap
 from proxy.config import Settings
 from proxy.errors import RegistryError
 from proxy.logs import begin_request
@@ -41,7 +42,12 @@ def create_app(
         users=settings.htpasswd_users,
         tokens=settings.auth_tokens,
     )
-    middlewares: list[Middleware] = [access_log_middleware, error_middleware]
+    client_cap = ClientCap(settings.max_clients)
+    middlewares: list[Middleware] = [
+        access_log_middleware,
+        error_middleware,
+        client_cap.middleware(),
+    ]
     if policy.enabled:
         middlewares.append(access_middleware(policy))
     app = web.Application(
@@ -63,6 +69,7 @@ def create_app(
             log.info("shutdown.draining", in_flight=services.blobs.in_flight)
             await services.blobs.drain(settings.shutdown_grace)
 
+    app[CLIENT_CAP] = client_cap
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(drain)
     app.router.add_get("/healthz", routes.healthz)

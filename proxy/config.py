@@ -78,6 +78,7 @@ class Settings:
     quota_warn_remaining: int = 10
     max_upstream_fetches: int = 64
     client_idle_timeout: float = 75.0
+    max_clients: int = 1024
     allow_cidrs: tuple[Network, ...] = ()
     anonymous_cidrs: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
@@ -229,6 +230,7 @@ ENV_VARS: dict[str, str] = {
     "PROXY_ANONYMOUS_CIDRS": "networks that need no login when auth is on (Docker mirror clients)",
     "PROXY_MAX_UPSTREAM_FETCHES": "blob downloads from upstreams at once; more wait (default 64)",
     "PROXY_CLIENT_IDLE_TIMEOUT": "seconds an idle keep-alive connection stays open (default 75)",
+    "PROXY_MAX_CLIENTS": "requests served at once; more get 503 with Retry-After (default 1024)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
 }
 
@@ -306,6 +308,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         client_idle_timeout=read.get(
             "PROXY_CLIENT_IDLE_TIMEOUT", _positive_seconds, defaults.client_idle_timeout
         ),
+        max_clients=read.get("PROXY_MAX_CLIENTS", _positive_count, defaults.max_clients),
         quota_warn_remaining=read.get(
             "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
         ),

@@ -32,6 +32,7 @@ def test_values_are_parsed() -> None:
             "PROXY_LOG_FORMAT": "JSON",
             "PROXY_TAG_TTL": "0",
             "PROXY_MAX_MANIFEST_SIZE": "1MiB",
+            "PROXY_MAX_CLIENTS": "200",
         }
     )
     assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 8080)
@@ -40,6 +41,7 @@ def test_values_are_parsed() -> None:
     assert settings.log_format == "json"
     assert settings.tag_ttl == 0
     assert settings.max_manifest_bytes == 1024 * 1024
+    assert settings.max_clients == 200
     assert "dckr_pat_secret" not in repr(settings)
 
 
@@ -60,6 +62,7 @@ def test_values_are_parsed() -> None:
         ({"PROXY_UPSTREAM_USERNAME": "u"}, "PROXY_UPSTREAM_PASSWORD", "access token"),
         ({"PROXY_UPSTREAM_PASSWORD": "p"}, "PROXY_UPSTREAM_USERNAME", "required"),
         ({"PROXY_MAX_MANIFEST_SIZE": "big"}, "PROXY_MAX_MANIFEST_SIZE", "4MiB"),
+        ({"PROXY_MAX_CLIENTS": "0"}, "PROXY_MAX_CLIENTS", ">= 1"),
     ],
 )
 def test_errors_name_the_variable_and_what_is_accepted(
