@@ -56,7 +56,13 @@ async def warm_proxy(
         storage = None
         if backend == "s3":
             moto: MotoServer = request.getfixturevalue("moto_endpoint")
-            storage = S3Storage(moto.create_bucket(), "cache", endpoint_url=moto.endpoint_url)
+            # Small read parts: the blob is read in several, with look-ahead requests.
+            storage = S3Storage(
+                moto.create_bucket(),
+                "cache",
+                endpoint_url=moto.endpoint_url,
+                read_part_size=1024 * 1024,
+            )
         client = await make_proxy(fakehub, storage_backend=storage)
         assert await (await client.get(blob_path(digest))).read() == data  # the miss
         await fakehub.wait_for(lambda: fakehub.cdn_gets(digest) == 1)
