@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -15,7 +14,7 @@ from proxy.access import AccessPolicy, access_middleware
 from proxy.clientcap import CLIENT_CAP, ClientCap
 from proxy.config import Settings
 from proxy.errors import RegistryError
-from proxy.logs import begin_request
+from proxy.logs import begin_request, new_request_id
 from proxy.services import open_services
 from proxy.storage import Storage, StorageError
 
@@ -108,10 +107,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One log line per request, with what the cache and the upstream did for it."""
-    stats = begin_request()
     # Correlate with the load balancer's logs when it sent an id; otherwise make one.
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    structlog.contextvars.bind_contextvars(request_id=request_id[:64])
+    request_id = (request.headers.get("X-Request-Id") or new_request_id())[:64]
+    stats = begin_request(request_id)  # every line logged for this request carries the id
     started = time.perf_counter()
     status = 500
     response: web.StreamResponse | None = None
@@ -123,7 +121,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             raise
         status = response.status
         if not response.prepared:
-            response.headers["X-Request-Id"] = request_id[:64]
+            response.headers["X-Request-Id"] = request_id
         return response
     finally:
         api_path = request.get(routes.API_PATH)
@@ -131,10 +129,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         route = api_path.endpoint.value if api_path is not None else _route_name(request)
         services = request.app.get(routes.SERVICES)
         if services is not None:
-            services.metrics.requests.labels(route, request.method, str(status)).inc()
-            services.metrics.latency.labels(route).observe(duration)
-            if stats.cache != "-":
-                services.metrics.cache.labels(route, stats.cache).inc()
+            cache = stats.cache if stats.cache != "-" else None
+            services.metrics.request_served(route, request.method, status, duration, cache)
         log.info(
             "request",
             method=request.method,
@@ -147,7 +143,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             upstream_requests=stats.upstream_requests,
             duration_ms=round(duration * 1000, 1),
             aborted=request.get(routes.ABORTED),
-            request_id=request_id[:64],
+            request_id=request_id,
             remote=request.remote,
         )
 

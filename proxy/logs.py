@@ -4,20 +4,33 @@ Each request gets a ``RequestStats`` in a context variable. Code deep in the cac
 upstream client adds to it (``count_upstream_request``, ``mark_cache``) without being handed it, and
 the access-log middleware writes one line per request from it. Background fetches started by a
 request inherit a copy of the context, so their upstream requests are counted for that request.
+The request id lives there too: bound once per request, added to every line logged meanwhile.
+
+Logging runs for every request, so each step of the chain is kept cheap: one context variable read
+instead of a scan of the whole context, the timestamp's date and time formatted once per second,
+redaction that looks at the keys only when one could be a secret, one JSON encoder reused, and the
+lines of one event-loop iteration written to stderr with one system call (``_LineWriter``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
+import json
 import logging
+import random
 import sys
+import time
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 import structlog
 
 
 @dataclass(slots=True)
 class RequestStats:
+    request_id: str | None = None
     upstream_requests: int = 0
     cache: str = "-"  # "hit", "miss", "stale", or "-" when no cache was involved
 
@@ -27,10 +40,16 @@ _stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar(
 )
 
 
-def begin_request() -> RequestStats:
-    stats = RequestStats()
+def begin_request(request_id: str | None = None) -> RequestStats:
+    stats = RequestStats(request_id)
     _stats.set(stats)
     return stats
+
+
+def new_request_id() -> str:
+    """32 hex digits. Unique, not secret: the random module's generator is much cheaper than
+    uuid4 (a system call and an object per request) and is reseeded in forked children."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def count_upstream_request() -> None:
@@ -45,6 +64,37 @@ def mark_cache(state: str) -> None:
         stats.cache = state
 
 
+def _add_request_id(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """The id of the request being served, on every line logged while it is."""
+    stats = _stats.get()
+    if stats is not None and stats.request_id is not None:
+        event.setdefault("request_id", stats.request_id)
+    return event
+
+
+class _Timestamp:
+    """``timestamp``: ISO 8601 in UTC with microseconds (``2026-12-01T23:52:33.123456Z``), as
+    structlog's TimeStamper(fmt="iso", utc=True) writes it, with the date and time of day
+    formatted once per second instead of a datetime per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: object, _method: str, event: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+
 _SECRET_KEYS = frozenset({"authorization", "password", "token", "access_token", "secret"})
 
 
@@ -52,10 +102,65 @@ def _redact(
     _logger: object, _method: str, event: structlog.types.EventDict
 ) -> structlog.types.EventDict:
     """Last line of defence: never write a credential, whatever a caller passed."""
+    if _SECRET_KEYS.isdisjoint(map(str.lower, event)):
+        return event  # the usual case, checked without a Python-level loop
     for key in list(event):
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
     return event
+
+
+def _json_default(value: object) -> Any:
+    return repr(value)
+
+
+class _JsonRenderer:
+    """One JSON object per line, from one reused encoder (json.dumps with options builds a new
+    encoder per call)."""
+
+    def __init__(self) -> None:
+        self._encode = json.JSONEncoder(default=_json_default).encode
+
+    def __call__(self, _logger: object, _method: str, event: structlog.types.EventDict) -> str:
+        return self._encode(event)
+
+
+class _LineWriter:
+    """Where log lines go: ``stream``, the lines of one event-loop iteration in one write.
+
+    A busy proxy logs a line per request, and each write to stderr is a system call. Inside a
+    running event loop, lines are queued in order and written together by one callback at the
+    next iteration. Elsewhere (start-up, the command-line tools, worker threads) a line is
+    written at once. Lines still queued at a normal exit are written by an exit hook; a killed
+    process loses at most the lines of its last iteration.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._queued: list[str] = []
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(message)
+            return
+        if not self._queued:
+            loop.call_soon(self.flush)
+        self._queued.append(message)
+
+    # structlog calls the method named like the level.
+    log = debug = info = warning = error = critical = exception = msg
+
+    def flush(self) -> None:
+        if self._queued:
+            lines, self._queued = self._queued, []
+            self._write("\n".join(lines))
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text + "\n")
+        self._stream.flush()
 
 
 class _StdlibBridge(logging.Handler):
@@ -74,16 +179,17 @@ class _StdlibBridge(logging.Handler):
 
 
 def configure_logging(log_format: str, level: str = "info") -> None:
+    writer = _LineWriter(sys.stderr)
     processors: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Timestamp(),
         _redact,
     ]
     renderer: structlog.types.Processor
     if log_format == "json":
         processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        renderer = _JsonRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
@@ -91,7 +197,7 @@ def configure_logging(log_format: str, level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

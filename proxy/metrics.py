@@ -17,6 +17,8 @@ from proxy.upstream.client import RateLimit
 
 log = structlog.get_logger(__name__)
 
+MAX_MEMOIZED_LABEL_SETS = 1000
+
 
 @dataclass(slots=True)
 class UpstreamQuota:
@@ -90,6 +92,33 @@ class Metrics:
         self.storage_errors = Counter(
             "registry_proxy_storage_errors", "Cache storage failures", registry=r
         )
+        self._request_children: dict[
+            tuple[str, str, int, str | None], tuple[Counter, Histogram, Counter | None]
+        ] = {}
+
+    # --- every client request (the access-log middleware) ---------------------------------------
+
+    def request_served(
+        self, route: str, method: str, status: int, seconds: float, cache: str | None
+    ) -> None:
+        """Count one client request. The labelled children are looked up once per label set:
+        ``labels()`` takes a lock and checks its arguments on every call."""
+        key = (route, method, status, cache)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+                self.cache.labels(route, cache) if cache is not None else None,
+            )
+            # Methods are the client's to choose: do not let odd ones grow the memo unbounded.
+            if len(self._request_children) < MAX_MEMOIZED_LABEL_SETS:
+                self._request_children[key] = children
+        requests, latency, cache_result = children
+        requests.inc()
+        latency.observe(seconds)
+        if cache_result is not None:
+            cache_result.inc()
 
     # --- the upstream client's observer ---------------------------------------------------------
 

@@ -6,6 +6,7 @@ registries send. They never talk to storage or the upstream directly.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,10 +40,18 @@ API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
 
+# Clients ask for the same paths over and over, and parsing them (regular expressions, frozen
+# dataclasses) is a measurable part of a warm request. The results are immutable, and only valid
+# input is remembered (a parse error is raised every time, never cached).
+PARSE_MEMO_SIZE = 4096
+_parse_api_path = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_api_path)
+_parse_reference = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Reference.parse)
+_parse_digest = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Digest.parse)
+
 
 async def api(request: web.Request) -> web.StreamResponse:
     """Every ``/v2/...`` request: dispatch on the parsed path."""
-    path = parse_api_path(request.rel_url.raw_path)
+    path = _parse_api_path(request.rel_url.raw_path)
     request[API_PATH] = path
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
@@ -68,24 +77,21 @@ async def api(request: web.Request) -> web.StreamResponse:
 
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
     client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
-    reference = Reference.parse(path.reference)
+    reference = _parse_reference(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         head_found = await services.manifests.head_by_digest(client, name, reference.digest)
         return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)
-    accepted = parse_accept(request.headers.getall("Accept", []))
-    if (
-        reference.tag is not None
-        and accepted is not None
-        and found.media_type not in accepted
-        and found.media_type in INDEX_TYPES
-    ):
-        # A client that cannot read an index gets the linux/amd64 image, as from distribution.
-        platform = default_platform_digest(found.data, accepted)
-        if platform is not None:
-            found = await services.manifests.by_digest(client, name, Digest.parse(platform))
+    if reference.tag is not None and found.media_type in INDEX_TYPES:
+        accepted = parse_accept(request.headers.getall("Accept", []))
+        if accepted is not None and found.media_type not in accepted:
+            # A client that cannot read an index gets the linux/amd64 image, as from
+            # distribution.
+            platform = default_platform_digest(found.data, accepted)
+            if platform is not None:
+                found = await services.manifests.by_digest(client, name, Digest.parse(platform))
     # Otherwise the manifest goes out as stored whatever the Accept header says: a digest names
     # exactly these bytes, and we cannot convert (nor would a 404 help the client). HEAD and GET
     # answer alike.
@@ -134,7 +140,7 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
     client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
-    digest = Digest.parse(path.reference)
+    digest = _parse_digest(path.reference)
     headers = {
         **API_VERSION,
         "Docker-Content-Digest": str(digest),
