@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -130,32 +131,40 @@ class _LineWriter:
 
     A busy proxy logs a line per request, and each write to stderr is a system call. Inside a
     running event loop, lines are queued in order and written together by one callback at the
-    next iteration. Elsewhere (start-up, the command-line tools, worker threads) a line is
-    written at once. Lines still queued at a normal exit are written by an exit hook; a killed
-    process loses at most the lines of its last iteration.
+    next iteration. Elsewhere (start-up, the command-line tools) a line is written at once. Lines
+    still queued at a normal exit are written by an exit hook; a killed process loses at most the
+    lines of its last iteration.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._queued: list[str] = []
+        # Worker threads log too (rarely): the queue is shared with them.
+        self._lock = threading.Lock()
         atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
+        with self._lock:
+            if self._queued:  # a flush is already scheduled
+                self._queued.append(message)
+                return
+        # Looking up the running loop costs a getpid(2): once per iteration, not per line.
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self._write(message)
             return
-        if not self._queued:
-            loop.call_soon(self.flush)
-        self._queued.append(message)
+        with self._lock:
+            self._queued.append(message)
+        loop.call_soon(self.flush)
 
     # structlog calls the method named like the level.
     log = debug = info = warning = error = critical = exception = msg
 
     def flush(self) -> None:
-        if self._queued:
+        with self._lock:
             lines, self._queued = self._queued, []
+        if lines:
             self._write("\n".join(lines))
 
     def _write(self, text: str) -> None:

@@ -11,13 +11,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from proxy.requestmetrics import RequestMetrics
 from proxy.upstream.client import RateLimit
 
 log = structlog.get_logger(__name__)
-
-MAX_MEMOIZED_LABEL_SETS = 1000
 
 
 @dataclass(slots=True)
@@ -43,19 +42,8 @@ class Metrics:
         self.quota_warn_remaining = quota_warn_remaining
         self.quotas: dict[str, UpstreamQuota] = {}
         r = self.registry
-        self.requests = Counter(
-            "registry_proxy_requests", "Client requests", ["route", "method", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "registry_proxy_request_duration_seconds",
-            "Time to answer a client request (whole transfer for blobs)",
-            ["route"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=r,
-        )
-        self.cache = Counter(
-            "registry_proxy_cache", "Cache lookups by result", ["route", "result"], registry=r
-        )
+        # registry_proxy_requests, _request_duration_seconds and _cache: updated per request.
+        self.client_requests = RequestMetrics(r)
         self.bytes_served = Counter(
             "registry_proxy_served_bytes",
             "Blob bytes sent to clients, by where they came from",
@@ -92,33 +80,14 @@ class Metrics:
         self.storage_errors = Counter(
             "registry_proxy_storage_errors", "Cache storage failures", registry=r
         )
-        self._request_children: dict[
-            tuple[str, str, int, str | None], tuple[Counter, Histogram, Counter | None]
-        ] = {}
 
     # --- every client request (the access-log middleware) ---------------------------------------
 
     def request_served(
         self, route: str, method: str, status: int, seconds: float, cache: str | None
     ) -> None:
-        """Count one client request. The labelled children are looked up once per label set:
-        ``labels()`` takes a lock and checks its arguments on every call."""
-        key = (route, method, status, cache)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route),
-                self.cache.labels(route, cache) if cache is not None else None,
-            )
-            # Methods are the client's to choose: do not let odd ones grow the memo unbounded.
-            if len(self._request_children) < MAX_MEMOIZED_LABEL_SETS:
-                self._request_children[key] = children
-        requests, latency, cache_result = children
-        requests.inc()
-        latency.observe(seconds)
-        if cache_result is not None:
-            cache_result.inc()
+        """Count one answered client request (``cache``: "hit", "miss", "stale", or None)."""
+        self.client_requests.observe(route, method, status, seconds, cache)
 
     # --- the upstream client's observer ---------------------------------------------------------
 
