@@ -85,3 +85,14 @@ def test_request_ids_are_32_hex_digits_and_differ() -> None:
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+
+
+def test_an_exception_is_rendered_into_the_json_line(stream: CountingStream) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        structlog.get_logger("test").exception("request.failed")
+    [line] = stream.lines()
+    assert line["level"] == "error"
+    assert "ValueError: boom" in str(line["exception"])
+    assert "exc_info" not in line
