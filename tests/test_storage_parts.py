@@ -4,7 +4,9 @@ break, count and watch being closed."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import pytest
@@ -24,6 +26,7 @@ class FakeObject:
         self.data = data
         self.requests: list[tuple[int, int]] = []
         self.open_bodies: set[FakeBody] = set()
+        self.bodies: weakref.WeakSet[FakeBody] = weakref.WeakSet()  # every body still in memory
         self.break_at: list[int] = []  # absolute positions where a body breaks off (once each)
         self.events: list[tuple[str, int]] = []  # ("open", first byte) / ("read", end position)
 
@@ -36,6 +39,7 @@ class FakeObject:
         last = min(last, len(self.data) - 1)
         body = FakeBody(self, first, last)
         self.open_bodies.add(body)
+        self.bodies.add(body)
         return OpenPart(body, first, last, len(self.data))
 
 
@@ -144,6 +148,9 @@ async def test_a_consumer_that_stops_reading_holds_no_response() -> None:
     assert source.open_bodies  # reading
     # The consumer stops; after release_after the responses are given back.
     await wait_until(lambda: not source.open_bodies, "the responses to be closed")
+    # ... and freed, with whatever the HTTP client had buffered of them.
+    gc.collect()
+    assert not list(source.bodies)
     requests = len(source.requests)
     received += [chunk async for chunk in stream]  # it comes back: reading resumes
     assert b"".join(received) == DATA

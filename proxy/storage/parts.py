@@ -29,7 +29,7 @@ from typing import Protocol
 from proxy.storage.base import StorageError
 
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 64 * 1024  # what a client that stops reading leaves buffered, at most
 DEFAULT_RETRIES = 2
 DEFAULT_RELEASE_AFTER = 5.0
 
@@ -91,6 +91,9 @@ async def read_parts(
                 continue
             position += len(chunk)
             reader.advanced(position)
+            # A response released while the consumer is away must be freed, with what the HTTP
+            # client buffered of it: keep no reference to it across the yield.
+            del part
             # The consumer may take long (a slow client) or forever (one that stopped reading):
             # after a while, give the connections back rather than hold them meanwhile.
             timer = loop.call_later(release_after, reader.release)
