@@ -36,7 +36,7 @@ every other S3 error, is raised as ``StorageError`` naming the operation, the ob
 code, except "no such key", which is ``None`` from ``stat()`` and ``get()`` and ``ObjectNotFound``
 from ``read()``.
 
-``read()`` asks for the range in ranged GetObjects of ``read_part_size`` (16 MiB by default), the
+``read()`` asks for the range in ranged GetObjects of ``read_part_size`` (128 MiB by default), the
 next one requested before the current one ends; a body that breaks off is asked for again from
 the first byte not yet passed on (twice in a row at most, then ``StorageError``), and a reader
 whose consumer stops reading gives its connections back after ``release_after`` seconds. See
