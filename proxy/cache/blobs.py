@@ -91,7 +91,8 @@ class BlobCache:
         Opening is the cache lookup: one step, so nothing can remove the blob between finding
         it and sending it.
         """
-        if digest.hex not in self._fetches:
+        # With redirects on, a cached blob is answered with its URL (S3 has no local files).
+        if digest.hex not in self._fetches and self._redirect_expires is None:
             local = await self._storage.open_local(blob_key(digest))
             if local is not None:
                 mark_cache("hit")
