@@ -59,6 +59,8 @@ def create_app(
         # the grace period to finish (and land in the cache) before handlers are cancelled and
         # unfinished cache writes are aborted.
         services = app.get(routes.SERVICES)
+        if services is not None:
+            await services.prefetch.close()  # no new downloads now
         if services is not None and services.blobs.in_flight:
             log.info("shutdown.draining", in_flight=services.blobs.in_flight)
             await services.blobs.drain(settings.shutdown_grace)

@@ -16,6 +16,8 @@ import aiohttp
 
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
+from proxy.cache.pieces import PieceSettings
+from proxy.cache.prefetch import Prefetcher
 from proxy.cache.spool import Spool
 from proxy.config import Settings
 from proxy.metrics import Metrics
@@ -38,6 +40,7 @@ class Services:
     blobs: BlobCache
     manifests: ManifestCache
     metrics: Metrics
+    prefetch: Prefetcher
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -99,16 +102,27 @@ async def open_services(
             spool,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
+            pieces=PieceSettings(settings.fetch_pieces, settings.fetch_piece_threshold),
+            observer=metrics,
         )
         manifests = ManifestCache(
             safe_storage,
             tag_ttl=settings.tag_ttl,
             max_manifest_bytes=settings.max_manifest_bytes,
         )
+        prefetch = Prefetcher(
+            blobs,
+            manifests,
+            enabled=settings.prefetch,
+            # Client requests come first: prefetches get a quarter of the fetch slots.
+            max_fetches=max(1, settings.max_upstream_fetches // 4),
+            observer=metrics,
+        )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
         try:
-            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics)
+            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics, prefetch)
         finally:
+            await prefetch.close()
             await blobs.close()
             await safe_storage.close()

@@ -51,6 +51,7 @@ async def test_tag_within_ttl_makes_no_upstream_request(
     use_clock(client)
     assert await pull(client) == image.digest
     assert fakehub.manifest_gets() - fakehub.count("GET", kind="manifest", status=401) == 1
+    await client.app[SERVICES].prefetch.wait_idle()  # the image's blobs, fetched once
     fakehub.reset_counts()
     for _ in range(100):
         assert await pull(client) == image.digest
@@ -193,6 +194,7 @@ async def test_tag_record_survives_restart(fakehub: FakeHub, make_proxy: ProxyFa
     image = fakehub.add_image("library/golang", "1.22")
     first = await make_proxy(fakehub, tag_ttl=300)
     await pull(first)
+    await first.app[SERVICES].prefetch.wait_idle()  # the image's blobs, fetched once
     fakehub.reset_counts()
     # A new process on the same cache knows the tag and its manifest without asking upstream.
     second = await make_proxy(fakehub, tag_ttl=300, storage=first.app[SERVICES].settings.storage)

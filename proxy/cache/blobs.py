@@ -3,6 +3,10 @@
 Blobs are content-addressed and immutable, so a cached digest is served without any upstream
 request. A miss starts (or joins) the one ``BlobFetch`` for that digest; every client that wants the
 blob meanwhile follows the same download.
+
+A download may also be started before any client asks (``prefetch``, see ``proxy.cache.prefetch``)
+and big blobs are fetched in pieces (``proxy.cache.pieces``); either way it is the same one
+download per digest that clients follow.
 """
 
 from __future__ import annotations
@@ -11,16 +15,26 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+import cachetools
 import structlog
 
-from proxy.cache.inflight import BlobFetch, pump
+from proxy.cache.inflight import BlobFetch, UpstreamOpener, pump
 from proxy.cache.keys import blob_key
+from proxy.cache.pieces import (
+    PieceBudget,
+    PieceObserver,
+    PieceSettings,
+    blob_ranges,
+    open_in_pieces,
+)
 from proxy.cache.spool import Spool
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
 from proxy.upstream.client import RegistryClient
+from proxy.upstream.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +50,16 @@ class BlobContent:
     redirect_url: str | None = None
 
 
+class BlobObserver(PieceObserver, Protocol):
+    """Hears what downloads did (the metrics implement it)."""
+
+    def prefetch_hit(self) -> None: ...
+
+
+# Prefetched blobs remembered until a client asks for them (to count prefetch hits).
+PREFETCHED_MEMORY = 10_000
+
+
 class BlobCache:
     def __init__(
         self,
@@ -44,6 +68,8 @@ class BlobCache:
         *,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
+        pieces: PieceSettings | None = None,
+        observer: BlobObserver | None = None,
     ) -> None:
         self._storage = storage
         self._spool = spool
@@ -52,6 +78,12 @@ class BlobCache:
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
+        self._pieces = pieces or PieceSettings(pieces=1)
+        # Extra connections for pieces, beyond the one per fetch slot: a quarter more.
+        self._piece_budget = PieceBudget(max(1, max_fetches // 4))
+        self._observer = observer
+        # Digests a prefetch brought in that no client has asked for yet.
+        self._prefetched: cachetools.LRUCache[str, bool] = cachetools.LRUCache(PREFETCHED_MEMORY)
 
     @property
     def in_flight(self) -> int:
@@ -77,11 +109,46 @@ class BlobCache:
             size = await self._stat(digest)
             if size is not None:
                 mark_cache("hit")
+                self._client_wants(digest, None)
                 return await self._cached(digest, size)
             fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
         mark_cache("miss")
-        size = await fetch.wait_started()
+        self._client_wants(digest, fetch)
+        try:
+            size = await fetch.wait_started()
+        except UpstreamError:
+            if not fetch.prefetch:
+                raise
+            # A prefetch failed before its first byte: the client's request tries on its own.
+            fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
+            size = await fetch.wait_started()
         return BlobContent(digest, size, fetch.read, False)
+
+    async def prefetch(
+        self, client: RegistryClient, name: str, digest: Digest, size: int | None
+    ) -> BlobFetch | None:
+        """Download a blob no client asked for yet, and wait until it is done.
+
+        None when there is nothing to do (cached, or a download is in flight). ``size`` is what
+        the manifest says, used only to plan the pieces.
+        """
+        if digest.hex in self._fetches or await self._stat(digest) is not None:
+            return None
+        if digest.hex in self._fetches:  # a client's, started while storage was asked
+            return None
+        fetch = self._start(client, name, digest, size_hint=size, prefetch=True)
+        await fetch.wait_finished()
+        return fetch
+
+    def _client_wants(self, digest: Digest, fetch: BlobFetch | None) -> None:
+        """A client asked for a blob: count a prefetch hit if a prefetch got there first."""
+        if fetch is not None:
+            hit = fetch.prefetch and not fetch.client_asked
+            fetch.client_asked = True
+        else:
+            hit = self._prefetched.pop(digest.hex, False)
+        if hit and self._observer is not None:
+            self._observer.prefetch_hit()
 
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)
@@ -98,14 +165,19 @@ class BlobCache:
         info = await self._storage.stat(blob_key(digest))
         return None if info is None else info.size
 
-    def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
+    def _start(
+        self,
+        client: RegistryClient,
+        name: str,
+        digest: Digest,
+        *,
+        size_hint: int | None = None,
+        prefetch: bool = False,
+    ) -> BlobFetch:
         fetch = BlobFetch(str(digest), self._spool.new_path())
+        fetch.prefetch = prefetch
         self._fetches[digest.hex] = fetch
-
-        @contextlib.asynccontextmanager
-        async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
-            async with client.open_blob(name, digest) as stream:
-                yield stream.size, stream.chunks
+        open_upstream = self._upstream_opener(client, name, digest, fetch, size_hint)
 
         async def open_writer(size: int | None) -> FailSafeWriter:
             return await self._storage.writer(blob_key(digest), digest.hex, size)
@@ -118,12 +190,15 @@ class BlobCache:
                 # Later requests read the committed blob from storage (or fetch anew on failure).
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
+                if fetch.prefetch and fetch.committed and not fetch.client_asked:
+                    self._prefetched[digest.hex] = True
             log.info(
                 "blob.fetched" if fetch.error is None else "blob.fetch_failed",
                 digest=str(digest),
                 repository=name,
                 bytes=fetch.written,
                 cached=fetch.committed,
+                prefetch=fetch.prefetch,
                 error=str(fetch.error) if fetch.error else None,
             )
 
@@ -131,6 +206,41 @@ class BlobCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fetch
+
+    def _upstream_opener(
+        self,
+        client: RegistryClient,
+        name: str,
+        digest: Digest,
+        fetch: BlobFetch,
+        size_hint: int | None,
+    ) -> UpstreamOpener:
+        """How the pump opens the upstream: one stream, or pieces for a big blob."""
+        if not self._pieces.enabled:
+
+            @contextlib.asynccontextmanager
+            async def open_whole() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+                async with client.open_blob(name, digest) as stream:
+                    yield stream.size, stream.chunks
+
+            return open_whole
+
+        def open_pieces() -> contextlib.AbstractAsyncContextManager[
+            tuple[int | None, AsyncIterator[bytes]]
+        ]:
+            return open_in_pieces(
+                blob_ranges(client, name, digest),
+                digest=digest,
+                settings=self._pieces,
+                budget=self._piece_budget,
+                spool=self._spool,
+                observer=self._observer or _UNOBSERVED,
+                size_hint=size_hint,
+                # A prefetch no client waits on yet leaves a client's download its pieces.
+                keep=self._pieces.pieces - 1 if fetch.prefetch and not fetch.client_asked else 0,
+            )
+
+        return open_pieces
 
     async def close(self) -> None:
         """Abort unfinished downloads (their partial cache writes are discarded)."""
@@ -142,3 +252,17 @@ class BlobCache:
         """Let downloads in progress finish for up to ``grace`` seconds."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+
+
+class _Unobserved:
+    def prefetch_hit(self) -> None:
+        pass
+
+    def piece_fetched(self) -> None:
+        pass
+
+    def pieces_fell_back(self) -> None:
+        pass
+
+
+_UNOBSERVED = _Unobserved()

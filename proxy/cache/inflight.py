@@ -48,6 +48,8 @@ class BlobFetch:
         self.state = FetchState.STARTING
         self.error: BaseException | None = None
         self.committed = False  # the verified blob is in the cache storage
+        self.prefetch = False  # started before any client asked (proxy.cache.prefetch)
+        self.client_asked = False  # a client asked for the blob while it was in flight
         self._spool_path = spool_path
         self._fd: int | None = os.open(spool_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._changed = asyncio.Condition()
@@ -76,6 +78,11 @@ class BlobFetch:
         self._release_spool_if_unused()
 
     # --- the readers' side ----------------------------------------------------------------------
+
+    async def wait_finished(self) -> None:
+        """Wait until the download is over (verified and stored, or failed)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.state in (FetchState.DONE, FetchState.FAILED))
 
     async def wait_started(self) -> int | None:
         """Wait for the upstream's headers; returns the blob size (None when not announced)."""
