@@ -8,9 +8,13 @@ size, so the head asks for the first MiB and the other 6 MiB come in 3 pieces of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,10 +24,19 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub, ServerName
 from test_blob_cache import blob_path, cached_blobs
 
-from proxy.cache.pieces import EMPTY_BLOB, PieceBudget, PieceSettings, _head_range, _split
+from proxy.cache.pieces import (
+    EMPTY_BLOB,
+    PieceBudget,
+    PieceSettings,
+    _head_range,
+    _split,
+    open_in_pieces,
+)
+from proxy.cache.spool import Spool
 from proxy.reference import Digest
 from proxy.routes import SERVICES
-from proxy.upstream.client import ContentRange
+from proxy.upstream.client import BlobStream, ContentRange
+from proxy.upstream.errors import UpstreamInvalid, UpstreamUnavailable
 
 MiB = 1024 * 1024
 BLOB = random.Random(13).randbytes(7 * MiB)
@@ -295,3 +308,89 @@ async def test_an_empty_blob_is_asked_for_without_a_range(
     response = await client.get(blob_path(digest))
     assert (response.status, await response.read()) == (200, b"")
     assert fakehub.blob_ranges(digest) == [None]
+
+
+# --- the piece fetcher on its own, against ranges served from memory ---------------------------
+
+
+class MemoryRanges:
+    """A RangeOpener serving ``data``: records each (first, last, url); ``total_known=False``
+    answers ``bytes a-b/*``; ``break_first_after`` cuts the first answer's body short."""
+
+    def __init__(
+        self, data: bytes, *, total_known: bool = True, break_first_after: int | None = None
+    ) -> None:
+        self.data = data
+        self.total_known = total_known
+        self.break_first_after = break_first_after
+        self.calls: list[tuple[int | None, int | None, str | None]] = []
+
+    @contextlib.asynccontextmanager
+    async def __call__(
+        self, first: int | None, last: int | None, url: str | None
+    ) -> AsyncIterator[BlobStream]:
+        self.calls.append((first, last, url))
+        size = len(self.data)
+        if first is None:
+            body, span = self.data, None
+        elif first >= size:
+            raise UpstreamInvalid("416", status=416)
+        else:
+            end = size - 1 if last is None else min(last, size - 1)
+            body = self.data[first : end + 1]
+            span = ContentRange(first, end, size if self.total_known else None)
+        cut = self.break_first_after if len(self.calls) == 1 else None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for offset in range(0, len(body), 64 * 1024):
+                if cut is not None and offset >= cut:
+                    raise UpstreamUnavailable("connection dropped")
+                yield body[offset : offset + 64 * 1024]
+
+        yield BlobStream(len(body), chunks(), span, url or "http://cdn.example/blob")
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.pieces = 0
+        self.fallbacks = 0
+
+    def piece_fetched(self) -> None:
+        self.pieces += 1
+
+    def pieces_fell_back(self) -> None:
+        self.fallbacks += 1
+
+
+async def fetch_in_pieces(ranges: MemoryRanges, spool: Spool, **options: Any) -> bytes:
+    counts = Counts()
+    async with open_in_pieces(
+        ranges,
+        digest=Digest(hashlib.sha256(ranges.data).hexdigest()),
+        settings=PieceSettings(pieces=4, threshold=MiB),
+        budget=PieceBudget(8),
+        spool=spool,
+        observer=counts,
+        **options,
+    ) as (size, chunks):
+        received = b"".join([chunk async for chunk in chunks])
+    assert size in (len(received), None)
+    return received
+
+
+async def test_without_a_total_size_the_rest_comes_as_one_stream(tmp_path: Path) -> None:
+    ranges = MemoryRanges(BLOB, total_known=False)
+    assert await fetch_in_pieces(ranges, Spool(tmp_path)) == BLOB
+    assert ranges.calls == [(0, MiB - 1, None), (MiB, None, None)]
+    # A blob the head held whole: the one stream is refused (416), and that is the end.
+    small = MemoryRanges(BLOB[: MiB // 2], total_known=False)
+    assert await fetch_in_pieces(small, Spool(tmp_path)) == BLOB[: MiB // 2]
+    assert small.calls == [(0, MiB - 1, None), (MiB // 2, None, None)]
+
+
+async def test_a_broken_head_is_resumed_where_it_stopped(tmp_path: Path) -> None:
+    ranges = MemoryRanges(BLOB, break_first_after=256 * 1024)
+    assert await fetch_in_pieces(ranges, Spool(tmp_path), size_hint=len(BLOB)) == BLOB
+    quarter = len(BLOB) // 4
+    assert ranges.calls[0] == (0, quarter - 1, None)
+    assert (256 * 1024, quarter - 1, None) in ranges.calls

@@ -281,6 +281,7 @@ class PieceDownload:
         position = 0
         try:
             async for chunk in self._head.chunks:
+                chunk = chunk[: self._head_end - position]  # never past its range
                 position += len(chunk)
                 yield chunk
         except UpstreamUnavailable as exc:
@@ -313,8 +314,14 @@ class PieceDownload:
                 yield chunk
         if self._total is None or position < self._total:
             # No pieces were made (no budget, or no total size told): the rest as one stream.
-            async for chunk in self._stream(position, self._total):
-                yield chunk
+            try:
+                async for chunk in self._stream(position, self._total):
+                    yield chunk
+            except UpstreamInvalid as exc:
+                # Without a total (``bytes 0-N/*``) a head that held the whole blob shows only
+                # now: nothing is left to ask for.
+                if exc.status != 416 or self._total is not None:
+                    raise
 
     async def _wait_landed(self, piece: Piece, position: int) -> int | None:
         """How far the piece has landed beyond ``position``; None when it gave up short of it."""
