@@ -14,6 +14,7 @@ from test_blob_cache import blob_path, cached_blobs
 from proxy.manifest import MANIFEST_TYPES, image_blobs
 from proxy.reference import Digest
 from proxy.routes import SERVICES
+from proxy.storage import StorageError
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 LAYERS = [bytes([n]) * (512 * 1024 + n) for n in range(1, 4)]
@@ -225,6 +226,20 @@ async def test_prefetches_obey_their_cap_and_a_client_does_not_wait_behind_them(
     await services.prefetch.wait_idle()
     assert all(fakehub.cdn_gets(d) == 1 for d in image.blob_digests)
     assert counter(client, "prefetched_blobs") == len(image.blob_digests) - 1
+
+
+async def test_nothing_is_prefetched_while_the_cache_storage_fails(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """A blob that cannot be kept would only be downloaded again when the client asks."""
+    fakehub.add_image("library/golang", "1.22", LAYERS)
+    client = await make_proxy(fakehub)
+    services = client.app[SERVICES]
+    services.storage.record(StorageError("disk gone"), "stat")  # opens the circuit breaker
+    assert services.storage.is_open
+    await get_manifest(client, "1.22")
+    await services.prefetch.wait_idle()
+    assert fakehub.cdn_gets() == 0
 
 
 def test_image_blobs_lists_config_and_layers_once_with_their_sizes() -> None:

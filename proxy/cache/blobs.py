@@ -129,9 +129,13 @@ class BlobCache:
     ) -> BlobFetch | None:
         """Download a blob no client asked for yet, and wait until it is done.
 
-        None when there is nothing to do (cached, or a download is in flight). ``size`` is what
-        the manifest says, used only to plan the pieces.
+        None when there is nothing to do (cached, or a download is in flight) or nothing to gain:
+        while the cache storage is failing the blob would not be kept, and the client's own
+        request would download it again. ``size`` is what the manifest says, used only to plan
+        the pieces.
         """
+        if self._storage.is_open:
+            return None
         if digest.hex in self._fetches or await self._stat(digest) is not None:
             return None
         if digest.hex in self._fetches:  # a client's, started while storage was asked
