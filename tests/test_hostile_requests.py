@@ -1011,6 +1011,7 @@ async def test_hostile_requests(fakehub: FakeHub, make_proxy: ProxyFactory, tmp_
     assert all(r.method in ("GET", "HEAD") for r in fakehub.requests)
 
     # Nothing written outside the cache; the cache holds only verified entries.
+    await asyncio.wait_for(services.prefetch.wait_idle(), timeout=10)  # blobs of served images
     for _ in range(200):  # downloads the probes started finish within 10 s
         if not services.blobs.in_flight:
             break
