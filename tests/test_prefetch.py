@@ -15,6 +15,7 @@ from proxy.manifest import MANIFEST_TYPES, image_blobs
 from proxy.reference import Digest
 from proxy.routes import SERVICES
 from proxy.storage import StorageError
+from proxy.upstream.errors import UpstreamRateLimited
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 LAYERS = [bytes([n]) * (512 * 1024 + n) for n in range(1, 4)]
@@ -238,6 +239,22 @@ async def test_nothing_is_prefetched_while_the_cache_storage_fails(
     services.storage.record(StorageError("disk gone"), "stat")  # opens the circuit breaker
     assert services.storage.is_open
     await get_manifest(client, "1.22")
+    await services.prefetch.wait_idle()
+    assert fakehub.cdn_gets() == 0
+
+
+async def test_nothing_is_prefetched_while_the_upstream_is_in_back_off(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    image = fakehub.add_image("library/golang", "1.22", LAYERS)
+    client = await make_proxy(fakehub, prefetch=False)
+    await get_manifest(client, image.digest)  # cached, its blobs not
+    services = client.app[SERVICES]
+    services.prefetch.enabled = True
+    services.upstreams.default.backoff.record(
+        UpstreamRateLimited("429", retry_after="60"), "library/golang"
+    )
+    await get_manifest(client, image.digest)
     await services.prefetch.wait_idle()
     assert fakehub.cdn_gets() == 0
 

@@ -16,7 +16,7 @@ in the background (``PROXY_PREFETCH``, on by default):
   leave piece connections for clients, and a client asking for a blob still queued here starts
   its download at once on its own (the queued prefetch then finds it in flight and does nothing).
   A failed prefetch is only logged; a client whose blob's prefetch failed before its first byte
-  tries on its own.
+  tries on its own. While the upstream is in back-off (a 429, failures) nothing is prefetched.
 - Prefetch tasks run outside the request that served the manifest (in a context of their own),
   so their upstream requests and cache results do not end up in that request's log line.
 """
@@ -76,6 +76,8 @@ class Prefetcher:
         """A client was sent this manifest: prefetch its blobs if it is an image's."""
         if not self.enabled or manifest.media_type not in IMAGE_TYPES:
             return
+        if client.backoff_reason(name) is not None:
+            return  # the upstream said no (429, failing): only what clients ask for goes there
         for blob in image_blobs(manifest.data):
             self._queue(client, name, blob)
 
