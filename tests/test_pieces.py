@@ -13,7 +13,6 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,7 +31,6 @@ from proxy.cache.pieces import (
     _split,
     open_in_pieces,
 )
-from proxy.cache.spool import Spool
 from proxy.reference import Digest
 from proxy.routes import SERVICES
 from proxy.upstream.client import BlobStream, ContentRange
@@ -362,15 +360,31 @@ class Counts:
         self.fallbacks += 1
 
 
-async def fetch_in_pieces(ranges: MemoryRanges, spool: Spool, **options: Any) -> bytes:
-    counts = Counts()
+class MemoryStore:
+    """Where pieces land: a bytearray, checked never to be written twice at one offset."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.placed: set[int] = set()
+
+    async def place(self, offset: int, data: bytes) -> None:
+        assert offset not in self.placed
+        self.placed.add(offset)
+        self.data[len(self.data) :] = bytes(max(0, offset + len(data) - len(self.data)))
+        self.data[offset : offset + len(data)] = data
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset : offset + size])
+
+
+async def fetch_in_pieces(ranges: MemoryRanges, **options: Any) -> bytes:
     async with open_in_pieces(
         ranges,
         digest=Digest(hashlib.sha256(ranges.data).hexdigest()),
         settings=PieceSettings(pieces=4, threshold=MiB),
         budget=PieceBudget(8),
-        spool=spool,
-        observer=counts,
+        store=MemoryStore(),
+        observer=Counts(),
         **options,
     ) as (size, chunks):
         received = b"".join([chunk async for chunk in chunks])
@@ -378,19 +392,19 @@ async def fetch_in_pieces(ranges: MemoryRanges, spool: Spool, **options: Any) ->
     return received
 
 
-async def test_without_a_total_size_the_rest_comes_as_one_stream(tmp_path: Path) -> None:
+async def test_without_a_total_size_the_rest_comes_as_one_stream() -> None:
     ranges = MemoryRanges(BLOB, total_known=False)
-    assert await fetch_in_pieces(ranges, Spool(tmp_path)) == BLOB
+    assert await fetch_in_pieces(ranges) == BLOB
     assert ranges.calls == [(0, MiB - 1, None), (MiB, None, None)]
     # A blob the head held whole: the one stream is refused (416), and that is the end.
     small = MemoryRanges(BLOB[: MiB // 2], total_known=False)
-    assert await fetch_in_pieces(small, Spool(tmp_path)) == BLOB[: MiB // 2]
+    assert await fetch_in_pieces(small) == BLOB[: MiB // 2]
     assert small.calls == [(0, MiB - 1, None), (MiB // 2, None, None)]
 
 
-async def test_a_broken_head_is_resumed_where_it_stopped(tmp_path: Path) -> None:
+async def test_a_broken_head_is_resumed_where_it_stopped() -> None:
     ranges = MemoryRanges(BLOB, break_first_after=256 * 1024)
-    assert await fetch_in_pieces(ranges, Spool(tmp_path), size_hint=len(BLOB)) == BLOB
+    assert await fetch_in_pieces(ranges, size_hint=len(BLOB)) == BLOB
     quarter = len(BLOB) // 4
     assert ranges.calls[0] == (0, quarter - 1, None)
     assert (256 * 1024, quarter - 1, None) in ranges.calls

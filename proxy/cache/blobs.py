@@ -237,7 +237,7 @@ class BlobCache:
                 digest=digest,
                 settings=self._pieces,
                 budget=self._piece_budget,
-                spool=self._spool,
+                store=fetch,
                 observer=self._observer or _UNOBSERVED,
                 size_hint=size_hint,
                 # A prefetch no client waits on yet leaves a client's download its pieces.

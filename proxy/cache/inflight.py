@@ -70,6 +70,20 @@ class BlobFetch:
             self.written += len(chunk)
             self._changed.notify_all()
 
+    async def place(self, offset: int, data: bytes) -> None:
+        """Write bytes of a blob fetched in pieces (``proxy.cache.pieces``) at their offset,
+        ahead of the readable prefix. Readers see nothing of them until the pump appends the
+        blob in order up to there; what it appends (the same bytes, read back with
+        ``read_placed`` and hashed) is what they read."""
+        if offset < self.written:
+            raise ValueError(f"{self.digest}: placing at {offset}, below {self.written}")
+        assert self._fd is not None
+        await asyncio.to_thread(_pwrite_all, self._fd, data, offset)
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        assert self._fd is not None
+        return await asyncio.to_thread(os.pread, self._fd, size, offset)
+
     async def finish(self, error: BaseException | None) -> None:
         async with self._changed:
             self.state = FetchState.FAILED if error else FetchState.DONE

@@ -11,11 +11,12 @@ So a blob larger than a threshold is fetched in pieces:
   sees one request per blob, as from any client, and the registry's token never goes to the CDN
   (the upstream client sends it only to the registry's own origin).
 - The rest of the blob is split among up to ``pieces - 1`` more requests, running at once, each
-  written into a scratch file at its offset as it arrives.
+  written into its place in the download's spool file as it arrives (``PieceStore.place``:
+  beyond the prefix readers may see, so the spool needs no more room than for one stream).
 - The consumer (the pump: storage writer and spool) gets the blob **in order**: the head as it
-  streams, then each piece from the scratch file as far as it has landed. So the hashing, the
-  verification before commit and the readers' held-back last byte are untouched: the pump sees
-  one stream that happens to arrive faster.
+  streams, then each piece read back from its place as far as it has landed. So the hashing,
+  the verification before commit and the readers' held-back last byte are untouched: the pump
+  sees one stream that happens to arrive faster, and readers see exactly the bytes it hashed.
 
 Failures: a piece whose stream breaks, or whose answer is not the range asked for, is asked for
 again from where it stopped (once, through the registry: a CDN URL may have expired). A piece
@@ -33,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -41,7 +41,6 @@ from typing import Protocol
 
 import structlog
 
-from proxy.cache.spool import Spool
 from proxy.reference import Digest
 from proxy.storage import StorageError
 from proxy.upstream.client import BlobStream, RegistryClient
@@ -52,7 +51,7 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 # Pieces smaller than this are not worth a request of their own.
 MIN_PIECE = 1 * MiB
-# Bytes a piece collects before writing them to the scratch file, and reads back at once.
+# Bytes a piece collects before writing them to their place, and the consumer reads back at once.
 WRITE_SIZE = 1 * MiB
 READ_SIZE = 1 * MiB
 # Tries per piece: the first where the head's bytes came from, a retry through the registry.
@@ -67,6 +66,18 @@ Chunks = AsyncIterator[bytes]
 RangeOpener = Callable[
     [int | None, int | None, str | None], AbstractAsyncContextManager[BlobStream]
 ]
+
+
+class PieceStore(Protocol):
+    """Where pieces land ahead of the consumer: the download's spool file (``BlobFetch``)."""
+
+    async def place(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``, beyond what readers may see."""
+        ...
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        """Read back ``size`` bytes placed at ``offset``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +138,7 @@ async def open_in_pieces(
     digest: Digest,
     settings: PieceSettings,
     budget: PieceBudget,
-    spool: Spool,
+    store: PieceStore,
     observer: PieceObserver,
     size_hint: int | None = None,
     keep: int = 0,
@@ -170,7 +181,7 @@ async def open_in_pieces(
             head,
             _split(span.end + 1, span.total, extra),
             digest=digest,
-            spool=spool,
+            store=store,
             observer=observer,
         )
         try:
@@ -197,12 +208,11 @@ def _head_range(
 
 @dataclass(slots=True)
 class Piece:
-    """Bytes ``start``..``end`` (exclusive) of the blob, landed in the scratch file up to
-    ``landed``."""
+    """Bytes ``start``..``end`` (exclusive) of the blob, landed in their place up to ``landed``."""
 
     start: int
     end: int
-    landed: int = 0  # absolute offset: bytes start..landed are in the scratch file
+    landed: int = 0  # absolute offset: bytes start..landed are in their place
     failure: BaseException | None = None  # set when the piece gave up
 
     def __post_init__(self) -> None:
@@ -223,7 +233,7 @@ def _split(start: int, total: int | None, count: int) -> list[Piece]:
 
 
 class PieceDownload:
-    """The pieces after the head, fetched at once into a scratch file, read back in order."""
+    """The pieces after the head, fetched at once into their places, read back in order."""
 
     def __init__(
         self,
@@ -232,7 +242,7 @@ class PieceDownload:
         pieces: list[Piece],
         *,
         digest: Digest,
-        spool: Spool,
+        store: PieceStore,
         observer: PieceObserver,
     ) -> None:
         assert head.content_range is not None
@@ -242,18 +252,17 @@ class PieceDownload:
         self._total = head.content_range.total
         self._pieces = pieces
         self._digest = digest
-        self._spool = spool
+        self._store = store
         self._observer = observer
-        self._fd: int | None = None
         self._workers: list[asyncio.Task[None]] = []
-        # Writes to the scratch file run in threads, which a cancelled task cannot stop: the
-        # file stays open until they are done, so no write can land in a reused descriptor.
+        # Placing runs in a thread, which a cancelled task cannot stop. Every write is waited
+        # for before the consumer takes over with a stream of its own (its bytes go where an
+        # abandoned piece's would) and before the download ends (the spool file closes then).
         self._writes: set[asyncio.Future[None]] = set()
         self._progress = asyncio.Event()
 
     async def __aenter__(self) -> PieceDownload:
         if self._pieces:
-            self._fd = _open_scratch(self._spool)
             self._workers = [
                 asyncio.create_task(self._fetch(piece), name=f"piece {piece.start} {self._digest}")
                 for piece in self._pieces
@@ -262,17 +271,15 @@ class PieceDownload:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stop_workers()
-        if self._writes:
-            await asyncio.wait(list(self._writes))
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
     async def _stop_workers(self) -> None:
+        """Cancel the workers and wait until no write of theirs is still under way."""
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        if self._writes:
+            await asyncio.wait(list(self._writes))
 
     # --- the consumer's side: the blob in order -------------------------------------------------
 
@@ -336,13 +343,12 @@ class PieceDownload:
     async def _read(self, position: int, size: int) -> bytes:
         # A StorageError, not an OSError: readers following the download must abort their
         # responses, not take it for their own client having gone away.
-        assert self._fd is not None
         try:
-            data = await asyncio.to_thread(os.pread, self._fd, size, position)
+            data = await self._store.read_placed(position, size)
         except OSError as exc:
-            raise StorageError(f"scratch file of {self._digest}: {exc}") from exc
+            raise StorageError(f"spool of {self._digest}: {exc}") from exc
         if len(data) != size:
-            raise StorageError(f"scratch file of {self._digest} ended early at {position}")
+            raise StorageError(f"spool of {self._digest} ended early at {position}")
         return data
 
     async def _stream(self, start: int, end: int | None) -> Chunks:
@@ -411,8 +417,7 @@ class PieceDownload:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            # The consumer must learn of every end, including a failing scratch disk (it then
-            # falls back to one stream, which needs no scratch file).
+            # The consumer must learn of every end, including a failing spool disk.
             piece.failure = exc
             if not isinstance(exc, Exception):
                 raise
@@ -448,9 +453,8 @@ class PieceDownload:
 
     async def _land(self, piece: Piece, data: bytes | bytearray) -> None:
         """Write ``data`` at the piece's landed offset and move the offset on."""
-        assert self._fd is not None
         data = bytes(data[: piece.end - piece.landed])  # never past the piece (chunked bodies)
-        write = asyncio.ensure_future(asyncio.to_thread(_pwrite_all, self._fd, data, piece.landed))
+        write = asyncio.ensure_future(self._store.place(piece.landed, data))
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)
         await asyncio.shield(write)
@@ -459,20 +463,3 @@ class PieceDownload:
 
 
 RANGE_IGNORED = "range ignored (whole blob sent)"
-
-
-def _open_scratch(spool: Spool) -> int:
-    """An anonymous file in the spool directory: unlinked at once, so it is gone when closed,
-    also after a crash."""
-    path = spool.new_path()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    os.unlink(path)
-    return fd
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
