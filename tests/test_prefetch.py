@@ -108,6 +108,21 @@ async def test_a_blob_already_prefetched_is_a_hit_with_no_upstream_request(
     assert counter(client, "prefetch_hits") == len(image.blob_digests)
 
 
+async def test_a_popular_image_costs_no_storage_lookups_per_pull(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """Blobs found cached (or prefetched) lately are not looked up again on every pull."""
+    fakehub.add_image("library/golang", "1.22", LAYERS)
+    client = await make_proxy(fakehub)
+    services = client.app[SERVICES]
+    await get_manifest(client, "1.22")
+    await services.prefetch.wait_idle()
+    assert fakehub.cdn_gets() == len(LAYERS) + 1
+    for _ in range(3):
+        await get_manifest(client, "1.22")
+        assert services.prefetch.queued == 0  # nothing queued, so nothing asked of storage
+
+
 async def test_prefetch_off_fetches_only_what_is_asked_for(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:

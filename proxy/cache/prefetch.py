@@ -28,6 +28,7 @@ import contextvars
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+import cachetools
 import structlog
 
 from proxy.cache.blobs import BlobCache
@@ -40,6 +41,11 @@ log = structlog.get_logger(__name__)
 
 # Blobs waiting for a prefetch slot at most; a flood of manifests cannot queue without bound.
 MAX_QUEUED = 1000
+# Blobs found cached (or brought in) lately are not looked up again for every pull of a popular
+# image: each look is a storage request (an S3 HEAD). A blob evicted meanwhile is only not
+# prefetched; the client's own request fetches it as usual.
+RECENT_BLOBS = 100_000
+RECENT_SECONDS = 600.0
 
 
 class PrefetchObserver(Protocol):
@@ -66,6 +72,9 @@ class Prefetcher:
         self._observer = observer
         self._slots = asyncio.Semaphore(max_fetches)
         self._queued: set[str] = set()  # digests with a prefetch waiting or running
+        self._recent: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
+            RECENT_BLOBS, RECENT_SECONDS
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -105,7 +114,7 @@ class Prefetcher:
 
     def _queue(self, client: RegistryClient, name: str, blob: BlobDescriptor) -> None:
         key = blob.digest.hex
-        if key in self._queued or len(self._queued) >= MAX_QUEUED:
+        if key in self._queued or key in self._recent or len(self._queued) >= MAX_QUEUED:
             return
         self._queued.add(key)
         self._spawn(self._prefetch(client, name, blob), f"prefetch {blob.digest}")
@@ -120,10 +129,13 @@ class Prefetcher:
         finally:
             self._queued.discard(blob.digest.hex)
         if fetch is None:
-            return  # cached already, or a download (a client's) is in flight
+            # Cached already, or a download (a client's) is in flight.
+            self._recent[blob.digest.hex] = True
+            return
         if fetch.error is not None:
             self._failed(name, blob, str(fetch.error))
             return
+        self._recent[blob.digest.hex] = True
         if self._observer is not None:
             self._observer.blob_prefetched(fetch.written)
 
