@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,6 +365,48 @@ async def test_keys_and_delete(storage: Storage) -> None:
     await storage.delete("never/there")
     assert await storage.stat("blobs/sha256/aa/aa01") is None
     assert sorted([key async for key in storage.keys("blobs/")]) == names[1:2]
+
+
+async def test_list_objects_tells_size_and_time_written(storage: Storage) -> None:
+    before = time.time()
+    await storage.put("blobs/sha256/aa/aa01", b"x" * 10)
+    await storage.put("blobs/sha256/ab/ab02", b"")
+    await storage.put("manifests/sha256/aa/aa03", b"{}", content_type=MANIFEST_TYPE)
+    after = time.time()
+
+    listed = {entry.key: entry async for entry in storage.list_objects("blobs/")}
+    assert sorted(listed) == ["blobs/sha256/aa/aa01", "blobs/sha256/ab/ab02"]
+    assert listed["blobs/sha256/aa/aa01"].size == 10
+    assert listed["blobs/sha256/ab/ab02"].size == 0
+    for entry in listed.values():
+        # S3 keeps whole seconds; the moto server runs on this machine's clock.
+        assert before - 2 <= entry.modified <= after + 2
+    # A prefix may end inside a name, as with keys().
+    assert sorted([e.key async for e in storage.list_objects("blobs/sha256/a")]) == sorted(listed)
+    assert [e.key async for e in storage.list_objects("manifests/sha256/aa/aa0")] == [
+        "manifests/sha256/aa/aa03"
+    ]
+    assert [e async for e in storage.list_objects("nothing/")] == []
+
+
+async def test_list_objects_sees_a_rewrite(storage: Storage) -> None:
+    await storage.put("tags/h/r/_tag/t", b"one")
+    [first] = [e async for e in storage.list_objects("tags/")]
+    await storage.put("tags/h/r/_tag/t", b"longer", overwrite=True)
+    [second] = [e async for e in storage.list_objects("tags/")]
+    assert second.size == 6
+    assert second.modified >= first.modified
+
+
+async def test_delete_many(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.storage.s3.DELETE_BATCH", 2)  # several S3 requests
+    names = [f"blobs/sha256/aa/aa0{i}" for i in range(5)]
+    for name in names:
+        await storage.put(name, name.encode())
+    await storage.delete_many([*names[:3], "blobs/sha256/00/never-there"])
+    await storage.delete_many([])
+    assert sorted([key async for key in storage.keys("blobs/")]) == names[3:]
+    assert await storage.stat(names[0]) is None
 
 
 async def test_check(storage: Storage) -> None:
