@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -25,9 +26,13 @@ from proxy.upstream.client import RegistryClient
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class BlobContent:
-    """A blob ready to be sent: its size and a way to stream any byte range of it."""
+    """A blob ready to be sent: its size and a way to stream any byte range of it.
+
+    Whatever it holds for its reader (a cached blob kept from eviction, a place in a download)
+    is let go when it is garbage: the route has nothing to release.
+    """
 
     digest: Digest
     size: int | None
@@ -72,16 +77,29 @@ class BlobCache:
 
     async def get(self, client: RegistryClient, name: str, digest: Digest) -> BlobContent:
         """The blob from the cache, or from the (shared) upstream download."""
-        fetch = self._fetches.get(digest.hex)
+        fetch = self._joinable(digest)
         if fetch is None:
             size = await self._stat(digest)
             if size is not None:
                 mark_cache("hit")
                 return await self._cached(digest, size)
-            fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
+            fetch = self._joinable(digest) or self._start(client, name, digest)
         mark_cache("miss")
-        size = await fetch.wait_started()
-        return BlobContent(digest, size, fetch.read, False)
+        reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
+        try:
+            size = await fetch.wait_started()
+        except BaseException:
+            reader.close()
+            raise
+        content = BlobContent(digest, size, reader.read, False)
+        weakref.finalize(content, reader.close)
+        return content
+
+    def _joinable(self, digest: Digest) -> BlobFetch | None:
+        """The download of this digest a new client can follow from byte 0, if any (with the
+        spool disk full a download may have let go of its first bytes)."""
+        fetch = self._fetches.get(digest.hex)
+        return fetch if fetch is not None and fetch.complete_from_start else None
 
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)
@@ -99,8 +117,8 @@ class BlobCache:
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
-        fetch = BlobFetch(str(digest), self._spool.new_path())
-        self._fetches[digest.hex] = fetch
+        fetch = BlobFetch(str(digest), self._spool.new_buffer())
+        self._fetches[digest.hex] = fetch  # replaces one that can no longer start from byte 0
 
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:

@@ -3,22 +3,36 @@
 Every client of a download reads its spool file (``BlobFetch``), so no blob is ever held in
 memory. Spool files live only as long as their download and its readers; the ones a killed
 process left behind are removed when the next one opens the spool.
+
+When the spool's disk is full, a download does not fail: its ``SpoolBuffer`` keeps the bytes
+that no longer fit in memory instead, and ``BlobFetch`` bounds that memory to a window between
+its slowest reader and the download.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from proxy.storage import StorageError
+from proxy.storage.filesystem import DISK_FULL_ERRNOS
 from proxy.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
 
+#: Called with (where, detail) when a spool write finds the disk full.
+DiskFullReport = Callable[[str, str], None]
+
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, on_full: DiskFullReport | None = None) -> None:
         self.directory = directory
+        self.on_full = on_full
 
     def open(self) -> None:
         """Create the directory and remove files abandoned by processes that are gone."""
@@ -30,3 +44,111 @@ class Spool:
     def new_path(self) -> Path:
         """A path for a new spool file (the caller creates it exclusively)."""
         return self.directory / temp_name()
+
+    def new_buffer(self) -> SpoolBuffer:
+        """The buffer of a new download, backed by a new spool file while there is room."""
+        return SpoolBuffer(self.new_path(), self.on_full)
+
+
+class SpoolGap(StorageError):
+    """The bytes asked for were held in memory only, and every reader had passed them."""
+
+
+class SpoolBuffer:
+    """One download's bytes: in a spool file while the disk takes them, then in memory.
+
+    Bytes ``[0, on_disk)`` are in the file. When a write finds the disk full the file stops
+    growing (its unfinished tail is cut off, giving the room back) and every later byte is kept
+    in memory, from ``memory_start`` on. ``trim`` drops memory bytes that every reader has
+    passed; once it did, the buffer has a gap and a new reader cannot start from byte 0
+    (``complete_from_start`` is False): the blob cache starts another download for it.
+    """
+
+    def __init__(self, path: Path, on_full: DiskFullReport | None = None) -> None:
+        self.path = path
+        self._on_full = on_full
+        self.on_disk = 0
+        self.memory_start: int | None = None  # None while every byte goes to the file
+        self._memory = bytearray()
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            self._spill(exc)
+
+    @property
+    def spilled(self) -> bool:
+        return self.memory_start is not None
+
+    @property
+    def memory_bytes(self) -> int:
+        return len(self._memory)
+
+    @property
+    def complete_from_start(self) -> bool:
+        """Whether every byte appended so far can still be read."""
+        return self.memory_start is None or self.memory_start == self.on_disk
+
+    def readable(self, position: int) -> bool:
+        return self.memory_start is None or position < self.on_disk or position >= self.memory_start
+
+    async def append(self, chunk: bytes) -> None:
+        if self.memory_start is None:
+            assert self._fd is not None
+            try:
+                await asyncio.to_thread(_pwrite_all, self._fd, chunk, self.on_disk)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise
+                self._spill(exc)
+            else:
+                self.on_disk += len(chunk)
+                return
+        self._memory += chunk
+
+    def _spill(self, exc: OSError) -> None:
+        self.memory_start = self.on_disk
+        if self._fd is not None:
+            # Part of the failed write may have landed: give those blocks back to the disk.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.on_disk)
+        if self._on_full is not None:
+            self._on_full("spool", str(exc))
+
+    async def read(self, position: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``position`` (which must be appended already)."""
+        if position < self.on_disk:
+            assert self._fd is not None
+            return await asyncio.to_thread(
+                os.pread, self._fd, min(size, self.on_disk - position), position
+            )
+        if self.memory_start is not None and position >= self.memory_start:
+            offset = position - self.memory_start
+            return bytes(self._memory[offset : offset + size])
+        raise SpoolGap(f"bytes from {position} of {self.path.name} are no longer held")
+
+    def trim(self, before: int) -> None:
+        """Drop the memory bytes before ``before`` (every reader is past them)."""
+        if self.memory_start is None or before <= self.memory_start:
+            return
+        drop = min(before - self.memory_start, len(self._memory))
+        del self._memory[:drop]
+        self.memory_start += drop
+
+    def close(self) -> None:
+        self._memory = bytearray()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
