@@ -262,7 +262,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """A small JSON summary for operators: upstream quota, counted pulls, cache activity."""
+    """A small JSON summary for operators: upstream quota, counted pulls, cache activity, and
+    the cache's size and limits (``Janitor.status``)."""
     services = request.app[SERVICES]
     upstreams = {}
     for client in services.upstreams:
@@ -278,5 +279,6 @@ async def status(request: web.Request) -> web.Response:
             "storage": str(services.settings.storage),
             "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
             "storage_errors": services.storage.errors,
+            "cache": services.janitor.status(),
         }
     )

@@ -15,8 +15,14 @@ from pathlib import Path
 import aiohttp
 
 from proxy.cache.blobs import BlobCache
+from proxy.cache.diskfull import DiskFullAlarm
+from proxy.cache.housekeeping import Housekeeper
+from proxy.cache.janitor import Janitor
+from proxy.cache.lastuse import LastUse, UseRecords, new_instance_id
 from proxy.cache.manifests import ManifestCache
+from proxy.cache.pins import BlobPins
 from proxy.cache.spool import Spool
+from proxy.cache.usage import BlobUsage
 from proxy.config import Settings
 from proxy.metrics import Metrics
 from proxy.storage import Storage
@@ -38,6 +44,7 @@ class Services:
     blobs: BlobCache
     manifests: ManifestCache
     metrics: Metrics
+    janitor: Janitor
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -68,15 +75,23 @@ async def open_services(
     *,
     storage: Storage | None = None,
     retry_delays: tuple[float, ...] | None = None,
+    housekeeping: bool = False,
 ) -> AsyncIterator[Services]:
     """Open everything a proxy needs (connection pool, storage, caches) for a block's lifetime.
 
-    ``storage`` and ``retry_delays`` let tests swap parts in. Raises StorageError when the
-    storage cannot be opened (start-up fails loudly rather than caching nothing).
+    ``storage`` and ``retry_delays`` let tests swap parts in. ``housekeeping`` runs the cache's
+    janitor in the background (the server does; one-shot tools only flush their uses at the
+    end). Raises StorageError when the storage cannot be opened (start-up fails loudly rather
+    than caching nothing).
     """
     metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
+    disk_full = DiskFullAlarm(
+        on_event=lambda where: metrics.housekeeping.disk_full.labels(where).inc()
+    )
     safe_storage = FailSafeStorage(
-        storage or create_storage(settings), on_error=metrics.storage_errors.inc
+        storage or create_storage(settings),
+        on_error=metrics.storage_errors.inc,
+        on_full=lambda exc: disk_full.report("storage", str(exc)),
     )
     connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
@@ -92,23 +107,65 @@ async def open_services(
             )
             for upstream in (settings.upstream, *settings.extra_upstreams)
         ]
-        spool = Spool(spool_dir(settings))
+        spool = Spool(spool_dir(settings), on_full=disk_full.report)
         spool.open()
+        last_use = LastUse(UseRecords(safe_storage, new_instance_id()))
+        pins = BlobPins()
+        janitor = Janitor(
+            housekeeper(settings, safe_storage, last_use, pins, spool),
+            last_use,
+            sweep_interval=settings.cache_sweep_interval,
+            metrics=metrics.housekeeping,
+        )
+        disk_full.make_room = janitor.make_room
         blobs = BlobCache(
             safe_storage,
             spool,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
+            usage=BlobUsage(last_use, pins, janitor.stored),
         )
         manifests = ManifestCache(
             safe_storage,
             tag_ttl=settings.tag_ttl,
             max_manifest_bytes=settings.max_manifest_bytes,
+            on_use=last_use.touch,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        if housekeeping:
+            janitor.start()
         try:
-            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics)
+            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics, janitor)
         finally:
             await blobs.close()
+            await janitor.stop()
             await safe_storage.close()
+
+
+def housekeeper(
+    settings: Settings,
+    storage: FailSafeStorage,
+    last_use: LastUse | None = None,
+    pins: BlobPins | None = None,
+    spool: Spool | None = None,
+) -> Housekeeper:
+    """The cache's housekeeping for these settings (the server's janitor and ``cache gc``)."""
+    inner = storage.inner
+    root: Path | None = None
+    temp_dirs: list[Path] = []
+    if isinstance(inner, FilesystemStorage):
+        root = inner.root
+        temp_dirs.append(inner.tmp_dir)
+    temp_dirs.append(spool.directory if spool is not None else spool_dir(settings))
+    records = last_use.records if last_use is not None else UseRecords(storage, new_instance_id())
+    return Housekeeper(
+        storage,
+        records,
+        limit=settings.cache_limit,
+        expire_unused=settings.cache_expire_unused,
+        disk_path=root,
+        temp_dirs=tuple(temp_dirs),
+        pins=pins,
+        pending=(lambda: last_use.pending) if last_use is not None else None,
+    )

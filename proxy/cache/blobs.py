@@ -3,6 +3,10 @@
 Blobs are content-addressed and immutable, so a cached digest is served without any upstream
 request. A miss starts (or joins) the one ``BlobFetch`` for that digest; every client that wants the
 blob meanwhile follows the same download.
+
+Housekeeping hooks (``BlobUsage``): every hit and every stored blob is recorded as a use, and a
+blob served from the cache is held for as long as its ``BlobContent`` lives, so eviction never
+takes it from under a client.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import structlog
 from proxy.cache.inflight import BlobFetch, pump
 from proxy.cache.keys import blob_key
 from proxy.cache.spool import Spool
+from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
@@ -49,9 +54,11 @@ class BlobCache:
         *,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
+        usage: BlobUsage | None = None,
     ) -> None:
         self._storage = storage
         self._spool = spool
+        self._usage = usage or BlobUsage()
         self._redirect_expires = redirect_expires
         self._fetches: dict[str, BlobFetch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -67,6 +74,7 @@ class BlobCache:
         info = await self._stat(digest)
         if info is not None:
             mark_cache("hit")
+            self._usage.served(digest)
             return info
         fetch = self._fetches.get(digest.hex)
         if fetch is not None:
@@ -79,10 +87,19 @@ class BlobCache:
         """The blob from the cache, or from the (shared) upstream download."""
         fetch = self._joinable(digest)
         if fetch is None:
+            release = await self._usage.hold(digest)
             size = await self._stat(digest)
             if size is not None:
                 mark_cache("hit")
-                return await self._cached(digest, size)
+                self._usage.served(digest)
+                try:
+                    content = await self._cached(digest, size)
+                except BaseException:
+                    release()
+                    raise
+                weakref.finalize(content, release)
+                return content
+            release()
             fetch = self._joinable(digest) or self._start(client, name, digest)
         mark_cache("miss")
         reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
@@ -136,6 +153,8 @@ class BlobCache:
                 # Later requests read the committed blob from storage (or fetch anew on failure).
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
+            if fetch.committed:
+                self._usage.stored(digest, fetch.written)
             log.info(
                 "blob.fetched" if fetch.error is None else "blob.fetch_failed",
                 digest=str(digest),

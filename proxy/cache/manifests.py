@@ -14,6 +14,8 @@
   back-off (``RegistryClient.backoff_reason``) a tag with a cached manifest is served stale
   without asking at all. With nothing cached the upstream's error is passed on.
 - A 404 on revalidation is an answer, not a failure: the tag is gone and the client hears so.
+- Every tag and manifest served is reported to ``on_use`` (the last-use records that expiry and
+  eviction go by).
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ class ManifestCache:
         tag_ttl: float,
         max_manifest_bytes: int,
         clock: Callable[[], float] = time.time,
+        on_use: Callable[[str], None] | None = None,
     ) -> None:
         self._storage = storage
+        self._on_use = on_use or (lambda key: None)
         self._tag_ttl = tag_ttl
         self._max_bytes = max_manifest_bytes
         self.clock = clock
@@ -142,6 +146,7 @@ class ManifestCache:
 
     async def _by_tag(self, client: RegistryClient, name: str, tag: str) -> Manifest:
         key = tag_key(client.host, name, tag)
+        self._on_use(key)
         record = self._tags.get(key)
         if record is None or not self._is_fresh(record):
             # Another instance may have confirmed it since we last looked. A revalidation in this
@@ -212,8 +217,10 @@ class ManifestCache:
     # --- storage (fail-safe: a failing backend is a miss, a write that did not happen) ----------
 
     async def _load(self, digest: Digest) -> Manifest | None:
+        """The cached manifest (from memory or storage), counted as used: callers serve it."""
         cached = self._manifests.get(digest.hex)
         if cached is not None:
+            self._on_use(manifest_key(digest))
             return cached
         found = await self._storage.get(manifest_key(digest))
         if found is None:
@@ -226,10 +233,12 @@ class ManifestCache:
             return None
         manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
         self._manifests[digest.hex] = manifest
+        self._on_use(manifest_key(digest))
         return manifest
 
     async def _store(self, manifest: Manifest) -> None:
         self._manifests[manifest.digest.hex] = manifest
+        self._on_use(manifest_key(manifest.digest))
         # Overwrite: the bytes are verified, and a corrupt entry whose delete failed is healed.
         await self._storage.put(
             manifest_key(manifest.digest),
