@@ -170,3 +170,19 @@ async def test_unused_reservation_is_released(tmp_path: Path, disk_room: list[in
     reservation.close()  # (what the finalizer of an unread BlobContent does)
     await asyncio.wait_for(pump(fetch, data), 30)  # nothing holds the download back
     assert fetch.memory_bytes == 0
+
+
+async def test_other_spool_errors_fail_the_download_as_storage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An OSError would read as "the client went away" at the route, which then leaves the other
+    # clients waiting instead of aborting them.
+    def broken(fd: int, data: bytes, offset: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool, "_pwrite_all", broken)
+    buffer = SpoolBuffer(tmp_path / "s", None)
+    with pytest.raises(StorageError, match="Input/output error"):
+        await buffer.append(b"abc")
+    assert not buffer.spilled
+    buffer.close()

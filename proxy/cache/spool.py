@@ -54,6 +54,13 @@ class SpoolGap(StorageError):
     """The bytes asked for were held in memory only, and every reader had passed them."""
 
 
+class SpoolFailed(StorageError):
+    """The spool file could not be written or read (an I/O error other than a full disk).
+
+    A StorageError, not the OSError itself: the route takes an OSError for a client that went
+    away, and would leave the others waiting instead of aborting their responses."""
+
+
 class SpoolBuffer:
     """One download's bytes: in a spool file while the disk takes them, then in memory.
 
@@ -101,7 +108,7 @@ class SpoolBuffer:
                 await asyncio.to_thread(_pwrite_all, self._fd, chunk, self.on_disk)
             except OSError as exc:
                 if exc.errno not in DISK_FULL_ERRNOS:
-                    raise
+                    raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
                 self._spill(exc)
             else:
                 self.on_disk += len(chunk)
@@ -121,9 +128,12 @@ class SpoolBuffer:
         """Up to ``size`` bytes from ``position`` (which must be appended already)."""
         if position < self.on_disk:
             assert self._fd is not None
-            return await asyncio.to_thread(
-                os.pread, self._fd, min(size, self.on_disk - position), position
-            )
+            try:
+                return await asyncio.to_thread(
+                    os.pread, self._fd, min(size, self.on_disk - position), position
+                )
+            except OSError as exc:
+                raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
         if self.memory_start is not None and position >= self.memory_start:
             offset = position - self.memory_start
             return bytes(self._memory[offset : offset + size])
