@@ -151,10 +151,17 @@ class LastUse:
         if not self._pending:
             return True
         batch, self._pending = self._pending, {}
-        if await self.records.write(batch, self._clock()):
-            return True
-        # Keep the batch, without overwriting newer times recorded meanwhile.
+        try:
+            written = await self.records.write(batch, self._clock())
+        except BaseException:
+            self._keep(batch)  # cancelled (shutting down): the final flush writes it
+            raise
+        if not written:
+            self._keep(batch)
+        return written
+
+    def _keep(self, batch: dict[str, float]) -> None:
+        """Put an unwritten batch back, without overwriting newer times recorded meanwhile."""
         for key, when in batch.items():
             if when > self._pending.get(key, 0.0):
                 self._pending[key] = when
-        return False

@@ -196,7 +196,7 @@ class FilesystemStorage(Storage):
         # Walk only the directory the prefix points into, not the whole cache.
         directory = prefix.rpartition("/")[0]
         top = self._path(self.data_dir, directory) if directory else self.data_dir
-        for parent, _, files in os.walk(top):
+        for parent, _, files in os.walk(top, onerror=_unless_missing):
             for name in files:
                 path = os.path.join(parent, name)
                 key = os.path.relpath(path, self.data_dir)
@@ -221,6 +221,13 @@ class FilesystemStorage(Storage):
             if exc.errno in DISK_FULL_ERRNOS:
                 raise StorageFull(f"filesystem storage: {exc}") from exc
             raise StorageError(f"filesystem storage: {exc}") from exc
+
+
+def _unless_missing(error: OSError) -> None:
+    """os.walk's error handler: a directory that does not exist (yet, or any more) holds no
+    keys; any other error must not pass for an empty cache."""
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 class _FileWriter(BlobWriter):
