@@ -103,6 +103,7 @@ class Settings:
     cache_limit: CacheLimit | None = DIRECTORY_DEFAULT_LIMIT
     cache_expire_unused: float | None = None
     cache_sweep_interval: float = 3600.0
+    cache_record_access: bool = True
 
 
 # --- value parsers: each raises ValueError with what is accepted --------------------------------
@@ -303,6 +304,8 @@ ENV_VARS: dict[str, str] = {
     "(default off)",
     "PROXY_CACHE_SWEEP_INTERVAL": "how often the server sweeps the cache for expired entries "
     "(default 1h)",
+    "PROXY_CACHE_RECORD_ACCESS": "false: do not record when entries are served (expiry and "
+    "eviction then go by the time written; for measurements) (default true)",
 }
 
 
@@ -394,6 +397,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cache_sweep_interval=read.get(
             "PROXY_CACHE_SWEEP_INTERVAL", _positive_duration, defaults.cache_sweep_interval
         ),
+        cache_record_access=read.get("PROXY_CACHE_RECORD_ACCESS", _bool, True),
     )
 
 

@@ -110,6 +110,7 @@ async def open_services(
         spool = Spool(spool_dir(settings), on_full=disk_full.report)
         spool.open()
         last_use = LastUse(UseRecords(safe_storage, new_instance_id()))
+        last_use.enabled = settings.cache_record_access
         pins = BlobPins()
         janitor = Janitor(
             housekeeper(settings, safe_storage, last_use, pins, spool),

@@ -113,6 +113,8 @@ def test_cache_size_and_expiry() -> None:
         assert load_settings({"PROXY_CACHE_EXPIRE_UNUSED": value}).cache_expire_unused == seconds
     assert load_settings({"PROXY_CACHE_EXPIRE_UNUSED": "off"}).cache_expire_unused is None
     assert load_settings({"PROXY_CACHE_SWEEP_INTERVAL": "15m"}).cache_sweep_interval == 900
+    assert directory.cache_record_access is True
+    assert load_settings({"PROXY_CACHE_RECORD_ACCESS": "false"}).cache_record_access is False
 
 
 def test_cli_reports_a_bad_setting_in_one_line_without_traceback() -> None:
