@@ -2,9 +2,10 @@
 
 - Every ``FLUSH_INTERVAL`` it writes the uses recorded since the last time (``LastUse.flush``).
 - Every ``CHECK_INTERVAL``, when the cache has a size limit, it compares the size (known from the
-  last inventory plus what was stored since) with the limit (which moves with the disk's free
-  space when it is relative to it), and evicts when the cache is over. A blob stored past the
-  limit, or a write that found the disk full, wakes it at once.
+  last inventory plus what was stored since: no listing) with the limit (which moves with the
+  disk's free space when it is relative to it), and takes an inventory and evicts only when the
+  cache is over. A blob stored past the limit, or a write that found the disk full, wakes it at
+  once.
 - Every ``PROXY_CACHE_SWEEP_INTERVAL`` (with some jitter, so instances on one bucket spread out)
   it sweeps: expiry, eviction, record merging, orphaned temporary files.
 
@@ -24,7 +25,6 @@ from typing import Any
 import structlog
 
 from proxy.cache.housekeeping import Housekeeper, SweepReport
-from proxy.cache.inventory import Kind
 from proxy.cache.lastuse import LastUse
 from proxy.metrics import CacheHousekeepingMetrics
 from proxy.storage import StorageError
@@ -141,9 +141,18 @@ class Janitor:
                 jitter = 1 + random.uniform(-SWEEP_JITTER, SWEEP_JITTER)
                 next_sweep = self._clock() + self.sweep_interval * jitter
                 next_check = self._clock() + self.check_interval
-            elif self._room_needed or now >= next_check or self._over_limit():
+            elif (
+                self._room_needed
+                or self._over_limit()
+                or (now >= next_check and self.housekeeper.last is None)
+            ):
+                # A full inventory only when needed: at start (the size is unknown), when the
+                # estimate is over the limit (which follows the disk's free space), or when the
+                # disk filled up. Sweeps take a fresh inventory every sweep interval anyway.
                 await self._guarded("evict", self.evict)
                 next_check = self._clock() + self.check_interval
+            elif now >= next_check:
+                next_check = now + self.check_interval
 
     async def _guarded(self, what: str, call: Callable[[], Any]) -> None:
         try:
@@ -210,6 +219,3 @@ class Janitor:
                 metrics.entries.labels(kind.value).set(count)
                 metrics.bytes.labels(kind.value).set(size)
         metrics.limit.set(report.limit or 0)
-
-
-__all__ = ["Janitor", "Kind"]
