@@ -13,8 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.moto import MotoServer
 
-from proxy.config import UpstreamSettings
+from proxy.config import StorageLocation, UpstreamSettings
 from proxy.manifest import MANIFEST_TYPES
 from proxy.routes import SERVICES
 
@@ -107,6 +108,31 @@ async def test_links_are_shared_through_storage(
     assert await get(two, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
     assert await get(two, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
     assert hub.count(server=None) == 0
+
+
+async def test_links_are_shared_by_instances_on_one_s3_bucket(
+    fakehub_factory: HubFactory, make_proxy: ProxyFactory, moto_endpoint: MotoServer
+) -> None:
+    hub = await fakehub_factory(strict_blobs=True)
+    first = hub.add_image("library/golang", "1.0", [SHARED])
+    hub.add_image("myorg/app", "1.0", [SHARED, b"app layer"])
+    s3 = {
+        "storage": StorageLocation(bucket=moto_endpoint.create_bucket(), prefix="cache"),
+        "s3_endpoint_url": moto_endpoint.endpoint_url,
+    }
+    one = await make_proxy(hub, **s3)
+    shared = first.layer_digests[0]
+    assert await get(one, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
+    assert (await get(one, "/v2/myorg/app/manifests/1.0"))[0] == 200
+    hub.reset_counts()
+    two = await make_proxy(hub, **s3)
+    assert await get(two, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
+    assert await get(two, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
+    assert hub.count(server=None) == 0
+    # And what neither instance linked is still refused by both.
+    hub.add_image("other/repo", "1.0")
+    for client in (one, two):
+        assert (await get(client, f"/v2/other/repo/blobs/{shared}"))[0] == 404
 
 
 async def test_a_private_upstreams_blob_is_not_readable_under_a_public_name(

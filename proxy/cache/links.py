@@ -107,7 +107,11 @@ class ContentLinks:
         await self._confirmations.run(key, confirmed)
 
     async def link(self, upstream_host: str, name: str, digests: Iterable[Digest]) -> bool:
-        """Record that the content belongs to ``name``; False if some link could not be stored."""
+        """Record that the content belongs to ``name``; False if some link could not be stored.
+
+        Memory learns the facts either way (they are true whatever storage did): a failing
+        storage costs other instances an upstream HEAD, not this one.
+        """
         keys = [
             key
             for key in dict.fromkeys(link_key(upstream_host, name, d) for d in digests)
@@ -119,11 +123,9 @@ class ContentLinks:
             results = await asyncio.gather(
                 *(self._storage.put(key, b"", overwrite=True) for key in batch)
             )
-            for key, ok in zip(batch, results, strict=True):
-                if ok:
-                    self._known[key] = True
-                else:
-                    stored = False
+            stored = stored and all(results)
+            for key in batch:
+                self._known[key] = True
         return stored
 
     async def link_references(self, upstream_host: str, name: str, manifest: Manifest) -> None:
@@ -131,9 +133,11 @@ class ContentLinks:
         marker = references_key(upstream_host, name, manifest.digest)
         if marker in self._known:
             return
-        if await self._storage.stat(marker) is None:
-            if not await self.link(upstream_host, name, [manifest.digest, *references(manifest)]):
-                return  # not all stored: no marker, so the next time tries again
+        # The marker is stored only once every link it stands for is: otherwise another
+        # instance would trust links that are not there.
+        if await self._storage.stat(marker) is None and await self.link(
+            upstream_host, name, [manifest.digest, *references(manifest)]
+        ):
             await self._storage.put(marker, b"", overwrite=True)
         self._known[marker] = True
 
