@@ -234,7 +234,7 @@ class ManifestCache:
     ) -> TagAnswer:
         record = self._tags.get(key)
         if record is not None and self._is_fresh(record, ttl):
-            return TagAnswer(await self._recorded(client, name, record), fetched=False)
+            return await self._recorded(client, name, record)
         if key in self._negative:
             mark_cache("negative")
             return await self._gone(client, name, tag, record)
@@ -243,18 +243,19 @@ class ManifestCache:
         await self._load_tag(key)
         record = self._tags.get(key)
         if record is not None and self._is_fresh(record, ttl):
-            return TagAnswer(await self._recorded(client, name, record), fetched=False)
+            return await self._recorded(client, name, record)
         return await self._resolutions.run(
             ("tag", key), lambda: self._revalidate(client, name, tag, key, ttl)
         )
 
-    async def _recorded(self, client: RegistryClient, name: str, record: TagRecord) -> Manifest:
-        """The manifest a tag record names. The record proves it belongs to ``name``."""
+    async def _recorded(self, client: RegistryClient, name: str, record: TagRecord) -> TagAnswer:
+        """The manifest a fresh tag record names. The record proves it belongs to ``name``."""
         manifest = await self._load(record.digest)
+        fetched = manifest is None
         if manifest is None:
             manifest = await self._fetch_digest(client, name, record.digest)
         await self._links.link_references(client.host, name, manifest)
-        return manifest
+        return TagAnswer(manifest, fetched=fetched)
 
     async def _revalidate(
         self, client: RegistryClient, name: str, tag: str, key: str, ttl: float
@@ -263,7 +264,7 @@ class ManifestCache:
         # A revalidation that ended just before this one started may have answered already.
         record = self._tags.get(key)
         if record is not None and self._is_fresh(record, ttl):
-            return TagAnswer(await self._recorded(client, name, record), fetched=False)
+            return await self._recorded(client, name, record)
         if key in self._negative:
             return await self._gone(client, name, tag, record)
         if record is not None:
