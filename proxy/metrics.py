@@ -90,6 +90,15 @@ class Metrics:
         self.storage_errors = Counter(
             "registry_proxy_storage_errors", "Cache storage failures", registry=r
         )
+        self.deleted_tags = Counter(
+            "registry_proxy_deleted_tag_answers",
+            "Answers for tags deleted upstream: not_found (404) or kept (PROXY_KEEP_DELETED_TAGS)",
+            ["upstream", "action"],
+            registry=r,
+        )
+
+    def deleted_tag(self, upstream: str, action: str) -> None:
+        self.deleted_tags.labels(upstream, action).inc()
 
     # --- the upstream client's observer ---------------------------------------------------------
 

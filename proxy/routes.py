@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from proxy.errors import RegistryError
-from proxy.manifest import INDEX_TYPES, default_platform_digest, parse_accept
+from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.reference import (
     ApiPath,
     Digest,
@@ -55,17 +55,20 @@ async def api(request: web.Request) -> web.StreamResponse:
                 return await blob(request, services, path)
             case Endpoint.TAGS:
                 return await tags_list(request, services, path)
+            case Endpoint.REFERRERS:
+                return await referrers(request, services, path)
     except UpstreamError as exc:
         not_found = {
             Endpoint.MANIFEST: "MANIFEST_UNKNOWN",
             Endpoint.BLOB: "BLOB_UNKNOWN",
+            Endpoint.REFERRERS: "NOT_FOUND",
         }.get(path.endpoint, "NAME_UNKNOWN")
         raise registry_error(exc, not_found_code=not_found) from exc
     raise RegistryError("NOT_FOUND")
 
 
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     reference = Reference.parse(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
@@ -131,7 +134,7 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     digest = Digest.parse(path.reference)
     headers = {
         **API_VERSION,
@@ -192,7 +195,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
 
 
 async def tags_list(request: web.Request, services: Services, path: ApiPath) -> web.Response:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     n = request.query.get("n")
     # ASCII digits only, and few of them: str.isdigit() admits "²" and int() refuses huge inputs.
     if n is not None and (not re.fullmatch(r"[0-9]{1,5}", n) or not 0 < int(n) <= MAX_TAGS_PAGE):
@@ -215,6 +218,22 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
             )
             headers["Link"] = f"<{request.path}?{query}>{match.group(2)}"
     return web.Response(status=200, body=body, headers=headers)
+
+
+async def referrers(request: web.Request, services: Services, path: ApiPath) -> web.Response:
+    """OCI 1.1 referrers of a manifest; 404 when the upstream has no such API (see
+    proxy.cache.referrers), which tells clients to use the tag schema instead."""
+    client, name = services.resolve(path.name, request.query.get("ns"))
+    subject = Digest.parse(path.reference)
+    found = await services.referrers.get(
+        client, name, subject, request.query.get("artifactType") or None
+    )
+    headers = {**API_VERSION, "Content-Type": OCI_INDEX}
+    if found.filtered:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if found.stale_reason:
+        headers["Warning"] = f'110 registry-proxy "served from cache: {found.stale_reason}"'
+    return web.Response(status=200, body=found.index, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -15,10 +15,13 @@ from pathlib import Path
 import aiohttp
 
 from proxy.cache.blobs import BlobCache
+from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
+from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool
 from proxy.config import Settings
 from proxy.metrics import Metrics
+from proxy.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
@@ -37,7 +40,16 @@ class Services:
     upstreams: Upstreams
     blobs: BlobCache
     manifests: ManifestCache
+    referrers: ReferrersCache
     metrics: Metrics
+    policy: RepositoryPolicy
+
+    def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
+        """(client, upstream repository name) for a request, refused (403) by the repository
+        rules before anything is asked upstream. Every route and tool resolves names here."""
+        client, upstream_name = self.upstreams.resolve(name, ns)
+        self.policy.check(client.host, upstream_name)
+        return client, upstream_name
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -94,21 +106,49 @@ async def open_services(
         ]
         spool = Spool(spool_dir(settings))
         spool.open()
+        links = ContentLinks(safe_storage, negative_ttl=settings.negative_ttl)
         blobs = BlobCache(
             safe_storage,
             spool,
+            links=links,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
         )
+        tag_ttl = TagTtl(settings.tag_ttl, settings.tag_ttl_rules, settings.upstream.host)
         manifests = ManifestCache(
             safe_storage,
-            tag_ttl=settings.tag_ttl,
+            tag_ttl=tag_ttl,
             max_manifest_bytes=settings.max_manifest_bytes,
+            links=links,
+            negative_ttl=settings.negative_ttl,
+            keep_deleted_tags=settings.keep_deleted_tags,
+            on_deleted_tag=metrics.deleted_tag,
+        )
+        referrers = ReferrersCache(
+            safe_storage,
+            tag_ttl=tag_ttl,
+            negative_ttl=settings.negative_ttl,
+            max_bytes=settings.max_manifest_bytes,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
-        metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        policy = RepositoryPolicy(
+            {u.host: u.repository_rules for u in (settings.upstream, *settings.extra_upstreams)},
+            default_host=settings.upstream.host,
+        )
+        metrics.in_flight.set_function(
+            lambda: blobs.in_flight + manifests.in_flight + referrers.in_flight
+        )
         try:
-            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics)
+            yield Services(
+                settings,
+                safe_storage,
+                upstreams,
+                blobs,
+                manifests,
+                referrers,
+                metrics,
+                policy,
+            )
         finally:
             await blobs.close()
             await safe_storage.close()

@@ -3,6 +3,9 @@
 Blobs are content-addressed and immutable, so a cached digest is served without any upstream
 request. A miss starts (or joins) the one ``BlobFetch`` for that digest; every client that wants the
 blob meanwhile follows the same download.
+
+A blob cached (or being fetched) for one repository is served under another only when it belongs
+there too: one separate step, ``ContentLinks.admit`` (a memory lookup on the warm path).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import structlog
 
 from proxy.cache.inflight import BlobFetch, pump
 from proxy.cache.keys import blob_key
+from proxy.cache.links import ContentLinks
 from proxy.cache.spool import Spool
 from proxy.logs import mark_cache
 from proxy.reference import Digest
@@ -42,13 +46,17 @@ class BlobCache:
         storage: FailSafeStorage,
         spool: Spool,
         *,
+        links: ContentLinks,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
     ) -> None:
         self._storage = storage
         self._spool = spool
+        self._links = links
         self._redirect_expires = redirect_expires
         self._fetches: dict[str, BlobFetch] = {}
+        # (upstream host, repository) each fetch in flight is for: its own clients need no check.
+        self._fetched_for: dict[str, tuple[str, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
@@ -61,10 +69,12 @@ class BlobCache:
         """The blob's size for a HEAD, without downloading it (the upstream's HEAD is free)."""
         info = await self._stat(digest)
         if info is not None:
+            await self._admit(client, name, digest)
             mark_cache("hit")
             return info
         fetch = self._fetches.get(digest.hex)
         if fetch is not None:
+            await self._admit(client, name, digest)
             mark_cache("miss")
             return await fetch.wait_started()
         mark_cache("miss")
@@ -76,12 +86,26 @@ class BlobCache:
         if fetch is None:
             size = await self._stat(digest)
             if size is not None:
+                await self._admit(client, name, digest)
                 mark_cache("hit")
                 return await self._cached(digest, size)
             fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
+        await self._admit(client, name, digest)
         mark_cache("miss")
         size = await fetch.wait_started()
         return BlobContent(digest, size, fetch.read, False)
+
+    async def _admit(self, client: RegistryClient, name: str, digest: Digest) -> None:
+        """Raise UpstreamNotFound unless the blob may be served under ``name`` (ContentLinks)."""
+        if self._fetched_for.get(digest.hex) == (client.host, name):
+            return  # being fetched for this very repository: the upstream answered for it
+        await self._links.admit(
+            client.host,
+            name,
+            digest,
+            lambda: client.head_blob(name, digest),
+            not_found_code="BLOB_UNKNOWN",
+        )
 
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)
@@ -101,11 +125,18 @@ class BlobCache:
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
         fetch = BlobFetch(str(digest), self._spool.new_path())
         self._fetches[digest.hex] = fetch
+        self._fetched_for[digest.hex] = (client.host, name)
 
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
             async with client.open_blob(name, digest) as stream:
-                yield stream.size, stream.chunks
+                # The upstream answered for this repository: the blob belongs there. Recorded
+                # while the bytes flow, so the first byte does not wait for a storage write.
+                linking = asyncio.ensure_future(self._links.link(client.host, name, [digest]))
+                try:
+                    yield stream.size, stream.chunks
+                finally:
+                    await linking
 
         async def open_writer(size: int | None) -> FailSafeWriter:
             return await self._storage.writer(blob_key(digest), digest.hex, size)
@@ -118,6 +149,7 @@ class BlobCache:
                 # Later requests read the committed blob from storage (or fetch anew on failure).
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
+                    del self._fetched_for[digest.hex]
             log.info(
                 "blob.fetched" if fetch.error is None else "blob.fetch_failed",
                 digest=str(digest),
