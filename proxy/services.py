@@ -18,6 +18,7 @@ from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
 from proxy.cache.spool import Spool
 from proxy.config import Settings
+from proxy.fleet import Fleet
 from proxy.metrics import Metrics
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
@@ -38,6 +39,7 @@ class Services:
     blobs: BlobCache
     manifests: ManifestCache
     metrics: Metrics
+    fleet: Fleet
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -107,8 +109,13 @@ async def open_services(
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        fleet = Fleet(
+            safe_storage,
+            metrics.activity,
+            lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
+        )
         try:
-            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics)
+            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics, fleet)
         finally:
             await blobs.close()
             await safe_storage.close()
