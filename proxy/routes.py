@@ -7,6 +7,7 @@ registries send. They never talk to storage or the upstream directly.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -25,6 +26,7 @@ from proxy.reference import (
     validate_tag,
 )
 from proxy.services import Services
+from proxy.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamError, registry_error
 
@@ -188,8 +190,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
             request.transport.abort()
         return response
     finally:
-        source = "cache" if content.from_cache else "upstream"
-        services.metrics.bytes_served.labels(source).inc(sent)
+        services.metrics.served_bytes(content.from_cache, sent)
     await response.write_eof()
     return response
 
@@ -281,8 +282,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """A small JSON summary for operators: upstream quota, counted pulls, cache activity."""
-    services = request.app[SERVICES]
+    """JSON for operators: this instance, and the fleet's totals over every live instance."""
+    return web.json_response(await status_document(request.app[SERVICES]))
+
+
+async def status_document(services: Services) -> dict[str, Any]:
     upstreams = {}
     for client in services.upstreams:
         quota = services.metrics.quotas.get(client.host)
@@ -291,11 +295,45 @@ async def status(request: web.Request) -> web.Response:
             "account": client.settings.username or "anonymous",
             **(quota.as_json() if quota else {"counted_pulls": 0, "ratelimit": None}),
         }
-    return web.json_response(
-        {
-            "upstreams": upstreams,
-            "storage": str(services.settings.storage),
-            "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
-            "storage_errors": services.storage.errors,
-        }
+    view = await services.fleet.view()
+    return {
+        "instance": services.fleet.instance_id,
+        "upstreams": upstreams,
+        "storage": str(services.settings.storage),
+        "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
+        "storage_errors": services.storage.errors,
+        "fleet": {
+            "complete": view["complete"],
+            "publish_interval": services.fleet.interval,
+            **view["totals"],
+        },
+        "instances": [
+            {
+                "instance": record["instance"],
+                "published_at": record["published_at"],
+                "started_at": record.get("started_at"),
+                "hits": record.get("hits", 0),
+                "misses": record.get("misses", 0),
+                "stale": record.get("stale", 0),
+                "counted_pulls": sum(
+                    int(u.get("counted_pulls") or 0)
+                    for u in (record.get("upstreams") or {}).values()
+                ),
+                "downloads": len(record.get("downloads") or []),
+            }
+            for record in view["instances"]
+        ],
+    }
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status page: HTML rendered here, refreshed by a few lines of script (no assets)."""
+    document = await status_document(request.app[SERVICES])
+    fragment = request.query.get("fragment") == "1"
+    body = render_fragment(document) if fragment else render_page(document)
+    return web.Response(
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", **PAGE_HEADERS},
     )

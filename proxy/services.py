@@ -20,6 +20,7 @@ from proxy.cache.manifests import ManifestCache
 from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool
 from proxy.config import Settings
+from proxy.fleet import Fleet
 from proxy.metrics import Metrics
 from proxy.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
@@ -43,6 +44,7 @@ class Services:
     referrers: ReferrersCache
     metrics: Metrics
     policy: RepositoryPolicy
+    fleet: Fleet
 
     def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
         """(client, upstream repository name) for a request, refused (403) by the repository
@@ -138,6 +140,11 @@ async def open_services(
         metrics.in_flight.set_function(
             lambda: blobs.in_flight + manifests.in_flight + referrers.in_flight
         )
+        fleet = Fleet(
+            safe_storage,
+            metrics.activity,
+            lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
+        )
         try:
             yield Services(
                 settings,
@@ -148,6 +155,7 @@ async def open_services(
                 referrers,
                 metrics,
                 policy,
+                fleet,
             )
         finally:
             await blobs.close()

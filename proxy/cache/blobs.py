@@ -65,6 +65,18 @@ class BlobCache:
     def in_flight(self) -> int:
         return len(self._fetches)
 
+    def downloads(self) -> list[dict[str, object]]:
+        """The downloads in progress: digest, repository, bytes so far and size (if known)."""
+        return [
+            {
+                "digest": fetch.digest,
+                "repository": fetch.repository,
+                "bytes": fetch.written,
+                "size": fetch.size,
+            }
+            for fetch in self._fetches.values()
+        ]
+
     async def stat(self, client: RegistryClient, name: str, digest: Digest) -> int | None:
         """The blob's size for a HEAD, without downloading it (the upstream's HEAD is free)."""
         info = await self._stat(digest)
@@ -123,7 +135,7 @@ class BlobCache:
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
-        fetch = BlobFetch(str(digest), self._spool.new_path())
+        fetch = BlobFetch(str(digest), self._spool.new_path(), repository=name)
         self._fetches[digest.hex] = fetch
         self._fetched_for[digest.hex] = (client.host, name)
 

@@ -41,8 +41,9 @@ class FetchState(Enum):
 class BlobFetch:
     """Shared state of one in-flight download; the pump drives it, readers follow it."""
 
-    def __init__(self, digest: str, spool_path: Path) -> None:
+    def __init__(self, digest: str, spool_path: Path, *, repository: str = "") -> None:
         self.digest = digest
+        self.repository = repository  # the one it was first asked for (for the status page)
         self.size: int | None = None
         self.written = 0
         self.state = FetchState.STARTING

@@ -34,6 +34,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "podman": "podman",
     "buildah": "buildah",
     "umoci": "umoci",
+    "chromium": "chromium",
 }
 
 
