@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,7 +56,15 @@ def create_app(
             settings, storage=storage, retry_delays=retry_delays, housekeeping=True
         ) as services:
             app[routes.SERVICES] = services
-            yield
+            # This instance's figures, published for the fleet's status page (proxy/fleet.py).
+            publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")
+            try:
+                yield
+            finally:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
+                await services.fleet.withdraw()
 
     async def drain(app: web.Application) -> None:
         # SIGTERM: aiohttp has stopped accepting connections; give downloads in progress up to
@@ -71,6 +81,8 @@ def create_app(
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
     app.router.add_get("/status", routes.status)
+    app.router.add_get("/", routes.status_page)
+    app.router.add_get("/ui", routes.status_page)
     app.router.add_route("*", "/v2", routes.api)
     app.router.add_route("*", "/v2/{tail:.*}", routes.api)
     return app
@@ -126,10 +138,16 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         route = api_path.endpoint.value if api_path is not None else _route_name(request)
         services = request.app.get(routes.SERVICES)
         if services is not None:
-            services.metrics.requests.labels(route, request.method, str(status)).inc()
-            services.metrics.latency.labels(route).observe(duration)
-            if stats.cache != "-":
-                services.metrics.cache.labels(route, stats.cache).inc()
+            services.metrics.observe_request(
+                route,
+                request.method,
+                status,
+                duration,
+                stats.cache,
+                getattr(api_path, "name", None),
+                getattr(api_path, "reference", None),
+                response.headers.get("Warning") if response is not None else None,
+            )
         log.info(
             "request",
             method=request.method,

@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from proxy.access import Network, load_htpasswd, load_tokens, parse_networks
+from proxy.policy import RepositoryRules, TagTtlRule, parse_repository_patterns, parse_tag_ttl_rules
 
 T = TypeVar("T")
 
@@ -71,6 +72,7 @@ class UpstreamSettings:
     url: str
     username: str | None = None
     password: str = field(default="", repr=False)
+    repository_rules: RepositoryRules = field(default_factory=RepositoryRules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,9 @@ class Settings:
     log_format: str = "console"
     log_level: str = "info"
     tag_ttl: float = 300.0
+    tag_ttl_rules: tuple[TagTtlRule, ...] = ()
+    negative_ttl: float = 30.0
+    keep_deleted_tags: bool = False
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 30.0
     max_manifest_bytes: int = 4 * 1024 * 1024
@@ -290,6 +295,17 @@ ENV_VARS: dict[str, str] = {
     "PROXY_UPSTREAM_<HOST>_USERNAME": "account for an extra upstream; HOST upper-cased, "
     "dots and dashes as _ (e.g. PROXY_UPSTREAM_GHCR_IO_USERNAME)",
     "PROXY_UPSTREAM_<HOST>_PASSWORD": "its password or token",
+    "PROXY_ALLOW_REPOSITORIES": "Docker Hub repositories that may be pulled, comma-separated "
+    "globs (e.g. library/*,myorg/*); default: all",
+    "PROXY_DENY_REPOSITORIES": "Docker Hub repositories that may not be pulled (deny wins)",
+    "PROXY_UPSTREAM_<HOST>_ALLOW_REPOSITORIES": "the same for an extra upstream "
+    "(e.g. PROXY_UPSTREAM_GHCR_IO_ALLOW_REPOSITORIES)",
+    "PROXY_UPSTREAM_<HOST>_DENY_REPOSITORIES": "the same for an extra upstream",
+    "PROXY_TAG_TTL_RULES": "TTL per tag pattern, REPOSITORY:TAG=SECONDS comma-separated, first "
+    "match wins (e.g. *:latest=60,library/*:[0-9]*=86400); PROXY_TAG_TTL otherwise",
+    "PROXY_NEGATIVE_TTL": "seconds an upstream 404 for a tag or manifest is remembered "
+    "(default 30)",
+    "PROXY_KEEP_DELETED_TAGS": "true: keep serving a tag deleted upstream, with a Warning",
     "PROXY_ALLOW_CIDRS": "client networks allowed to connect, comma-separated CIDRs (default: all)",
     "PROXY_TRUSTED_PROXIES": "load balancer networks whose X-Forwarded-For is trusted",
     "PROXY_AUTH_HTPASSWD": "htpasswd file with bcrypt entries: clients must log in",
@@ -356,7 +372,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         listen_host=host,
         listen_port=port,
-        upstream=UpstreamSettings(DOCKER_HUB_HOST, upstream_url, username, password),
+        upstream=UpstreamSettings(
+            DOCKER_HUB_HOST,
+            upstream_url,
+            username,
+            password,
+            _repository_rules(read, "PROXY_ALLOW_REPOSITORIES", "PROXY_DENY_REPOSITORIES"),
+        ),
         extra_upstreams=tuple(
             _extra_upstream(read, host, url)
             for host, url in read.get("PROXY_EXTRA_UPSTREAMS", _upstream_list, _NO_UPSTREAMS)
@@ -369,6 +391,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "PROXY_LOG_LEVEL", _choice("debug", "info", "warning", "error"), defaults.log_level
         ),
         tag_ttl=read.get("PROXY_TAG_TTL", _seconds, defaults.tag_ttl),
+        tag_ttl_rules=read.get("PROXY_TAG_TTL_RULES", parse_tag_ttl_rules, ()),
+        negative_ttl=read.get("PROXY_NEGATIVE_TTL", _seconds, defaults.negative_ttl),
+        keep_deleted_tags=read.get("PROXY_KEEP_DELETED_TAGS", _bool, False),
         upstream_connect_timeout=read.get(
             "PROXY_UPSTREAM_CONNECT_TIMEOUT", _positive_seconds, defaults.upstream_connect_timeout
         ),
@@ -424,7 +449,9 @@ def _upstream_list(value: str) -> list[tuple[str, str]]:
 
 
 def credential_variable(host: str, part: str) -> str:
-    """``PROXY_UPSTREAM_GHCR_IO_USERNAME`` for host ``ghcr.io`` and part ``USERNAME``."""
+    """``PROXY_UPSTREAM_GHCR_IO_USERNAME`` for host ``ghcr.io`` and part ``USERNAME``.
+
+    Every per-upstream setting is named this way (``..._ALLOW_REPOSITORIES`` too)."""
     return f"PROXY_UPSTREAM_{re.sub(r'[^A-Z0-9]', '_', host.upper())}_{part}"
 
 
@@ -435,7 +462,21 @@ def _extra_upstream(read: _Reader, host: str, url: str) -> UpstreamSettings:
     password = read.get(password_var, _non_empty, "")
     if (username is None) != (not password):
         raise ConfigError(f"{user_var} and {password_var} must be set together")
-    return UpstreamSettings(host, url, username, password)
+    rules = _repository_rules(
+        read,
+        credential_variable(host, "ALLOW_REPOSITORIES"),
+        credential_variable(host, "DENY_REPOSITORIES"),
+    )
+    return UpstreamSettings(host, url, username, password, rules)
+
+
+def _repository_rules(read: _Reader, allow_var: str, deny_var: str) -> RepositoryRules:
+    return RepositoryRules(
+        allow=read.get(allow_var, parse_repository_patterns, ()),
+        deny=read.get(deny_var, parse_repository_patterns, ()),
+        allow_variable=allow_var,
+        deny_variable=deny_var,
+    )
 
 
 def _url_any(value: str) -> str:

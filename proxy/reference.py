@@ -91,12 +91,14 @@ class Endpoint(Enum):
     MANIFEST = "manifest"
     BLOB = "blob"
     TAGS = "tags"
+    REFERRERS = "referrers"
     UPLOAD = "upload"
 
 
 @dataclass(frozen=True, slots=True)
 class ApiPath:
-    """A parsed ``/v2/...`` path. ``name`` is validated; ``reference`` is raw for manifests."""
+    """A parsed ``/v2/...`` path. ``name`` is validated; ``reference`` is raw for manifests
+    (and the subject digest, raw, for referrers)."""
 
     endpoint: Endpoint
     name: str = ""
@@ -120,7 +122,11 @@ def parse_api_path(raw_path: str) -> ApiPath:
         return ApiPath(Endpoint.UPLOAD, validate_name(upload.group(1)))
     if rest.endswith("/tags/list"):
         return ApiPath(Endpoint.TAGS, validate_name(rest[: -len("/tags/list")]))
-    for marker, endpoint in (("/manifests/", Endpoint.MANIFEST), ("/blobs/", Endpoint.BLOB)):
+    for marker, endpoint in (
+        ("/manifests/", Endpoint.MANIFEST),
+        ("/blobs/", Endpoint.BLOB),
+        ("/referrers/", Endpoint.REFERRERS),
+    ):
         name, sep, reference = rest.rpartition(marker)
         if sep and reference and "/" not in reference:
             return ApiPath(endpoint, validate_name(name), reference)

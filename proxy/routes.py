@@ -7,13 +7,14 @@ registries send. They never talk to storage or the upstream directly.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 from aiohttp import web
 
 from proxy.errors import RegistryError
-from proxy.manifest import INDEX_TYPES, default_platform_digest, parse_accept
+from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.reference import (
     ApiPath,
     Digest,
@@ -25,6 +26,7 @@ from proxy.reference import (
     validate_tag,
 )
 from proxy.services import Services
+from proxy.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamError, registry_error
 
@@ -55,17 +57,20 @@ async def api(request: web.Request) -> web.StreamResponse:
                 return await blob(request, services, path)
             case Endpoint.TAGS:
                 return await tags_list(request, services, path)
+            case Endpoint.REFERRERS:
+                return await referrers(request, services, path)
     except UpstreamError as exc:
         not_found = {
             Endpoint.MANIFEST: "MANIFEST_UNKNOWN",
             Endpoint.BLOB: "BLOB_UNKNOWN",
+            Endpoint.REFERRERS: "NOT_FOUND",
         }.get(path.endpoint, "NAME_UNKNOWN")
         raise registry_error(exc, not_found_code=not_found) from exc
     raise RegistryError("NOT_FOUND")
 
 
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     reference = Reference.parse(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
@@ -131,7 +136,7 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     digest = Digest.parse(path.reference)
     headers = {
         **API_VERSION,
@@ -185,14 +190,13 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
             request.transport.abort()
         return response
     finally:
-        source = "cache" if content.from_cache else "upstream"
-        services.metrics.bytes_served.labels(source).inc(sent)
+        services.metrics.served_bytes(content.from_cache, sent)
     await response.write_eof()
     return response
 
 
 async def tags_list(request: web.Request, services: Services, path: ApiPath) -> web.Response:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     n = request.query.get("n")
     # ASCII digits only, and few of them: str.isdigit() admits "²" and int() refuses huge inputs.
     if n is not None and (not re.fullmatch(r"[0-9]{1,5}", n) or not 0 < int(n) <= MAX_TAGS_PAGE):
@@ -215,6 +219,22 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
             )
             headers["Link"] = f"<{request.path}?{query}>{match.group(2)}"
     return web.Response(status=200, body=body, headers=headers)
+
+
+async def referrers(request: web.Request, services: Services, path: ApiPath) -> web.Response:
+    """OCI 1.1 referrers of a manifest; 404 when the upstream has no such API (see
+    proxy.cache.referrers), which tells clients to use the tag schema instead."""
+    client, name = services.resolve(path.name, request.query.get("ns"))
+    subject = Digest.parse(path.reference)
+    found = await services.referrers.get(
+        client, name, subject, request.query.get("artifactType") or None
+    )
+    headers = {**API_VERSION, "Content-Type": OCI_INDEX}
+    if found.filtered:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if found.stale_reason:
+        headers["Warning"] = f'110 registry-proxy "served from cache: {found.stale_reason}"'
+    return web.Response(status=200, body=found.index, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -262,9 +282,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """A small JSON summary for operators: upstream quota, counted pulls, cache activity, and
-    the cache's size and limits (``Janitor.status``)."""
-    services = request.app[SERVICES]
+    """JSON for operators: this instance, and the fleet's totals over every live instance."""
+    return web.json_response(await status_document(request.app[SERVICES]))
+
+
+async def status_document(services: Services) -> dict[str, Any]:
     upstreams = {}
     for client in services.upstreams:
         quota = services.metrics.quotas.get(client.host)
@@ -273,12 +295,46 @@ async def status(request: web.Request) -> web.Response:
             "account": client.settings.username or "anonymous",
             **(quota.as_json() if quota else {"counted_pulls": 0, "ratelimit": None}),
         }
-    return web.json_response(
-        {
-            "upstreams": upstreams,
-            "storage": str(services.settings.storage),
-            "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
-            "storage_errors": services.storage.errors,
-            "cache": services.janitor.status(),
-        }
+    view = await services.fleet.view()
+    return {
+        "instance": services.fleet.instance_id,
+        "upstreams": upstreams,
+        "storage": str(services.settings.storage),
+        "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
+        "storage_errors": services.storage.errors,
+        "cache": services.janitor.status(),
+        "fleet": {
+            "complete": view["complete"],
+            "publish_interval": services.fleet.interval,
+            **view["totals"],
+        },
+        "instances": [
+            {
+                "instance": record["instance"],
+                "published_at": record["published_at"],
+                "started_at": record.get("started_at"),
+                "hits": record.get("hits", 0),
+                "misses": record.get("misses", 0),
+                "stale": record.get("stale", 0),
+                "counted_pulls": sum(
+                    int(u.get("counted_pulls") or 0)
+                    for u in (record.get("upstreams") or {}).values()
+                ),
+                "downloads": len(record.get("downloads") or []),
+            }
+            for record in view["instances"]
+        ],
+    }
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status page: HTML rendered here, refreshed by a few lines of script (no assets)."""
+    document = await status_document(request.app[SERVICES])
+    fragment = request.query.get("fragment") == "1"
+    body = render_fragment(document) if fragment else render_page(document)
+    return web.Response(
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", **PAGE_HEADERS},
     )

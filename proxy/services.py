@@ -19,12 +19,16 @@ from proxy.cache.diskfull import DiskFullAlarm
 from proxy.cache.housekeeping import Housekeeper
 from proxy.cache.janitor import Janitor
 from proxy.cache.lastuse import LastUse, UseRecords, new_instance_id
+from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
 from proxy.cache.pins import BlobPins
+from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool
 from proxy.cache.usage import BlobUsage
 from proxy.config import Settings
+from proxy.fleet import Fleet
 from proxy.metrics import Metrics
+from proxy.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
@@ -43,8 +47,18 @@ class Services:
     upstreams: Upstreams
     blobs: BlobCache
     manifests: ManifestCache
+    referrers: ReferrersCache
     metrics: Metrics
+    policy: RepositoryPolicy
+    fleet: Fleet
     janitor: Janitor
+
+    def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
+        """(client, upstream repository name) for a request, refused (403) by the repository
+        rules before anything is asked upstream. Every route and tool resolves names here."""
+        client, upstream_name = self.upstreams.resolve(name, ns)
+        self.policy.check(client.host, upstream_name)
+        return client, upstream_name
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -119,25 +133,60 @@ async def open_services(
             metrics=metrics.housekeeping,
         )
         disk_full.make_room = janitor.make_room
+        links = ContentLinks(safe_storage, negative_ttl=settings.negative_ttl)
         blobs = BlobCache(
             safe_storage,
             spool,
+            links=links,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
             usage=BlobUsage(last_use, pins, janitor.stored),
         )
+        tag_ttl = TagTtl(settings.tag_ttl, settings.tag_ttl_rules, settings.upstream.host)
         manifests = ManifestCache(
             safe_storage,
-            tag_ttl=settings.tag_ttl,
+            tag_ttl=tag_ttl,
             max_manifest_bytes=settings.max_manifest_bytes,
+            links=links,
+            negative_ttl=settings.negative_ttl,
+            keep_deleted_tags=settings.keep_deleted_tags,
+            on_deleted_tag=metrics.deleted_tag,
             on_use=last_use.touch,
         )
+        referrers = ReferrersCache(
+            safe_storage,
+            tag_ttl=tag_ttl,
+            negative_ttl=settings.negative_ttl,
+            max_bytes=settings.max_manifest_bytes,
+        )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
-        metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        policy = RepositoryPolicy(
+            {u.host: u.repository_rules for u in (settings.upstream, *settings.extra_upstreams)},
+            default_host=settings.upstream.host,
+        )
+        metrics.in_flight.set_function(
+            lambda: blobs.in_flight + manifests.in_flight + referrers.in_flight
+        )
+        fleet = Fleet(
+            safe_storage,
+            metrics.activity,
+            lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
+        )
         if housekeeping:
             janitor.start()
         try:
-            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics, janitor)
+            yield Services(
+                settings,
+                safe_storage,
+                upstreams,
+                blobs,
+                manifests,
+                referrers,
+                metrics,
+                policy,
+                fleet,
+                janitor,
+            )
         finally:
             await blobs.close()
             await janitor.stop()

@@ -4,6 +4,9 @@ Blobs are content-addressed and immutable, so a cached digest is served without 
 request. A miss starts (or joins) the one ``BlobFetch`` for that digest; every client that wants the
 blob meanwhile follows the same download.
 
+A blob cached (or being fetched) for one repository is served under another only when it belongs
+there too: one separate step, ``ContentLinks.admit`` (a memory lookup on the warm path).
+
 Housekeeping hooks (``BlobUsage``): every hit and every stored blob is recorded as a use, and a
 blob served from the cache is held for as long as its ``BlobContent`` lives, so eviction never
 takes it from under a client.
@@ -21,6 +24,7 @@ import structlog
 
 from proxy.cache.inflight import BlobFetch, pump
 from proxy.cache.keys import blob_key
+from proxy.cache.links import ContentLinks
 from proxy.cache.spool import Spool
 from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
@@ -52,15 +56,19 @@ class BlobCache:
         storage: FailSafeStorage,
         spool: Spool,
         *,
+        links: ContentLinks,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
         usage: BlobUsage | None = None,
     ) -> None:
         self._storage = storage
         self._spool = spool
+        self._links = links
         self._usage = usage or BlobUsage()
         self._redirect_expires = redirect_expires
         self._fetches: dict[str, BlobFetch] = {}
+        # (upstream host, repository) each fetch in flight is for: its own clients need no check.
+        self._fetched_for: dict[str, tuple[str, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
@@ -69,15 +77,29 @@ class BlobCache:
     def in_flight(self) -> int:
         return len(self._fetches)
 
+    def downloads(self) -> list[dict[str, object]]:
+        """The downloads in progress: digest, repository, bytes so far and size (if known)."""
+        return [
+            {
+                "digest": fetch.digest,
+                "repository": fetch.repository,
+                "bytes": fetch.written,
+                "size": fetch.size,
+            }
+            for fetch in self._fetches.values()
+        ]
+
     async def stat(self, client: RegistryClient, name: str, digest: Digest) -> int | None:
         """The blob's size for a HEAD, without downloading it (the upstream's HEAD is free)."""
         info = await self._stat(digest)
         if info is not None:
+            await self._admit(client, name, digest)
             mark_cache("hit")
             self._usage.served(digest)
             return info
         fetch = self._fetches.get(digest.hex)
         if fetch is not None:
+            await self._admit(client, name, digest)
             mark_cache("miss")
             return await fetch.wait_started()
         mark_cache("miss")
@@ -90,9 +112,10 @@ class BlobCache:
             release = await self._usage.hold(digest)
             size = await self._stat(digest)
             if size is not None:
-                mark_cache("hit")
-                self._usage.served(digest)
                 try:
+                    await self._admit(client, name, digest)
+                    mark_cache("hit")
+                    self._usage.served(digest)
                     content = await self._cached(digest, size)
                 except BaseException:
                     release()
@@ -101,6 +124,7 @@ class BlobCache:
                 return content
             release()
             fetch = self._joinable(digest) or self._start(client, name, digest)
+        await self._admit(client, name, digest)
         mark_cache("miss")
         reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
         try:
@@ -118,6 +142,18 @@ class BlobCache:
         fetch = self._fetches.get(digest.hex)
         return fetch if fetch is not None and fetch.complete_from_start else None
 
+    async def _admit(self, client: RegistryClient, name: str, digest: Digest) -> None:
+        """Raise UpstreamNotFound unless the blob may be served under ``name`` (ContentLinks)."""
+        if self._fetched_for.get(digest.hex) == (client.host, name):
+            return  # being fetched for this very repository: the upstream answered for it
+        await self._links.admit(
+            client.host,
+            name,
+            digest,
+            lambda: client.head_blob(name, digest),
+            not_found_code="BLOB_UNKNOWN",
+        )
+
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)
         url = None
@@ -134,13 +170,20 @@ class BlobCache:
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
-        fetch = BlobFetch(str(digest), self._spool.new_buffer())
+        fetch = BlobFetch(str(digest), self._spool.new_buffer(), repository=name)
         self._fetches[digest.hex] = fetch  # replaces one that can no longer start from byte 0
+        self._fetched_for[digest.hex] = (client.host, name)
 
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
             async with client.open_blob(name, digest) as stream:
-                yield stream.size, stream.chunks
+                # The upstream answered for this repository: the blob belongs there. Recorded
+                # while the bytes flow, so the first byte does not wait for a storage write.
+                linking = asyncio.ensure_future(self._links.link(client.host, name, [digest]))
+                try:
+                    yield stream.size, stream.chunks
+                finally:
+                    await linking
 
         async def open_writer(size: int | None) -> FailSafeWriter:
             return await self._storage.writer(blob_key(digest), digest.hex, size)
@@ -153,6 +196,7 @@ class BlobCache:
                 # Later requests read the committed blob from storage (or fetch anew on failure).
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
+                    del self._fetched_for[digest.hex]
             if fetch.committed:
                 self._usage.stored(digest, fetch.written)
             log.info(

@@ -52,8 +52,9 @@ class FetchState(Enum):
 class BlobFetch:
     """Shared state of one in-flight download; the pump drives it, readers follow it."""
 
-    def __init__(self, digest: str, buffer: SpoolBuffer) -> None:
+    def __init__(self, digest: str, buffer: SpoolBuffer, *, repository: str = "") -> None:
         self.digest = digest
+        self.repository = repository  # the one it was first asked for (for the status page)
         self.size: int | None = None
         self.written = 0
         self.state = FetchState.STARTING

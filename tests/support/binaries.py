@@ -36,6 +36,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "umoci": "umoci",
     "mount": "mount",
     "umount": "mount",
+    "chromium": "chromium",
 }
 
 
