@@ -329,3 +329,26 @@ async def test_corrupt_manifest_is_refetched_never_served(
     assert await response.read() == image.manifest
     assert fakehub.manifest_gets() >= 1  # fetched again from the upstream
     assert stored.read_bytes() == image.manifest
+
+
+async def test_aborting_a_write_on_a_full_disk_does_not_raise(tmp_path: Path) -> None:
+    """Closing a half-written file flushes its buffer, which a full disk refuses: an abort (the
+    usual answer to a full disk) must still only discard, or the download fails for everyone."""
+    storage = FilesystemStorage(tmp_path / "cache")
+    await storage.open()
+    safe = FailSafeStorage(storage, cooldown=0)
+    writer = await safe.writer("blobs/x", hashlib.sha256(b"data").hexdigest(), 4)
+    inner = writer._inner
+    handle = inner.handle  # type: ignore[attr-defined]
+
+    class RefusingClose:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(handle, name)
+
+        def close(self) -> None:
+            handle.close()
+            raise OSError(28, "No space left on device")
+
+    inner.handle = RefusingClose()  # type: ignore[attr-defined]
+    await writer.abort()
+    assert list(storage.tmp_dir.iterdir()) == []

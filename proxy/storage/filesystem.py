@@ -14,6 +14,7 @@ File I/O runs in worker threads so a slow disk never stalls the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -265,7 +266,10 @@ class _FileWriter(BlobWriter):
 
     async def _abort(self) -> None:
         def discard() -> None:
-            self.handle.close()
+            # Closing flushes what is still buffered, which fails on a full disk (the very reason
+            # for many aborts); the file is closed all the same, and its bytes are not wanted.
+            with contextlib.suppress(OSError):
+                self.handle.close()
             self.tmp.unlink(missing_ok=True)
 
         await asyncio.to_thread(discard)
