@@ -286,6 +286,8 @@ def print_sweep(report: SweepReport, out: TextIO, clock: Clock) -> None:
                 f"{verb} {reason} {entry.kind.value} {describe(entry)} "
                 f"{human_bytes(entry.size)}, last used {age(now - entry.last_used)}\n"
             )
+    for entry in report.links:
+        out.write(f"{verb} dangling link {entry.key}\n")
     for path in report.temp_files:
         out.write(f"{verb} orphaned temporary file {path}\n")
     freed = report.bytes_before - report.bytes_after
@@ -293,12 +295,14 @@ def print_sweep(report: SweepReport, out: TextIO, clock: Clock) -> None:
         f"{'dry run: ' if report.dry_run else ''}{len(report.expired)} expired, "
         f"{len(report.evicted)} evicted, {human_bytes(freed)} freed of "
         f"{human_bytes(report.bytes_before)} ({report.entries} entries); "
-        f"{len(report.temp_files)} orphaned temporary files; "
+        f"{len(report.links)} dangling links; {len(report.temp_files)} orphaned temporary files; "
         f"{report.records_merged} use records merged; {report.seconds:.1f} s\n"
     )
 
 
 def describe(entry: Entry) -> str:
+    if entry.kind in (Kind.REFERRERS, Kind.LINK):
+        return entry.key
     if entry.kind is Kind.TAG:
         host, repository, tag = tag_parts(entry.key)
         return f"{host}/{repository}:{tag}"

@@ -10,7 +10,14 @@ import json
 
 from proxy.cache.inventory import Entry, Inventory, Kind, ManifestReferences, propagate_use
 from proxy.cache.keys import blob_key, manifest_key
-from proxy.cache.retention import DiskSpace, choose_evictions, expired, size_limit
+from proxy.cache.retention import (
+    LINK_GRACE,
+    DiskSpace,
+    choose_evictions,
+    dangling_links,
+    expired,
+    size_limit,
+)
 from proxy.config import CacheLimit
 from proxy.reference import Digest
 
@@ -119,3 +126,26 @@ def test_size_limit_forms() -> None:
     both = CacheLimit(max_bytes=500, min_free_fraction=0.1)
     assert size_limit(both, 400, DiskSpace(1000, 50)) == 350
     assert size_limit(CacheLimit(), 400, disk) is None
+
+
+def test_links_live_and_die_with_their_content() -> None:
+    now = 100 * DAY
+    kept = blob("kept", 10, now - 40 * DAY)
+    old_link = entry(f"links/docker.io/library/a/_link/{kept.digest_hex}", Kind.LINK, 0, 0.0)
+    gone_hex = Digest.of(b"gone").hex
+    dangling = entry(f"links/docker.io/library/a/_link/{gone_hex}", Kind.LINK, 0, now - DAY)
+    fresh = entry(f"links/docker.io/library/a/_refs/{gone_hex}", Kind.LINK, 0, now - 60)
+    referrers = entry(
+        f"referrers/docker.io/library/a/_referrers/{kept.digest_hex}", Kind.REFERRERS, 50, 0.0
+    )
+    inventory = inventory_of(kept, old_link, dangling, fresh, referrers)
+    # Links never expire or get evicted on their own ...
+    assert {e.key for e in expired(inventory, now=now, window=30 * DAY)} == {
+        kept.key,
+        referrers.key,
+    }
+    everything = choose_evictions(inventory, target_bytes=0, held=lambda e: False)
+    assert Kind.LINK not in {e.kind for e in everything}
+    # ... they go once the content they name is gone (and they are not brand new).
+    assert dangling_links(inventory, now=now) == [dangling]
+    assert dangling_links(inventory, now=now + LINK_GRACE) == [dangling, fresh]

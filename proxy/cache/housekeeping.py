@@ -2,8 +2,9 @@
 ``registry-proxy cache gc``.
 
 A sweep: take the inventory; delete what expired (``PROXY_CACHE_EXPIRE_UNUSED``); if the cache
-is still over its size limit, evict the least recently used down to the low-water mark; merge
-the use records; remove temporary files whose process is gone. An eviction pass does only the
+is still over its size limit, evict the least recently used down to the low-water mark; delete
+the content links that name nothing cached any more; merge the use records; remove temporary
+files whose process is gone. An eviction pass does only the
 size part (the server runs one when the cache grows past its limit or the disk fills up).
 
 Safe with several sweepers at once (other instances, a scheduled ``cache gc``): deletes are
@@ -35,6 +36,7 @@ from proxy.cache.retention import (
     LOW_WATER,
     DiskSpace,
     choose_evictions,
+    dangling_links,
     expired,
     size_limit,
 )
@@ -59,6 +61,7 @@ class SweepReport:
     expired: list[Entry] = field(default_factory=list)
     evicted: list[Entry] = field(default_factory=list)
     held: int = 0  # blobs eviction skipped because a client was reading them
+    links: list[Entry] = field(default_factory=list)  # naming content no longer cached
     temp_files: list[Path] = field(default_factory=list)
     records_merged: int = 0
     seconds: float = 0.0
@@ -143,6 +146,9 @@ class Housekeeper:
                 for entry in report.expired:
                     del inventory.entries[entry.key]
             await self._evict_over_limit(inventory, report, make_room=False, dry_run=dry_run)
+            report.links = await self._remove(dangling_links(inventory, now=now), dry_run=dry_run)
+            for entry in report.links:
+                del inventory.entries[entry.key]
             if not dry_run:
                 merged = await self.records.compact(
                     inventory.records, now, keep=inventory.entries.__contains__

@@ -1,6 +1,7 @@
 """What the cache holds: every entry with its size, when it was written and when it was last used.
 
-An entry is a blob, a manifest or a tag record (``proxy.cache.keys``). Its *own* last use is the
+An entry is a blob, a manifest, a tag record, a referrers record or a content link
+(``proxy.cache.keys``). Its *own* last use is the
 latest of the time it was written and the times any instance recorded serving it
 (``proxy.cache.lastuse``). Its *last use*, the one expiry and eviction go by, also counts the use
 of whatever refers to it: a blob is in use while a cached manifest naming it is served, and a
@@ -20,7 +21,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from proxy.cache.keys import BLOBS, MANIFESTS, TAGS, blob_key, manifest_key
+from proxy.cache.keys import (
+    BLOBS,
+    LINKS,
+    MANIFESTS,
+    REFERRERS,
+    TAGS,
+    blob_key,
+    manifest_key,
+)
 from proxy.cache.lastuse import RecordSet, UseRecords
 from proxy.manifest import referenced_digests
 from proxy.reference import Digest
@@ -36,6 +45,8 @@ class Kind(StrEnum):
     BLOB = "blob"
     MANIFEST = "manifest"
     TAG = "tag"
+    REFERRERS = "referrers"  # a subject's cached referrers list, kept like a tag record
+    LINK = "link"  # content known to belong to a repository: lives and dies with the content
 
 
 @dataclass(slots=True)
@@ -49,7 +60,7 @@ class Entry:
 
     @property
     def digest_hex(self) -> str:
-        """The digest of a blob or manifest (its key's last part)."""
+        """The digest of a blob or manifest, or the one a link names (its key's last part)."""
         return self.key.rsplit("/", 1)[1]
 
 
@@ -60,6 +71,10 @@ def kind_of(key: str) -> Kind | None:
         return Kind.MANIFEST
     if key.startswith(TAGS) and "/_tag/" in key:
         return Kind.TAG
+    if key.startswith(REFERRERS) and "/_referrers/" in key:
+        return Kind.REFERRERS
+    if key.startswith(LINKS) and ("/_link/" in key or "/_refs/" in key):
+        return Kind.LINK if _HEX.fullmatch(key.rsplit("/", 1)[1]) else None
     return None
 
 
@@ -152,7 +167,7 @@ async def take_inventory(
     if pending:
         inventory.records.merge(pending)
     uses = inventory.records.uses
-    for prefix in (BLOBS, MANIFESTS, TAGS):
+    for prefix in (BLOBS, MANIFESTS, TAGS, REFERRERS, LINKS):
         async for listed in storage.list_objects(prefix):
             kind = kind_of(listed.key)
             if kind is None:

@@ -191,7 +191,7 @@ class Janitor:
         return report
 
     def _observe(self, operation: str, report: SweepReport) -> None:
-        if report.removed or report.temp_files:
+        if report.removed or report.temp_files or report.links:
             log.info(
                 "cache.swept" if operation == "sweep" else "cache.evicted",
                 expired=len(report.expired),
@@ -200,6 +200,7 @@ class Janitor:
                 bytes=report.bytes_after,
                 limit=report.limit,
                 held_by_clients=report.held,
+                dangling_links=len(report.links),
                 temp_files=len(report.temp_files),
                 seconds=round(report.seconds, 3),
             )

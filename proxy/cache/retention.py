@@ -8,6 +8,9 @@ Pure decisions over an ``Inventory``; ``proxy.cache.housekeeping`` carries them 
   low-water mark (``LOW_WATER`` of the limit), so that eviction runs in bursts, not on every
   write. Blobs go before tag records and manifests: those are small, and fetching a manifest
   again costs a counted pull while a blob costs none. Blobs a client is reading are skipped.
+- Content links (which repositories a digest belongs to) have no use of their own: a sweep
+  removes those naming content no longer cached (``dangling_links``), once older than
+  ``LINK_GRACE`` (a link may be written just before its content lands).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from proxy.config import CacheLimit
 
 #: Eviction stops at this fraction of the limit.
 LOW_WATER = 0.9
+#: A link naming nothing cached is garbage only once it is this old (seconds).
+LINK_GRACE = 3600.0
 # At equal times a tag record goes before the manifest it names.
-_KIND_ORDER = {Kind.BLOB: 0, Kind.TAG: 1, Kind.MANIFEST: 2}
+_KIND_ORDER = {Kind.BLOB: 0, Kind.TAG: 1, Kind.REFERRERS: 1, Kind.MANIFEST: 2, Kind.LINK: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +59,28 @@ def size_limit(limit: CacheLimit, cache_bytes: int, disk: DiskSpace | None) -> i
 def expired(inventory: Inventory, *, now: float, window: float) -> list[Entry]:
     """Entries not used within ``window`` seconds before ``now``."""
     cutoff = now - window
-    return sorted(
-        (e for e in inventory.entries.values() if e.last_used < cutoff), key=_eviction_key
-    )
+    return sorted((e for e in _content(inventory) if e.last_used < cutoff), key=_eviction_key)
 
 
 def eviction_order(inventory: Inventory) -> list[Entry]:
     """Every entry, in the order eviction takes them: blobs by last use, then the rest."""
-    return sorted(inventory.entries.values(), key=_eviction_key)
+    return sorted(_content(inventory), key=_eviction_key)
+
+
+def dangling_links(inventory: Inventory, *, now: float) -> list[Entry]:
+    """Links naming a digest that is no longer cached (older than ``LINK_GRACE``)."""
+    cached = {
+        e.digest_hex for e in inventory.entries.values() if e.kind in (Kind.BLOB, Kind.MANIFEST)
+    }
+    return [
+        e
+        for e in inventory.of_kind(Kind.LINK)
+        if e.digest_hex not in cached and e.written < now - LINK_GRACE
+    ]
+
+
+def _content(inventory: Inventory) -> list[Entry]:
+    return [e for e in inventory.entries.values() if e.kind is not Kind.LINK]
 
 
 def _eviction_key(entry: Entry) -> tuple[int, float, int]:
