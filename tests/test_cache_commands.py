@@ -184,6 +184,8 @@ def test_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PROXY_STORAGE", str(tmp_path / "cache"))
+    # main() configures logging for the process: keep it off this test's captured streams.
+    monkeypatch.setattr("proxy.cli.configure_logging", lambda *args: None)
     assert main(["cache", "ls", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["cache", "gc", "--dry-run", "--expire-unused", "30d"]) == 0
