@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 API_PATH: web.RequestKey[ApiPath] = web.RequestKey("api_path", ApiPath)
 ABORTED: web.RequestKey[str] = web.RequestKey("aborted", str)
+# Set when the client disconnected before its response was complete (logged as 499).
+CLIENT_CLOSED: web.RequestKey[bool] = web.RequestKey("client_closed", bool)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
@@ -166,14 +168,18 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
     else:
         response.content_length = content.size
         start, end = 0, None
-    await response.prepare(request)
     sent = 0
     try:
+        await response.prepare(request)
         async for chunk in content.read(start, end):
             await response.write(chunk)
             sent += len(chunk)
-    except (ConnectionResetError, OSError):
-        raise  # the client went away
+        await response.write_eof()
+    except ConnectionError:
+        # The client went away: not a server fault. Returning (instead of raising) keeps aiohttp
+        # from logging an error with a traceback for every build that is cancelled mid-pull.
+        request[CLIENT_CLOSED] = True
+        return response
     except Exception as exc:
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
@@ -185,7 +191,6 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
     finally:
         source = "cache" if content.from_cache else "upstream"
         services.metrics.bytes_served.labels(source).inc(sent)
-    await response.write_eof()
     return response
 
 
