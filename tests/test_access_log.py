@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import structlog
 from aiohttp import web
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.logwatch import watch_logs
 
 from proxy.app import create_app
 from proxy.config import Settings, StorageLocation, UpstreamSettings
@@ -59,16 +59,9 @@ def settings_for(hub: FakeHub, cache: Path) -> Settings:
     )
 
 
-async def wait_for_line(
-    lines: list[MutableMapping[str, Any]], path: str
-) -> MutableMapping[str, Any]:
-    """The access log line of the request for ``path``, once it is written (bounded wait)."""
-    async with asyncio.timeout(10):
-        while True:
-            for line in lines:
-                if line.get("event") == "request" and line.get("path") == path:
-                    return line
-            await asyncio.sleep(0.01)
+def request_line(path: str) -> Callable[[MutableMapping[str, Any]], bool]:
+    """Matches the access log line of the request for ``path``."""
+    return lambda event: event.get("event") == "request" and event.get("path") == path
 
 
 def requests_counted(app: web.Application, status: str) -> float:
@@ -90,7 +83,7 @@ async def test_a_client_that_leaves_mid_blob_is_499_not_a_server_error(
     paused = fakehub.inject_pause_mid_blob(digest, after_bytes=1024 * 1024, server="cdn")
     path = f"/v2/library/golang/blobs/{digest}"
     app = create_app(settings_for(fakehub, tmp_path / "cache"), retry_delays=(0.01, 0.01))
-    with structlog.testing.capture_logs() as lines:
+    with watch_logs() as logs:
         async with serve(app, handler_cancellation=handler_cancellation) as url:
             async with aiohttp.ClientSession() as session:
                 response = await session.get(url + path)
@@ -99,7 +92,7 @@ async def test_a_client_that_leaves_mid_blob_is_499_not_a_server_error(
                 response.close()  # the client hangs up mid-blob
             await paused.wait_hit()
             paused.release()
-            line = await wait_for_line(lines, path)
+            line = await logs.wait_for(request_line(path))
             assert line["status"] == 499
             assert requests_counted(app, "499") == 1
             assert requests_counted(app, "500") == 0
@@ -114,10 +107,10 @@ async def test_a_complete_blob_is_logged_200(fakehub: FakeHub, make_proxy: Proxy
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     client = await make_proxy(fakehub)
     path = f"/v2/library/golang/blobs/{digest}"
-    with structlog.testing.capture_logs() as lines:
+    with watch_logs() as logs:
         response = await client.get(path)
         assert await response.read() == LAYER
-        line = await wait_for_line(lines, path)
+        line = await logs.wait_for(request_line(path))
     assert line["status"] == 200
     assert requests_counted(client.app, "200") == 1
 
