@@ -216,8 +216,10 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
         validate_tag(last)
     body, upstream_link = await client.tags_list(name, n + 1 if n is not None else None, last)
     document, tags = _tag_document(body)
-    if last is not None:
-        tags = [tag for tag in tags if tag > last]  # tags are listed in lexical order
+    if last is not None or n is not None:
+        # A page is a slice of the lexically ordered list (distribution sorts only when asked
+        # to paginate, and then lists last again).
+        tags = sorted(tag for tag in tags if last is None or tag > last)
     headers = {**API_VERSION, "Content-Type": "application/json"}
     if n is not None:
         more = upstream_link is not None or len(tags) > n

@@ -138,6 +138,21 @@ async def test_the_next_page_keeps_the_upstream_chosen_by_ns(
     assert response.headers["Link"] == link
 
 
+async def test_a_page_is_cut_from_the_ordered_list_whatever_the_upstream_order(
+    fakehub: FakeHub, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakehub.add_image("library/golang", "1.22")
+    client = await make_proxy(fakehub)
+
+    def unordered(request: web.Request, record: object) -> web.Response:
+        # Unordered, and with last itself, as distribution's filesystem driver may list them.
+        return web.json_response({"name": "library/golang", "tags": ["latest", "1.20", "1.22"]})
+
+    monkeypatch.setattr(fakehub, "_tags", unordered)
+    assert (await tags_page(client, "last=1.20"))[0] == ["1.22", "latest"]
+    assert (await tags_page(client, "n=2"))[0] == ["1.20", "1.22"]
+
+
 async def test_an_upstream_tag_list_that_is_not_one_is_a_bad_gateway(
     fakehub: FakeHub, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
