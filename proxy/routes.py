@@ -217,8 +217,8 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
     body, upstream_link = await client.tags_list(name, n + 1 if n is not None else None, last)
     document, tags = _tag_document(body)
     if last is not None or n is not None:
-        # A page is a slice of the lexically ordered list (distribution sorts only when asked
-        # to paginate, and then lists last again).
+        # A page is a slice of the lexically ordered list (distribution 2.8 lists its tags in
+        # directory order, and last again).
         tags = sorted(tag for tag in tags if last is None or tag > last)
     headers = {**API_VERSION, "Content-Type": "application/json"}
     if n is not None:
