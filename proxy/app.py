@@ -27,6 +27,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Largest request line / header field we accept from clients (registry requests are small).
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
+# The status logged and counted for a client that went away before its response was complete
+# (nginx's "client closed request"), so that a 5xx means a server fault and nothing else.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def create_app(
@@ -126,7 +129,11 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         except web.HTTPException as exc:
             status = exc.status
             raise
-        status = response.status
+        except (ConnectionError, asyncio.CancelledError):
+            if _client_went_away(request):
+                status = CLIENT_CLOSED_REQUEST
+            raise
+        status = CLIENT_CLOSED_REQUEST if request.get(routes.CLIENT_CLOSED) else response.status
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id[:64]
         return response
@@ -161,6 +168,16 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             request_id=request_id[:64],
             remote=request.remote,
         )
+
+
+def _client_went_away(request: web.Request) -> bool:
+    """Whether the client's connection is gone (rather than the server failing).
+
+    Writing to a client that disconnected raises ConnectionResetError; with aiohttp's
+    handler_cancellation on, the handler is cancelled instead, after the connection was lost.
+    """
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _route_name(request: web.Request) -> str:

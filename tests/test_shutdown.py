@@ -20,7 +20,7 @@ def cache_files(root: Path, area: str) -> list[Path]:
 
 async def wait_exit(proxy: ProxyProcess, seconds: float) -> int:
     """Wait for the process to exit by itself (no second signal) and return its exit code."""
-    process = proxy._proc
+    process = proxy.process
     assert process is not None
     return await asyncio.to_thread(process.wait, seconds)
 
@@ -43,7 +43,7 @@ async def test_sigterm_lets_a_transfer_finish(fakehub: FakeHub, tmp_path: Path) 
         async with aiohttp.ClientSession() as session:
             response, first = await start_transfer(session, proxy, digest)
             assert proxy.pid is not None
-            proxy._proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            proxy.send_signal(signal.SIGTERM)
             # New connections are refused while the transfer in progress goes on.
             for _ in range(200):
                 if proxy.healthz(timeout=1) is None:
@@ -71,7 +71,7 @@ async def test_sigterm_aborts_what_cannot_finish(fakehub: FakeHub, tmp_path: Pat
     try:
         async with aiohttp.ClientSession() as session:
             response, _ = await start_transfer(session, proxy, digest)
-            proxy._proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            proxy.send_signal(signal.SIGTERM)
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(response.read(), timeout=20)
         assert await wait_exit(proxy, 20) == 0
