@@ -6,6 +6,7 @@ registries send. They never talk to storage or the upstream directly.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,6 +26,7 @@ from proxy.reference import (
     validate_tag,
 )
 from proxy.services import Services
+from proxy.spool import probe_writable, spool_location
 from proxy.upstream.errors import UpstreamError, registry_error
 
 log = structlog.get_logger(__name__)
@@ -217,6 +219,23 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP."""
     return web.json_response({"status": "ok"})
+
+
+async def healthz_local(request: web.Request) -> web.Response:
+    """Liveness plus what this instance needs to serve on its own: a spool it can write.
+
+    The load balancer's check. It leaves out what all instances share (the S3 bucket, the
+    upstream): when S3 fails, every instance would fail the check at once and the load balancer
+    would route to all of them anyway (or ECS would replace them all); that is an alarm's job.
+    """
+    location = spool_location(request.app[SERVICES].settings)
+    try:
+        await asyncio.to_thread(probe_writable, location.path)
+    except OSError as exc:
+        return web.json_response(
+            {"status": "failing", "spool": f"{location.path}: {exc.strerror or exc}"}, status=503
+        )
+    return web.json_response({"status": "ok", "spool": "writable"})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -50,6 +50,7 @@ class BlobCache:
         on_storage_error: StorageErrorListener,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
+        admit: Callable[[int | None], None] | None = None,
     ) -> None:
         self._storage = storage
         self._spool_dir = spool_dir
@@ -59,6 +60,9 @@ class BlobCache:
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
+        # Raises (503) when the spool has no room for a new download (proxy/spool.py): called
+        # with None before a fetch starts and with the size once the upstream announces it.
+        self._admit = admit
 
     def open(self) -> None:
         self._spool_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +118,8 @@ class BlobCache:
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
+        if self._admit is not None:
+            self._admit(None)
         spool = self._spool_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
         fetch = BlobFetch(str(digest), spool)
         self._fetches[digest.hex] = fetch
@@ -121,6 +127,8 @@ class BlobCache:
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
             async with client.open_blob(name, digest) as stream:
+                if self._admit is not None and stream.size is not None:
+                    self._admit(stream.size)
                 yield stream.size, stream.chunks
 
         async def open_writer(size: int | None) -> BlobWriter:
