@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,11 +17,14 @@ from proxy import routes
 from proxy.access import AccessPolicy, access_middleware
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
+from proxy.cloudwatch import emf_reporting
 from proxy.config import Settings
 from proxy.errors import RegistryError
 from proxy.logs import begin_request
 from proxy.metrics import Metrics
 from proxy.services import Services, StorageHealth
+from proxy.shutdown import InFlightRequests, drain
+from proxy.spool import SpoolAdmission, spool_location
 from proxy.storage import Storage, StorageError
 from proxy.storage.breaker import CircuitBreakerStorage
 from proxy.storage.filesystem import FilesystemStorage
@@ -55,11 +57,7 @@ def create_storage(settings: Settings) -> Storage:
 
 
 def spool_dir(settings: Settings) -> Path:
-    if settings.spool_dir is not None:
-        return settings.spool_dir
-    if settings.storage.path is not None:
-        return settings.storage.path / "spool"
-    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
+    return spool_location(settings).path
 
 
 @contextlib.asynccontextmanager
@@ -96,6 +94,9 @@ async def open_services(
             on_storage_error=health.record,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
+            admit=SpoolAdmission(
+                spool_dir(settings), settings.spool_max_size, settings.spool_min_free
+            ).admit,
         )
         blobs.open()
         manifests = ManifestCache(
@@ -126,10 +127,17 @@ def create_app(
         allow=settings.allow_cidrs,
         anonymous=settings.anonymous_cidrs,
         trusted_proxies=settings.trusted_proxies,
+        trusted_hops=settings.trusted_hops,
+        operators=settings.operator_cidrs,
         users=settings.htpasswd_users,
         tokens=settings.auth_tokens,
     )
-    middlewares: list[Middleware] = [access_log_middleware, error_middleware]
+    requests = InFlightRequests()
+    middlewares: list[Middleware] = [
+        requests.middleware,
+        access_log_middleware,
+        error_middleware,
+    ]
     if policy.enabled:
         middlewares.append(access_middleware(policy))
     app = web.Application(
@@ -142,18 +150,26 @@ def create_app(
             app[routes.SERVICES] = services
             yield
 
-    async def drain(app: web.Application) -> None:
-        # SIGTERM: aiohttp has stopped accepting connections; give downloads in progress up to
-        # the grace period to finish (and land in the cache) before handlers are cancelled and
-        # unfinished cache writes are aborted.
+    async def on_shutdown(app: web.Application) -> None:
+        # SIGTERM: aiohttp has stopped accepting connections; downloads and requests in
+        # progress get until one deadline to finish (proxy/shutdown.py).
         services = app.get(routes.SERVICES)
-        if services is not None and services.blobs.in_flight:
-            log.info("shutdown.draining", in_flight=services.blobs.in_flight)
-            await services.blobs.drain(settings.shutdown_grace)
+        if services is not None:
+            await drain(settings.shutdown_grace, services.blobs, requests)
 
     app.cleanup_ctx.append(resources)
-    app.on_shutdown.append(drain)
+    if settings.cloudwatch_namespace is not None:
+        app.cleanup_ctx.append(
+            emf_reporting(
+                settings.cloudwatch_namespace,
+                settings.cloudwatch_interval,
+                lambda: app[routes.SERVICES].metrics,
+                spool_dir(settings),
+            )
+        )
+    app.on_shutdown.append(on_shutdown)
     app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/healthz/local", routes.healthz_local)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
     app.router.add_get("/status", routes.status)
@@ -239,7 +255,7 @@ def _route_name(request: web.Request) -> str:
     canonical = resource.canonical if resource is not None else ""
     return (
         canonical.strip("/")
-        if canonical in ("/healthz", "/readyz", "/metrics", "/status")
+        if canonical in ("/healthz", "/healthz/local", "/readyz", "/metrics", "/status")
         else "other"
     )
 
