@@ -34,6 +34,9 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "podman": "podman",
     "buildah": "buildah",
     "umoci": "umoci",
+    "debootstrap": "debootstrap",
+    "docker-compose": "docker-compose",
+    "unshare": "util-linux",
 }
 
 
