@@ -67,3 +67,10 @@ def test_main_without_an_image_exits_with_advice(
     assert application.main() == 2
     out = capsys.readouterr().out
     assert "-c imageTag=" in out and "imageDigest" in out
+
+
+def test_readme_creates_the_image_repository_tag_immutable() -> None:
+    """The stack names its image by tag; only an immutable tag names one build for ever."""
+    readme = (INFRA_DIR / "README.md").read_text()
+    create = readme[readme.index("aws ecr create-repository") :].split("\n\n", 1)[0]
+    assert "--image-tag-mutability IMMUTABLE" in create
