@@ -6,6 +6,7 @@ registries send. They never talk to storage or the upstream directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import structlog
 from aiohttp import web
 
+from proxy.cache.spool import probe_writable, spool_location
 from proxy.errors import RegistryError
 from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.reference import (
@@ -286,6 +288,23 @@ async def referrers(request: web.Request, services: Services, path: ApiPath) -> 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP."""
     return web.json_response({"status": "ok"})
+
+
+async def healthz_local(request: web.Request) -> web.Response:
+    """Liveness plus what this instance needs to serve on its own: a spool it can write.
+
+    The load balancer's check. It leaves out what all instances share (the S3 bucket, the
+    upstream): when S3 fails, every instance would fail the check at once and the load balancer
+    would route to all of them anyway (or ECS would replace them all); that is an alarm's job.
+    """
+    location = spool_location(request.app[SERVICES].settings)
+    try:
+        await asyncio.to_thread(probe_writable, location.path)
+    except OSError as exc:
+        return web.json_response(
+            {"status": "failing", "spool": f"{location.path}: {exc.strerror or exc}"}, status=503
+        )
+    return web.json_response({"status": "ok", "spool": "writable"})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -7,10 +7,8 @@ command-line tools (``warm``) both run on it, so they cache in exactly the same 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 
@@ -18,7 +16,7 @@ from proxy.cache.blobs import BlobCache
 from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
 from proxy.cache.referrers import ReferrersCache
-from proxy.cache.spool import Spool
+from proxy.cache.spool import Spool, spool_location
 from proxy.config import Settings
 from proxy.fleet import Fleet
 from proxy.metrics import Metrics
@@ -68,14 +66,6 @@ def create_storage(settings: Settings) -> Storage:
     return FilesystemStorage(settings.storage.path)
 
 
-def spool_dir(settings: Settings) -> Path:
-    if settings.spool_dir is not None:
-        return settings.spool_dir
-    if settings.storage.path is not None:
-        return settings.storage.path / "spool"
-    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
-
-
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -106,7 +96,11 @@ async def open_services(
             )
             for upstream in (settings.upstream, *settings.extra_upstreams)
         ]
-        spool = Spool(spool_dir(settings))
+        spool = Spool(
+            spool_location(settings).path,
+            max_size=settings.spool_max_size,
+            min_free=settings.spool_min_free,
+        )
         spool.open()
         links = ContentLinks(safe_storage, negative_ttl=settings.negative_ttl)
         blobs = BlobCache(

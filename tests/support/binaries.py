@@ -35,6 +35,9 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "buildah": "buildah",
     "umoci": "umoci",
     "chromium": "chromium",
+    "debootstrap": "debootstrap",
+    "docker-compose": "docker-compose",
+    "unshare": "util-linux",
 }
 
 
