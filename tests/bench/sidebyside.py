@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import shutil
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from support.binaries import missing_binaries
+from support.binaries import missing_binaries, wait_for
 from support.moto import CREDENTIALS, MotoServer
 from support.oci_image import Skopeo
 
@@ -527,15 +528,22 @@ class SideBySide:
                 print(f"  warm blob from S3, {name}, redirect {redirect}: {rate} MB/s", flush=True)
         moto.reset()
 
-    def _fill(self, url: str, attempts: int = 20) -> None:
-        """GET the blob until a GET costs the upstream nothing: distribution commits a blob
-        to its storage after the response that fetched it has ended."""
-        for _ in range(attempts):
+    def _fill(self, url: str, timeout: float = 120.0) -> None:
+        """GET the blob once, then wait until the server has it: distribution commits a blob to
+        its storage some seconds after the response that fetched it has ended (a multipart
+        upload to S3), and until then sends every request for it upstream again.  The probe is
+        a HEAD, which costs the upstream a HEAD while the blob is not stored, and nothing after.
+        """
+        curl_throughput(url, clients=1, gets=1, expected_size=self.image.biggest_size)
+
+        def stored() -> bool:
             mark = self.upstream.mark()
-            curl_throughput(url, clients=1, gets=1, expected_size=self.image.biggest_size)
-            if self.upstream.traffic(mark).blob_gets == 0:
-                return
-        raise MeasureError(f"{url} still goes upstream after {attempts} GETs")
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30):
+                pass
+            traffic = self.upstream.traffic(mark)
+            return traffic.blob_heads == traffic.blob_gets == 0
+
+        wait_for(stored, timeout, interval=0.5, what=f"{url} to be stored")
 
     # ----------------------------------------------------------------- tag TTL
 

@@ -113,6 +113,7 @@ class Traffic:
     manifest_gets: int
     manifest_heads: int
     blob_gets: int
+    blob_heads: int
 
 
 class Upstream:
@@ -219,6 +220,7 @@ class Upstream:
             manifest_gets=registry.count("GET", MANIFEST_PATH, since=since),
             manifest_heads=registry.count("HEAD", MANIFEST_PATH, since=since),
             blob_gets=registry.count("GET", BLOB_PATH, since=since),
+            blob_heads=registry.count("HEAD", BLOB_PATH, since=since),
         )
 
 
