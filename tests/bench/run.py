@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sections, comma-separated (default: %(default)s)",
     )
     parser.add_argument("--chart", type=Path, default=None, help="where to write the PNG")
+    parser.add_argument("--note", default="", help="added to the chart's title")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--blob-mb", type=int, default=None, help="memory: blob size (500)")
     parser.add_argument("--clients", type=int, default=64, help="load: clients (64)")
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nSide by side (medians of the rounds; ours/X: our median over theirs)")
         print(text_table(summary))
         (RESULTS_DIR / "latest.md").write_text(markdown_table(summary) + "\n")
-        _draw(summary, report, args.chart or RESULTS_DIR / f"bench-{stamp}.png")
+        _draw(summary, report, args.chart or RESULTS_DIR / f"bench-{stamp}.png", args.note)
     for note in results.notes:
         print(f"note: {note}")
     for section, reason in results.skipped.items():
@@ -220,13 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _draw(summary: list[dict[str, Any]], report: dict[str, Any], path: Path) -> None:
-    host = report["machine"]
-    title = (
-        f"registry-proxy side by side, {report['date'][:10]}, {host['cpus']} x {host['cpu']}, "
-        f"median of {report['rounds']} round(s){' (--quick)' if report['quick'] else ''}"
-    )
-    problem = chart.draw(summary, path, title=title)
+def _draw(summary: list[dict[str, Any]], report: dict[str, Any], path: Path, note: str) -> None:
+    problem = chart.draw(summary, path, title=chart.title(report, note))
     if problem is not None:
         print(f"chart: not drawn: {problem}")
         return
