@@ -5,14 +5,19 @@ servers: ``ours`` (registry-proxy), ``distribution`` (its proxy mode), ``bare`` 
 server, the framework's limit) and ``direct`` (no cache: the pull straight from the upstream
 through the WAN).  Each round adds one value per server; the summary gives the median, the range,
 and ours divided by each of the others (the issue targets are written as such ratios).
+
+``python -m tests.bench.results .bench/latest.json`` prints a run's Markdown table again.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .text import table
@@ -129,3 +134,14 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
     out += ["| " + " | ".join(line) + " |" for line in lines[1:]]
     return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.results", description=__doc__)
+    parser.add_argument("results", type=Path, help="a run's JSON (.bench/latest.json)")
+    args = parser.parse_args(argv)
+    print(markdown_table(json.loads(args.results.read_text())["figures"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -106,6 +106,25 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through every `with`, which stops what it started
 
 
+def _kill_leftover_children() -> None:
+    """The last line of defence of a bounded run: a second Ctrl-C during the cleanup can cut a
+    server's stop short, so whatever process this harness started and is still running now is
+    killed, by its pid (our children only: their parent pid is ours)."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == me and fields[0] != "Z":
+            print(f"stopping a leftover process {entry.name}: {stat.split(')')[0]})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 def _raise_open_files_limit() -> None:
     """1 000 idle clients need 1 000 descriptors here and in each server (which inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -146,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.pop(name, None)
     _raise_open_files_limit()
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    # Ctrl-C stops the run cleanly even when started from a script that ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-bench-"))
     report: dict[str, Any] = {
@@ -182,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"load: {load_config.clients} clients for {load_config.duration} s", flush=True)
             report["load"] = asyncio.run(load.load_section(load_config, workdir))
     finally:
+        _kill_leftover_children()
         if args.keep:
             print(f"work directory kept: {workdir}")
         else:
