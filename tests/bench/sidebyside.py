@@ -233,11 +233,27 @@ class SideBySide:
 
     def run(self) -> dict[str, Any]:
         """Measure every selected section; return facts about the run for the JSON."""
-        missing = missing_binaries("docker-registry", "skopeo", "curl")
-        if missing:
-            reason = f"missing programs: {', '.join(missing)} (apt-get install docker-registry "
-            self.results.skipped["side-by-side"] = reason + "skopeo curl)"
-            return {}
+        if self.sections - {"eviction"}:
+            missing = missing_binaries("docker-registry", "skopeo", "curl")
+            if missing:
+                self.results.skipped["side-by-side"] = (
+                    f"missing programs: {', '.join(missing)} "
+                    "(apt-get install docker-registry skopeo curl)"
+                )
+            else:
+                self._with_upstream()
+        if "eviction" in self.sections:
+            with self._timed("eviction"):
+                eviction.run(self.config, self.workdir / "eviction", self.results)
+        image = self._image
+        return {
+            "image_bytes": image.size if image else None,
+            "biggest_blob_bytes": image.biggest_size if image else None,
+            "section_seconds": {k: round(v, 1) for k, v in self.timings.items()},
+        }
+
+    def _with_upstream(self) -> None:
+        """Every section but eviction: the upstream, the image, and the rounds."""
         if "manifests" in self.sections and missing_binaries("ab"):
             self.results.skipped["manifests"] = "ab not found (apt-get install apache2-utils)"
         with ExitStack() as stack:
@@ -264,15 +280,6 @@ class SideBySide:
             if "ttl" in self.sections:
                 with self._timed("ttl"):
                     self.ttl_check()
-        if "eviction" in self.sections:
-            with self._timed("eviction"):
-                eviction.run(self.config, self.workdir / "eviction", self.results)
-        image = self._image
-        return {
-            "image_bytes": image.size if image else None,
-            "biggest_blob_bytes": image.biggest_size if image else None,
-            "section_seconds": {k: round(v, 1) for k, v in self.timings.items()},
-        }
 
     def _image_mb(self) -> int:
         shape = self.config.image
