@@ -211,7 +211,9 @@ def test_guide_covers_the_explicit_form_and_the_vpc() -> None:
 
 FAKE_DOCKERD = """\
 # Stands in for dockerd: on SIGHUP it "loads" daemon.json by copying it to the state file.
+# It creates the file named by its third argument once it handles SIGHUP.
 trap 'cp "$1" "$2" 2>/dev/null || true' HUP
+: > "$3"
 while :; do sleep 0.05; done
 """
 
@@ -243,12 +245,28 @@ class FakeHost:
     dockerd: subprocess.Popen[bytes] | None = None
 
     def start_dockerd(self, *, reloads: bool = True) -> None:
-        script = FAKE_DOCKERD if reloads else "trap '' HUP\nwhile :; do sleep 0.05; done\n"
+        script = (
+            FAKE_DOCKERD if reloads else "trap '' HUP\n: > \"$3\"\nwhile :; do sleep 0.05; done\n"
+        )
+        ready = self.root / "fake-dockerd.ready"
         self.dockerd = subprocess.Popen(
-            [require("bash"), "-c", script, "fake-dockerd", str(self.config), str(self.state)]
+            [
+                require("bash"),
+                "-c",
+                script,
+                "fake-dockerd",
+                str(self.config),
+                str(self.state),
+                str(ready),
+            ]
         )
         (self.root / "docker.pid").write_text(f"{self.dockerd.pid}\n")
-        time.sleep(0.2)  # let bash install its trap before anything signals it
+        # A SIGHUP before bash has set its trap would kill it: wait until it says it is set.
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert self.dockerd.poll() is None, "the fake dockerd exited"
+            assert time.monotonic() < deadline, "the fake dockerd did not start within 30 s"
+            time.sleep(0.01)
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
