@@ -15,8 +15,9 @@ would let anyone spend the account's quota. Two controls, both optional, combine
   otherwise. Docker daemons never send a mirror its own login, so mirror clients (CodeBuild) are
   let in by network instead: ``PROXY_ANONYMOUS_CIDRS`` need no credentials.
 
-Operator endpoints (``/metrics``, ``/status``): with ``PROXY_OPERATOR_CIDRS`` set, only clients
-from those networks, or with a valid login, may read them (403 DENIED otherwise).
+Operator endpoints (``/metrics``, ``/status``, the status page ``/`` and ``/ui``): with
+``PROXY_OPERATOR_CIDRS`` set, only clients from those networks, or with a valid login, may read
+them (403 DENIED otherwise).
 
 The health endpoints stay open for load balancer checks.
 """
@@ -46,7 +47,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 OPEN_PATHS = frozenset({"/healthz", "/healthz/local", "/readyz"})
-OPERATOR_PATHS = frozenset({"/metrics", "/status"})
+OPERATOR_PATHS = frozenset({"/metrics", "/status", "/", "/ui"})
 REALM = "registry-proxy"
 # bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
 # verified (user, password) pair is remembered for a while (by hash, never in clear).
