@@ -184,8 +184,15 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
 
 def serve(settings: Settings) -> int:
     from proxy.app import create_app
+    from proxy.shutdown import CLOSE_SECONDS
+    from proxy.startup import StartupError, check_startup
     from proxy.storage import StorageError
 
+    try:
+        check_startup(settings)
+    except StartupError as exc:
+        print(f"registry-proxy: cannot start: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     log.info(
         "proxy.starting",
@@ -200,7 +207,8 @@ def serve(settings: Settings) -> int:
             app,
             host=settings.listen_host,
             port=settings.listen_port,
-            shutdown_timeout=settings.shutdown_grace,
+            # The drain (proxy/shutdown.py) already gave requests the whole grace.
+            shutdown_timeout=CLOSE_SECONDS,
             keepalive_timeout=settings.client_idle_timeout,
             access_log=None,
             print=None,

@@ -103,6 +103,13 @@ class Settings:
     allow_cidrs: tuple[Network, ...] = ()
     anonymous_cidrs: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    trusted_hops: int = 1
+    operator_cidrs: tuple[Network, ...] = ()
+    spool_max_size: int | None = None
+    spool_min_free: int = 1024**3
+    memory_limit: int | None = None
+    cloudwatch_namespace: str | None = None
+    cloudwatch_interval: float = 60.0
     htpasswd_users: dict[str, bytes] = field(default_factory=dict, repr=False)
     auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
     cache_limit: CacheLimit | None = DIRECTORY_DEFAULT_LIMIT
@@ -190,10 +197,11 @@ def _positive_seconds(value: str) -> float:
 
 def _size(value: str) -> int:
     units = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
-    number = value.rstrip("KkMmIiBb")
+    units |= {"g": 1024**3, "gib": 1024**3}
+    number = value.rstrip("KkMmGgIiBb")
     unit = value[len(number) :].lower()
     if not number.isdigit() or unit not in units or int(number) == 0:
-        raise ValueError("expected a size in bytes, e.g. 4194304 or 4MiB")
+        raise ValueError("expected a size in bytes, e.g. 4194304, 4MiB or 2GiB")
     return int(number) * units[unit]
 
 
@@ -266,6 +274,13 @@ def _positive_count(value: str) -> int:
     return int(value)
 
 
+def _namespace(value: str) -> str:
+    # CloudWatch's rule for namespaces; AWS/ is reserved for AWS's own.
+    if not re.fullmatch(r"[A-Za-z0-9.\-_/#:]{1,255}", value) or value.startswith("AWS/"):
+        raise ValueError("expected a CloudWatch namespace such as RegistryProxy (not AWS/...)")
+    return value
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise ValueError("expected a non-empty value")
@@ -308,6 +323,19 @@ ENV_VARS: dict[str, str] = {
     "PROXY_KEEP_DELETED_TAGS": "true: keep serving a tag deleted upstream, with a Warning",
     "PROXY_ALLOW_CIDRS": "client networks allowed to connect, comma-separated CIDRs (default: all)",
     "PROXY_TRUSTED_PROXIES": "load balancer networks whose X-Forwarded-For is trusted",
+    "PROXY_TRUSTED_HOPS": "proxies in front that append to X-Forwarded-For: the client is that "
+    "many entries from its right (default 1, one load balancer)",
+    "PROXY_OPERATOR_CIDRS": "networks that may read /metrics and /status without a login "
+    "(default: unrestricted)",
+    "PROXY_SPOOL_MAX_SIZE": "most disk the spool may take; new upstream fetches get 503 beyond "
+    "it (default: limited by free space only)",
+    "PROXY_SPOOL_MIN_FREE": "free space kept on the spool's filesystem; new upstream fetches get "
+    "503 below it (default 1GiB)",
+    "PROXY_MEMORY_LIMIT": "memory the proxy may use (the container's): start-up refuses "
+    "PROXY_MAX_UPSTREAM_FETCHES that cannot fit (default: not checked)",
+    "PROXY_CLOUDWATCH_NAMESPACE": "write CloudWatch embedded-metric-format lines in this "
+    "namespace (default: none)",
+    "PROXY_CLOUDWATCH_INTERVAL": "seconds between embedded-metric-format lines (default 60)",
     "PROXY_AUTH_HTPASSWD": "htpasswd file with bcrypt entries: clients must log in",
     "PROXY_AUTH_TOKENS": "comma-separated static tokens accepted as Bearer or as Basic password",
     "PROXY_ANONYMOUS_CIDRS": "networks that need no login when auth is on (Docker mirror clients)",
@@ -406,6 +434,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allow_cidrs=read.get("PROXY_ALLOW_CIDRS", parse_networks, ()),
         anonymous_cidrs=read.get("PROXY_ANONYMOUS_CIDRS", parse_networks, ()),
         trusted_proxies=read.get("PROXY_TRUSTED_PROXIES", parse_networks, ()),
+        trusted_hops=read.get("PROXY_TRUSTED_HOPS", _positive_count, defaults.trusted_hops),
+        operator_cidrs=read.get("PROXY_OPERATOR_CIDRS", parse_networks, ()),
+        spool_max_size=read.get("PROXY_SPOOL_MAX_SIZE", _size, None),
+        spool_min_free=read.get("PROXY_SPOOL_MIN_FREE", _size, defaults.spool_min_free),
+        memory_limit=read.get("PROXY_MEMORY_LIMIT", _size, None),
+        cloudwatch_namespace=read.get("PROXY_CLOUDWATCH_NAMESPACE", _namespace, None),
+        cloudwatch_interval=read.get(
+            "PROXY_CLOUDWATCH_INTERVAL", _positive_seconds, defaults.cloudwatch_interval
+        ),
         htpasswd_users=read.get("PROXY_AUTH_HTPASSWD", _htpasswd, {}),
         auth_tokens=read.get("PROXY_AUTH_TOKENS", load_tokens, frozenset()),
         max_upstream_fetches=read.get(

@@ -7,7 +7,6 @@ command-line tools (``warm``) both run on it, so they cache in exactly the same 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
 from proxy.cache.pins import BlobPins
 from proxy.cache.referrers import ReferrersCache
-from proxy.cache.spool import Spool
+from proxy.cache.spool import Spool, spool_location
 from proxy.cache.usage import BlobUsage
 from proxy.config import Settings
 from proxy.fleet import Fleet
@@ -75,14 +74,6 @@ def create_storage(settings: Settings) -> Storage:
     return FilesystemStorage(settings.storage.path)
 
 
-def spool_dir(settings: Settings) -> Path:
-    if settings.spool_dir is not None:
-        return settings.spool_dir
-    if settings.storage.path is not None:
-        return settings.storage.path / "spool"
-    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
-
-
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -121,7 +112,12 @@ async def open_services(
             )
             for upstream in (settings.upstream, *settings.extra_upstreams)
         ]
-        spool = Spool(spool_dir(settings), on_full=disk_full.report)
+        spool = Spool(
+            spool_location(settings).path,
+            max_size=settings.spool_max_size,
+            min_free=settings.spool_min_free,
+            on_full=disk_full.report,
+        )
         spool.open()
         last_use = LastUse(UseRecords(safe_storage, new_instance_id()))
         last_use.enabled = settings.cache_record_access
@@ -207,7 +203,7 @@ def housekeeper(
     if isinstance(inner, FilesystemStorage):
         root = inner.root
         temp_dirs.append(inner.tmp_dir)
-    temp_dirs.append(spool.directory if spool is not None else spool_dir(settings))
+    temp_dirs.append(spool.directory if spool is not None else spool_location(settings).path)
     records = last_use.records if last_use is not None else UseRecords(storage, new_instance_id())
     return Housekeeper(
         storage,

@@ -43,6 +43,32 @@ def test_values_are_parsed() -> None:
     assert "dckr_pat_secret" not in repr(settings)
 
 
+def test_production_settings_are_parsed() -> None:
+    settings = load_settings(
+        {
+            "PROXY_TRUSTED_PROXIES": "10.80.0.0/24,10.80.1.0/24",
+            "PROXY_TRUSTED_HOPS": "2",
+            "PROXY_OPERATOR_CIDRS": "127.0.0.1/32",
+            "PROXY_SPOOL_MAX_SIZE": "35GiB",
+            "PROXY_SPOOL_MIN_FREE": "512MiB",
+            "PROXY_MEMORY_LIMIT": "2GiB",
+            "PROXY_CLOUDWATCH_NAMESPACE": "RegistryProxy/Prod",
+            "PROXY_CLOUDWATCH_INTERVAL": "30",
+        }
+    )
+    assert len(settings.trusted_proxies) == 2 and settings.trusted_hops == 2
+    assert [str(n) for n in settings.operator_cidrs] == ["127.0.0.1/32"]
+    assert settings.spool_max_size == 35 * 1024**3
+    assert settings.spool_min_free == 512 * 1024**2
+    assert settings.memory_limit == 2 * 1024**3
+    assert settings.cloudwatch_namespace == "RegistryProxy/Prod"
+    assert settings.cloudwatch_interval == 30
+    defaults = load_settings({})
+    assert (defaults.trusted_hops, defaults.operator_cidrs) == (1, ())
+    assert (defaults.spool_max_size, defaults.memory_limit) == (None, None)
+    assert defaults.cloudwatch_namespace is None
+
+
 @pytest.mark.parametrize(
     ("env", "variable", "accepted"),
     [
@@ -71,6 +97,14 @@ def test_values_are_parsed() -> None:
         ({"PROXY_CACHE_EXPIRE_UNUSED": "a month"}, "PROXY_CACHE_EXPIRE_UNUSED", "30d"),
         ({"PROXY_CACHE_EXPIRE_UNUSED": "0d"}, "PROXY_CACHE_EXPIRE_UNUSED", "30d"),
         ({"PROXY_CACHE_SWEEP_INTERVAL": "off"}, "PROXY_CACHE_SWEEP_INTERVAL", "1h"),
+        ({"PROXY_TRUSTED_HOPS": "0"}, "PROXY_TRUSTED_HOPS", ">= 1"),
+        ({"PROXY_OPERATOR_CIDRS": "ops"}, "PROXY_OPERATOR_CIDRS", "CIDRs"),
+        ({"PROXY_SPOOL_MAX_SIZE": "40TB"}, "PROXY_SPOOL_MAX_SIZE", "2GiB"),
+        ({"PROXY_SPOOL_MIN_FREE": "0"}, "PROXY_SPOOL_MIN_FREE", "2GiB"),
+        ({"PROXY_MEMORY_LIMIT": "lots"}, "PROXY_MEMORY_LIMIT", "2GiB"),
+        ({"PROXY_CLOUDWATCH_NAMESPACE": "AWS/ECS"}, "PROXY_CLOUDWATCH_NAMESPACE", "namespace"),
+        ({"PROXY_CLOUDWATCH_NAMESPACE": "a b"}, "PROXY_CLOUDWATCH_NAMESPACE", "namespace"),
+        ({"PROXY_CLOUDWATCH_INTERVAL": "0"}, "PROXY_CLOUDWATCH_INTERVAL", "> 0"),
     ],
 )
 def test_errors_name_the_variable_and_what_is_accepted(

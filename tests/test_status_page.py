@@ -212,3 +212,12 @@ async def test_status_adds_up_the_fleet(
     status = await (await first.get("/status")).json()
     assert status["fleet"]["instances"] == 1
     assert status["fleet"]["upstreams"]["docker.io"]["counted_pulls"] == 1
+
+
+async def test_the_page_is_an_operator_endpoint(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    from proxy.access import parse_networks
+
+    client = await make_proxy(fakehub, operator_cidrs=parse_networks("10.9.0.0/16"))
+    for path in ("/", "/ui", "/status", "/metrics"):
+        assert (await client.get(path)).status == 403, path
+    assert (await client.get("/v2/")).status == 200

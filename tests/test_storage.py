@@ -9,24 +9,25 @@ server, with S3's smallest part size so that the "large" blobs go up as multipar
 
 from __future__ import annotations
 
-import hashlib
-import random
+import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.moto import MotoServer
+from support.storage_data import MiB, collect, payload, sha256, write_all
+from support.storage_data import blob_key as key_for_digest
 
 from proxy.cache.lastuse import UseRecords
 from proxy.storage import (
-    BlobWriter,
     DigestMismatch,
     DiscardingWriter,
     ObjectInfo,
     ObjectNotFound,
     Storage,
+    StorageError,
 )
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
@@ -35,32 +36,14 @@ from proxy.storage.s3 import MIN_PART_SIZE, S3Storage
 PART_SIZE = MIN_PART_SIZE
 SMALL = 1000
 LARGE = 2 * PART_SIZE + 12345  # three parts in S3, the last one short
-CHUNK = 1024 * 1024
+CHUNK = MiB
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def blob_key(data: bytes) -> str:
-    digest = sha256(data)
-    return f"blobs/sha256/{digest[:2]}/{digest}"
-
-
-def chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
-    for offset in range(0, len(data), size):
-        yield data[offset : offset + size]
-
-
-async def collect(stream: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in stream])
+    return key_for_digest(sha256(data))
 
 
 @dataclass
@@ -70,6 +53,8 @@ class Backend:
     name: str
     storage: Storage
     leftovers: Callable[[], Awaitable[list[str]]]
+    make_unusable: Callable[[], Awaitable[None]]
+    """Take the backend's ground away (the directory, the bucket) under the open storage."""
 
 
 BackendFactory = Callable[[], Awaitable[Backend]]
@@ -86,7 +71,10 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
             async def leftovers() -> list[str]:
                 return sorted(path.name for path in store.tmp_dir.iterdir())
 
-            return Backend("filesystem", store, leftovers)
+            async def remove_directory() -> None:
+                shutil.rmtree(store.root)
+
+            return Backend("filesystem", store, leftovers, remove_directory)
 
         return filesystem
 
@@ -101,7 +89,13 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
             uploads = await store.client.list_multipart_uploads(Bucket=bucket)
             return sorted(str(upload["Key"]) for upload in uploads.get("Uploads", []))
 
-        return Backend("s3", store, leftovers)
+        async def delete_bucket() -> None:
+            found = await store.client.list_objects_v2(Bucket=bucket)
+            for item in found.get("Contents", []):
+                await store.client.delete_object(Bucket=bucket, Key=item["Key"])
+            await store.client.delete_bucket(Bucket=bucket)
+
+        return Backend("s3", store, leftovers, delete_bucket)
 
     return s3
 
@@ -118,11 +112,6 @@ async def backend(backend_factory: BackendFactory) -> AsyncIterator[Backend]:
 @pytest.fixture
 def storage(backend: Backend) -> Storage:
     return backend.storage
-
-
-async def write_all(writer: BlobWriter, data: bytes) -> None:
-    for chunk in chunks(data):
-        await writer.write(chunk)
 
 
 # -- put / get / stat ---------------------------------------------------------------------------
@@ -414,8 +403,11 @@ async def test_delete_many(storage: Storage, monkeypatch: pytest.MonkeyPatch) ->
     assert await storage.stat(names[0]) is None
 
 
-async def test_check(storage: Storage) -> None:
-    await storage.check()
+async def test_check(backend: Backend) -> None:
+    await backend.storage.check()  # usable: no error
+    await backend.make_unusable()
+    with pytest.raises(StorageError):
+        await backend.storage.check()
 
 
 # -- keys are validated -------------------------------------------------------------------------

@@ -210,7 +210,21 @@ class FilesystemStorage(Storage):
                 yield ListedObject(key, info.st_size, info.st_mtime)
 
     async def check(self) -> None:
-        await self._io(self.data_dir.stat)
+        """Raise StorageError unless objects can be read and written here right now.
+
+        A removed (or unmounted) cache directory raises FileNotFoundError, which ``_io`` lets
+        through for the callers that mean "no such object"; here it means "unusable".
+        """
+        try:
+            await self._io(self._probe)
+        except FileNotFoundError as exc:
+            raise StorageError(f"filesystem storage: {exc}") from exc
+
+    def _probe(self) -> None:
+        self.data_dir.stat()
+        probe = self._tmp_path()
+        probe.write_bytes(b"")
+        probe.unlink()
 
     async def _io(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking file I/O in a thread; OS errors become StorageError."""

@@ -37,6 +37,9 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "mount": "mount",
     "umount": "mount",
     "chromium": "chromium",
+    "debootstrap": "debootstrap",
+    "docker-compose": "docker-compose",
+    "unshare": "util-linux",
 }
 
 

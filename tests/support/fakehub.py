@@ -284,6 +284,10 @@ class FakeHub:
     ``strict_blobs``; manifests and tags belong to a repository.
     """
 
+    tags_list_includes_last = False
+    """True: ``tags/list?last=T`` lists T itself again, as CNCF distribution 2.8 does (Docker
+    Hub and the distribution spec start after T)."""
+
     def __init__(
         self,
         *,
@@ -1226,7 +1230,8 @@ class FakeHub:
         tags = sorted(repository.tags)
         last = request.query.get("last")
         if last:
-            tags = [tag for tag in tags if tag > last]
+            again = self.tags_list_includes_last
+            tags = [tag for tag in tags if tag > last or (again and tag == last)]
         headers: dict[str, str] = {}
         raw_n = request.query.get("n")
         if raw_n is not None:
