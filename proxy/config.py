@@ -327,10 +327,10 @@ ENV_VARS: dict[str, str] = {
     "many entries from its right (default 1, one load balancer)",
     "PROXY_OPERATOR_CIDRS": "networks that may read /metrics and /status without a login "
     "(default: unrestricted)",
-    "PROXY_SPOOL_MAX_SIZE": "most disk the spool may take; new upstream fetches get 503 beyond "
-    "it (default: limited by free space only)",
-    "PROXY_SPOOL_MIN_FREE": "free space kept on the spool's filesystem; new upstream fetches get "
-    "503 below it (default 1GiB)",
+    "PROXY_SPOOL_MAX_SIZE": "most disk the spool may take; new upstream fetches stream through "
+    "memory beyond it (default: limited by free space only)",
+    "PROXY_SPOOL_MIN_FREE": "free space kept on the spool's filesystem; new upstream fetches "
+    "stream through memory below it (default 1GiB)",
     "PROXY_MEMORY_LIMIT": "memory the proxy may use (the container's): start-up refuses "
     "PROXY_MAX_UPSTREAM_FETCHES that cannot fit (default: not checked)",
     "PROXY_CLOUDWATCH_NAMESPACE": "write CloudWatch embedded-metric-format lines in this "

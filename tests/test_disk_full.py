@@ -49,7 +49,7 @@ async def test_a_pull_larger_than_the_free_space(
         fakehub,
         storage=StorageLocation(path=small_disk / "cache"),
         cache_limit=DIRECTORY_DEFAULT_LIMIT,  # the default: keep 10% of the disk free
-        spool_min_free=1,  # let the disk really fill up (the default keeps 1 GiB free)
+        spool_min_free=1,  # spool until the disk really fills (no room at all is test_spool)
     )
     services = client.app[SERVICES]
 

@@ -170,9 +170,8 @@ class BlobCache:
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
-        # Refused (503) when the spool has no room for another download; checked again below
-        # once the upstream announces the size.
-        self._spool.admit(None)
+        # Without room on the spool for another download its bytes go through memory (never a
+        # 503: a full disk is not an outage); checked again once the upstream announces the size.
         fetch = BlobFetch(str(digest), self._spool.new_buffer(), repository=name)
         self._fetches[digest.hex] = fetch  # replaces one that can no longer start from byte 0
         self._fetched_for[digest.hex] = (client.host, name)
@@ -180,8 +179,8 @@ class BlobCache:
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
             async with client.open_blob(name, digest) as stream:
-                if stream.size is not None:
-                    self._spool.admit(stream.size)
+                if stream.size is not None and not self._spool.has_room(stream.size):
+                    fetch.keep_off_disk(f"no room on the spool for {stream.size} bytes")
                 # The upstream answered for this repository: the blob belongs there. Recorded
                 # while the bytes flow, so the first byte does not wait for a storage write.
                 linking = asyncio.ensure_future(self._links.link(client.host, name, [digest]))

@@ -76,6 +76,11 @@ class BlobFetch:
     def memory_bytes(self) -> int:
         return 0 if self._buffer is None else self._buffer.memory_bytes
 
+    def keep_off_disk(self, detail: str) -> None:
+        """The spool has no room for this blob: hold it in memory (before its first byte)."""
+        if self._buffer is not None:
+            self._buffer.spill(detail)
+
     # --- the pump's side ------------------------------------------------------------------------
 
     async def started(self, size: int | None) -> None:
