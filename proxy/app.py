@@ -65,7 +65,9 @@ def create_app(
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, storage=storage, retry_delays=retry_delays) as services:
+        async with open_services(
+            settings, storage=storage, retry_delays=retry_delays, housekeeping=True
+        ) as services:
             app[routes.SERVICES] = services
             # This instance's figures, published for the fleet's status page (proxy/fleet.py).
             publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")

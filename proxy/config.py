@@ -48,6 +48,23 @@ class StorageLocation:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheLimit:
+    """How big the cache may grow; any combination of the three, the smallest wins.
+
+    The fractions are of the filesystem the cache directory is on (so they apply only to a
+    directory, never to S3).
+    """
+
+    max_bytes: int | None = None
+    max_fraction: float | None = None
+    min_free_fraction: float | None = None
+
+
+#: The default for a cache directory: grow while at least 10% of its disk stays free.
+DIRECTORY_DEFAULT_LIMIT = CacheLimit(min_free_fraction=0.10)
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     """One upstream registry: the host clients name it by, its URL and its account."""
 
@@ -95,6 +112,10 @@ class Settings:
     cloudwatch_interval: float = 60.0
     htpasswd_users: dict[str, bytes] = field(default_factory=dict, repr=False)
     auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    cache_limit: CacheLimit | None = DIRECTORY_DEFAULT_LIMIT
+    cache_expire_unused: float | None = None
+    cache_sweep_interval: float = 3600.0
+    cache_record_access: bool = True
 
 
 # --- value parsers: each raises ValueError with what is accepted --------------------------------
@@ -184,6 +205,53 @@ def _size(value: str) -> int:
     return int(number) * units[unit]
 
 
+_BINARY_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def _cache_size(value: str) -> CacheLimit | None:
+    """``50GiB`` (also 50G, 500MiB, bytes), ``80%`` of the disk, or ``off``."""
+    lowered = value.lower().replace(" ", "")
+    if lowered in ("off", "none", "unlimited"):
+        return None
+    expected = "expected a size (e.g. 50GiB, 500MiB), a percentage of the disk (e.g. 80%) or off"
+    if lowered.endswith("%"):
+        try:
+            percent = float(lowered[:-1])
+        except ValueError:
+            raise ValueError(expected) from None
+        if not 0 < percent <= 100:
+            raise ValueError("expected a percentage above 0 and at most 100")
+        return CacheLimit(max_fraction=percent / 100)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(?:([kmgt])(?:i?b)?|b)?", lowered)
+    if match is None:
+        raise ValueError(expected)
+    size = int(float(match.group(1)) * 1024 ** _BINARY_UNITS[match.group(2) or ""])
+    if size <= 0:
+        raise ValueError(expected)
+    return CacheLimit(max_bytes=size)
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration_or_off(value: str) -> float | None:
+    """``30d``, ``12h``, ``90m``, ``3600`` (seconds), or ``off``."""
+    lowered = value.lower().replace(" ", "")
+    if lowered in ("off", "none", "never"):
+        return None
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)", lowered)
+    if match is None or float(match.group(1)) == 0:
+        raise ValueError("expected a duration such as 30d, 12h, 90m or 3600 (seconds), or off")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _positive_duration(value: str) -> float:
+    duration = _duration_or_off(value)
+    if duration is None:
+        raise ValueError("expected a duration such as 1h, 30m or 600 (seconds)")
+    return duration
+
+
 def _htpasswd(value: str) -> dict[str, bytes]:
     try:
         users = load_htpasswd(Path(value))
@@ -259,10 +327,10 @@ ENV_VARS: dict[str, str] = {
     "many entries from its right (default 1, one load balancer)",
     "PROXY_OPERATOR_CIDRS": "networks that may read /metrics and /status without a login "
     "(default: unrestricted)",
-    "PROXY_SPOOL_MAX_SIZE": "most disk the spool may take; new upstream fetches get 503 beyond "
-    "it (default: limited by free space only)",
-    "PROXY_SPOOL_MIN_FREE": "free space kept on the spool's filesystem; new upstream fetches get "
-    "503 below it (default 1GiB)",
+    "PROXY_SPOOL_MAX_SIZE": "most disk the spool may take; new upstream fetches stream through "
+    "memory beyond it (default: limited by free space only)",
+    "PROXY_SPOOL_MIN_FREE": "free space kept on the spool's filesystem; new upstream fetches "
+    "stream through memory below it (default 1GiB)",
     "PROXY_MEMORY_LIMIT": "memory the proxy may use (the container's): start-up refuses "
     "PROXY_MAX_UPSTREAM_FETCHES that cannot fit (default: not checked)",
     "PROXY_CLOUDWATCH_NAMESPACE": "write CloudWatch embedded-metric-format lines in this "
@@ -274,6 +342,14 @@ ENV_VARS: dict[str, str] = {
     "PROXY_MAX_UPSTREAM_FETCHES": "blob downloads from upstreams at once; more wait (default 64)",
     "PROXY_CLIENT_IDLE_TIMEOUT": "seconds an idle keep-alive connection stays open (default 75)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
+    "PROXY_CACHE_MAX_SIZE": "largest cache: a size (50GiB), a share of its disk (80%) or off "
+    "(default: a directory keeps 10% of its disk free; S3 off)",
+    "PROXY_CACHE_EXPIRE_UNUSED": "delete cache entries not served for this long, e.g. 30d "
+    "(default off)",
+    "PROXY_CACHE_SWEEP_INTERVAL": "how often the server sweeps the cache for expired entries "
+    "(default 1h)",
+    "PROXY_CACHE_RECORD_ACCESS": "false: do not record when entries are served (expiry and "
+    "eviction then go by the time written; for measurements) (default true)",
 }
 
 
@@ -314,6 +390,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if blob_redirect and not storage.is_s3:
         raise ConfigError("PROXY_BLOB_REDIRECT=true needs PROXY_STORAGE=s3://BUCKET/PREFIX")
     spool = read.get("PROXY_SPOOL_DIR", _non_empty, None)
+    default_limit = None if storage.is_s3 else DIRECTORY_DEFAULT_LIMIT
+    cache_limit = read.get("PROXY_CACHE_MAX_SIZE", _cache_size, default_limit)
+    if storage.is_s3 and cache_limit is not None and cache_limit.max_fraction is not None:
+        raise ConfigError(
+            "PROXY_CACHE_MAX_SIZE: a percentage of the disk needs a cache directory; "
+            "give S3 a size such as 500GiB"
+        )
     return Settings(
         listen_host=host,
         listen_port=port,
@@ -371,6 +454,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         quota_warn_remaining=read.get(
             "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
         ),
+        cache_limit=cache_limit,
+        cache_expire_unused=read.get("PROXY_CACHE_EXPIRE_UNUSED", _duration_or_off, None),
+        cache_sweep_interval=read.get(
+            "PROXY_CACHE_SWEEP_INTERVAL", _positive_duration, defaults.cache_sweep_interval
+        ),
+        cache_record_access=read.get("PROXY_CACHE_RECORD_ACCESS", _bool, True),
     )
 
 

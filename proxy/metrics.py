@@ -98,6 +98,7 @@ class Metrics:
             ["upstream", "action"],
             registry=r,
         )
+        self.housekeeping = CacheHousekeepingMetrics(r)
 
     def deleted_tag(self, upstream: str, action: str) -> None:
         self.deleted_tags.labels(upstream, action).inc()
@@ -175,3 +176,51 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CacheHousekeepingMetrics:
+    """The cache's size and what its housekeeping removed (``proxy.cache.janitor`` sets them)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.bytes = Gauge(
+            "registry_proxy_cache_bytes", "Bytes in the cache, by kind", ["kind"], registry=r
+        )
+        self.entries = Gauge(
+            "registry_proxy_cache_entries", "Entries in the cache, by kind", ["kind"], registry=r
+        )
+        self.limit = Gauge(
+            "registry_proxy_cache_limit_bytes",
+            "The cache's size limit as last computed (0: no limit)",
+            registry=r,
+        )
+        self.evictions = Counter(
+            "registry_proxy_cache_evictions",
+            "Entries evicted to keep the cache under its size limit",
+            ["kind"],
+            registry=r,
+        )
+        self.evicted_bytes = Counter(
+            "registry_proxy_cache_evicted_bytes", "Bytes evicted", ["kind"], registry=r
+        )
+        self.expiries = Counter(
+            "registry_proxy_cache_expiries",
+            "Entries deleted after PROXY_CACHE_EXPIRE_UNUSED without use",
+            ["kind"],
+            registry=r,
+        )
+        self.expired_bytes = Counter(
+            "registry_proxy_cache_expired_bytes", "Bytes expired", ["kind"], registry=r
+        )
+        self.sweep_duration = Histogram(
+            "registry_proxy_cache_sweep_duration_seconds",
+            "Time of one housekeeping pass (inventory and deletes)",
+            ["operation"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.disk_full = Counter(
+            "registry_proxy_disk_full_events",
+            "Writes that found the disk full (cache storage or spool)",
+            ["where"],
+            registry=r,
+        )

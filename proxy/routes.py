@@ -367,6 +367,7 @@ async def status_document(services: Services) -> dict[str, Any]:
         "storage": str(services.settings.storage),
         "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
         "storage_errors": services.storage.errors,
+        "cache": services.janitor.status(),
         "fleet": {
             "complete": view["complete"],
             "publish_interval": services.fleet.interval,

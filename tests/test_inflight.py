@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cache.inflight import BlobFetch
+from proxy.cache.spool import SpoolBuffer
 
 DATA = bytes(range(100)) * 10  # 1000 bytes
 WAIT = 5.0  # bound on waits for something that must happen
@@ -21,7 +22,7 @@ WAIT = 5.0  # bound on waits for something that must happen
 
 @pytest.fixture
 async def fetch(tmp_path: Path) -> AsyncIterator[BlobFetch]:
-    made = BlobFetch("sha256:" + "0" * 64, tmp_path / "spool")
+    made = BlobFetch("sha256:" + "0" * 64, SpoolBuffer(tmp_path / "spool"))
     yield made
     if made.state.value in ("starting", "streaming"):
         await made.finish(RuntimeError("test over"))

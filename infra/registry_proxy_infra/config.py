@@ -115,6 +115,7 @@ class ProxyStackConfig:
     docker_hub_secret_arn: str | None = None
     # cache bucket and logs
     cache_prefix: str = "cache"
+    # Days without a pull after which cache entries are deleted (PROXY_CACHE_EXPIRE_UNUSED).
     cache_expiration_days: int | None = None
     access_log_retention_days: int = 90
     log_retention_days: int = 30

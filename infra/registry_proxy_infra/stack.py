@@ -34,6 +34,11 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
+from registry_proxy_infra.cache_gc import (
+    ScheduledCacheGc,
+    cache_lifecycle_rules,
+    expire_unused_setting,
+)
 from registry_proxy_infra.config import ProxyStackConfig
 from registry_proxy_infra.monitoring import Monitoring, Watched
 
@@ -209,6 +214,16 @@ class RegistryProxyStack(Stack):
             scale_out_cooldown=Duration.minutes(1),
         )
 
+        self.cache_gc = ScheduledCacheGc(
+            self,
+            "CacheGc",
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            container_name=CONTAINER_NAME,
+            security_group=self.service_security_group,
+            subnets=private,
+        )
+
         self.load_balancer, self.target_group = self._load_balancer(private)
         self.mirror_host = config.domain_name or self.load_balancer.load_balancer_dns_name
         self._dns_record()
@@ -278,20 +293,8 @@ class RegistryProxyStack(Stack):
         )
 
     def _cache_bucket(self) -> s3.Bucket:
-        rules = [
-            s3.LifecycleRule(
-                id="abort-incomplete-multipart-uploads",
-                abort_incomplete_multipart_upload_after=Duration.days(1),
-            )
-        ]
-        if self.config.cache_expiration_days is not None:
-            rules.append(
-                s3.LifecycleRule(
-                    id="expire-cached-objects",
-                    prefix=f"{self.config.cache_prefix}/",
-                    expiration=Duration.days(self.config.cache_expiration_days),
-                )
-            )
+        # Content expires by last use (the proxy's sweeps and ScheduledCacheGc), never by age.
+        rules = cache_lifecycle_rules(self.config.cache_prefix, self.config.cache_expiration_days)
         return s3.Bucket(
             self,
             "CacheBucket",
@@ -584,6 +587,7 @@ class RegistryProxyStack(Stack):
             "PROXY_CLOUDWATCH_INTERVAL": "60",
             **config.sizes.environment,
             "AWS_DEFAULT_REGION": self.region,
+            **expire_unused_setting(config.cache_expiration_days),
         }
         trusted = self.load_balancer_ranges()
         if trusted:

@@ -6,12 +6,17 @@ blob meanwhile follows the same download.
 
 A blob cached (or being fetched) for one repository is served under another only when it belongs
 there too: one separate step, ``ContentLinks.admit`` (a memory lookup on the warm path).
+
+Housekeeping hooks (``BlobUsage``): every hit and every stored blob is recorded as a use, and a
+blob served from the cache is held for as long as its ``BlobContent`` lives, so eviction never
+takes it from under a client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -21,6 +26,7 @@ from proxy.cache.inflight import BlobFetch, pump
 from proxy.cache.keys import blob_key
 from proxy.cache.links import ContentLinks
 from proxy.cache.spool import Spool
+from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
@@ -29,9 +35,13 @@ from proxy.upstream.client import RegistryClient
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class BlobContent:
-    """A blob ready to be sent: its size and a way to stream any byte range of it."""
+    """A blob ready to be sent: its size and a way to stream any byte range of it.
+
+    Whatever it holds for its reader (a cached blob kept from eviction, a place in a download)
+    is let go when it is garbage: the route has nothing to release.
+    """
 
     digest: Digest
     size: int | None
@@ -49,10 +59,12 @@ class BlobCache:
         links: ContentLinks,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
+        usage: BlobUsage | None = None,
     ) -> None:
         self._storage = storage
         self._spool = spool
         self._links = links
+        self._usage = usage or BlobUsage()
         self._redirect_expires = redirect_expires
         self._fetches: dict[str, BlobFetch] = {}
         # (upstream host, repository) each fetch in flight is for: its own clients need no check.
@@ -83,6 +95,7 @@ class BlobCache:
         if info is not None:
             await self._admit(client, name, digest)
             mark_cache("hit")
+            self._usage.served(digest)
             return info
         fetch = self._fetches.get(digest.hex)
         if fetch is not None:
@@ -94,18 +107,40 @@ class BlobCache:
 
     async def get(self, client: RegistryClient, name: str, digest: Digest) -> BlobContent:
         """The blob from the cache, or from the (shared) upstream download."""
-        fetch = self._fetches.get(digest.hex)
+        fetch = self._joinable(digest)
         if fetch is None:
+            release = await self._usage.hold(digest)
             size = await self._stat(digest)
             if size is not None:
-                await self._admit(client, name, digest)
-                mark_cache("hit")
-                return await self._cached(digest, size)
-            fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
+                try:
+                    await self._admit(client, name, digest)
+                    mark_cache("hit")
+                    self._usage.served(digest)
+                    content = await self._cached(digest, size)
+                except BaseException:
+                    release()
+                    raise
+                weakref.finalize(content, release)
+                return content
+            release()
+            fetch = self._joinable(digest) or self._start(client, name, digest)
         await self._admit(client, name, digest)
         mark_cache("miss")
-        size = await fetch.wait_started()
-        return BlobContent(digest, size, fetch.read, False)
+        reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
+        try:
+            size = await fetch.wait_started()
+        except BaseException:
+            reader.close()
+            raise
+        content = BlobContent(digest, size, reader.read, False)
+        weakref.finalize(content, reader.close)
+        return content
+
+    def _joinable(self, digest: Digest) -> BlobFetch | None:
+        """The download of this digest a new client can follow from byte 0, if any (with the
+        spool disk full a download may have let go of its first bytes)."""
+        fetch = self._fetches.get(digest.hex)
+        return fetch if fetch is not None and fetch.complete_from_start else None
 
     async def _admit(self, client: RegistryClient, name: str, digest: Digest) -> None:
         """Raise UpstreamNotFound unless the blob may be served under ``name`` (ContentLinks)."""
@@ -135,18 +170,17 @@ class BlobCache:
         return None if info is None else info.size
 
     def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
-        # Refused (503) when the spool has no room for another download; checked again below
-        # once the upstream announces the size.
-        self._spool.admit(None)
-        fetch = BlobFetch(str(digest), self._spool.new_path(), repository=name)
-        self._fetches[digest.hex] = fetch
+        # Without room on the spool for another download its bytes go through memory (never a
+        # 503: a full disk is not an outage); checked again once the upstream announces the size.
+        fetch = BlobFetch(str(digest), self._spool.new_buffer(), repository=name)
+        self._fetches[digest.hex] = fetch  # replaces one that can no longer start from byte 0
         self._fetched_for[digest.hex] = (client.host, name)
 
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
             async with client.open_blob(name, digest) as stream:
-                if stream.size is not None:
-                    self._spool.admit(stream.size)
+                if stream.size is not None and not self._spool.has_room(stream.size):
+                    fetch.keep_off_disk(f"no room on the spool for {stream.size} bytes")
                 # The upstream answered for this repository: the blob belongs there. Recorded
                 # while the bytes flow, so the first byte does not wait for a storage write.
                 linking = asyncio.ensure_future(self._links.link(client.host, name, [digest]))
@@ -167,6 +201,8 @@ class BlobCache:
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
                     del self._fetched_for[digest.hex]
+            if fetch.committed:
+                self._usage.stored(digest, fetch.written)
             log.info(
                 "blob.fetched" if fetch.error is None else "blob.fetch_failed",
                 digest=str(digest),

@@ -21,6 +21,8 @@
 - Content belongs to repositories (``ContentLinks``): a cached manifest is served by digest under
   a repository only once it is known to belong there; a tag record is such proof for the
   manifest it names, and every manifest served under a repository links its references to it.
+- Every tag and manifest served is reported to ``on_use`` (the last-use records that expiry and
+  eviction go by).
 """
 
 from __future__ import annotations
@@ -105,8 +107,10 @@ class ManifestCache:
         keep_deleted_tags: bool = False,
         on_deleted_tag: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_use: Callable[[str], None] | None = None,
     ) -> None:
         self._storage = storage
+        self._on_use = on_use or (lambda key: None)
         self._tag_ttl = tag_ttl
         self._max_bytes = max_manifest_bytes
         self._links = links
@@ -215,6 +219,7 @@ class ManifestCache:
 
     async def _by_tag(self, client: RegistryClient, name: str, tag: str) -> Manifest:
         key = tag_key(client.host, name, tag)
+        self._on_use(key)
         ttl = self._tag_ttl.seconds(client.host, name, tag)
         try:
             answer = await self._tag_answer(client, name, tag, key, ttl)
@@ -341,8 +346,10 @@ class ManifestCache:
     # --- storage (fail-safe: a failing backend is a miss, a write that did not happen) ----------
 
     async def _load(self, digest: Digest) -> Manifest | None:
+        """The cached manifest (from memory or storage), counted as used: callers serve it."""
         cached = self._manifests.get(digest.hex)
         if cached is not None:
+            self._on_use(manifest_key(digest))
             return cached
         found = await self._storage.get(manifest_key(digest))
         if found is None:
@@ -355,10 +362,12 @@ class ManifestCache:
             return None
         manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
         self._manifests[digest.hex] = manifest
+        self._on_use(manifest_key(digest))
         return manifest
 
     async def _store(self, manifest: Manifest) -> None:
         self._manifests[manifest.digest.hex] = manifest
+        self._on_use(manifest_key(manifest.digest))
         # Overwrite: the bytes are verified, and a corrupt entry whose delete failed is healed.
         await self._storage.put(
             manifest_key(manifest.digest),

@@ -5,17 +5,22 @@ memory. Spool files live as long as their download and its slowest reader; the o
 process left behind are removed when the next one opens the spool.
 
 On Fargate the spool's disk is the task's ephemeral storage, shared with the image and everything
-else, and a full disk would fail every fetch in progress at once. So a new fetch is admitted only
-while the spool keeps within its budget (``PROXY_SPOOL_MAX_SIZE``) and the filesystem keeps
-``PROXY_SPOOL_MIN_FREE`` free; otherwise the client gets ``503 UNAVAILABLE`` with
-``Retry-After``, and cached content is served as before. A fetch is checked twice: before it
-starts (is there any room?) and when the upstream announces the blob's size (is there room for
-that many bytes?). ``PROXY_SPOOL_MIN_FREE`` is also the margin for fetches admitted before their
-size was known.
+else. So the spool keeps within its budget (``PROXY_SPOOL_MAX_SIZE``) and leaves the filesystem
+``PROXY_SPOOL_MIN_FREE`` free: a new download with no room for it there (``has_room``: checked
+before it starts, and again when the upstream announces the blob's size) does not touch the disk
+at all and goes through memory instead. A full disk is not an outage: its clients still get the
+whole blob, verified, and it is cached as usual where the cache storage has room.
+
+When the disk fills up anyway (other files grew, a size was not announced), a download does not
+fail either: its ``SpoolBuffer`` keeps the bytes that no longer fit in memory. Either way
+``BlobFetch`` bounds that memory to a window between its slowest reader and the download, and
+the event goes to the disk-full alarm (counted, logged once per interval, the evictor woken).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -26,14 +31,14 @@ from pathlib import Path
 import structlog
 
 from proxy.config import Settings
-from proxy.errors import RegistryError
+from proxy.storage import StorageError
+from proxy.storage.filesystem import DISK_FULL_ERRNOS
 from proxy.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
 
-# How long a client refused for lack of spool room is told to wait: long enough for the fetches
-# in progress to finish and free their spool files.
-RETRY_AFTER_SECONDS = 30
+#: Called with (where, detail) when a spool write finds the disk full.
+DiskFullReport = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +81,6 @@ def probe_writable(directory: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
-class SpoolFull(RegistryError):
-    """No room on the spool for another download: 503 with Retry-After, nothing is fetched."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            "UNAVAILABLE",
-            detail=detail,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-
-
 class Spool:
     def __init__(
         self,
@@ -95,8 +89,10 @@ class Spool:
         max_size: int | None = None,
         min_free: int = 0,
         statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
+        on_full: DiskFullReport | None = None,
     ) -> None:
         self.directory = directory
+        self.on_full = on_full
         self.max_size = max_size
         self.min_free = min_free
         self._statvfs = statvfs
@@ -111,6 +107,11 @@ class Spool:
     def new_path(self) -> Path:
         """A path for a new spool file (the caller creates it exclusively)."""
         return self.directory / temp_name()
+
+    def new_buffer(self) -> SpoolBuffer:
+        """The buffer of a new download: a new spool file while there is room for one, else
+        memory only."""
+        return SpoolBuffer(self.new_path(), self.on_full, on_disk=self.has_room(None))
 
     # --- admission ------------------------------------------------------------------------------
 
@@ -134,14 +135,141 @@ class Spool:
                     continue  # a fetch released its spool file meanwhile
         return total
 
-    def admit(self, size: int | None) -> None:
-        """Raise ``SpoolFull`` unless a download of ``size`` bytes (None: not known yet) fits."""
+    def has_room(self, size: int | None) -> bool:
+        """Whether a download of ``size`` bytes (None: not known yet) fits on the spool disk."""
         room = self.room()
         if room >= (size or 1):
-            return
+            return True
         wanted = "another download" if size is None else f"a blob of {size} bytes"
-        log.warning("spool.full", directory=str(self.directory), room=room, size=size)
-        raise SpoolFull(
-            f"no room on the spool for {wanted} (at most {max(room, 0)} bytes); "
-            "cached content is still served"
+        log.warning(
+            "spool.full",
+            directory=str(self.directory),
+            room=room,
+            size=size,
+            note=f"no room for {wanted}: it streams through memory, cached content is served",
         )
+        return False
+
+
+class SpoolGap(StorageError):
+    """The bytes asked for were held in memory only, and every reader had passed them."""
+
+
+class SpoolFailed(StorageError):
+    """The spool file could not be written or read (an I/O error other than a full disk).
+
+    A StorageError, not the OSError itself: the route takes an OSError for a client that went
+    away, and would leave the others waiting instead of aborting their responses."""
+
+
+class SpoolBuffer:
+    """One download's bytes: in a spool file while the disk takes them, then in memory.
+
+    Bytes ``[0, on_disk)`` are in the file. When a write finds the disk full the file stops
+    growing (its unfinished tail is cut off, giving the room back) and every later byte is kept
+    in memory, from ``memory_start`` on. ``trim`` drops memory bytes that every reader has
+    passed; once it did, the buffer has a gap and a new reader cannot start from byte 0
+    (``complete_from_start`` is False): the blob cache starts another download for it.
+    """
+
+    def __init__(
+        self, path: Path, on_full: DiskFullReport | None = None, *, on_disk: bool = True
+    ) -> None:
+        """``on_disk`` False: the spool has no room for it, the bytes go to memory from the
+        start."""
+        self.path = path
+        self._on_full = on_full
+        self.on_disk = 0
+        self.memory_start: int | None = None  # None while every byte goes to the file
+        self._memory = bytearray()
+        self._fd: int | None = None
+        if not on_disk:
+            self.spill("no room on the spool")
+            return
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            self.spill(str(exc))
+
+    @property
+    def spilled(self) -> bool:
+        return self.memory_start is not None
+
+    @property
+    def memory_bytes(self) -> int:
+        return len(self._memory)
+
+    @property
+    def complete_from_start(self) -> bool:
+        """Whether every byte appended so far can still be read."""
+        return self.memory_start is None or self.memory_start == self.on_disk
+
+    def readable(self, position: int) -> bool:
+        return self.memory_start is None or position < self.on_disk or position >= self.memory_start
+
+    async def append(self, chunk: bytes) -> None:
+        if self.memory_start is None:
+            assert self._fd is not None
+            try:
+                await asyncio.to_thread(_pwrite_all, self._fd, chunk, self.on_disk)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+                self.spill(str(exc))
+            else:
+                self.on_disk += len(chunk)
+                return
+        self._memory += chunk
+
+    def spill(self, detail: str) -> None:
+        """Write nothing more to the file: later bytes stay in memory (``detail``: why)."""
+        if self.memory_start is not None:
+            return
+        self.memory_start = self.on_disk
+        if self._fd is not None:
+            # Part of a failed write may have landed: give those blocks back to the disk.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.on_disk)
+        if self._on_full is not None:
+            self._on_full("spool", detail)
+
+    async def read(self, position: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``position`` (which must be appended already)."""
+        if position < self.on_disk:
+            assert self._fd is not None
+            try:
+                return await asyncio.to_thread(
+                    os.pread, self._fd, min(size, self.on_disk - position), position
+                )
+            except OSError as exc:
+                raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+        if self.memory_start is not None and position >= self.memory_start:
+            offset = position - self.memory_start
+            return bytes(self._memory[offset : offset + size])
+        raise SpoolGap(f"bytes from {position} of {self.path.name} are no longer held")
+
+    def trim(self, before: int) -> None:
+        """Drop the memory bytes before ``before`` (every reader is past them)."""
+        if self.memory_start is None or before <= self.memory_start:
+            return
+        drop = min(before - self.memory_start, len(self._memory))
+        del self._memory[:drop]
+        self.memory_start += drop
+
+    def close(self) -> None:
+        self._memory = bytearray()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written

@@ -172,21 +172,49 @@ def test_lifecycle_aborts_incomplete_multipart_uploads(any_synth: Synthesized) -
     } in rules
 
 
+def lifecycle_rules(synth: Synthesized) -> list[dict[str, Any]]:
+    bucket = synth.resources("AWS::S3::Bucket")[cache_bucket_id(synth)]["Properties"]
+    rules: list[dict[str, Any]] = bucket["LifecycleConfiguration"]["Rules"]
+    return rules
+
+
+def test_no_lifecycle_rule_ages_cached_content(any_synth: Synthesized) -> None:
+    # Content expires by last use (the proxy's sweeps); by age only the last-use records do.
+    expiring = [rule for rule in lifecycle_rules(any_synth) if "ExpirationInDays" in rule]
+    assert [rule["Prefix"] for rule in expiring] == ["cache/access/"]
+
+
 def test_cache_expiry_is_off_by_default(default_synth: Synthesized) -> None:
-    bucket = default_synth.resources("AWS::S3::Bucket")[cache_bucket_id(default_synth)]
-    rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
-    assert all("ExpirationInDays" not in rule for rule in rules)
+    assert "PROXY_CACHE_EXPIRE_UNUSED" not in environment(default_synth)
+    [records] = [r for r in lifecycle_rules(default_synth) if "ExpirationInDays" in r]
+    assert records["ExpirationInDays"] == 90
 
 
-def test_cache_expiry_applies_to_the_cache_prefix_when_set(custom_synth: Synthesized) -> None:
-    bucket = custom_synth.resources("AWS::S3::Bucket")[cache_bucket_id(custom_synth)]
-    rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+def test_cache_expiry_by_last_use_when_set(custom_synth: Synthesized) -> None:
+    assert environment(custom_synth)["PROXY_CACHE_EXPIRE_UNUSED"] == "30d"
     assert {
-        "ExpirationInDays": 30,
-        "Id": "expire-cached-objects",
-        "Prefix": "cache/",
+        "ExpirationInDays": 31,
+        "Id": "expire-stale-last-use-records",
+        "Prefix": "cache/access/",
         "Status": "Enabled",
-    } in rules
+    } in lifecycle_rules(custom_synth)
+
+
+def test_cache_gc_runs_daily_as_the_proxy_task(any_synth: Synthesized) -> None:
+    rule = any_synth.only("AWS::Events::Rule")
+    assert rule["ScheduleExpression"] == "cron(17 3 * * ? *)"
+    [target] = rule["Targets"]
+    task_definition = any_synth.logical_id("AWS::ECS::TaskDefinition")
+    parameters = target["EcsParameters"]
+    assert parameters["TaskDefinitionArn"] == ref(task_definition)
+    assert parameters["LaunchType"] == "FARGATE" and parameters["TaskCount"] == 1
+    network = parameters["NetworkConfiguration"]["AwsVpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    assert network["SecurityGroups"] == [
+        {"Fn::GetAtt": [group_id(any_synth, any_synth.stack.service_security_group), "GroupId"]}
+    ]
+    overrides = json.loads(target["Input"])["containerOverrides"]
+    assert overrides == [{"name": "proxy", "command": ["cache", "gc"]}]
 
 
 # ---------------------------------------------------------------------------- credentials
