@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from proxy.cache.inflight import MEMORY_WINDOW
 from proxy.cache.spool import SpoolLocation, probe_writable, spool_location
 from proxy.config import Settings
 
@@ -23,11 +24,13 @@ GiB = 1024**3
 # Memory the proxy needs with no fetch in progress (interpreter, libraries, the bounded
 # in-memory manifest and tag caches) and for each upstream fetch in progress. An S3 upload
 # holds the part being filled and the part being sent, plus botocore's buffers (37 MB measured
-# for one 500 MB blob, docs/benchmarks.md); a fetch into a local cache holds only a chunk.
+# for one 500 MB blob, docs/benchmarks.md); a fetch into a local cache holds only a chunk. On
+# top of that, when the spool's disk is full a download streams through memory instead, at most
+# MEMORY_WINDOW (8 MiB) ahead of its slowest client (proxy/cache/inflight.py).
 # infra/registry_proxy_infra/sizing.py sizes Fargate tasks with the same figures.
 BASE_MEMORY = 256 * MiB
-S3_FETCH_MEMORY = 40 * MiB
-FILESYSTEM_FETCH_MEMORY = 2 * MiB
+S3_FETCH_MEMORY = 40 * MiB + MEMORY_WINDOW
+FILESYSTEM_FETCH_MEMORY = 2 * MiB + MEMORY_WINDOW
 
 
 class StartupError(Exception):

@@ -65,7 +65,7 @@ def test_fetches_must_fit_in_memory() -> None:
     with pytest.raises(StartupError) as info:
         check_memory(Settings(storage=s3, memory_limit=limit, max_upstream_fetches=64))
     message = str(info.value)
-    assert message.startswith("PROXY_MAX_UPSTREAM_FETCHES=64 needs about 2816MiB")
+    assert message.startswith("PROXY_MAX_UPSTREAM_FETCHES=64 needs about 3328MiB")
     assert "PROXY_MEMORY_LIMIT=2GiB" in message
     assert f"lower PROXY_MAX_UPSTREAM_FETCHES to {fitting} " in message
     # a local cache writes straight to disk: 64 fetches fit easily

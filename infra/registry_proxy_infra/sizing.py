@@ -4,8 +4,8 @@ Each upstream fetch in progress holds memory (an S3 upload keeps up to two parts
 botocore's buffers: about 37 MB measured) and disk (its spool file, as large as the blob, kept
 until the slowest client following the fetch has read it). So the number of fetches at once is
 the smaller of what the memory and what the ephemeral storage can hold, and the proxy is told
-both budgets so it can check them at start-up (``PROXY_MEMORY_LIMIT``) and refuse new fetches
-with 503 rather than fill the disk (``PROXY_SPOOL_MAX_SIZE``, ``PROXY_SPOOL_MIN_FREE``).
+both budgets so it can check them at start-up (``PROXY_MEMORY_LIMIT``) and stream a download
+through memory rather than fill the disk (``PROXY_SPOOL_MAX_SIZE``, ``PROXY_SPOOL_MIN_FREE``).
 
 The memory figures are the proxy's own (``proxy/startup.py``); a test keeps them equal.
 """
@@ -19,7 +19,7 @@ GiB = 1024**3
 
 # proxy/startup.py: BASE_MEMORY and S3_FETCH_MEMORY.
 BASE_MEMORY_MIB = 256
-S3_FETCH_MEMORY_MIB = 40
+S3_FETCH_MEMORY_MIB = 48  # an S3 upload (40) and the disk-full memory window (8)
 # Ephemeral storage that is not the spool's: the image's layers, the container's writable layer.
 EPHEMERAL_RESERVED_GIB = 4
 # Free space the proxy keeps on the spool's filesystem: the margin for fetches admitted before

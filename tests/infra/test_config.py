@@ -228,7 +228,7 @@ def test_operational_settings() -> None:
     ("memory", "storage", "per_fetch", "fetches", "spool_gib"),
     [
         (2048, 40, 1024, 35, 35),  # the defaults: the disk decides
-        (1024, 40, 1024, 19, 35),  # a small task: the memory decides
+        (1024, 40, 1024, 16, 35),  # a small task: the memory decides
         (8192, 200, 512, 64, 195),  # a large one: capped
         (2048, 21, 4096, 4, 16),  # huge layers on a small disk
     ],
