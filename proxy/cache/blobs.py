@@ -4,6 +4,13 @@ Blobs are content-addressed and immutable, so a cached digest is served without 
 request. A miss starts (or joins) the one ``BlobFetch`` for that digest; every client that wants the
 blob meanwhile follows the same download.
 
+A blob cached (or being fetched) for one repository is served under another only when it belongs
+there too: one separate step, ``ContentLinks.admit`` (a memory lookup on the warm path).
+
+Housekeeping hooks (``BlobUsage``): every hit and every stored blob is recorded as a use, and a
+blob served from the cache is held for as long as its ``BlobContent`` lives, so eviction never
+takes it from under a client.
+
 A download may also be started before any client asks (``prefetch``, see ``proxy.cache.prefetch``)
 and big blobs are fetched in pieces (``proxy.cache.pieces``); either way it is the same one
 download per digest that clients follow.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +30,7 @@ import structlog
 
 from proxy.cache.inflight import BlobFetch, UpstreamOpener, pump
 from proxy.cache.keys import blob_key
+from proxy.cache.links import ContentLinks
 from proxy.cache.pieces import (
     PieceBudget,
     PieceObserver,
@@ -30,6 +39,7 @@ from proxy.cache.pieces import (
     open_in_pieces,
 )
 from proxy.cache.spool import Spool
+from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
@@ -39,9 +49,13 @@ from proxy.upstream.errors import UpstreamError
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class BlobContent:
-    """A blob ready to be sent: its size and a way to stream any byte range of it."""
+    """A blob ready to be sent: its size and a way to stream any byte range of it.
+
+    Whatever it holds for its reader (a cached blob kept from eviction, a place in a download)
+    is let go when it is garbage: the route has nothing to release.
+    """
 
     digest: Digest
     size: int | None
@@ -66,15 +80,21 @@ class BlobCache:
         storage: FailSafeStorage,
         spool: Spool,
         *,
+        links: ContentLinks,
         redirect_expires: int | None = None,
         max_fetches: int = 64,
+        usage: BlobUsage | None = None,
         pieces: PieceSettings | None = None,
         observer: BlobObserver | None = None,
     ) -> None:
         self._storage = storage
         self._spool = spool
+        self._links = links
+        self._usage = usage or BlobUsage()
         self._redirect_expires = redirect_expires
         self._fetches: dict[str, BlobFetch] = {}
+        # (upstream host, repository) each fetch in flight is for: its own clients need no check.
+        self._fetched_for: dict[str, tuple[str, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
@@ -89,14 +109,29 @@ class BlobCache:
     def in_flight(self) -> int:
         return len(self._fetches)
 
+    def downloads(self) -> list[dict[str, object]]:
+        """The downloads in progress: digest, repository, bytes so far and size (if known)."""
+        return [
+            {
+                "digest": fetch.digest,
+                "repository": fetch.repository,
+                "bytes": fetch.written,
+                "size": fetch.size,
+            }
+            for fetch in self._fetches.values()
+        ]
+
     async def stat(self, client: RegistryClient, name: str, digest: Digest) -> int | None:
         """The blob's size for a HEAD, without downloading it (the upstream's HEAD is free)."""
         info = await self._stat(digest)
         if info is not None:
+            await self._admit(client, name, digest)
             mark_cache("hit")
+            self._usage.served(digest)
             return info
         fetch = self._fetches.get(digest.hex)
         if fetch is not None:
+            await self._admit(client, name, digest)
             mark_cache("miss")
             return await fetch.wait_started()
         mark_cache("miss")
@@ -104,25 +139,45 @@ class BlobCache:
 
     async def get(self, client: RegistryClient, name: str, digest: Digest) -> BlobContent:
         """The blob from the cache, or from the (shared) upstream download."""
-        fetch = self._fetches.get(digest.hex)
+        fetch = self._joinable(digest)
         if fetch is None:
+            release = await self._usage.hold(digest)
             size = await self._stat(digest)
             if size is not None:
-                mark_cache("hit")
-                self._client_wants(digest, None)
-                return await self._cached(digest, size)
-            fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
+                try:
+                    await self._admit(client, name, digest)
+                    mark_cache("hit")
+                    self._usage.served(digest)
+                    self._client_wants(digest, None)
+                    content = await self._cached(digest, size)
+                except BaseException:
+                    release()
+                    raise
+                weakref.finalize(content, release)
+                return content
+            release()
+            fetch = self._joinable(digest) or self._start(client, name, digest)
+        await self._admit(client, name, digest)
         mark_cache("miss")
         self._client_wants(digest, fetch)
+        reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
         try:
-            size = await fetch.wait_started()
-        except UpstreamError:
-            if not fetch.prefetch:
-                raise
-            # A prefetch failed before its first byte: the client's request tries on its own.
-            fetch = self._fetches.get(digest.hex) or self._start(client, name, digest)
-            size = await fetch.wait_started()
-        return BlobContent(digest, size, fetch.read, False)
+            try:
+                size = await fetch.wait_started()
+            except UpstreamError:
+                if not fetch.prefetch:
+                    raise
+                # A prefetch failed before its first byte: the client's request tries on its own.
+                reader.close()
+                fetch = self._joinable(digest) or self._start(client, name, digest)
+                reader = fetch.reader()
+                size = await fetch.wait_started()
+        except BaseException:
+            reader.close()
+            raise
+        content = BlobContent(digest, size, reader.read, False)
+        weakref.finalize(content, reader.close)
+        return content
 
     async def prefetch(
         self, client: RegistryClient, name: str, digest: Digest, size: int | None
@@ -132,7 +187,8 @@ class BlobCache:
         None when there is nothing to do (cached, or a download is in flight) or nothing to gain:
         while the cache storage is failing the blob would not be kept, and the client's own
         request would download it again. ``size`` is what the manifest says, used only to plan
-        the pieces.
+        the pieces. The caller has checked that the blob belongs to ``name`` (it is named by a
+        manifest of that repository).
         """
         if self._storage.is_open:
             return None
@@ -153,6 +209,24 @@ class BlobCache:
             hit = self._prefetched.pop(digest.hex, False)
         if hit and self._observer is not None:
             self._observer.prefetch_hit()
+
+    def _joinable(self, digest: Digest) -> BlobFetch | None:
+        """The download of this digest a new client can follow from byte 0, if any (with the
+        spool disk full a download may have let go of its first bytes)."""
+        fetch = self._fetches.get(digest.hex)
+        return fetch if fetch is not None and fetch.complete_from_start else None
+
+    async def _admit(self, client: RegistryClient, name: str, digest: Digest) -> None:
+        """Raise UpstreamNotFound unless the blob may be served under ``name`` (ContentLinks)."""
+        if self._fetched_for.get(digest.hex) == (client.host, name):
+            return  # being fetched for this very repository: the upstream answered for it
+        await self._links.admit(
+            client.host,
+            name,
+            digest,
+            lambda: client.head_blob(name, digest),
+            not_found_code="BLOB_UNKNOWN",
+        )
 
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)
@@ -178,10 +252,26 @@ class BlobCache:
         size_hint: int | None = None,
         prefetch: bool = False,
     ) -> BlobFetch:
-        fetch = BlobFetch(str(digest), self._spool.new_path())
+        # Without room on the spool for another download its bytes go through memory (never a
+        # 503: a full disk is not an outage); checked again once the upstream announces the size.
+        fetch = BlobFetch(str(digest), self._spool.new_buffer(), repository=name)
         fetch.prefetch = prefetch
-        self._fetches[digest.hex] = fetch
-        open_upstream = self._upstream_opener(client, name, digest, fetch, size_hint)
+        self._fetches[digest.hex] = fetch  # replaces one that can no longer start from byte 0
+        self._fetched_for[digest.hex] = (client.host, name)
+        opener = self._upstream_opener(client, name, digest, fetch, size_hint)
+
+        @contextlib.asynccontextmanager
+        async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+            async with opener() as (size, chunks):
+                if size is not None and not self._spool.has_room(size):
+                    fetch.keep_off_disk(f"no room on the spool for {size} bytes")
+                # The upstream answered for this repository: the blob belongs there. Recorded
+                # while the bytes flow, so the first byte does not wait for a storage write.
+                linking = asyncio.ensure_future(self._links.link(client.host, name, [digest]))
+                try:
+                    yield size, chunks
+                finally:
+                    await linking
 
         async def open_writer(size: int | None) -> FailSafeWriter:
             return await self._storage.writer(blob_key(digest), digest.hex, size)
@@ -194,8 +284,11 @@ class BlobCache:
                 # Later requests read the committed blob from storage (or fetch anew on failure).
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
+                    del self._fetched_for[digest.hex]
                 if fetch.prefetch and fetch.committed and not fetch.client_asked:
                     self._prefetched[digest.hex] = True
+            if fetch.committed:
+                self._usage.stored(digest, fetch.written)
             log.info(
                 "blob.fetched" if fetch.error is None else "blob.fetch_failed",
                 digest=str(digest),
@@ -220,7 +313,7 @@ class BlobCache:
         size_hint: int | None,
     ) -> UpstreamOpener:
         """How the pump opens the upstream: one stream, or pieces for a big blob."""
-        if not self._pieces.enabled:
+        if not self._pieces.enabled or not fetch.on_disk:
 
             @contextlib.asynccontextmanager
             async def open_whole() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
@@ -242,6 +335,8 @@ class BlobCache:
                 size_hint=size_hint,
                 # A prefetch no client waits on yet leaves a client's download its pieces.
                 keep=self._pieces.pieces - 1 if fetch.prefetch and not fetch.client_asked else 0,
+                # Pieces land ahead of the consumer, in the spool file: only with room for them.
+                room=lambda total: fetch.on_disk and self._spool.has_room(total),
             )
 
         return open_pieces

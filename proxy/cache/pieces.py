@@ -142,11 +142,14 @@ async def open_in_pieces(
     observer: PieceObserver,
     size_hint: int | None = None,
     keep: int = 0,
+    room: Callable[[int | None], bool] | None = None,
 ) -> AsyncIterator[tuple[int | None, Chunks]]:
     """Open a blob as ``(size, chunks in order)``, fetching it in pieces when it is big.
 
     ``size_hint`` (the size a manifest gave) lets the pieces be equal from the start; without it
     the head asks for ``threshold`` bytes and the rest is split once the size is known.
+    ``room(total)`` says whether the store can take the whole blob ahead of the consumer (a
+    spool disk nearly full cannot): when it cannot, the rest comes as one stream after the head.
     """
     head_range = _head_range(digest, size_hint, settings)
     ranged = head_range[0] is not None
@@ -175,7 +178,7 @@ async def open_in_pieces(
             yield span.total, head.chunks  # the whole blob fitted in the head
             return
         rest = _split(span.end + 1, span.total, settings.pieces - 1)
-        extra = budget.take(len(rest), keep=keep)
+        extra = budget.take(len(rest), keep=keep) if room is None or room(span.total) else 0
         download = PieceDownload(
             open_range,
             head,

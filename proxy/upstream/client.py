@@ -25,7 +25,7 @@ import structlog
 
 from proxy.config import UpstreamSettings
 from proxy.logs import count_upstream_request
-from proxy.manifest import UPSTREAM_ACCEPT, Manifest, media_type_of
+from proxy.manifest import OCI_INDEX, UPSTREAM_ACCEPT, Manifest, media_type_of
 from proxy.reference import Digest
 from proxy.upstream.auth import TokenAuth
 from proxy.upstream.backoff import Backoff
@@ -219,6 +219,13 @@ class RegistryClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _broken(f"manifest body broken: {_describe(exc)}", exc) from exc
         return bytes(data)
+
+    async def get_referrers(self, name: str, path: str, max_bytes: int) -> tuple[bytes, str | None]:
+        """One page of an OCI 1.1 referrers list (``path``: ``/referrers/<digest>[?query]``):
+        its body and Link header. Not a pull: Docker Hub counts manifest GETs only."""
+        async with self._request("GET", name, path, {"Accept": OCI_INDEX}, "NOT_FOUND") as response:
+            body = await self._read_limited(response, max_bytes)
+            return body, response.headers.get("Link")
 
     # --- blobs ----------------------------------------------------------------------------------
 
