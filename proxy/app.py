@@ -84,6 +84,7 @@ def create_app(
         # progress get until one deadline to finish (proxy/shutdown.py).
         services = app.get(routes.SERVICES)
         if services is not None:
+            await services.prefetch.close()  # no new downloads now
             await drain(settings.shutdown_grace, services.blobs, requests)
 
     app.cleanup_ctx.append(resources)

@@ -99,6 +99,9 @@ class Settings:
     spool_dir: Path | None = None
     quota_warn_remaining: int = 10
     max_upstream_fetches: int = 64
+    prefetch: bool = True
+    fetch_pieces: int = 4
+    fetch_piece_threshold: int = 16 * 1024 * 1024
     client_idle_timeout: float = 75.0
     allow_cidrs: tuple[Network, ...] = ()
     anonymous_cidrs: tuple[Network, ...] = ()
@@ -274,6 +277,12 @@ def _positive_count(value: str) -> int:
     return int(value)
 
 
+def _piece_count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise ValueError("expected a whole number from 1 (no pieces) to 16")
+    return int(value)
+
+
 def _namespace(value: str) -> str:
     # CloudWatch's rule for namespaces; AWS/ is reserved for AWS's own.
     if not re.fullmatch(r"[A-Za-z0-9.\-_/#:]{1,255}", value) or value.startswith("AWS/"):
@@ -340,6 +349,11 @@ ENV_VARS: dict[str, str] = {
     "PROXY_AUTH_TOKENS": "comma-separated static tokens accepted as Bearer or as Basic password",
     "PROXY_ANONYMOUS_CIDRS": "networks that need no login when auth is on (Docker mirror clients)",
     "PROXY_MAX_UPSTREAM_FETCHES": "blob downloads from upstreams at once; more wait (default 64)",
+    "PROXY_PREFETCH": "true: when an image manifest is served, fetch its blobs before the client "
+    "asks (default true)",
+    "PROXY_FETCH_PIECES": "Range requests a big blob is fetched in at once; 1: one stream "
+    "(default 4)",
+    "PROXY_FETCH_PIECE_THRESHOLD": "blobs larger than this are fetched in pieces (default 16MiB)",
     "PROXY_CLIENT_IDLE_TIMEOUT": "seconds an idle keep-alive connection stays open (default 75)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
     "PROXY_CACHE_MAX_SIZE": "largest cache: a size (50GiB), a share of its disk (80%) or off "
@@ -447,6 +461,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         auth_tokens=read.get("PROXY_AUTH_TOKENS", load_tokens, frozenset()),
         max_upstream_fetches=read.get(
             "PROXY_MAX_UPSTREAM_FETCHES", _positive_count, defaults.max_upstream_fetches
+        ),
+        prefetch=read.get("PROXY_PREFETCH", _bool, defaults.prefetch),
+        fetch_pieces=read.get("PROXY_FETCH_PIECES", _piece_count, defaults.fetch_pieces),
+        fetch_piece_threshold=read.get(
+            "PROXY_FETCH_PIECE_THRESHOLD", _size, defaults.fetch_piece_threshold
         ),
         client_idle_timeout=read.get(
             "PROXY_CLIENT_IDLE_TIMEOUT", _positive_seconds, defaults.client_idle_timeout

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy.errors import RegistryError
 from proxy.reference import Digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -164,6 +165,36 @@ def referenced_digests(data: bytes) -> tuple[list[str], list[str]]:
         ]
     ]
     return manifests, blobs
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDescriptor:
+    """A blob an image manifest names, with the size the manifest gives for it."""
+
+    digest: Digest
+    size: int | None
+
+
+def image_blobs(data: bytes) -> list[BlobDescriptor]:
+    """The config and layers of an image manifest, each once (malformed entries skipped).
+
+    Used to prefetch: the sizes only plan the download, the digest is what gets verified.
+    """
+    document = _load(data) or {}
+    layers = document.get("layers")
+    entries = [document.get("config"), *(layers if isinstance(layers, list) else [])]
+    found: dict[str, BlobDescriptor] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+            continue
+        try:
+            digest = Digest.parse(entry["digest"])
+        except RegistryError:
+            continue
+        size = entry.get("size")
+        valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+        found.setdefault(digest.hex, BlobDescriptor(digest, size if valid_size else None))
+    return list(found.values())
 
 
 def _descriptors(value: object) -> list[dict[str, Any]]:

@@ -92,6 +92,33 @@ class Metrics:
         self.storage_errors = Counter(
             "registry_proxy_storage_errors", "Cache storage failures", registry=r
         )
+        # --- prefetch and pieces (proxy.cache.prefetch, proxy.cache.pieces) ---
+        self.prefetched_blobs = Counter(
+            "registry_proxy_prefetched_blobs",
+            "Blobs downloaded (and verified) by prefetch before a client asked for them",
+            registry=r,
+        )
+        self.prefetched_bytes = Counter(
+            "registry_proxy_prefetched_bytes", "Bytes of the blobs prefetched", registry=r
+        )
+        self.prefetch_hits = Counter(
+            "registry_proxy_prefetch_hits",
+            "Blobs a client asked for that a prefetch had already downloaded or started",
+            registry=r,
+        )
+        self.prefetch_failures = Counter(
+            "registry_proxy_prefetch_failures", "Prefetches that failed (only logged)", registry=r
+        )
+        self.fetch_pieces = Counter(
+            "registry_proxy_fetch_pieces",
+            "Range pieces of big blobs downloaded from upstreams",
+            registry=r,
+        )
+        self.fetch_fallbacks = Counter(
+            "registry_proxy_fetch_fallbacks",
+            "Big blob downloads that fell back to one stream (Range ignored, a piece failed)",
+            registry=r,
+        )
         self.deleted_tags = Counter(
             "registry_proxy_deleted_tag_answers",
             "Answers for tags deleted upstream: not_found (404) or kept (PROXY_KEEP_DELETED_TAGS)",
@@ -173,6 +200,24 @@ class Metrics:
             )
         elif remaining >= self.quota_warn_remaining:
             quota.warned_at_remaining = None
+
+    # --- the blob cache's and the prefetcher's observer ----------------------------------------
+
+    def blob_prefetched(self, size: int) -> None:
+        self.prefetched_blobs.inc()
+        self.prefetched_bytes.inc(size)
+
+    def prefetch_failed(self) -> None:
+        self.prefetch_failures.inc()
+
+    def prefetch_hit(self) -> None:
+        self.prefetch_hits.inc()
+
+    def piece_fetched(self) -> None:
+        self.fetch_pieces.inc()
+
+    def pieces_fell_back(self) -> None:
+        self.fetch_fallbacks.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -80,6 +80,7 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         head_found = await services.manifests.head_by_digest(client, name, reference.digest)
+        services.prefetch.manifest_head(client, name, reference.digest)
         return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)
@@ -104,6 +105,10 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
         if found.stale_reason
         else None
     )
+    if not head:
+        # The client will ask for this image's blobs next: start fetching them now. (A HEAD by
+        # tag is often only a check for a new digest: it prefetches nothing.)
+        services.prefetch.manifest_served(client, name, found)
     # aiohttp sends only the headers (with this Content-Length) when the request is a HEAD.
     return _manifest_response(
         found.media_type, found.digest, len(found.data), found.data, warning=warning

@@ -20,7 +20,9 @@ from proxy.cache.janitor import Janitor
 from proxy.cache.lastuse import LastUse, UseRecords, new_instance_id
 from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
+from proxy.cache.pieces import PieceSettings
 from proxy.cache.pins import BlobPins
+from proxy.cache.prefetch import Prefetcher
 from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool, spool_location
 from proxy.cache.usage import BlobUsage
@@ -51,6 +53,7 @@ class Services:
     policy: RepositoryPolicy
     fleet: Fleet
     janitor: Janitor
+    prefetch: Prefetcher
 
     def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
         """(client, upstream repository name) for a request, refused (403) by the repository
@@ -137,6 +140,8 @@ async def open_services(
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
             usage=BlobUsage(last_use, pins, janitor.stored),
+            pieces=PieceSettings(settings.fetch_pieces, settings.fetch_piece_threshold),
+            observer=metrics,
         )
         tag_ttl = TagTtl(settings.tag_ttl, settings.tag_ttl_rules, settings.upstream.host)
         manifests = ManifestCache(
@@ -154,6 +159,14 @@ async def open_services(
             tag_ttl=tag_ttl,
             negative_ttl=settings.negative_ttl,
             max_bytes=settings.max_manifest_bytes,
+        )
+        prefetch = Prefetcher(
+            blobs,
+            manifests,
+            enabled=settings.prefetch,
+            # Client requests come first: prefetches get a quarter of the fetch slots.
+            max_fetches=max(1, settings.max_upstream_fetches // 4),
+            observer=metrics,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         policy = RepositoryPolicy(
@@ -182,8 +195,10 @@ async def open_services(
                 policy,
                 fleet,
                 janitor,
+                prefetch,
             )
         finally:
+            await prefetch.close()
             await blobs.close()
             await janitor.stop()
             await safe_storage.close()

@@ -19,6 +19,8 @@ def test_defaults() -> None:
     assert settings.storage.path == Path("cache")
     assert settings.log_format == "console"
     assert settings.tag_ttl == 300
+    assert settings.prefetch is True
+    assert (settings.fetch_pieces, settings.fetch_piece_threshold) == (4, 16 * 1024 * 1024)
 
 
 def test_values_are_parsed() -> None:
@@ -32,8 +34,13 @@ def test_values_are_parsed() -> None:
             "PROXY_LOG_FORMAT": "JSON",
             "PROXY_TAG_TTL": "0",
             "PROXY_MAX_MANIFEST_SIZE": "1MiB",
+            "PROXY_PREFETCH": "false",
+            "PROXY_FETCH_PIECES": "8",
+            "PROXY_FETCH_PIECE_THRESHOLD": "32m",
         }
     )
+    assert settings.prefetch is False
+    assert (settings.fetch_pieces, settings.fetch_piece_threshold) == (8, 32 * 1024 * 1024)
     assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 8080)
     assert settings.upstream.url == "http://127.0.0.1:5001"
     assert settings.storage.bucket == "bucket" and settings.storage.prefix == "some/prefix"
@@ -86,6 +93,10 @@ def test_production_settings_are_parsed() -> None:
         ({"PROXY_UPSTREAM_USERNAME": "u"}, "PROXY_UPSTREAM_PASSWORD", "access token"),
         ({"PROXY_UPSTREAM_PASSWORD": "p"}, "PROXY_UPSTREAM_USERNAME", "required"),
         ({"PROXY_MAX_MANIFEST_SIZE": "big"}, "PROXY_MAX_MANIFEST_SIZE", "4MiB"),
+        ({"PROXY_PREFETCH": "sometimes"}, "PROXY_PREFETCH", "true or false"),
+        ({"PROXY_FETCH_PIECES": "0"}, "PROXY_FETCH_PIECES", "1 (no pieces) to 16"),
+        ({"PROXY_FETCH_PIECES": "17"}, "PROXY_FETCH_PIECES", "1 (no pieces) to 16"),
+        ({"PROXY_FETCH_PIECE_THRESHOLD": "0"}, "PROXY_FETCH_PIECE_THRESHOLD", "4MiB"),
         ({"PROXY_CACHE_MAX_SIZE": "huge"}, "PROXY_CACHE_MAX_SIZE", "50GiB"),
         ({"PROXY_CACHE_MAX_SIZE": "0"}, "PROXY_CACHE_MAX_SIZE", "50GiB"),
         ({"PROXY_CACHE_MAX_SIZE": "150%"}, "PROXY_CACHE_MAX_SIZE", "at most 100"),

@@ -1000,6 +1000,8 @@ async def hostile_run(work: Path) -> HostileRun:
             with OpenRecorder() as opened:
                 answers = await run_probes(port, probes)
             elapsed = time.monotonic() - started
+            # Blobs of the images the probes were served start downloading in the background.
+            await asyncio.wait_for(services.prefetch.wait_idle(), timeout=10)
             await services.blobs.drain(10)  # downloads the probes started
             in_flight_after = services.blobs.in_flight
         finally:

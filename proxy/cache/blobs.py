@@ -10,6 +10,10 @@ there too: one separate step, ``ContentLinks.admit`` (a memory lookup on the war
 Housekeeping hooks (``BlobUsage``): every hit and every stored blob is recorded as a use, and a
 blob served from the cache is held for as long as its ``BlobContent`` lives, so eviction never
 takes it from under a client.
+
+A download may also be started before any client asks (``prefetch``, see ``proxy.cache.prefetch``)
+and big blobs are fetched in pieces (``proxy.cache.pieces``); either way it is the same one
+download per digest that clients follow.
 """
 
 from __future__ import annotations
@@ -19,18 +23,28 @@ import contextlib
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+import cachetools
 import structlog
 
-from proxy.cache.inflight import BlobFetch, pump
+from proxy.cache.inflight import BlobFetch, UpstreamOpener, pump
 from proxy.cache.keys import blob_key
 from proxy.cache.links import ContentLinks
+from proxy.cache.pieces import (
+    PieceBudget,
+    PieceObserver,
+    PieceSettings,
+    blob_ranges,
+    open_in_pieces,
+)
 from proxy.cache.spool import Spool
 from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
 from proxy.upstream.client import RegistryClient
+from proxy.upstream.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +64,16 @@ class BlobContent:
     redirect_url: str | None = None
 
 
+class BlobObserver(PieceObserver, Protocol):
+    """Hears what downloads did (the metrics implement it)."""
+
+    def prefetch_hit(self) -> None: ...
+
+
+# Prefetched blobs remembered until a client asks for them (to count prefetch hits).
+PREFETCHED_MEMORY = 10_000
+
+
 class BlobCache:
     def __init__(
         self,
@@ -60,6 +84,8 @@ class BlobCache:
         redirect_expires: int | None = None,
         max_fetches: int = 64,
         usage: BlobUsage | None = None,
+        pieces: PieceSettings | None = None,
+        observer: BlobObserver | None = None,
     ) -> None:
         self._storage = storage
         self._spool = spool
@@ -72,6 +98,12 @@ class BlobCache:
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds upstream connections and spool disk in use; excess fetches queue for a slot.
         self._fetch_slots = asyncio.Semaphore(max_fetches)
+        self._pieces = pieces or PieceSettings(pieces=1)
+        # Extra connections for pieces, beyond the one per fetch slot: a quarter more.
+        self._piece_budget = PieceBudget(max(1, max_fetches // 4))
+        self._observer = observer
+        # Digests a prefetch brought in that no client has asked for yet.
+        self._prefetched: cachetools.LRUCache[str, bool] = cachetools.LRUCache(PREFETCHED_MEMORY)
 
     @property
     def in_flight(self) -> int:
@@ -116,6 +148,7 @@ class BlobCache:
                     await self._admit(client, name, digest)
                     mark_cache("hit")
                     self._usage.served(digest)
+                    self._client_wants(digest, None)
                     content = await self._cached(digest, size)
                 except BaseException:
                     release()
@@ -126,15 +159,56 @@ class BlobCache:
             fetch = self._joinable(digest) or self._start(client, name, digest)
         await self._admit(client, name, digest)
         mark_cache("miss")
+        self._client_wants(digest, fetch)
         reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
         try:
-            size = await fetch.wait_started()
+            try:
+                size = await fetch.wait_started()
+            except UpstreamError:
+                if not fetch.prefetch:
+                    raise
+                # A prefetch failed before its first byte: the client's request tries on its own.
+                reader.close()
+                fetch = self._joinable(digest) or self._start(client, name, digest)
+                reader = fetch.reader()
+                size = await fetch.wait_started()
         except BaseException:
             reader.close()
             raise
         content = BlobContent(digest, size, reader.read, False)
         weakref.finalize(content, reader.close)
         return content
+
+    async def prefetch(
+        self, client: RegistryClient, name: str, digest: Digest, size: int | None
+    ) -> BlobFetch | None:
+        """Download a blob no client asked for yet, and wait until it is done.
+
+        None when there is nothing to do (cached, or a download is in flight) or nothing to gain:
+        while the cache storage is failing the blob would not be kept, and the client's own
+        request would download it again. ``size`` is what the manifest says, used only to plan
+        the pieces. The caller has checked that the blob belongs to ``name`` (it is named by a
+        manifest of that repository).
+        """
+        if self._storage.is_open:
+            return None
+        if digest.hex in self._fetches or await self._stat(digest) is not None:
+            return None
+        if digest.hex in self._fetches:  # a client's, started while storage was asked
+            return None
+        fetch = self._start(client, name, digest, size_hint=size, prefetch=True)
+        await fetch.wait_finished()
+        return fetch
+
+    def _client_wants(self, digest: Digest, fetch: BlobFetch | None) -> None:
+        """A client asked for a blob: count a prefetch hit if a prefetch got there first."""
+        if fetch is not None:
+            hit = fetch.prefetch and not fetch.client_asked
+            fetch.client_asked = True
+        else:
+            hit = self._prefetched.pop(digest.hex, False)
+        if hit and self._observer is not None:
+            self._observer.prefetch_hit()
 
     def _joinable(self, digest: Digest) -> BlobFetch | None:
         """The download of this digest a new client can follow from byte 0, if any (with the
@@ -169,23 +243,33 @@ class BlobCache:
         info = await self._storage.stat(blob_key(digest))
         return None if info is None else info.size
 
-    def _start(self, client: RegistryClient, name: str, digest: Digest) -> BlobFetch:
+    def _start(
+        self,
+        client: RegistryClient,
+        name: str,
+        digest: Digest,
+        *,
+        size_hint: int | None = None,
+        prefetch: bool = False,
+    ) -> BlobFetch:
         # Without room on the spool for another download its bytes go through memory (never a
         # 503: a full disk is not an outage); checked again once the upstream announces the size.
         fetch = BlobFetch(str(digest), self._spool.new_buffer(), repository=name)
+        fetch.prefetch = prefetch
         self._fetches[digest.hex] = fetch  # replaces one that can no longer start from byte 0
         self._fetched_for[digest.hex] = (client.host, name)
+        opener = self._upstream_opener(client, name, digest, fetch, size_hint)
 
         @contextlib.asynccontextmanager
         async def open_upstream() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
-            async with client.open_blob(name, digest) as stream:
-                if stream.size is not None and not self._spool.has_room(stream.size):
-                    fetch.keep_off_disk(f"no room on the spool for {stream.size} bytes")
+            async with opener() as (size, chunks):
+                if size is not None and not self._spool.has_room(size):
+                    fetch.keep_off_disk(f"no room on the spool for {size} bytes")
                 # The upstream answered for this repository: the blob belongs there. Recorded
                 # while the bytes flow, so the first byte does not wait for a storage write.
                 linking = asyncio.ensure_future(self._links.link(client.host, name, [digest]))
                 try:
-                    yield stream.size, stream.chunks
+                    yield size, chunks
                 finally:
                     await linking
 
@@ -201,6 +285,8 @@ class BlobCache:
                 if self._fetches.get(digest.hex) is fetch:
                     del self._fetches[digest.hex]
                     del self._fetched_for[digest.hex]
+                if fetch.prefetch and fetch.committed and not fetch.client_asked:
+                    self._prefetched[digest.hex] = True
             if fetch.committed:
                 self._usage.stored(digest, fetch.written)
             log.info(
@@ -209,6 +295,7 @@ class BlobCache:
                 repository=name,
                 bytes=fetch.written,
                 cached=fetch.committed,
+                prefetch=fetch.prefetch,
                 error=str(fetch.error) if fetch.error else None,
             )
 
@@ -216,6 +303,43 @@ class BlobCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fetch
+
+    def _upstream_opener(
+        self,
+        client: RegistryClient,
+        name: str,
+        digest: Digest,
+        fetch: BlobFetch,
+        size_hint: int | None,
+    ) -> UpstreamOpener:
+        """How the pump opens the upstream: one stream, or pieces for a big blob."""
+        if not self._pieces.enabled or not fetch.on_disk:
+
+            @contextlib.asynccontextmanager
+            async def open_whole() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+                async with client.open_blob(name, digest) as stream:
+                    yield stream.size, stream.chunks
+
+            return open_whole
+
+        def open_pieces() -> contextlib.AbstractAsyncContextManager[
+            tuple[int | None, AsyncIterator[bytes]]
+        ]:
+            return open_in_pieces(
+                blob_ranges(client, name, digest),
+                digest=digest,
+                settings=self._pieces,
+                budget=self._piece_budget,
+                store=fetch,
+                observer=self._observer or _UNOBSERVED,
+                size_hint=size_hint,
+                # A prefetch no client waits on yet leaves a client's download its pieces.
+                keep=self._pieces.pieces - 1 if fetch.prefetch and not fetch.client_asked else 0,
+                # Pieces land ahead of the consumer, in the spool file: only with room for them.
+                room=lambda total: fetch.on_disk and self._spool.has_room(total),
+            )
+
+        return open_pieces
 
     async def close(self) -> None:
         """Abort unfinished downloads (their partial cache writes are discarded)."""
@@ -227,3 +351,17 @@ class BlobCache:
         """Let downloads in progress finish for up to ``grace`` seconds."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+
+
+class _Unobserved:
+    def prefetch_hit(self) -> None:
+        pass
+
+    def piece_fetched(self) -> None:
+        pass
+
+    def pieces_fell_back(self) -> None:
+        pass
+
+
+_UNOBSERVED = _Unobserved()

@@ -61,6 +61,8 @@ class BlobFetch:
         self.error: BaseException | None = None
         self.committed = False  # the verified blob is in the cache storage
         self._buffer: SpoolBuffer | None = buffer
+        self.prefetch = False  # started before any client asked (proxy.cache.prefetch)
+        self.client_asked = False  # a client asked for the blob while it was in flight
         self._changed = asyncio.Condition()
         # Where each reader is (the next byte it needs): memory before the slowest is let go.
         self._positions: dict[int, int] = {}
@@ -129,6 +131,25 @@ class BlobFetch:
                 del self._positions[reader]
         log.warning("blob.reader_cut_off", digest=self.digest, position=slowest)
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the download still goes to the spool file (pieces can be placed in it)."""
+        return self._buffer is not None and not self._buffer.spilled
+
+    async def place(self, offset: int, data: bytes) -> None:
+        """Write bytes of a blob fetched in pieces (``proxy.cache.pieces``) at their offset,
+        ahead of the readable prefix. Readers see nothing of them until the pump appends the
+        blob in order up to there; what it appends (the same bytes, read back with
+        ``read_placed`` and hashed) is what they read."""
+        if offset < self.written:
+            raise ValueError(f"{self.digest}: placing at {offset}, below {self.written}")
+        assert self._buffer is not None
+        await self._buffer.place(offset, data)
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        assert self._buffer is not None
+        return await self._buffer.read_placed(offset, size)
+
     async def finish(self, error: BaseException | None) -> None:
         async with self._changed:
             self.state = FetchState.FAILED if error else FetchState.DONE
@@ -137,6 +158,11 @@ class BlobFetch:
         self._release_spool_if_unused()
 
     # --- the readers' side ----------------------------------------------------------------------
+
+    async def wait_finished(self) -> None:
+        """Wait until the download is over (verified and stored, or failed)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.state in (FetchState.DONE, FetchState.FAILED))
 
     async def wait_started(self) -> int | None:
         """Wait for the upstream's headers; returns the blob size (None when not announced)."""

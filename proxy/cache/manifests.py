@@ -159,6 +159,10 @@ class ManifestCache:
             return ManifestHead(digest, manifest.media_type, len(manifest.data))
         return ManifestHead(digest, head.media_type, head.size)
 
+    async def cached(self, digest: Digest) -> Manifest | None:
+        """The manifest if it is in the cache; never asks the upstream (costs no pull)."""
+        return await self._load(digest)
+
     async def by_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest:
         """The manifest, served under ``name`` only when it belongs to that repository."""
         cached = await self._load(digest)

@@ -250,6 +250,30 @@ class SpoolBuffer:
             return bytes(self._memory[offset : offset + size])
         raise SpoolGap(f"bytes from {position} of {self.path.name} are no longer held")
 
+    async def place(self, offset: int, data: bytes) -> None:
+        """Write bytes beyond those appended (a blob fetched in pieces): only into the file.
+
+        Raises ``SpoolFailed`` once the bytes go to memory (the disk filled up): the piece then
+        fails and the rest of the blob comes as one stream (``proxy.cache.pieces``).
+        """
+        if self.memory_start is not None or self._fd is None:
+            raise SpoolFailed(f"spool {self.path.name}: no room on disk for pieces")
+        try:
+            await asyncio.to_thread(_pwrite_all, self._fd, data, offset)
+        except OSError as exc:
+            raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        """Read back bytes ``place`` wrote. After a spill the file was cut back to what was
+        appended, so placed bytes are gone: ``SpoolFailed`` (the download fails, never with
+        wrong bytes)."""
+        if self.memory_start is not None or self._fd is None:
+            raise SpoolFailed(f"spool {self.path.name}: pieces lost when the disk filled up")
+        try:
+            return await asyncio.to_thread(os.pread, self._fd, size, offset)
+        except OSError as exc:
+            raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+
     def trim(self, before: int) -> None:
         """Drop the memory bytes before ``before`` (every reader is past them)."""
         if self.memory_start is None or before <= self.memory_start:

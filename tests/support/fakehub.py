@@ -74,6 +74,7 @@ FaultKind = Literal[
     "pause_mid_blob",
     "wrong_bytes",
     "no_digest_header",
+    "ignore_range",
 ]
 
 _ERROR_MESSAGES: dict[str, str] = {
@@ -222,15 +223,27 @@ class RecordedRequest:
     def authorization(self) -> str | None:
         return self.headers.get("Authorization")
 
+    @property
+    def range(self) -> str | None:
+        """The request's Range header, if any."""
+        return self.headers.get("Range")
+
+    @property
+    def range_start(self) -> int | None:
+        """The first byte a ``Range: bytes=N-[M]`` header asks for (None: no such header)."""
+        match = _RANGE.match((self.range or "").strip())
+        return int(match.group(1)) if match and match.group(1) else None
+
 
 @dataclass(eq=False)
 class Fault:
     """An injected misbehaviour; build them with the ``FakeHub.inject_*`` methods.
 
-    A fault matches a request when every scope that is set matches: ``server``, ``method``
-    and ``path_contains`` (a substring of the request path: a digest, ``/manifests/latest``,
-    a repository name). ``times`` bounds how many requests it affects (``None``: all of
-    them); ``hits`` counts the requests it has affected so far.
+    A fault matches a request when every scope that is set matches: ``server``, ``method``,
+    ``path_contains`` (a substring of the request path: a digest, ``/manifests/latest``,
+    a repository name) and ``range_start`` (requests whose ``Range: bytes=N-`` starts at that
+    byte: one piece of a blob fetched in pieces). ``times`` bounds how many requests it affects
+    (``None``: all of them); ``hits`` counts the requests it has affected so far.
     """
 
     kind: FaultKind
@@ -244,6 +257,7 @@ class Fault:
     delay: float | None = None
     gate: asyncio.Event | None = None
     after_bytes: int | None = None
+    range_start: int | None = None
     hits: int = 0
     _hit: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -255,6 +269,8 @@ class Fault:
         if self.server is not None and record.server != self.server:
             return False
         if self.method is not None and record.method != self.method.upper():
+            return False
+        if self.range_start is not None and record.range_start != self.range_start:
             return False
         return self.path_contains is None or self.path_contains in record.path
 
@@ -748,6 +764,20 @@ class FakeHub:
         """GETs that reached the CDN (blob bytes actually downloaded, or attempted)."""
         return self._count_kind("cdn", "cdn", "GET", None, digest)
 
+    def blob_ranges(self, digest: str, server: ServerName = "cdn") -> list[str | None]:
+        """The Range header of each GET of the blob's bytes, in order (None: no Range):
+        on the CDN, or on the registry (``server="registry"``) when redirects are off."""
+        kind: RequestKind = "cdn" if server == "cdn" else "blob"
+        return [
+            record.range
+            for record in self.requests
+            if record.server == server
+            and record.kind == kind
+            and record.method == "GET"
+            and record.ref == digest
+            and (server == "cdn" or record.status != 401)
+        ]
+
     def token_requests(self) -> int:
         return sum(1 for record in self.requests if record.kind == "token")
 
@@ -804,6 +834,7 @@ class FakeHub:
         method: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Answer ``status`` instead of the real response, with a registry errors body.
 
@@ -819,6 +850,7 @@ class FakeHub:
                 method=method,
                 path_contains=path_contains,
                 times=times,
+                range_start=range_start,
                 status=status,
                 code=code,
                 retry_after=retry_after,
@@ -882,6 +914,7 @@ class FakeHub:
         path_contains: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Send the headers with the full Content-Length, ``after_bytes`` bytes (default:
         half the body), then close the connection.
@@ -896,6 +929,7 @@ class FakeHub:
                 method="GET",
                 path_contains=digest if digest is not None else path_contains,
                 times=times,
+                range_start=range_start,
                 after_bytes=after_bytes,
             )
         )
@@ -910,6 +944,7 @@ class FakeHub:
         path_contains: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Send headers and ``after_bytes`` bytes (default: half), wait for the gate (or
         ``delay``), then send the rest: a slow body whose timing the test controls."""
@@ -922,6 +957,7 @@ class FakeHub:
                 method="GET",
                 path_contains=digest if digest is not None else path_contains,
                 times=times,
+                range_start=range_start,
                 after_bytes=after_bytes,
                 gate=gate,
                 delay=delay,
@@ -935,6 +971,7 @@ class FakeHub:
         path_contains: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Serve a body of the right length with one byte flipped (headers unchanged, so
         Docker-Content-Digest still names the real digest). Applies to blob bytes and to
@@ -946,6 +983,28 @@ class FakeHub:
                 method="GET",
                 path_contains=digest if digest is not None else path_contains,
                 times=times,
+                range_start=range_start,
+            )
+        )
+
+    def inject_ignore_range(
+        self,
+        digest: str | None = None,
+        *,
+        server: ServerName | None = None,
+        times: int | None = None,
+        range_start: int | None = None,
+    ) -> Fault:
+        """Answer ranged GETs with 200 and the whole body, as servers that do not support
+        Range do (``times=None``: an upstream or CDN that never honours Range)."""
+        return self.inject(
+            Fault(
+                "ignore_range",
+                server=server,
+                method="GET",
+                path_contains=digest,
+                times=times,
+                range_start=range_start,
             )
         )
 
@@ -1318,6 +1377,8 @@ class FakeHub:
         status = 200
         headers = {**headers, "Accept-Ranges": "bytes"}
         range_header = request.headers.get("Range")
+        if range_header is not None and self._take_fault(record, "ignore_range") is not None:
+            range_header = None
         if request.method == "GET" and range_header is not None:
             match = _RANGE.match(range_header.strip())
             if match is not None:
