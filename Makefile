@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench bench-quick clean
 
 # The runtime alone (make run), or the runtime plus everything the tests need (make test).
 $(VENV)/.installed-run: pyproject.toml
@@ -17,6 +17,13 @@ $(VENV)/.installed-test: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed-run
+
+# The benchmarks also draw a chart: the test extras plus matplotlib (the bench extra).
+$(VENV)/.installed-bench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed-run
 
 ## run: set up and start the proxy (Docker Hub upstream, cache in ./cache)
 run: $(VENV)/.installed-run
@@ -36,8 +43,14 @@ typecheck: $(VENV)/.installed-test
 unit: $(VENV)/.installed-test
 	$(BIN)/pytest -m 'not e2e'
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python -m tests.bench.run
+## bench: side by side with distribution and a bare aiohttp server (docs/benchmarks.md);
+## options in BENCH_ARGS, e.g. make bench BENCH_ARGS='--rounds 5 --only pulls,manifests'
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+## bench-quick: the same in under two minutes, as a smoke test (the figures are not comparable)
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/python -m tests.bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -5,12 +5,19 @@ would let anyone spend the account's quota. Two controls, both optional, combine
 
 - Networks: ``PROXY_ALLOW_CIDRS`` lists the client networks that may connect at all (403 DENIED
   otherwise). Behind a load balancer the peer is the balancer, so ``X-Forwarded-For`` is used, but
-  only when the peer is in ``PROXY_TRUSTED_PROXIES`` (anyone can send that header).
+  only when the peer is in ``PROXY_TRUSTED_PROXIES`` (anyone can send that header), and only the
+  entry our own proxies added: ``PROXY_TRUSTED_HOPS`` (1: one load balancer) entries from the
+  right. Everything left of it was written by the client and proves nothing, even when it names
+  an address inside a trusted range (clients may live in the same VPC as the load balancer).
 - Credentials: with ``PROXY_AUTH_HTPASSWD`` (bcrypt entries) and/or ``PROXY_AUTH_TOKENS`` set,
   requests need ``Authorization: Basic`` (``docker login proxy.host``; a static token works as the
   password with any user name) or ``Authorization: Bearer <token>``; 401 with a Basic challenge
   otherwise. Docker daemons never send a mirror its own login, so mirror clients (CodeBuild) are
   let in by network instead: ``PROXY_ANONYMOUS_CIDRS`` need no credentials.
+
+Operator endpoints (``/metrics``, ``/status``, the status page ``/`` and ``/ui``): with
+``PROXY_OPERATOR_CIDRS`` set, only clients from those networks, or with a valid login, may read
+them (403 DENIED otherwise).
 
 The health endpoints stay open for load balancer checks.
 """
@@ -39,7 +46,8 @@ log = structlog.get_logger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/healthz/local", "/readyz"})
+OPERATOR_PATHS = frozenset({"/metrics", "/status", "/", "/ui"})
 REALM = "registry-proxy"
 # bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
 # verified (user, password) pair is remembered for a while (by hash, never in clear).
@@ -86,6 +94,8 @@ class AccessPolicy:
     allow: tuple[Network, ...] = ()
     anonymous: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    trusted_hops: int = 1
+    operators: tuple[Network, ...] = ()
     users: dict[str, bytes] = field(default_factory=dict)
     tokens: frozenset[str] = frozenset()
     _verified: cachetools.TTLCache[bytes, bool] = field(
@@ -98,25 +108,28 @@ class AccessPolicy:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.allow) or self.requires_credentials
+        return bool(self.allow) or self.requires_credentials or bool(self.operators)
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> Address | None:
-        """The client's address: the peer, or from X-Forwarded-For when the peer is trusted."""
+        """The client's address: the peer, or from X-Forwarded-For when the peer is trusted.
+
+        Each trusted proxy appends the address it received the request from, so the client is
+        exactly ``trusted_hops`` entries from the right; entries further left came from the
+        client itself. Fewer entries than hops: the leftmost, the first address a proxy of ours
+        saw.
+        """
         address = _address(peer)
         if address is None or not forwarded_for or not _within(address, self.trusted_proxies):
             return address
-        # Walk from the right: the last hop not added by one of our own trusted proxies.
-        for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
-            hop_address = _address(hop)
-            if hop_address is None:
-                return None
-            if not _within(hop_address, self.trusted_proxies):
-                return hop_address
-        return address
+        hops = [hop.strip() for hop in forwarded_for.split(",")]
+        return _address(hops[-min(self.trusted_hops, len(hops))])
 
     async def check(self, request: web.Request) -> None:
         """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on."""
         address = self.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+        if self.operators and request.path in OPERATOR_PATHS:
+            await self._check_operator(address, request.headers.get("Authorization"))
+            return
         if self.allow and (address is None or not _within(address, self.allow)):
             raise RegistryError("DENIED", detail=f"client address {address} is not allowed")
         if not self.requires_credentials:
@@ -129,6 +142,16 @@ class AccessPolicy:
                 detail="log in to this registry (docker login) with a proxy user or token",
                 headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
             )
+
+    async def _check_operator(self, address: Address | None, authorization: str | None) -> None:
+        """Operator endpoints: an operator network, or a valid login when logins are set up."""
+        if address is not None and _within(address, self.operators):
+            return
+        if self.requires_credentials and await self._authenticated(authorization):
+            return
+        raise RegistryError(
+            "DENIED", detail=f"client address {address} may not read operator endpoints"
+        )
 
     async def _authenticated(self, header: str | None) -> bool:
         if not header:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -11,11 +13,14 @@ from aiohttp.typedefs import Middleware
 
 from proxy import routes
 from proxy.access import AccessPolicy, access_middleware
+from proxy.cache.spool import spool_location
 from proxy.clientcap import CLIENT_CAP, ClientCap
+from proxy.cloudwatch import emf_reporting
 from proxy.config import Settings
 from proxy.errors import RegistryError
 from proxy.logs import begin_request, new_request_id
 from proxy.services import open_services
+from proxy.shutdown import InFlightRequests, drain
 from proxy.storage import Storage, StorageError
 
 log = structlog.get_logger("proxy.access")
@@ -25,6 +30,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Largest request line / header field we accept from clients (registry requests are small).
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
+# The status logged and counted for a client that went away before its response was complete
+# (nginx's "client closed request"), so that a 5xx means a server fault and nothing else.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def create_app(
@@ -38,11 +46,15 @@ def create_app(
         allow=settings.allow_cidrs,
         anonymous=settings.anonymous_cidrs,
         trusted_proxies=settings.trusted_proxies,
+        trusted_hops=settings.trusted_hops,
+        operators=settings.operator_cidrs,
         users=settings.htpasswd_users,
         tokens=settings.auth_tokens,
     )
+    requests = InFlightRequests()
     client_cap = ClientCap(settings.max_clients)
     middlewares: list[Middleware] = [
+        requests.middleware,
         access_log_middleware,
         error_middleware,
         client_cap.middleware(),
@@ -55,26 +67,47 @@ def create_app(
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, storage=storage, retry_delays=retry_delays) as services:
+        async with open_services(
+            settings, storage=storage, retry_delays=retry_delays, housekeeping=True
+        ) as services:
             app[routes.SERVICES] = services
-            yield
+            # This instance's figures, published for the fleet's status page (proxy/fleet.py).
+            publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")
+            try:
+                yield
+            finally:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
+                await services.fleet.withdraw()
 
-    async def drain(app: web.Application) -> None:
-        # SIGTERM: aiohttp has stopped accepting connections; give downloads in progress up to
-        # the grace period to finish (and land in the cache) before handlers are cancelled and
-        # unfinished cache writes are aborted.
+    async def on_shutdown(app: web.Application) -> None:
+        # SIGTERM: aiohttp has stopped accepting connections; downloads and requests in
+        # progress get until one deadline to finish (proxy/shutdown.py).
         services = app.get(routes.SERVICES)
-        if services is not None and services.blobs.in_flight:
-            log.info("shutdown.draining", in_flight=services.blobs.in_flight)
-            await services.blobs.drain(settings.shutdown_grace)
+        if services is not None:
+            await services.prefetch.close()  # no new downloads now
+            await drain(settings.shutdown_grace, services.blobs, requests)
 
     app[CLIENT_CAP] = client_cap
     app.cleanup_ctx.append(resources)
-    app.on_shutdown.append(drain)
+    if settings.cloudwatch_namespace is not None:
+        app.cleanup_ctx.append(
+            emf_reporting(
+                settings.cloudwatch_namespace,
+                settings.cloudwatch_interval,
+                lambda: app[routes.SERVICES].metrics,
+                spool_location(settings).path,
+            )
+        )
+    app.on_shutdown.append(on_shutdown)
     app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/healthz/local", routes.healthz_local)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
     app.router.add_get("/status", routes.status)
+    app.router.add_get("/", routes.status_page)
+    app.router.add_get("/ui", routes.status_page)
     app.router.add_route("*", "/v2", routes.api)
     app.router.add_route("*", "/v2/{tail:.*}", routes.api)
     return app
@@ -119,7 +152,11 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         except web.HTTPException as exc:
             status = exc.status
             raise
-        status = response.status
+        except (ConnectionError, asyncio.CancelledError):
+            if _client_went_away(request):
+                status = CLIENT_CLOSED_REQUEST
+            raise
+        status = CLIENT_CLOSED_REQUEST if request.get(routes.CLIENT_CLOSED) else response.status
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
         return response
@@ -129,8 +166,16 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         route = api_path.endpoint.value if api_path is not None else _route_name(request)
         services = request.app.get(routes.SERVICES)
         if services is not None:
-            cache = stats.cache if stats.cache != "-" else None
-            services.metrics.request_served(route, request.method, status, duration, cache)
+            services.metrics.observe_request(
+                route,
+                request.method,
+                status,
+                duration,
+                stats.cache,
+                getattr(api_path, "name", None),
+                getattr(api_path, "reference", None),
+                response.headers.get("Warning") if response is not None else None,
+            )
         log.info(
             "request",
             method=request.method,
@@ -148,13 +193,25 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         )
 
 
+def _client_went_away(request: web.Request) -> bool:
+    """Whether the client's connection is gone (rather than the server failing).
+
+    Writing to a client that disconnected raises ConnectionResetError; with aiohttp's
+    handler_cancellation on, the handler is cancelled instead, after the connection was lost.
+    """
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _route_name(request: web.Request) -> str:
     """A bounded label for requests outside the registry API (never the raw path)."""
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else ""
+    if canonical in ("/", "/ui"):
+        return "ui"
     return (
         canonical.strip("/")
-        if canonical in ("/healthz", "/readyz", "/metrics", "/status")
+        if canonical in ("/healthz", "/healthz/local", "/readyz", "/metrics", "/status")
         else "other"
     )
 

@@ -24,6 +24,8 @@ _SERVE_FLAGS = {
     "upstream_url": "PROXY_UPSTREAM_URL",
     "log_format": "PROXY_LOG_FORMAT",
     "tag_ttl": "PROXY_TAG_TTL",
+    "expire_unused": "PROXY_CACHE_EXPIRE_UNUSED",
+    "max_size": "PROXY_CACHE_MAX_SIZE",
 }
 
 
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
     warm.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
     warm.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
+    from proxy.cache_commands import add_parser as add_cache_parser
+
+    add_cache_parser(commands)
     return parser
 
 
@@ -104,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_warm(settings, args)
     if args.command == "healthcheck":
         return healthcheck(settings)
+    if args.command == "cache":
+        return run_cache(settings, args)
     return 2
 
 
@@ -167,10 +174,25 @@ def run_warm(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def run_cache(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.cache_commands import run
+
+    return asyncio.run(run(settings, args))
+
+
 def serve(settings: Settings) -> int:
     from proxy.app import create_app
+    from proxy.shutdown import CLOSE_SECONDS
+    from proxy.startup import StartupError, check_startup
     from proxy.storage import StorageError
 
+    try:
+        check_startup(settings)
+    except StartupError as exc:
+        print(f"registry-proxy: cannot start: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     log.info(
         "proxy.starting",
@@ -185,7 +207,8 @@ def serve(settings: Settings) -> int:
             app,
             host=settings.listen_host,
             port=settings.listen_port,
-            shutdown_timeout=settings.shutdown_grace,
+            # The drain (proxy/shutdown.py) already gave requests the whole grace.
+            shutdown_timeout=CLOSE_SECONDS,
             keepalive_timeout=settings.client_idle_timeout,
             access_log=None,
             print=None,

@@ -24,7 +24,7 @@ from proxy.errors import RegistryError
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Cheap and needed most when the instance is busy.
-ALWAYS_SERVED = frozenset({"/healthz", "/readyz", "/metrics", "/status"})
+ALWAYS_SERVED = frozenset({"/healthz", "/healthz/local", "/readyz", "/metrics", "/status"})
 RETRY_AFTER_SECONDS = "1"
 
 

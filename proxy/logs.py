@@ -176,6 +176,24 @@ class _LineWriter:
         self._stream.flush()
 
 
+def _escape_control_characters(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Write control characters as their escapes (``\\x1b``), in every format.
+
+    Log values carry text from requests (a path with ``%1b[2J`` decodes to an escape sequence):
+    raw, it could clear an operator's terminal, recolour it or forge a line of its own. JSON
+    would escape it, but a reader of the decoded value (``jq -r``) would get it raw again.
+    """
+    for key, value in event.items():
+        if isinstance(value, str) and not value.isprintable():
+            event[key] = "".join(
+                char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+                for char in value
+            )
+    return event
+
+
 class _StdlibBridge(logging.Handler):
     """Library logs (aiohttp, botocore) as one structlog line each, without tracebacks.
 
@@ -191,16 +209,18 @@ class _StdlibBridge(logging.Handler):
         )
 
 
+def log_processors(log_format: str, *, colors: bool = False) -> list[structlog.types.Processor]:
+    """The processor chain of every log line, renderer last: ``json`` or ``console``."""
+    processors: list[structlog.types.Processor] = [_Context(), _redact, _escape_control_characters]
+    if log_format == "json":
+        return [*processors, _JsonRenderer()]
+    return [*processors, structlog.dev.ConsoleRenderer(colors=colors)]
+
+
 def configure_logging(log_format: str, level: str = "info") -> None:
     writer = _LineWriter(sys.stderr)
-    processors: list[structlog.types.Processor] = [_Context(), _redact]
-    renderer: structlog.types.Processor
-    if log_format == "json":
-        renderer = _JsonRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
-        processors=[*processors, renderer],
+        processors=log_processors(log_format, colors=sys.stderr.isatty()),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),

@@ -11,12 +11,16 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy.errors import RegistryError
 from proxy.reference import Digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+# The artifact manifest of OCI 1.1's release candidates (dropped from the final 1.1 in favour of
+# image manifests with ``artifactType``); some registries and older oras/notation still use it.
+OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
 
 IMAGE_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
@@ -40,8 +44,11 @@ class Manifest:
         return replace(self, stale_reason=reason)
 
 
-# What we ask upstreams for: every modern type, so the stored manifest is the canonical one.
-UPSTREAM_ACCEPT = ", ".join(MANIFEST_TYPES)
+# What we ask upstreams for: every modern type, so the stored manifest is the canonical one, and
+# the artifact manifest, so that a registry that negotiates strictly serves one it holds instead
+# of a 404. A manifest of any other type is still stored and served byte-exact with the type the
+# upstream declared (see media_type_of).
+UPSTREAM_ACCEPT = ", ".join((*MANIFEST_TYPES, OCI_ARTIFACT_MANIFEST))
 
 # The platform distribution serves to clients that cannot read an index.
 DEFAULT_PLATFORM = {"os": "linux", "architecture": "amd64"}
@@ -144,16 +151,54 @@ def default_platform_digest(index_bytes: bytes, accepted: set[str]) -> str | Non
 
 
 def referenced_digests(data: bytes) -> tuple[list[str], list[str]]:
-    """(child manifest digests, blob digests) a manifest refers to: used by warm-up and scans."""
+    """(child manifest digests, blob digests) a manifest refers to: used by warm-up, blob links
+    and scans. Artifact manifests list their blobs under ``blobs``. A ``subject`` is not a
+    reference: it points the other way (an artifact names what it is about)."""
     document = _load(data) or {}
-    manifests = [
-        m["digest"]
-        for m in document.get("manifests", [])
-        if isinstance(m, dict) and isinstance(m.get("digest"), str)
-    ]
+    manifests = [m["digest"] for m in _descriptors(document.get("manifests"))]
     blobs = [
-        layer["digest"]
-        for layer in [document.get("config"), *document.get("layers", [])]
-        if isinstance(layer, dict) and isinstance(layer.get("digest"), str)
+        descriptor["digest"]
+        for descriptor in [
+            *_descriptors([document.get("config")]),
+            *_descriptors(document.get("layers")),
+            *_descriptors(document.get("blobs")),
+        ]
     ]
     return manifests, blobs
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDescriptor:
+    """A blob an image manifest names, with the size the manifest gives for it."""
+
+    digest: Digest
+    size: int | None
+
+
+def image_blobs(data: bytes) -> list[BlobDescriptor]:
+    """The config and layers of an image manifest, each once (malformed entries skipped).
+
+    Used to prefetch: the sizes only plan the download, the digest is what gets verified.
+    """
+    document = _load(data) or {}
+    layers = document.get("layers")
+    entries = [document.get("config"), *(layers if isinstance(layers, list) else [])]
+    found: dict[str, BlobDescriptor] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+            continue
+        try:
+            digest = Digest.parse(entry["digest"])
+        except RegistryError:
+            continue
+        size = entry.get("size")
+        valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+        found.setdefault(digest.hex, BlobDescriptor(digest, size if valid_size else None))
+    return list(found.values())
+
+
+def _descriptors(value: object) -> list[dict[str, Any]]:
+    """The entries of a descriptor list that have a digest (others are skipped, never trusted)."""
+    if not isinstance(value, list):
+        return []
+    return [d for d in value if isinstance(d, dict) and isinstance(d.get("digest"), str)]

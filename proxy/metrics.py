@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from proxy.activity import Activity
 from proxy.requestmetrics import RequestMetrics
 from proxy.upstream.client import RateLimit
 
@@ -41,6 +42,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.quota_warn_remaining = quota_warn_remaining
         self.quotas: dict[str, UpstreamQuota] = {}
+        self.activity = Activity()
         r = self.registry
         # registry_proxy_requests, _request_duration_seconds and _cache: updated per request.
         self.client_requests = RequestMetrics(r)
@@ -80,27 +82,90 @@ class Metrics:
         self.storage_errors = Counter(
             "registry_proxy_storage_errors", "Cache storage failures", registry=r
         )
+        # --- prefetch and pieces (proxy.cache.prefetch, proxy.cache.pieces) ---
+        self.prefetched_blobs = Counter(
+            "registry_proxy_prefetched_blobs",
+            "Blobs downloaded (and verified) by prefetch before a client asked for them",
+            registry=r,
+        )
+        self.prefetched_bytes = Counter(
+            "registry_proxy_prefetched_bytes", "Bytes of the blobs prefetched", registry=r
+        )
+        self.prefetch_hits = Counter(
+            "registry_proxy_prefetch_hits",
+            "Blobs a client asked for that a prefetch had already downloaded or started",
+            registry=r,
+        )
+        self.prefetch_failures = Counter(
+            "registry_proxy_prefetch_failures", "Prefetches that failed (only logged)", registry=r
+        )
+        self.fetch_pieces = Counter(
+            "registry_proxy_fetch_pieces",
+            "Range pieces of big blobs downloaded from upstreams",
+            registry=r,
+        )
+        self.fetch_fallbacks = Counter(
+            "registry_proxy_fetch_fallbacks",
+            "Big blob downloads that fell back to one stream (Range ignored, a piece failed)",
+            registry=r,
+        )
+        self.deleted_tags = Counter(
+            "registry_proxy_deleted_tag_answers",
+            "Answers for tags deleted upstream: not_found (404) or kept (PROXY_KEEP_DELETED_TAGS)",
+            ["upstream", "action"],
+            registry=r,
+        )
+        self.housekeeping = CacheHousekeepingMetrics(r)
 
-    # --- every client request (the access-log middleware) ---------------------------------------
+    def deleted_tag(self, upstream: str, action: str) -> None:
+        self.deleted_tags.labels(upstream, action).inc()
 
-    def request_served(
-        self, route: str, method: str, status: int, seconds: float, cache: str | None
+    # --- client requests (the access-log middleware and the blob handler) -----------------------
+
+    def observe_request(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        duration: float,
+        cache: str,
+        repository: str | None,
+        reference: str | None,
+        warning: str | None,
     ) -> None:
-        """Count one answered client request (``cache``: "hit", "miss", "stale", or None)."""
-        self.client_requests.observe(route, method, status, seconds, cache)
+        self.client_requests.observe(
+            route, method, status, duration, None if cache == "-" else cache
+        )
+        if cache == "-":
+            return
+        self.activity.cache_result(cache)
+        if route == "manifest" and repository and reference and ":" not in reference:
+            self.activity.pulled(repository)  # a pull by tag
+        if cache == "stale" and repository and reference:
+            self.activity.stale_served(repository, reference, warning)
+
+    def served_bytes(self, from_cache: bool, count: int) -> None:
+        self.bytes_served.labels("cache" if from_cache else "upstream").inc(count)
+        self.activity.served_bytes(from_cache, count)
 
     # --- the upstream client's observer ---------------------------------------------------------
 
     def upstream_request(self, upstream: str, method: str, status: int | str) -> None:
         self.upstream_requests.labels(upstream, method, str(status)).inc()
+        if status == "error" or (isinstance(status, int) and (status == 429 or status >= 500)):
+            self.activity.upstream_failed(upstream, method, status)
 
     def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None:
         quota = self.quotas.setdefault(upstream, UpstreamQuota())
         if counted:
             quota.counted_pulls += 1
             self.upstream_pulls.labels(upstream).inc()
+            self.activity.counted_pull(upstream)
         if rate_limit is None:
             return
+        self.activity.rate_limit(
+            upstream, rate_limit.limit, rate_limit.remaining, rate_limit.window, rate_limit.source
+        )
         quota.rate_limit = rate_limit
         quota.updated_at = time.time()
         if rate_limit.limit is not None:
@@ -126,5 +191,71 @@ class Metrics:
         elif remaining >= self.quota_warn_remaining:
             quota.warned_at_remaining = None
 
+    # --- the blob cache's and the prefetcher's observer ----------------------------------------
+
+    def blob_prefetched(self, size: int) -> None:
+        self.prefetched_blobs.inc()
+        self.prefetched_bytes.inc(size)
+
+    def prefetch_failed(self) -> None:
+        self.prefetch_failures.inc()
+
+    def prefetch_hit(self) -> None:
+        self.prefetch_hits.inc()
+
+    def piece_fetched(self) -> None:
+        self.fetch_pieces.inc()
+
+    def pieces_fell_back(self) -> None:
+        self.fetch_fallbacks.inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CacheHousekeepingMetrics:
+    """The cache's size and what its housekeeping removed (``proxy.cache.janitor`` sets them)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.bytes = Gauge(
+            "registry_proxy_cache_bytes", "Bytes in the cache, by kind", ["kind"], registry=r
+        )
+        self.entries = Gauge(
+            "registry_proxy_cache_entries", "Entries in the cache, by kind", ["kind"], registry=r
+        )
+        self.limit = Gauge(
+            "registry_proxy_cache_limit_bytes",
+            "The cache's size limit as last computed (0: no limit)",
+            registry=r,
+        )
+        self.evictions = Counter(
+            "registry_proxy_cache_evictions",
+            "Entries evicted to keep the cache under its size limit",
+            ["kind"],
+            registry=r,
+        )
+        self.evicted_bytes = Counter(
+            "registry_proxy_cache_evicted_bytes", "Bytes evicted", ["kind"], registry=r
+        )
+        self.expiries = Counter(
+            "registry_proxy_cache_expiries",
+            "Entries deleted after PROXY_CACHE_EXPIRE_UNUSED without use",
+            ["kind"],
+            registry=r,
+        )
+        self.expired_bytes = Counter(
+            "registry_proxy_cache_expired_bytes", "Bytes expired", ["kind"], registry=r
+        )
+        self.sweep_duration = Histogram(
+            "registry_proxy_cache_sweep_duration_seconds",
+            "Time of one housekeeping pass (inventory and deletes)",
+            ["operation"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.disk_full = Counter(
+            "registry_proxy_disk_full_events",
+            "Writes that found the disk full (cache storage or spool)",
+            ["where"],
+            registry=r,
+        )

@@ -82,6 +82,19 @@ class Reference:
             return cls(digest=Digest.parse(value))
         return cls(tag=validate_tag(value))
 
+    @classmethod
+    def from_url(cls, value: str) -> Reference:
+        """The reference of a ``/v2/<name>/manifests/<reference>`` request.
+
+        A value that is neither a tag nor a digest names no manifest at all: 404
+        MANIFEST_UNKNOWN, as the distribution spec's conformance suite expects of a "nonexistent
+        manifest" such as ``.INVALID_MANIFEST_NAME``. A malformed *digest* stays 400
+        DIGEST_INVALID: the client meant a digest and got its syntax wrong.
+        """
+        if is_digest(value) or _TAG_RE.fullmatch(value):
+            return cls.parse(value)
+        raise RegistryError("MANIFEST_UNKNOWN", detail=f"not a tag or a digest: {value[:200]!r}")
+
     def __str__(self) -> str:
         return self.tag if self.tag is not None else str(self.digest)
 
@@ -91,12 +104,14 @@ class Endpoint(Enum):
     MANIFEST = "manifest"
     BLOB = "blob"
     TAGS = "tags"
+    REFERRERS = "referrers"
     UPLOAD = "upload"
 
 
 @dataclass(frozen=True, slots=True)
 class ApiPath:
-    """A parsed ``/v2/...`` path. ``name`` is validated; ``reference`` is raw for manifests."""
+    """A parsed ``/v2/...`` path. ``name`` is validated; ``reference`` is raw for manifests
+    (and the subject digest, raw, for referrers)."""
 
     endpoint: Endpoint
     name: str = ""
@@ -120,7 +135,11 @@ def parse_api_path(raw_path: str) -> ApiPath:
         return ApiPath(Endpoint.UPLOAD, validate_name(upload.group(1)))
     if rest.endswith("/tags/list"):
         return ApiPath(Endpoint.TAGS, validate_name(rest[: -len("/tags/list")]))
-    for marker, endpoint in (("/manifests/", Endpoint.MANIFEST), ("/blobs/", Endpoint.BLOB)):
+    for marker, endpoint in (
+        ("/manifests/", Endpoint.MANIFEST),
+        ("/blobs/", Endpoint.BLOB),
+        ("/referrers/", Endpoint.REFERRERS),
+    ):
         name, sep, reference = rest.rpartition(marker)
         if sep and reference and "/" not in reference:
             return ApiPath(endpoint, validate_name(name), reference)
@@ -146,7 +165,19 @@ class RangeNotSatisfiable(Exception):
     """The Range header is well formed but selects no byte of the entity."""
 
 
-_RANGE_RE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # ASCII digits: \d admits others
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits: \d admits others
+# Any position with more digits than this lies beyond every blob; int() is never asked to parse a
+# long digit string (Python refuses over 4300 digits, and it is needless work below that).
+_MAX_POSITION_DIGITS = 19
+_BEYOND_ANY_BLOB: int = 10**_MAX_POSITION_DIGITS
+
+
+def _position(digits: str) -> int:
+    """A byte position as written in a Range header; huge ones become ``_BEYOND_ANY_BLOB``."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_POSITION_DIGITS:
+        return _BEYOND_ANY_BLOB
+    return int(significant or "0")
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -154,7 +185,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
     Returns None when the whole entity should be sent: no header, a malformed one, or several
     ranges (RFC 9110 lets a server ignore Range; registries clients only ever ask for one).
-    Raises RangeNotSatisfiable when the single range selects nothing.
+    Raises RangeNotSatisfiable when the single range selects nothing, however many digits its
+    start has: ``bytes=<20 digits>-`` is well formed and starts beyond the blob.
     """
     if not header:
         return None
@@ -165,12 +197,12 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not first and not last:
         return None
     if not first:  # suffix range: the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable
         return ByteRange(max(0, size - suffix), size - 1)
-    start = int(first)
-    end = int(last) if last else None
+    start = _position(first)
+    end = _position(last) if last else None
     if end is not None and end < start:
         return None
     if start >= size:

@@ -6,16 +6,20 @@ registries send. They never talk to storage or the upstream directly.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import re
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import structlog
 from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
+from proxy.cache.spool import probe_writable, spool_location
 from proxy.errors import RegistryError
-from proxy.manifest import INDEX_TYPES, default_platform_digest, parse_accept
+from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.reference import (
     ApiPath,
     Digest,
@@ -28,14 +32,17 @@ from proxy.reference import (
 )
 from proxy.sendfile import SendfileResponse
 from proxy.services import Services
+from proxy.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.storage import StorageError
-from proxy.upstream.errors import UpstreamError, registry_error
+from proxy.upstream.errors import UpstreamError, UpstreamInvalid, registry_error
 
 log = structlog.get_logger(__name__)
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 API_PATH: web.RequestKey[ApiPath] = web.RequestKey("api_path", ApiPath)
 ABORTED: web.RequestKey[str] = web.RequestKey("aborted", str)
+# Set when the client disconnected before its response was complete (logged as 499).
+CLIENT_CLOSED: web.RequestKey[bool] = web.RequestKey("client_closed", bool)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
@@ -45,7 +52,7 @@ MAX_TAGS_PAGE = 10_000
 # input is remembered (a parse error is raised every time, never cached).
 PARSE_MEMO_SIZE = 4096
 _parse_api_path = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_api_path)
-_parse_reference = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Reference.parse)
+_parse_reference = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Reference.from_url)
 _parse_digest = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Digest.parse)
 
 
@@ -66,21 +73,25 @@ async def api(request: web.Request) -> web.StreamResponse:
                 return await blob(request, services, path)
             case Endpoint.TAGS:
                 return await tags_list(request, services, path)
+            case Endpoint.REFERRERS:
+                return await referrers(request, services, path)
     except UpstreamError as exc:
         not_found = {
             Endpoint.MANIFEST: "MANIFEST_UNKNOWN",
             Endpoint.BLOB: "BLOB_UNKNOWN",
+            Endpoint.REFERRERS: "NOT_FOUND",
         }.get(path.endpoint, "NAME_UNKNOWN")
         raise registry_error(exc, not_found_code=not_found) from exc
     raise RegistryError("NOT_FOUND")
 
 
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     reference = _parse_reference(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         head_found = await services.manifests.head_by_digest(client, name, reference.digest)
+        services.prefetch.manifest_head(client, name, reference.digest)
         return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)
@@ -102,6 +113,10 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
         if found.stale_reason
         else None
     )
+    if not head:
+        # The client will ask for this image's blobs next: start fetching them now. (A HEAD by
+        # tag is often only a check for a new digest: it prefetches nothing.)
+        services.prefetch.manifest_served(client, name, found)
     # aiohttp sends only the headers (with this Content-Length) when the request is a HEAD.
     return _manifest_response(
         found.media_type, found.digest, len(found.data), found.data, warning=warning
@@ -139,7 +154,7 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, request.query.get("ns"))
     digest = _parse_digest(path.reference)
     headers = {
         **API_VERSION,
@@ -153,8 +168,11 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         size = await services.blobs.stat(client, name, digest)
         return _headers_only(headers, size)
 
-    async with services.blobs.open(client, name, digest) as content:
+    content = await services.blobs.get(client, name, digest)
+    try:
         return await _send_blob(request, services, content, headers)
+    finally:
+        content.release()  # the file closed, the blob no longer held from eviction
 
 
 async def _send_blob(
@@ -182,8 +200,8 @@ async def _send_blob(
     else:
         response.content_length = content.size
         start, end = 0, None
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         if content.file is not None:
             # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
             assert content.size is not None
@@ -192,8 +210,12 @@ async def _send_blob(
         else:
             async for chunk in content.read(start, end):
                 await response.write(chunk)
-    except (ConnectionResetError, OSError):
-        raise  # the client went away
+        await response.write_eof()
+    except ConnectionError:
+        # The client went away: not a server fault. Returning (instead of raising) keeps aiohttp
+        # from logging an error with a traceback for every build that is cancelled mid-pull.
+        request[CLIENT_CLOSED] = True
+        return response
     except Exception as exc:
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
@@ -203,41 +225,112 @@ async def _send_blob(
             request.transport.abort()
         return response
     finally:
-        source = "cache" if content.from_cache else "upstream"
-        services.metrics.bytes_served.labels(source).inc(response.body_length)
-    await response.write_eof()
+        services.metrics.served_bytes(content.from_cache, response.body_length)
     return response
 
 
 async def tags_list(request: web.Request, services: Services, path: ApiPath) -> web.Response:
-    client, name = services.upstreams.resolve(path.name, request.query.get("ns"))
-    n = request.query.get("n")
+    """One page of the repository's tags: those after ``last`` (exclusive), at most ``n``.
+
+    The page is cut here, whatever the upstream does with ``last``: CNCF distribution 2.8
+    includes ``last`` itself. One tag more than the page is asked for, so that the page is still
+    full once ``last`` is dropped, and a tag left over says that another page follows.
+    """
+    client, name = services.resolve(path.name, request.query.get("ns"))
+    raw_n = request.query.get("n")
     # ASCII digits only, and few of them: str.isdigit() admits "²" and int() refuses huge inputs.
-    if n is not None and (not re.fullmatch(r"[0-9]{1,5}", n) or not 0 < int(n) <= MAX_TAGS_PAGE):
+    if raw_n is not None and (
+        not re.fullmatch(r"[0-9]{1,5}", raw_n) or not 0 < int(raw_n) <= MAX_TAGS_PAGE
+    ):
         raise RegistryError(
             "PAGINATION_NUMBER_INVALID", detail=f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
         )
-    last = request.query.get("last")
-    if last is not None and last != "":
+    n = int(raw_n) if raw_n is not None else None
+    last = request.query.get("last") or None
+    if last is not None:
         validate_tag(last)
-    body, link = await client.tags_list(name, int(n) if n else None, last or None)
+    body, upstream_link = await client.tags_list(name, n + 1 if n is not None else None, last)
+    document, tags = _tag_document(body)
+    if last is not None or n is not None:
+        # A page is a slice of the lexically ordered list (distribution 2.8 lists its tags in
+        # directory order, and last again).
+        tags = sorted(tag for tag in tags if last is None or tag > last)
     headers = {**API_VERSION, "Content-Type": "application/json"}
-    if link:
-        # Point the next page at this proxy's path for the repository, keeping the query.
-        match = re.match(r"\s*<([^>]*)>(.*)", link)
+    if n is not None:
+        more = upstream_link is not None or len(tags) > n
+        tags = tags[:n]
+        if more and tags:
+            headers["Link"] = _next_page_link(request, n=str(n), last=tags[-1])
+    elif upstream_link:
+        # The upstream paginates on its own: point its next page at this proxy's path.
+        match = re.match(r"\s*<([^>]*)>", upstream_link)
         if match:
-            query = "&".join(
-                f"{k}={v}"
-                for k, v in parse_qsl(urlsplit(match.group(1)).query)
-                if k in ("n", "last")
+            query = dict(parse_qsl(urlsplit(match.group(1)).query))
+            headers["Link"] = _next_page_link(
+                request, **{k: v for k, v in query.items() if k in ("n", "last")}
             )
-            headers["Link"] = f"<{request.path}?{query}>{match.group(2)}"
-    return web.Response(status=200, body=body, headers=headers)
+    document["tags"] = tags
+    return web.Response(status=200, body=json.dumps(document).encode(), headers=headers)
+
+
+def _tag_document(body: bytes) -> tuple[dict[str, object], list[str]]:
+    """The upstream's tag list document and its tags (distribution sends null for none)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    tags = document.get("tags") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or not (
+        tags is None or (isinstance(tags, list) and all(isinstance(t, str) for t in tags))
+    ):
+        raise UpstreamInvalid("the tag list is not a registry tag list document")
+    return document, list(tags or [])
+
+
+def _next_page_link(request: web.Request, **query: str) -> str:
+    """A Link header to the next page on this proxy's own path (``ns`` kept: same upstream)."""
+    ns = request.query.get("ns")
+    if ns is not None:
+        query["ns"] = ns
+    return f'<{request.path}?{urlencode(query)}>; rel="next"'
+
+
+async def referrers(request: web.Request, services: Services, path: ApiPath) -> web.Response:
+    """OCI 1.1 referrers of a manifest; 404 when the upstream has no such API (see
+    proxy.cache.referrers), which tells clients to use the tag schema instead."""
+    client, name = services.resolve(path.name, request.query.get("ns"))
+    subject = Digest.parse(path.reference)
+    found = await services.referrers.get(
+        client, name, subject, request.query.get("artifactType") or None
+    )
+    headers = {**API_VERSION, "Content-Type": OCI_INDEX}
+    if found.filtered:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if found.stale_reason:
+        headers["Warning"] = f'110 registry-proxy "served from cache: {found.stale_reason}"'
+    return web.Response(status=200, body=found.index, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP."""
     return web.json_response({"status": "ok"})
+
+
+async def healthz_local(request: web.Request) -> web.Response:
+    """Liveness plus what this instance needs to serve on its own: a spool it can write.
+
+    The load balancer's check. It leaves out what all instances share (the S3 bucket, the
+    upstream): when S3 fails, every instance would fail the check at once and the load balancer
+    would route to all of them anyway (or ECS would replace them all); that is an alarm's job.
+    """
+    location = spool_location(request.app[SERVICES].settings)
+    try:
+        await asyncio.to_thread(probe_writable, location.path)
+    except OSError as exc:
+        return web.json_response(
+            {"status": "failing", "spool": f"{location.path}: {exc.strerror or exc}"}, status=503
+        )
+    return web.json_response({"status": "ok", "spool": "writable"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -280,8 +373,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """A small JSON summary for operators: upstream quota, counted pulls, cache activity."""
-    services = request.app[SERVICES]
+    """JSON for operators: this instance, and the fleet's totals over every live instance."""
+    return web.json_response(await status_document(request.app[SERVICES]))
+
+
+async def status_document(services: Services) -> dict[str, Any]:
     upstreams = {}
     for client in services.upstreams:
         quota = services.metrics.quotas.get(client.host)
@@ -290,11 +386,46 @@ async def status(request: web.Request) -> web.Response:
             "account": client.settings.username or "anonymous",
             **(quota.as_json() if quota else {"counted_pulls": 0, "ratelimit": None}),
         }
-    return web.json_response(
-        {
-            "upstreams": upstreams,
-            "storage": str(services.settings.storage),
-            "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
-            "storage_errors": services.storage.errors,
-        }
+    view = await services.fleet.view()
+    return {
+        "instance": services.fleet.instance_id,
+        "upstreams": upstreams,
+        "storage": str(services.settings.storage),
+        "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
+        "storage_errors": services.storage.errors,
+        "cache": services.janitor.status(),
+        "fleet": {
+            "complete": view["complete"],
+            "publish_interval": services.fleet.interval,
+            **view["totals"],
+        },
+        "instances": [
+            {
+                "instance": record["instance"],
+                "published_at": record["published_at"],
+                "started_at": record.get("started_at"),
+                "hits": record.get("hits", 0),
+                "misses": record.get("misses", 0),
+                "stale": record.get("stale", 0),
+                "counted_pulls": sum(
+                    int(u.get("counted_pulls") or 0)
+                    for u in (record.get("upstreams") or {}).values()
+                ),
+                "downloads": len(record.get("downloads") or []),
+            }
+            for record in view["instances"]
+        ],
+    }
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status page: HTML rendered here, refreshed by a few lines of script (no assets)."""
+    document = await status_document(request.app[SERVICES])
+    fragment = request.query.get("fragment") == "1"
+    body = render_fragment(document) if fragment else render_page(document)
+    return web.Response(
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", **PAGE_HEADERS},
     )

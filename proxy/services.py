@@ -7,7 +7,6 @@ command-line tools (``warm``) both run on it, so they cache in exactly the same 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,22 @@ from pathlib import Path
 import aiohttp
 
 from proxy.cache.blobs import BlobCache
+from proxy.cache.diskfull import DiskFullAlarm
+from proxy.cache.housekeeping import Housekeeper
+from proxy.cache.janitor import Janitor
+from proxy.cache.lastuse import LastUse, UseRecords, new_instance_id
+from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
-from proxy.cache.spool import Spool
+from proxy.cache.pieces import PieceSettings
+from proxy.cache.pins import BlobPins
+from proxy.cache.prefetch import Prefetcher
+from proxy.cache.referrers import ReferrersCache
+from proxy.cache.spool import Spool, spool_location
+from proxy.cache.usage import BlobUsage
 from proxy.config import Settings
+from proxy.fleet import Fleet
 from proxy.metrics import Metrics
+from proxy.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
@@ -37,7 +48,19 @@ class Services:
     upstreams: Upstreams
     blobs: BlobCache
     manifests: ManifestCache
+    referrers: ReferrersCache
     metrics: Metrics
+    policy: RepositoryPolicy
+    fleet: Fleet
+    janitor: Janitor
+    prefetch: Prefetcher
+
+    def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
+        """(client, upstream repository name) for a request, refused (403) by the repository
+        rules before anything is asked upstream. Every route and tool resolves names here."""
+        client, upstream_name = self.upstreams.resolve(name, ns)
+        self.policy.check(client.host, upstream_name)
+        return client, upstream_name
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -54,29 +77,29 @@ def create_storage(settings: Settings) -> Storage:
     return FilesystemStorage(settings.storage.path)
 
 
-def spool_dir(settings: Settings) -> Path:
-    if settings.spool_dir is not None:
-        return settings.spool_dir
-    if settings.storage.path is not None:
-        return settings.storage.path / "spool"
-    return Path(tempfile.gettempdir()) / "registry-proxy-spool"
-
-
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings,
     *,
     storage: Storage | None = None,
     retry_delays: tuple[float, ...] | None = None,
+    housekeeping: bool = False,
 ) -> AsyncIterator[Services]:
     """Open everything a proxy needs (connection pool, storage, caches) for a block's lifetime.
 
-    ``storage`` and ``retry_delays`` let tests swap parts in. Raises StorageError when the
-    storage cannot be opened (start-up fails loudly rather than caching nothing).
+    ``storage`` and ``retry_delays`` let tests swap parts in. ``housekeeping`` runs the cache's
+    janitor in the background (the server does; one-shot tools only flush their uses at the
+    end). Raises StorageError when the storage cannot be opened (start-up fails loudly rather
+    than caching nothing).
     """
     metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
+    disk_full = DiskFullAlarm(
+        on_event=lambda where: metrics.housekeeping.disk_full.labels(where).inc()
+    )
     safe_storage = FailSafeStorage(
-        storage or create_storage(settings), on_error=metrics.storage_errors.inc
+        storage or create_storage(settings),
+        on_error=metrics.storage_errors.inc,
+        on_full=lambda exc: disk_full.report("storage", str(exc)),
     )
     connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
@@ -92,23 +115,118 @@ async def open_services(
             )
             for upstream in (settings.upstream, *settings.extra_upstreams)
         ]
-        spool = Spool(spool_dir(settings))
+        spool = Spool(
+            spool_location(settings).path,
+            max_size=settings.spool_max_size,
+            min_free=settings.spool_min_free,
+            on_full=disk_full.report,
+        )
         spool.open()
+        last_use = LastUse(UseRecords(safe_storage, new_instance_id()))
+        last_use.enabled = settings.cache_record_access
+        pins = BlobPins()
+        janitor = Janitor(
+            housekeeper(settings, safe_storage, last_use, pins, spool),
+            last_use,
+            sweep_interval=settings.cache_sweep_interval,
+            metrics=metrics.housekeeping,
+        )
+        disk_full.make_room = janitor.make_room
+        links = ContentLinks(safe_storage, negative_ttl=settings.negative_ttl)
         blobs = BlobCache(
             safe_storage,
             spool,
+            links=links,
             redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
             max_fetches=settings.max_upstream_fetches,
+            usage=BlobUsage(last_use, pins, janitor.stored),
+            pieces=PieceSettings(settings.fetch_pieces, settings.fetch_piece_threshold),
+            observer=metrics,
         )
+        tag_ttl = TagTtl(settings.tag_ttl, settings.tag_ttl_rules, settings.upstream.host)
         manifests = ManifestCache(
             safe_storage,
-            tag_ttl=settings.tag_ttl,
+            tag_ttl=tag_ttl,
             max_manifest_bytes=settings.max_manifest_bytes,
+            links=links,
+            negative_ttl=settings.negative_ttl,
+            keep_deleted_tags=settings.keep_deleted_tags,
+            on_deleted_tag=metrics.deleted_tag,
+            on_use=last_use.touch,
+        )
+        referrers = ReferrersCache(
+            safe_storage,
+            tag_ttl=tag_ttl,
+            negative_ttl=settings.negative_ttl,
+            max_bytes=settings.max_manifest_bytes,
+        )
+        prefetch = Prefetcher(
+            blobs,
+            manifests,
+            enabled=settings.prefetch,
+            # Client requests come first: prefetches get a quarter of the fetch slots.
+            max_fetches=max(1, settings.max_upstream_fetches // 4),
+            observer=metrics,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
-        metrics.in_flight.set_function(lambda: blobs.in_flight + manifests.in_flight)
+        policy = RepositoryPolicy(
+            {u.host: u.repository_rules for u in (settings.upstream, *settings.extra_upstreams)},
+            default_host=settings.upstream.host,
+        )
+        metrics.in_flight.set_function(
+            lambda: blobs.in_flight + manifests.in_flight + referrers.in_flight
+        )
+        fleet = Fleet(
+            safe_storage,
+            metrics.activity,
+            lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
+        )
+        if housekeeping:
+            janitor.start()
         try:
-            yield Services(settings, safe_storage, upstreams, blobs, manifests, metrics)
+            yield Services(
+                settings,
+                safe_storage,
+                upstreams,
+                blobs,
+                manifests,
+                referrers,
+                metrics,
+                policy,
+                fleet,
+                janitor,
+                prefetch,
+            )
         finally:
+            await prefetch.close()
             await blobs.close()
+            await janitor.stop()
             await safe_storage.close()
+
+
+def housekeeper(
+    settings: Settings,
+    storage: FailSafeStorage,
+    last_use: LastUse | None = None,
+    pins: BlobPins | None = None,
+    spool: Spool | None = None,
+) -> Housekeeper:
+    """The cache's housekeeping for these settings (the server's janitor and ``cache gc``)."""
+    inner = storage.inner
+    root: Path | None = None
+    temp_dirs: list[Path] = []
+    if isinstance(inner, FilesystemStorage):
+        root = inner.root
+        temp_dirs.append(inner.tmp_dir)
+    temp_dirs.append(spool.directory if spool is not None else spool_location(settings).path)
+    records = last_use.records if last_use is not None else UseRecords(storage, new_instance_id())
+    return Housekeeper(
+        storage,
+        records,
+        limit=settings.cache_limit,
+        expire_unused=settings.cache_expire_unused,
+        disk_path=root,
+        temp_dirs=tuple(temp_dirs),
+        pins=pins,
+        pending=(lambda: last_use.pending) if last_use is not None else None,
+    )

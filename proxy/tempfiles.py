@@ -18,13 +18,30 @@ def temp_name() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
-def remove_orphans(directory: Path) -> int:
-    """Delete the temporary files in ``directory`` whose process no longer runs."""
-    removed = 0
+def orphans(directory: Path, *, running: bool = False) -> list[Path]:
+    """The temporary files in ``directory`` whose process no longer runs.
+
+    At start-up (``running`` False) files named with our own pid are orphans too: a previous
+    process had it (a container's entry point is pid 1 every time). Once this process runs
+    (``running`` True) they are its own files in use.
+    """
+    found = []
     for entry in directory.iterdir():
         pid_text = entry.name.partition("-")[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
-            continue
+        if pid_text.isdigit():
+            pid = int(pid_text)
+            if pid == os.getpid() and running:
+                continue
+            if pid != os.getpid() and _pid_alive(pid):
+                continue
+        found.append(entry)
+    return found
+
+
+def remove_orphans(directory: Path, *, running: bool = False) -> int:
+    """Delete the temporary files in ``directory`` whose process no longer runs."""
+    removed = 0
+    for entry in orphans(directory, running=running):
         with contextlib.suppress(OSError):
             entry.unlink()
             removed += 1

@@ -93,7 +93,7 @@ async def warm_image(
     result = WarmResult(image)
     try:
         name, reference = parse_image(image)
-        client, upstream_name = services.upstreams.resolve(name, None)
+        client, upstream_name = services.resolve(name, None)
         top = await services.manifests.get(client, upstream_name, reference)
         result.manifests += 1
         images = [top]

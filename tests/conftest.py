@@ -51,7 +51,7 @@ async def make_proxy(
     """``client = await make_proxy(hub, tag_ttl=0, ...)``: the app on a loopback port.
 
     Keyword arguments override Settings fields; by default the cache lives in a fresh directory
-    under tmp_path (``client.app[SERVICES].settings.storage.path``).
+    under tmp_path (``client.app[SERVICES].settings.storage.path``) and has no size limit.
     """
     count = 0
 
@@ -70,6 +70,9 @@ async def make_proxy(
             storage=StorageLocation(path=tmp_path / f"cache{count}"),
             upstream_connect_timeout=2.0,
             upstream_read_timeout=5.0,
+            # No size limit unless a test sets one: the default follows the free space of the
+            # machine's disk, which a test must not depend on.
+            cache_limit=None,
         )
         settings = dataclasses.replace(base, **overrides)
         app = create_app(settings, storage=storage_backend, retry_delays=(0.01, 0.01))

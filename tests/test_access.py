@@ -86,12 +86,84 @@ async def test_anonymous_networks_skip_login(fakehub: FakeHub, make_proxy: Proxy
     assert (await client.get("/v2/")).status == 200
 
 
-def test_client_address_walks_forwarded_for_from_the_right() -> None:
-    policy = AccessPolicy(trusted_proxies=parse_networks("10.0.0.0/24, 10.0.1.0/24"))
+async def test_forged_forwarded_for_from_inside_the_trusted_range_is_not_believed(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """Clients live in the trusted range too (CodeBuild and the load balancer share a VPC).
+
+    The balancer here is 127.0.0.1 and the whole 127.0.0.0/8 is trusted; a client at 127.0.0.9,
+    which is not allowed, claims an allowed address. The balancer appends the address it really
+    saw, and that last entry is the only one believed.
+    """
+    client = await make_proxy(
+        fakehub,
+        allow_cidrs=parse_networks("10.50.0.0/16"),
+        anonymous_cidrs=parse_networks("10.50.0.0/16"),
+        auth_tokens=frozenset({"tok"}),
+        trusted_proxies=parse_networks("127.0.0.0/8"),
+    )
+    forged = await client.get("/v2/", headers={"X-Forwarded-For": "10.50.0.7, 127.0.0.9"})
+    assert forged.status == 403
+    assert "127.0.0.9" in (await forged.json())["errors"][0]["detail"]
+    # ... nor does a longer chain of trusted-looking hops get it past the check
+    header = {"X-Forwarded-For": "10.50.0.7, 127.0.0.8, 127.0.0.9"}
+    assert (await client.get("/v2/", headers=header)).status == 403
+    # the genuine client from the allowed (and login-free) network
+    assert (await client.get("/v2/", headers={"X-Forwarded-For": "10.50.0.7"})).status == 200
+
+
+def test_client_address_is_the_entry_the_load_balancer_added() -> None:
+    """The stack's numbers: the balancer and the clients both inside the VPC's 10.80.0.0/16."""
+    policy = AccessPolicy(trusted_proxies=parse_networks("10.80.0.0/16"))
+    forged = policy.client_address("10.80.1.10", "10.50.0.7, 10.80.5.5")
+    assert forged == ipaddress.ip_address("10.80.5.5")
+    assert policy.client_address("10.80.1.10", "10.80.5.5") == ipaddress.ip_address("10.80.5.5")
+
+
+def test_client_address_counts_trusted_hops_from_the_right() -> None:
+    policy = AccessPolicy(
+        trusted_proxies=parse_networks("10.0.0.0/24, 10.0.1.0/24"), trusted_hops=2
+    )
     address = policy.client_address("10.0.0.5", "198.51.100.7, 203.0.113.9, 10.0.1.4")
     assert address == ipaddress.ip_address("203.0.113.9")
+    # fewer entries than hops: the first address one of our proxies saw
+    assert policy.client_address("10.0.0.5", "203.0.113.9") == ipaddress.ip_address("203.0.113.9")
+    # an untrusted peer's header is ignored; a garbled entry is no address at all
     assert policy.client_address("192.0.2.1", "203.0.113.9") == ipaddress.ip_address("192.0.2.1")
-    assert policy.client_address("10.0.0.5", "not-an-ip") is None
+    assert policy.client_address("10.0.0.5", "not-an-ip, 10.0.1.4") is None
+
+
+async def test_operator_endpoints_need_an_operator_network_or_a_login(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy(
+        fakehub,
+        operator_cidrs=parse_networks("10.9.0.0/16"),
+        trusted_proxies=parse_networks("127.0.0.0/8"),
+        auth_tokens=frozenset({"tok"}),
+        anonymous_cidrs=parse_networks("0.0.0.0/0"),
+    )
+    for path in ("/metrics", "/status"):
+        denied = await client.get(path, headers={"X-Forwarded-For": "10.1.2.3"})
+        assert denied.status == 403, path
+        assert (await denied.json())["errors"][0]["code"] == "DENIED"
+        operator = await client.get(path, headers={"X-Forwarded-For": "10.9.0.4"})
+        assert operator.status == 200, path
+        login = await client.get(
+            path, headers={"X-Forwarded-For": "10.1.2.3", "Authorization": "Bearer tok"}
+        )
+        assert login.status == 200, path
+    # the registry API and the health checks are not operator endpoints
+    assert (await client.get("/v2/", headers={"X-Forwarded-For": "10.1.2.3"})).status == 200
+    assert (await client.get("/healthz/local")).status == 200
+
+
+async def test_operator_endpoints_are_open_without_operator_networks(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy(fakehub)
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/status")).status == 200
 
 
 def test_bad_access_settings_are_config_errors(tmp_path: Path) -> None:

@@ -79,6 +79,24 @@ async def test_range_requests(fakehub: FakeHub, make_proxy: ProxyFactory, cached
     assert beyond.headers["Content-Range"] == f"bytes */{len(LAYER)}"
 
 
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize(
+    "start", ["99999999999999999999", "18446744073709551616", "9" * 5000, str(len(LAYER))]
+)
+async def test_a_range_starting_beyond_the_blob_is_416_whatever_its_digits(
+    fakehub: FakeHub, make_proxy: ProxyFactory, cached: bool, start: str
+) -> None:
+    """Never the whole blob with 200: a client asking from an offset would take it as that."""
+    digest = fakehub.add_blob(LAYER, repo="library/golang")
+    client = await make_proxy(fakehub)
+    if cached:
+        await (await client.get(blob_path(digest))).read()
+    response = await client.get(blob_path(digest), headers={"Range": f"bytes={start}-"})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(LAYER)}"
+    assert len(await response.read()) < 1000  # an error body, not the blob
+
+
 async def test_concurrent_misses_share_one_streaming_fetch(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -47,17 +48,43 @@ def test_compose_creates_the_bucket_the_proxy_uses() -> None:
     assert endpoint.split("//")[1].split(":")[0] in services
 
 
+def dockerfile_final_stage() -> str:
+    return (ROOT / "Dockerfile").read_text().split("\nFROM ", 2)[2]
+
+
+def dockerfile_env(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` pairs of the ENV instructions (the continuation-line form used here)."""
+    return dict(re.findall(r"\b([A-Z_]+)=(\S+?)(?:\s*\\)?$", text, re.MULTILINE))
+
+
 def test_dockerfile_shape() -> None:
     text = (ROOT / "Dockerfile").read_text()
+    # The base is a build argument (CI builds on a base it makes), python:3.11-slim by default.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
     stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-    assert len(stages) == 2 and all("slim" in s for s in stages)
-    final = text.split("\nFROM ", 2)[2]
+    assert stages == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    final = dockerfile_final_stage()
     assert re.search(r"^USER 10001", final, re.MULTILINE), "final stage must not run as root"
     assert "gcc" not in final and "build-essential" not in final
     assert 'CMD ["serve"]' in final and 'ENTRYPOINT ["registry-proxy"]' in final
     assert "HEALTHCHECK" in final and '"healthcheck"' in final
     for variable in re.findall(r"\b(PROXY_[A-Z_]+)=", final):
         assert variable in ENV_VARS
+
+
+def test_dockerfile_declares_the_writable_directories_as_volumes_owned_by_the_user() -> None:
+    """A volume mounted at a declared VOLUME takes the image's ownership of that directory;
+    anywhere else (Fargate bind mounts) it would belong to root, mode 0755."""
+    final = dockerfile_final_stage()
+    env = dockerfile_env(final)
+    spool, cache = env["PROXY_SPOOL_DIR"], env["PROXY_STORAGE"]
+    [volumes] = re.findall(r"^VOLUME (\[.*\])$", final, re.MULTILINE)
+    assert sorted(json.loads(volumes)) == sorted([spool, cache])
+    created = re.search(r"install -d -o 10001 -g 10001 -m 0700 (.+)$", final, re.MULTILINE)
+    assert created is not None
+    assert sorted(created.group(1).split()) == sorted([spool, cache])
+    # the directories are created before the USER switch, by root, for the runtime user
+    assert final.index("install -d") < final.index("USER 10001")
 
 
 def test_healthcheck_command_fails_without_a_server(tmp_path: Path) -> None:
@@ -74,3 +101,11 @@ def test_healthcheck_command_fails_without_a_server(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "127.0.0.1:9/healthz" in result.stderr
+
+
+def test_compose_runs_the_proxy_read_only_with_its_spool_on_a_volume() -> None:
+    proxy = compose()["services"]["proxy"]
+    assert proxy["read_only"] is True
+    spool = dockerfile_env(dockerfile_final_stage())["PROXY_SPOOL_DIR"]
+    mounts = {entry.split(":")[1]: entry.split(":")[0] for entry in proxy["volumes"]}
+    assert mounts[spool] in compose()["volumes"]

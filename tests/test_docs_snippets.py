@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -212,8 +212,16 @@ def test_guide_covers_the_explicit_form_and_the_vpc() -> None:
 FAKE_DOCKERD = """\
 # Stands in for dockerd: on SIGHUP it "loads" daemon.json by copying it to the state file.
 trap 'cp "$1" "$2" 2>/dev/null || true' HUP
+echo ready
 while :; do sleep 0.05; done
 """
+# A dockerd that ignores SIGHUP (does not reload its configuration).
+STUBBORN_DOCKERD = """\
+trap '' HUP
+echo ready
+while :; do sleep 0.05; done
+"""
+READY_TIMEOUT = 10.0
 
 FAKE_DOCKER = """\
 #!/usr/bin/env bash
@@ -243,12 +251,18 @@ class FakeHost:
     dockerd: subprocess.Popen[bytes] | None = None
 
     def start_dockerd(self, *, reloads: bool = True) -> None:
-        script = FAKE_DOCKERD if reloads else "trap '' HUP\nwhile :; do sleep 0.05; done\n"
+        script = FAKE_DOCKERD if reloads else STUBBORN_DOCKERD
         self.dockerd = subprocess.Popen(
-            [require("bash"), "-c", script, "fake-dockerd", str(self.config), str(self.state)]
+            [require("bash"), "-c", script, "fake-dockerd", str(self.config), str(self.state)],
+            stdout=subprocess.PIPE,
         )
         (self.root / "docker.pid").write_text(f"{self.dockerd.pid}\n")
-        time.sleep(0.2)  # let bash install its trap before anything signals it
+        # Handshake: the script says "ready" once its trap is installed; a SIGHUP sent before
+        # that would kill bash instead of reloading.
+        assert self.dockerd.stdout is not None
+        ready, _, _ = select.select([self.dockerd.stdout], [], [], READY_TIMEOUT)
+        line = self.dockerd.stdout.readline() if ready else b""
+        assert line == b"ready\n", f"fake dockerd not ready within {READY_TIMEOUT} s: {line!r}"
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -289,6 +303,8 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
     if fake.dockerd is not None:
         fake.dockerd.send_signal(signal.SIGTERM)
         fake.dockerd.wait(timeout=10)
+        if fake.dockerd.stdout is not None:
+            fake.dockerd.stdout.close()
 
 
 def test_script_creates_daemon_json_and_reloads_dockerd(host: FakeHost) -> None:

@@ -603,6 +603,42 @@ async def test_wrong_bytes_keep_length_and_headers(
     assert "sha256:" + hashlib.sha256(body).hexdigest() != image.digest
 
 
+async def test_ranges_are_recorded_and_faults_scope_to_one_piece(
+    fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
+) -> None:
+    digest = image.layer_digests[1]
+    location = fakehub.cdn_blob_url(digest)
+    fakehub.inject_wrong_bytes(digest, range_start=1024, times=1)
+    async with session.get(location, headers={"Range": "bytes=0-1023"}) as resp:
+        assert resp.status == 206
+        assert await resp.read() == BIG_LAYER[:1024]
+    async with session.get(location, headers={"Range": "bytes=1024-"}) as resp:
+        assert resp.status == 206
+        assert resp.headers["Content-Range"] == f"bytes 1024-2047/{len(BIG_LAYER)}"
+        assert await resp.read() != BIG_LAYER[1024:]
+    async with session.get(location) as resp:
+        assert await resp.read() == BIG_LAYER
+    assert fakehub.blob_ranges(digest) == ["bytes=0-1023", "bytes=1024-", None]
+    assert [r.range_start for r in fakehub.matching(server="cdn")] == [0, 1024, None]
+
+
+async def test_ignore_range_answers_200_with_the_whole_blob(
+    fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
+) -> None:
+    digest = image.layer_digests[1]
+    fault = fakehub.inject_ignore_range(digest, range_start=100)
+    for _ in range(2):
+        async with session.get(
+            fakehub.cdn_blob_url(digest), headers={"Range": "bytes=100-199"}
+        ) as resp:
+            assert resp.status == 200
+            assert "Content-Range" not in resp.headers
+            assert await resp.read() == BIG_LAYER
+    async with session.get(fakehub.cdn_blob_url(digest), headers={"Range": "bytes=0-99"}) as resp:
+        assert resp.status == 206
+    assert fault.hits == 2
+
+
 async def test_slow_first_byte_holds_until_the_gate_opens(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:

@@ -16,12 +16,16 @@ What must hold:
 * the upstream only ever sees requests inside the registry grammar (a valid name, a tag or
   sha256 digest, the token endpoint, the CDN);
 * nothing is written outside the cache, and the cache itself scans clean afterwards.
+
+One run serves the whole module (the ``run`` fixture: a few seconds on a 2-core machine); each
+invariant is a test of its own, so a failure names the one that broke.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -35,11 +39,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from conftest import ProxyFactory
-from support.cache_scan import scan_directory
-from support.fakehub import FakeHub, ImageInfo, IndexInfo
+from support.cache_scan import ScanReport, scan_directory
+from support.fakehub import FakeHub, ImageInfo, IndexInfo, RecordedRequest
 
+from proxy.app import create_app
+from proxy.config import Settings, StorageLocation, UpstreamSettings
 from proxy.routes import SERVICES
 
 SEED = 0x5EED_6006
@@ -921,41 +929,159 @@ def describe(answer: Answer) -> str:
     return f"[{answer.probe.category}] {request!r}\n    -> {answer.status}: {reply!r}"
 
 
-# --- the test -------------------------------------------------------------------------------------
+# --- the run --------------------------------------------------------------------------------------
 
 
-async def test_hostile_requests(fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path) -> None:
-    content = populate(fakehub)
-    client = await make_proxy(fakehub, tag_ttl=3600)
-    services = client.app[SERVICES]
-    assert services.settings.storage.path is not None
-    cache_root = services.settings.storage.path
-    assert cache_root.is_relative_to(tmp_path)
-    port = client.port
-    assert port is not None
+@dataclass
+class HostileRun:
+    """Everything one run observed; each test below checks one invariant against it."""
 
-    # Some of the image cached, some not: Range requests meet both kinds.
-    for path in ("/v2/library/golang/manifests/1.22", f"/v2/golang/blobs/{content.warm_blob}"):
-        response = await client.get(path)
-        assert response.status == 200
-        await response.read()
-    planted = plant_sentinels(cache_root, content)
-    before = tree(tmp_path, cache_root)
-    passwd = passwd_lines()
+    content: Content
+    probes: list[Probe]
+    answers: list[Answer]
+    elapsed: float
+    planted: dict[Path, bytes]
+    planted_after: dict[Path, bytes | None]
+    """What each planted secret file held after the run (None: it was gone)."""
+    passwd: list[bytes]
+    opened: OpenRecorder
+    cache_root: Path
+    upstream: list[RecordedRequest]
+    tree_before: dict[str, int]
+    tree_after: dict[str, int]
+    in_flight_after: int
+    scan: ScanReport
 
-    probes = Generator(content).probes(PROBES)
-    started = time.monotonic()
-    with OpenRecorder() as opened:
-        answers = await run_probes(port, probes)
-    elapsed = time.monotonic() - started
-    assert len(answers) == len(probes)
+    @property
+    def summary(self) -> str:
+        statuses = Counter(a.status for a in self.answers)
+        by_status = dict(sorted(statuses.items(), key=str))
+        return f"{len(self.answers)} requests in {self.elapsed:.1f} s; statuses {by_status}"
 
-    # An incomplete request may be closed without an answer, but never left hanging.
-    unanswered = [a for a in answers if a.status is None and not (a.probe.incomplete and a.closed)]
-    server_errors = [a for a in answers if a.status is not None and a.status >= 500]
-    wrong_controls = [
+
+def proxy_settings(hub: FakeHub, cache_root: Path) -> Settings:
+    """As tests/conftest.py's make_proxy sets it up, with tags trusted for the whole run."""
+    return Settings(
+        upstream=UpstreamSettings("docker.io", hub.url, None, ""),
+        storage=StorageLocation(path=cache_root),
+        upstream_connect_timeout=2.0,
+        upstream_read_timeout=5.0,
+        tag_ttl=3600,
+    )
+
+
+async def hostile_run(work: Path) -> HostileRun:
+    """Serve the proxy as ``registry-proxy serve`` does, send the probes, look at what happened."""
+    cache_root = work / "run" / "cache"
+    async with FakeHub() as hub:
+        content = populate(hub)
+        app = create_app(proxy_settings(hub, cache_root), retry_delays=(0.01, 0.01))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            services = app[SERVICES]
+            # Some of the image cached, some not: Range requests meet both kinds.
+            async with aiohttp.ClientSession() as session:
+                for path in (
+                    "/v2/library/golang/manifests/1.22",
+                    f"/v2/golang/blobs/{content.warm_blob}",
+                ):
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                        assert response.status == 200, path
+                        await response.read()
+            planted = plant_sentinels(cache_root, content)
+            tree_before = tree(work, cache_root)
+
+            probes = Generator(content).probes(PROBES)
+            started = time.monotonic()
+            with OpenRecorder() as opened:
+                answers = await run_probes(port, probes)
+            elapsed = time.monotonic() - started
+            # Blobs of the images the probes were served start downloading in the background.
+            await asyncio.wait_for(services.prefetch.wait_idle(), timeout=10)
+            await services.blobs.drain(10)  # downloads the probes started
+            in_flight_after = services.blobs.in_flight
+        finally:
+            await runner.cleanup()
+        upstream = list(hub.requests)
+    tree_after = tree(work, cache_root)
+    planted_after = {place: place.read_bytes() if place.exists() else None for place in planted}
+    for place in planted:
+        place.unlink(missing_ok=True)
+    scan = await asyncio.to_thread(scan_directory, cache_root)
+    return HostileRun(
+        content=content,
+        probes=probes,
+        answers=answers,
+        elapsed=elapsed,
+        planted=planted,
+        planted_after=planted_after,
+        passwd=passwd_lines(),
+        opened=opened,
+        cache_root=cache_root,
+        upstream=upstream,
+        tree_before=tree_before,
+        tree_after=tree_after,
+        in_flight_after=in_flight_after,
+        scan=scan,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> HostileRun:
+    """One run for the whole module, in an event loop of its own (in its own thread, so it
+    cannot meet the loops pytest-asyncio manages); the proxy runs as ``registry-proxy serve``
+    runs it (aiohttp's handler_cancellation off)."""
+    work = tmp_path_factory.mktemp("hostile")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, hostile_run(work)).result()
+
+
+# --- what must hold -------------------------------------------------------------------------------
+
+
+def test_the_run_tried_every_kind_of_hostile_request(run: HostileRun) -> None:
+    assert len(run.answers) == len(run.probes) == PROBES
+    assert {p.category for p in run.probes} >= {
+        "path",
+        "range",
+        "header",
+        "request-line",
+        "control",
+    }
+    # Most of it was refused as the client's error.
+    client_errors = sum(1 for a in run.answers if a.status is not None and 400 <= a.status < 500)
+    assert client_errors > PROBES // 2, run.summary
+
+
+def test_every_request_is_answered(run: HostileRun) -> None:
+    """An incomplete request may be closed without an answer, but never left hanging."""
+    unanswered = [
+        a for a in run.answers if a.status is None and not (a.probe.incomplete and a.closed)
+    ]
+    assert not unanswered, (
+        run.summary + "\nunanswered:\n" + "\n".join(describe(a) for a in unanswered[:20])
+    )
+
+
+def test_no_answer_is_a_server_error(run: HostileRun) -> None:
+    """Malformed input is the client's error (4xx); a valid request gets its 2xx/3xx."""
+    server_errors = [a for a in run.answers if a.status is not None and a.status >= 500]
+    assert not server_errors, (
+        run.summary + "\n5xx answers:\n" + "\n".join(describe(a) for a in server_errors[:20])
+    )
+
+
+def test_well_formed_pulls_get_their_exact_bytes(run: HostileRun) -> None:
+    """The noise does not disturb real clients."""
+    controls = [a for a in run.answers if a.probe.expected is not None]
+    assert controls
+    wrong = [
         a
-        for a in answers
+        for a in controls
         if a.probe.expected is not None
         and (
             a.status != a.probe.expected.status
@@ -965,39 +1091,36 @@ async def test_hostile_requests(fakehub: FakeHub, make_proxy: ProxyFactory, tmp_
             )
         )
     ]
-    leaks = [(a, place) for a in answers for place, secret in planted.items() if secret in a.raw]
-    passwd_leaks = [a for a in answers if any(line in a.raw for line in passwd)]
-    statuses = Counter(a.status for a in answers)
-    by_status = dict(sorted(statuses.items(), key=str))
-    summary = f"{len(answers)} requests in {elapsed:.1f} s; statuses {by_status}"
-    assert not server_errors, (
-        summary + "\n5xx answers:\n" + "\n".join(describe(a) for a in server_errors[:20])
+    assert not wrong, "well-formed requests answered wrongly:\n" + "\n".join(
+        describe(a) for a in wrong[:20]
     )
-    assert not unanswered, (
-        summary + "\nunanswered:\n" + "\n".join(describe(a) for a in unanswered[:20])
-    )
+
+
+def test_no_planted_secret_is_served(run: HostileRun) -> None:
+    leaks = [
+        (a, place) for a in run.answers for place, secret in run.planted.items() if secret in a.raw
+    ]
     assert not leaks, "planted secrets served:\n" + "\n".join(
         f"{place}: {describe(a)}" for a, place in leaks[:10]
     )
-    assert not passwd_leaks, "/etc/passwd served:\n" + "\n".join(
-        describe(a) for a in passwd_leaks[:10]
-    )
-    assert not wrong_controls, "well-formed requests answered wrongly:\n" + "\n".join(
-        describe(a) for a in wrong_controls[:20]
-    )
-    # Every kind of hostile request was tried, and most were refused as the client's error.
-    assert {p.category for p in probes} >= {"path", "range", "header", "request-line", "control"}
-    assert sum(n for status, n in statuses.items() if status and 400 <= status < 500) > PROBES // 2
 
-    # No file outside the cache was opened, by any thread, while the requests were answered.
-    assert opened.paths, "the audit hook saw no file opened at all"
-    assert opened.outside(cache_root) == []
-    assert opened.among(planted) == []
 
-    # The upstream saw only requests inside the registry grammar.
+def test_etc_passwd_is_never_served(run: HostileRun) -> None:
+    leaks = [a for a in run.answers if any(line in a.raw for line in run.passwd)]
+    assert not leaks, "/etc/passwd served:\n" + "\n".join(describe(a) for a in leaks[:10])
+
+
+def test_no_file_outside_the_cache_is_opened(run: HostileRun) -> None:
+    """By any thread of the process, while the requests were answered."""
+    assert run.opened.paths, "the audit hook saw no file opened at all"
+    assert run.opened.outside(run.cache_root) == []
+    assert run.opened.among(run.planted) == []
+
+
+def test_the_upstream_sees_only_the_registry_grammar(run: HostileRun) -> None:
     outside = [
         r
-        for r in fakehub.requests
+        for r in run.upstream
         if not (
             UPSTREAM_CDN_PATH.fullmatch(r.path)
             if r.server == "cdn"
@@ -1008,22 +1131,20 @@ async def test_hostile_requests(fakehub: FakeHub, make_proxy: ProxyFactory, tmp_
     assert not outside, "upstream requests outside the grammar:\n" + "\n".join(
         f"{r.server} {r.method} {r.path}?{r.query}" for r in outside[:20]
     )
-    assert all(r.method in ("GET", "HEAD") for r in fakehub.requests)
+    assert {r.method for r in run.upstream} <= {"GET", "HEAD"}
 
-    # Nothing written outside the cache; the cache holds only verified entries.
-    for _ in range(200):  # downloads the probes started finish within 10 s
-        if not services.blobs.in_flight:
-            break
-        await asyncio.sleep(0.05)
-    assert not services.blobs.in_flight
-    assert tree(tmp_path, cache_root) == before
-    for place, secret in planted.items():
-        assert place.read_bytes() == secret
-        place.unlink()
-    report = await asyncio.to_thread(scan_directory, cache_root)
-    assert report.problems == [], report.describe()
-    assert report.temp_files == [], report.describe()
-    assert content.uncached_blob in report.digests
+
+def test_nothing_is_written_outside_the_cache(run: HostileRun) -> None:
+    assert run.in_flight_after == 0, "downloads the probes started did not finish"
+    assert run.tree_after == run.tree_before
+    changed = [place for place, secret in run.planted.items() if run.planted_after[place] != secret]
+    assert changed == [], "planted files changed or removed"
+
+
+def test_the_cache_holds_only_verified_entries(run: HostileRun) -> None:
+    assert run.scan.problems == [], run.scan.describe()
+    assert run.scan.temp_files == [], run.scan.describe()
+    assert run.content.uncached_blob in run.scan.digests  # the probes' pulls were cached
 
 
 @pytest.mark.parametrize("n", ["1" * 5000, "%C2%B2", "1%C2%B2"])

@@ -93,6 +93,18 @@ def test_reference_is_tag_or_digest() -> None:
     assert Reference.parse(f"sha256:{HEX}").digest == Digest(HEX)
 
 
+def test_reference_from_url_is_tag_or_digest_or_no_manifest() -> None:
+    assert Reference.from_url("latest") == Reference.parse("latest")
+    assert Reference.from_url(f"sha256:{HEX}") == Reference.parse(f"sha256:{HEX}")
+    for value in (".INVALID_MANIFEST_NAME", "-x", "a" * 129, ""):
+        with pytest.raises(RegistryError) as info:
+            Reference.from_url(value)
+        assert (info.value.code, info.value.status) == ("MANIFEST_UNKNOWN", 404)
+    with pytest.raises(RegistryError) as info:
+        Reference.from_url("sha256:zzz")  # a digest, malformed: the client's error
+    assert (info.value.code, info.value.status) == ("DIGEST_INVALID", 400)
+
+
 @pytest.mark.parametrize(
     ("path", "endpoint", "name", "reference"),
     [
@@ -148,14 +160,29 @@ def test_parse_api_path_unknown(path: str) -> None:
         ("bytes=0-1,4-5", 10, None),  # several ranges: whole entity
         ("items=0-1", 10, None),
         ("bytes=-", 10, None),
-        ("bytes=99999999999999999999-", 10, None),  # absurdly long numbers are malformed
+        ("bytes=0-99999999999999999999", 10, ByteRange(0, 9)),  # an end past any blob
+        ("bytes=-99999999999999999999", 10, ByteRange(0, 9)),  # a suffix longer than any
+        ("bytes=0-" + "1" * 5000, 10, ByteRange(0, 9)),  # more digits than int() parses
+        ("bytes=00000000000000000000003-4", 10, ByteRange(3, 4)),  # leading zeros
     ],
 )
 def test_parse_range(header: str | None, size: int, expected: ByteRange | None) -> None:
     assert parse_range(header, size) == expected
 
 
-@pytest.mark.parametrize(("header", "size"), [("bytes=10-", 10), ("bytes=-0", 10), ("bytes=0-", 0)])
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        ("bytes=10-", 10),
+        ("bytes=-0", 10),
+        ("bytes=0-", 0),
+        # A start beyond the blob is unsatisfiable however many digits it has.
+        ("bytes=99999999999999999999-", 10),
+        ("bytes=9223372036854775807-", 10),
+        ("bytes=18446744073709551615-18446744073709551616", 10),
+        ("bytes=" + "9" * 5000 + "-", 10),
+    ],
+)
 def test_parse_range_unsatisfiable(header: str, size: int) -> None:
     with pytest.raises(RangeNotSatisfiable):
         parse_range(header, size)

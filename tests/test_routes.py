@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -10,6 +11,8 @@ from conftest import ProxyFactory
 from support.fakehub import DOCKER_MANIFEST, FakeHub
 
 from proxy.manifest import MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+from proxy.storage import StorageError
+from proxy.storage.filesystem import FilesystemStorage
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 
@@ -52,7 +55,8 @@ async def test_push_methods_are_unsupported(
     ("path", "status", "code"),
     [
         ("/v2/Library/golang/manifests/latest", 400, "NAME_INVALID"),
-        ("/v2/library/golang/manifests/-bad", 400, "TAG_INVALID"),
+        # Neither a tag nor a digest: no such manifest (the OCI conformance suite expects 404).
+        ("/v2/library/golang/manifests/-bad", 404, "MANIFEST_UNKNOWN"),
         ("/v2/library/golang/manifests/sha256:abc", 400, "DIGEST_INVALID"),
         ("/v2/library/golang/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
         ("/v2/library/golang/blobs/latest", 400, "DIGEST_INVALID"),
@@ -167,6 +171,32 @@ async def test_health_endpoints(fakehub: FakeHub, make_proxy: ProxyFactory) -> N
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200, await ready.text()
+
+
+class UnreachableStorage(FilesystemStorage):
+    """A cache store whose health check fails, as S3 does for every instance at once."""
+
+    async def check(self) -> None:
+        raise StorageError("s3: connection refused")
+
+
+async def test_load_balancer_check_ignores_shared_storage_but_not_the_local_spool(
+    fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    storage = UnreachableStorage(tmp_path / "cache")
+    client = await make_proxy(fakehub, storage_backend=storage, spool_dir=tmp_path / "spool")
+    # S3 trouble: /readyz says so (for people and alarms), the balancer's check does not
+    assert (await client.get("/readyz")).status == 503
+    local = await client.get("/healthz/local")
+    assert local.status == 200
+    assert await local.json() == {"status": "ok", "spool": "writable"}
+    # this instance's own spool is gone: only its check fails
+    (tmp_path / "spool").rmdir()
+    (tmp_path / "spool").write_text("not a directory any more")
+    broken = await client.get("/healthz/local")
+    assert broken.status == 503
+    assert (await broken.json())["status"] == "failing"
+    assert (await client.get("/healthz")).status == 200
 
 
 async def test_extra_upstream_by_path_and_by_ns(

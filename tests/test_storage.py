@@ -1,60 +1,49 @@
 """The storage conformance suite: every backend keeps the semantics in ``proxy.storage.base``.
 
+It also runs the last-use records (``proxy.cache.lastuse``: batched writes, merges by several
+sweepers at once) on every backend, since they rely on nothing but these semantics.
+
 Each test runs against the local directory backend (on tmp_path) and the S3 backend (on a moto
 server, with S3's smallest part size so that the "large" blobs go up as multipart uploads).
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.moto import MotoServer
+from support.storage_data import MiB, collect, payload, sha256, write_all
+from support.storage_data import blob_key as key_for_digest
 
+from proxy.cache.lastuse import UseRecords
 from proxy.storage import (
-    BlobWriter,
     DigestMismatch,
     DiscardingWriter,
     ObjectInfo,
     ObjectNotFound,
     Storage,
+    StorageError,
 )
+from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.storage.s3 import MIN_PART_SIZE, S3Storage
 
 PART_SIZE = MIN_PART_SIZE
 SMALL = 1000
 LARGE = 2 * PART_SIZE + 12345  # three parts in S3, the last one short
-CHUNK = 1024 * 1024
+CHUNK = MiB
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def blob_key(data: bytes) -> str:
-    digest = sha256(data)
-    return f"blobs/sha256/{digest[:2]}/{digest}"
-
-
-def chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
-    for offset in range(0, len(data), size):
-        yield data[offset : offset + size]
-
-
-async def collect(stream: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in stream])
+    return key_for_digest(sha256(data))
 
 
 @dataclass
@@ -64,6 +53,8 @@ class Backend:
     name: str
     storage: Storage
     leftovers: Callable[[], Awaitable[list[str]]]
+    make_unusable: Callable[[], Awaitable[None]]
+    """Take the backend's ground away (the directory, the bucket) under the open storage."""
 
 
 BackendFactory = Callable[[], Awaitable[Backend]]
@@ -80,7 +71,10 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
             async def leftovers() -> list[str]:
                 return sorted(path.name for path in store.tmp_dir.iterdir())
 
-            return Backend("filesystem", store, leftovers)
+            async def remove_directory() -> None:
+                shutil.rmtree(store.root)
+
+            return Backend("filesystem", store, leftovers, remove_directory)
 
         return filesystem
 
@@ -95,7 +89,13 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
             uploads = await store.client.list_multipart_uploads(Bucket=bucket)
             return sorted(str(upload["Key"]) for upload in uploads.get("Uploads", []))
 
-        return Backend("s3", store, leftovers)
+        async def delete_bucket() -> None:
+            found = await store.client.list_objects_v2(Bucket=bucket)
+            for item in found.get("Contents", []):
+                await store.client.delete_object(Bucket=bucket, Key=item["Key"])
+            await store.client.delete_bucket(Bucket=bucket)
+
+        return Backend("s3", store, leftovers, delete_bucket)
 
     return s3
 
@@ -112,11 +112,6 @@ async def backend(backend_factory: BackendFactory) -> AsyncIterator[Backend]:
 @pytest.fixture
 def storage(backend: Backend) -> Storage:
     return backend.storage
-
-
-async def write_all(writer: BlobWriter, data: bytes) -> None:
-    for chunk in chunks(data):
-        await writer.write(chunk)
 
 
 # -- put / get / stat ---------------------------------------------------------------------------
@@ -366,8 +361,53 @@ async def test_keys_and_delete(storage: Storage) -> None:
     assert sorted([key async for key in storage.keys("blobs/")]) == names[1:2]
 
 
-async def test_check(storage: Storage) -> None:
-    await storage.check()
+async def test_list_objects_tells_size_and_time_written(storage: Storage) -> None:
+    before = time.time()
+    await storage.put("blobs/sha256/aa/aa01", b"x" * 10)
+    await storage.put("blobs/sha256/ab/ab02", b"")
+    await storage.put("manifests/sha256/aa/aa03", b"{}", content_type=MANIFEST_TYPE)
+    after = time.time()
+
+    listed = {entry.key: entry async for entry in storage.list_objects("blobs/")}
+    assert sorted(listed) == ["blobs/sha256/aa/aa01", "blobs/sha256/ab/ab02"]
+    assert listed["blobs/sha256/aa/aa01"].size == 10
+    assert listed["blobs/sha256/ab/ab02"].size == 0
+    for entry in listed.values():
+        # S3 keeps whole seconds; the moto server runs on this machine's clock.
+        assert before - 2 <= entry.modified <= after + 2
+    # A prefix may end inside a name, as with keys().
+    assert sorted([e.key async for e in storage.list_objects("blobs/sha256/a")]) == sorted(listed)
+    assert [e.key async for e in storage.list_objects("manifests/sha256/aa/aa0")] == [
+        "manifests/sha256/aa/aa03"
+    ]
+    assert [e async for e in storage.list_objects("nothing/")] == []
+
+
+async def test_list_objects_sees_a_rewrite(storage: Storage) -> None:
+    await storage.put("tags/h/r/_tag/t", b"one")
+    [first] = [e async for e in storage.list_objects("tags/")]
+    await storage.put("tags/h/r/_tag/t", b"longer", overwrite=True)
+    [second] = [e async for e in storage.list_objects("tags/")]
+    assert second.size == 6
+    assert second.modified >= first.modified
+
+
+async def test_delete_many(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.storage.s3.DELETE_BATCH", 2)  # several S3 requests
+    names = [f"blobs/sha256/aa/aa0{i}" for i in range(5)]
+    for name in names:
+        await storage.put(name, name.encode())
+    await storage.delete_many([*names[:3], "blobs/sha256/00/never-there"])
+    await storage.delete_many([])
+    assert sorted([key async for key in storage.keys("blobs/")]) == names[3:]
+    assert await storage.stat(names[0]) is None
+
+
+async def test_check(backend: Backend) -> None:
+    await backend.storage.check()  # usable: no error
+    await backend.make_unusable()
+    with pytest.raises(StorageError):
+        await backend.storage.check()
 
 
 # -- keys are validated -------------------------------------------------------------------------
@@ -389,3 +429,94 @@ async def test_invalid_keys_are_refused(storage: Storage, key: str) -> None:
         await storage.writer(key, sha256(b"x"), 1)
     with pytest.raises(ValueError):
         await storage.delete(key)
+
+
+# -- last-use records (proxy.cache.lastuse) -----------------------------------------------------
+# Written by every instance in batches, merged by sweeps: on both backends no time is ever lost,
+# whoever merges at the same time.
+
+
+def records_on(storage: Storage, instance: str) -> UseRecords:
+    return UseRecords(FailSafeStorage(storage, cooldown=0), instance)
+
+
+async def test_use_records_from_several_instances_merge(storage: Storage) -> None:
+    a, b = records_on(storage, "aaaa"), records_on(storage, "bbbb")
+    assert await a.write({"blobs/sha256/aa/x": 100.0, "tags/h/r/_tag/t": 100.0}, now=100)
+    assert await b.write({"blobs/sha256/aa/x": 250.0, "manifests/sha256/bb/y": 120.0}, now=250)
+    assert await a.write({"blobs/sha256/aa/x": 200.0}, now=200)
+
+    found = await a.read()
+    assert found.uses == {
+        "blobs/sha256/aa/x": 250.0,
+        "tags/h/r/_tag/t": 100.0,
+        "manifests/sha256/bb/y": 120.0,
+    }
+    assert len(found.keys) == 3
+    assert found.bytes > 0
+
+
+async def test_use_records_are_batches_of_bounded_size(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("proxy.cache.lastuse.MAX_USES_PER_RECORD", 3)
+    records = records_on(storage, "aaaa")
+    uses = {f"blobs/sha256/aa/{i:02d}": float(i + 1) for i in range(7)}
+    assert await records.write(uses, now=10)
+    found = await records.read()
+    assert len(found.keys) == 3  # 3 + 3 + 1
+    assert found.uses == uses
+
+
+async def test_compacting_replaces_what_was_read_and_keeps_later_records(
+    storage: Storage,
+) -> None:
+    a, b = records_on(storage, "aaaa"), records_on(storage, "bbbb")
+    await a.write({"blobs/sha256/aa/x": 100.0, "blobs/sha256/aa/gone": 90.0}, now=100)
+    await b.write({"blobs/sha256/aa/x": 150.0}, now=150)
+    read = await a.read()
+    await b.write({"blobs/sha256/aa/x": 300.0}, now=300)  # after the read: must survive
+
+    assert await a.compact(read, now=310, keep=lambda key: key != "blobs/sha256/aa/gone")
+
+    found = await a.read()
+    assert found.uses == {"blobs/sha256/aa/x": 300.0}
+    assert len(found.keys) == 2  # the merged record and the one written after the read
+    merged = await FailSafeStorage(storage).get(next(k for k in found.keys if "-aaaa-" in k))
+    assert merged is not None and b'"blobs/sha256/aa/x":150' in merged[0]
+
+
+async def test_sweepers_compacting_at_once_lose_nothing(storage: Storage) -> None:
+    writers = [records_on(storage, f"w{i:03d}") for i in range(3)]
+    expected: dict[str, float] = {}
+    for i, writer in enumerate(writers):
+        uses = {f"blobs/sha256/aa/{i}": 10.0 + i, "blobs/sha256/aa/shared": 20.0 + i}
+        await writer.write(uses, now=20 + i)
+        for key, when in uses.items():
+            expected[key] = max(expected.get(key, 0.0), when)
+    first, second = records_on(storage, "s001"), records_on(storage, "s002")
+    # Both read the same records, then both merge and delete them, in either order.
+    read_first, read_second = await first.read(), await second.read()
+    assert await first.compact(read_first, now=100)
+    assert await second.compact(read_second, now=101)
+    assert (await first.read()).uses == expected
+    # One read after the other's merge sees the merged record only where it was not deleted yet.
+    read_third = await first.read()
+    late = records_on(storage, "s003")
+    assert await late.compact(read_third, now=102)
+    assert await first.compact(read_third, now=103)  # the same records again: already gone
+    found = await first.read()
+    assert found.uses == expected
+    assert len(found.keys) <= 2
+
+
+async def test_a_bad_record_is_skipped_and_merged_away(storage: Storage) -> None:
+    records = records_on(storage, "aaaa")
+    await storage.put("access/0000000001-zzzz-1", b"not json")
+    await records.write({"blobs/sha256/aa/x": 5.0}, now=5)
+    found = await records.read()
+    assert found.uses == {"blobs/sha256/aa/x": 5.0}
+    assert await records.compact(found, now=6)
+    assert [key async for key in storage.keys("access/")] != []
+    assert (await records.read()).uses == {"blobs/sha256/aa/x": 5.0}
+    assert len((await records.read()).keys) == 1

@@ -21,7 +21,7 @@ from support.fakehub import FakeHub
 
 from proxy.config import StorageLocation
 from proxy.routes import SERVICES
-from proxy.storage import DigestMismatch, ObjectInfo, StorageError
+from proxy.storage import DigestMismatch, ObjectInfo, StorageError, StorageFull
 from proxy.storage.base import BlobWriter
 from proxy.storage.failsafe import LOG_INTERVAL, RECENT_ERROR_WINDOW, FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
@@ -242,6 +242,30 @@ async def test_recent_error_window_and_throttled_log(faulty: FaultyStorage) -> N
     assert safe.recent_error() is None
 
 
+async def test_a_full_disk_is_reported_apart_and_is_no_outage(tmp_path: Path) -> None:
+    class FullDisk(FaultyStorage):
+        def _enter(self, operation: str) -> None:
+            if operation in self.failing:
+                raise StorageFull(f"injected: no space left on device ({operation})")
+
+    storage = FullDisk(tmp_path / "full")
+    await storage.open()
+    full: list[StorageFull] = []
+    safe = FailSafeStorage(storage, cooldown=10, on_full=full.append)
+    await storage.put("blobs/x", b"cached")
+    storage.failing = {"put", "write"}
+    assert await safe.put("blobs/y", b"data") is False  # not stored, as any failure
+    writer = await safe.writer("blobs/z", hashlib.sha256(b"data").hexdigest(), 4)
+    await writer.write(b"data")  # detaches: keeps verifying
+    await writer.commit()
+    assert not writer.stores
+    assert len(full) == 2
+    # Not an outage: the breaker stays closed, reads go on, readiness is unaffected.
+    assert not safe.is_open
+    assert await safe.get("blobs/x") is not None
+    assert safe.errors == 0 and safe.recent_error() is None
+
+
 # --- through the app: every operation failing in turn -------------------------------------------
 
 
@@ -328,3 +352,26 @@ async def test_corrupt_manifest_is_refetched_never_served(
     assert await response.read() == image.manifest
     assert fakehub.manifest_gets() >= 1  # fetched again from the upstream
     assert stored.read_bytes() == image.manifest
+
+
+async def test_aborting_a_write_on_a_full_disk_does_not_raise(tmp_path: Path) -> None:
+    """Closing a half-written file flushes its buffer, which a full disk refuses: an abort (the
+    usual answer to a full disk) must still only discard, or the download fails for everyone."""
+    storage = FilesystemStorage(tmp_path / "cache")
+    await storage.open()
+    safe = FailSafeStorage(storage, cooldown=0)
+    writer = await safe.writer("blobs/x", hashlib.sha256(b"data").hexdigest(), 4)
+    inner = writer._inner
+    handle = inner.handle  # type: ignore[attr-defined]
+
+    class RefusingClose:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(handle, name)
+
+        def close(self) -> None:
+            handle.close()
+            raise OSError(28, "No space left on device")
+
+    inner.handle = RefusingClose()  # type: ignore[attr-defined]
+    await writer.abort()
+    assert list(storage.tmp_dir.iterdir()) == []

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import random
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,33 +19,12 @@ import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError
 from support.moto import MotoServer
+from support.storage_data import MiB, blob_key, chunks, collect, payload, sha256, write_all
 
 from proxy.storage import DigestMismatch, ObjectInfo, StorageError, s3
 from proxy.storage.s3 import MIN_PART_SIZE, S3BlobWriter, S3Storage
 
-MiB = 1024 * 1024
 PART = MIN_PART_SIZE
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def blob_key(hex_digest: str) -> str:
-    return f"blobs/sha256/{hex_digest[:2]}/{hex_digest}"
-
-
-def chunks(data: bytes, size: int = MiB) -> Iterator[bytes]:
-    for offset in range(0, len(data), size):
-        yield data[offset : offset + size]
-
-
-async def collect(stream: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in stream])
 
 
 @pytest.fixture
@@ -167,8 +145,7 @@ async def test_small_blob_is_one_put_without_multipart(store: S3Storage) -> None
     data = payload(PART - 1)
     writer = await store.writer(blob_key(sha256(data)), sha256(data), len(data))
     assert isinstance(writer, S3BlobWriter)
-    for piece in chunks(data):
-        await writer.write(piece)
+    await write_all(writer, data)
     assert writer.upload_id is None
     await writer.commit()
     head = await store.client.head_object(
@@ -181,8 +158,7 @@ async def test_blob_of_exactly_whole_parts(store: S3Storage) -> None:
     data = payload(2 * PART)
     key = blob_key(sha256(data))
     writer = await store.writer(key, sha256(data), len(data), content_type="x/y")
-    for piece in chunks(data):
-        await writer.write(piece)
+    await write_all(writer, data)
     await writer.commit()
     assert await store.stat(key) == ObjectInfo(len(data), "x/y")
     assert await collect(store.read(key)) == data
@@ -206,8 +182,7 @@ async def test_abort_mid_multipart_leaves_nothing(store: S3Storage) -> None:
     key = blob_key(sha256(data))
     writer = await store.writer(key, sha256(data), len(data))
     assert isinstance(writer, S3BlobWriter)
-    for piece in chunks(data[: 2 * PART + MiB]):
-        await writer.write(piece)
+    await write_all(writer, data[: 2 * PART + MiB])
     assert writer.upload_id is not None
     assert await pending_uploads(store) == [store.object_key(key)]
 
@@ -220,8 +195,7 @@ async def test_mismatch_in_multipart_leaves_nothing(store: S3Storage) -> None:
     data = payload(3 * PART)
     writer = await store.writer(blob_key(sha256(data)), sha256(data), len(data))
     assert isinstance(writer, S3BlobWriter)
-    for piece in chunks(data[:-1] + b"!"):
-        await writer.write(piece)
+    await write_all(writer, data[:-1] + b"!")
     assert writer.upload_id is not None
     with pytest.raises(DigestMismatch):
         await writer.commit()
@@ -291,8 +265,7 @@ async def test_failure_of_the_last_part_in_flight_surfaces_at_commit(
     data = payload(2 * PART + 100)
     writer = await store.writer(blob_key(sha256(data)), sha256(data), len(data))
     fail_upload_part(store, monkeypatch, failing=2)
-    for piece in chunks(data):
-        await writer.write(piece)
+    await write_all(writer, data)
     with pytest.raises(StorageError, match="UploadPart 2"):
         await writer.commit()
     assert await pending_uploads(store) == []
@@ -338,8 +311,7 @@ async def test_commit_never_replaces_an_existing_object(store: S3Storage, size: 
     key = blob_key(sha256(data))
     await store.put(key, b"already here")
     writer = await store.writer(key, sha256(data), size)
-    for piece in chunks(data):
-        await writer.write(piece)
+    await write_all(writer, data)
     await writer.commit()  # If-None-Match: * refused it: counts as stored
     assert await store.get(key) == (b"already here", ObjectInfo(12, None))
     assert await pending_uploads(store) == []

@@ -50,6 +50,12 @@ def build_app(
             "no region: pass -c region=eu-west-1 (or set CDK_DEFAULT_REGION / an AWS profile "
             "region); the load balancer's access logging needs to know it"
         )
+    if config.image_missing:
+        raise ConfigError(
+            "no image: pass -c imageTag=TAG (or -c imageDigest=sha256:...) for the image pushed "
+            f"to the ECR repository {config.image_repository_name!r}, or -c imageUri=... or "
+            "-c imageFromAsset=true"
+        )
     stack = RegistryProxyStack(
         app,
         config.stack_name,

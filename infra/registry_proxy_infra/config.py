@@ -15,6 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry_proxy_infra.sizing import (
+    ProxySizes,
+    SizingError,
+    derive_sizes,
+    fetches_fitting_memory,
+)
+
 ContextGetter = Callable[[str], Any]
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -56,6 +63,10 @@ _DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a
 _IMAGE_URI = re.compile(r"^[a-z0-9]([\w.:/-]*[\w])?(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
 _REPOSITORY_NAME = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
 _IMAGE_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# The last path segment of an image reference carries its tag (name:tag) or digest (@sha256:).
+_PINNED_URI = re.compile(r"(@sha256:[0-9a-f]{64}|:[\w][\w.-]{0,127})$")
+_EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[A-Za-z]{2,}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
@@ -98,14 +109,22 @@ class ProxyStackConfig:
     image_uri: str | None = None
     image_from_asset: bool = False
     image_repository_name: str = "registry-proxy"
-    image_tag: str = "latest"
+    image_tag: str | None = None
+    image_digest: str | None = None
     # credentials
     docker_hub_secret_arn: str | None = None
     # cache bucket and logs
     cache_prefix: str = "cache"
+    # Days without a pull after which cache entries are deleted (PROXY_CACHE_EXPIRE_UNUSED).
     cache_expiration_days: int | None = None
     access_log_retention_days: int = 90
     log_retention_days: int = 30
+    # operations
+    alarm_emails: tuple[str, ...] = ()
+    alarm_https_endpoints: tuple[str, ...] = ()
+    operator_cidrs: tuple[str, ...] = ()
+    container_insights: bool = True
+    ecs_exec: bool = False
     # service size and scaling
     min_tasks: int = 2
     max_tasks: int = 6
@@ -113,9 +132,10 @@ class ProxyStackConfig:
     cpu: int = 1024
     memory_mib: int = 2048
     ephemeral_storage_gib: int = 40
+    spool_per_fetch_mib: int = 1024
     # load balancer and draining
     idle_timeout_seconds: int = 900
-    deregistration_delay_seconds: int = 120
+    deregistration_delay_seconds: int = 300
     shutdown_grace_seconds: int = 100
     # proxy settings passed as environment
     upstream_url: str = DOCKER_HUB_URL
@@ -132,6 +152,21 @@ class ProxyStackConfig:
     @property
     def uses_existing_vpc(self) -> bool:
         return self.existing_vpc is not None
+
+    @property
+    def uses_image_repository(self) -> bool:
+        """The image comes from the ECR repository by tag or digest (not a URI, not an asset)."""
+        return self.image_uri is None and not self.image_from_asset
+
+    @property
+    def image_missing(self) -> bool:
+        """No image to run was named: a deployment must say exactly which build it runs."""
+        return self.uses_image_repository and self.image_tag is None and self.image_digest is None
+
+    @property
+    def sizes(self) -> ProxySizes:
+        """The proxy's fetch limit, spool budget and memory limit for this task size."""
+        return derive_sizes(self.memory_mib, self.ephemeral_storage_gib, self.spool_per_fetch_mib)
 
     @property
     def stop_timeout_seconds(self) -> int:
@@ -192,10 +227,38 @@ class ProxyStackConfig:
             raise ConfigError("imageUri and imageFromAsset exclude each other: pick one")
         if self.image_uri is not None:
             _check_pattern("imageUri", self.image_uri, _IMAGE_URI, "REGISTRY/NAME:TAG")
+            last = self.image_uri.rsplit("/", 1)[-1]
+            if not _PINNED_URI.search(last) or last.endswith(":latest"):
+                raise ConfigError(
+                    f"imageUri={self.image_uri!r}: name a fixed tag or a digest "
+                    "(REGISTRY/NAME:1.2.3 or REGISTRY/NAME@sha256:...), not latest"
+                )
         _check_pattern(
             "imageRepositoryName", self.image_repository_name, _REPOSITORY_NAME, "registry-proxy"
         )
-        _check_pattern("imageTag", self.image_tag, _IMAGE_TAG, "v1.2.3")
+        if self.image_tag is not None:
+            _check_pattern("imageTag", self.image_tag, _IMAGE_TAG, "v1.2.3")
+            if self.image_tag == "latest":
+                raise ConfigError(
+                    "imageTag=latest: a moving tag means each new task may run another build; "
+                    "give the tag you pushed (the repository is tag-immutable) or imageDigest"
+                )
+        if self.image_digest is not None:
+            _check_pattern("imageDigest", self.image_digest, _IMAGE_DIGEST, "sha256:0123...")
+            if self.image_tag is not None:
+                raise ConfigError("imageTag and imageDigest exclude each other: give one")
+        if not self.uses_image_repository and (self.image_tag or self.image_digest):
+            raise ConfigError(
+                "imageTag and imageDigest name an image in imageRepositoryName; with imageUri or "
+                "imageFromAsset leave them out"
+            )
+        for email in self.alarm_emails:
+            _check_pattern("alarmEmails", email, _EMAIL, "ops@example.com")
+        for endpoint in self.alarm_https_endpoints:
+            if not endpoint.startswith("https://") or len(endpoint) <= len("https://"):
+                raise ConfigError(f"alarmHttpsEndpoints: {endpoint!r} is not an https:// URL")
+        for cidr in self.operator_cidrs:
+            _check_cidr("operatorCidrs", cidr)
         if self.docker_hub_secret_arn is not None:
             _check_pattern(
                 "dockerHubSecretArn",
@@ -226,6 +289,11 @@ class ProxyStackConfig:
                 f"{allowed[0]} to {allowed[-1]} in steps of {_step(allowed)}"
             )
         _check_range("ephemeralStorageGiB", self.ephemeral_storage_gib, 21, 200)
+        _check_range("spoolPerFetchMiB", self.spool_per_fetch_mib, 16, 64 * 1024)
+        try:
+            sizes = self.sizes
+        except SizingError as exc:
+            raise ConfigError(str(exc)) from None
         _check_range("idleTimeoutSeconds", self.idle_timeout_seconds, 60, 4000)
         _check_range("deregistrationDelaySeconds", self.deregistration_delay_seconds, 0, 3600)
         _check_range(
@@ -248,6 +316,15 @@ class ProxyStackConfig:
                 raise ConfigError(
                     f"extraEnvironment: {name} is a credential; credentials come from Secrets "
                     "Manager as ECS secrets, never from plain environment"
+                )
+        fetches = self.extra_environment.get("PROXY_MAX_UPSTREAM_FETCHES")
+        if fetches is not None:
+            fitting = fetches_fitting_memory(self.memory_mib)
+            if not fetches.isdigit() or not 1 <= int(fetches) <= fitting:
+                raise ConfigError(
+                    f"extraEnvironment: PROXY_MAX_UPSTREAM_FETCHES={fetches} does not fit "
+                    f"memoryMiB={self.memory_mib} (1 to {fitting}; the stack derives "
+                    f"{sizes.max_upstream_fetches} when it is left out)"
                 )
 
     # ------------------------------------------------------------------ reading context
@@ -288,8 +365,14 @@ class ProxyStackConfig:
             image_from_asset=ctx.boolean("imageFromAsset", False),
             image_repository_name=ctx.string("imageRepositoryName")
             or defaults.image_repository_name,
-            image_tag=ctx.string("imageTag") or defaults.image_tag,
+            image_tag=ctx.string("imageTag"),
+            image_digest=ctx.string("imageDigest"),
             docker_hub_secret_arn=ctx.string("dockerHubSecretArn"),
+            alarm_emails=ctx.strings("alarmEmails"),
+            alarm_https_endpoints=ctx.strings("alarmHttpsEndpoints"),
+            operator_cidrs=ctx.strings("operatorCidrs"),
+            container_insights=ctx.boolean("containerInsights", defaults.container_insights),
+            ecs_exec=ctx.boolean("ecsExec", defaults.ecs_exec),
             cache_prefix=(ctx.string("cachePrefix") or defaults.cache_prefix).strip("/"),
             cache_expiration_days=expiration or None,
             access_log_retention_days=ctx.integer(
@@ -304,6 +387,7 @@ class ProxyStackConfig:
             ephemeral_storage_gib=ctx.integer(
                 "ephemeralStorageGiB", defaults.ephemeral_storage_gib
             ),
+            spool_per_fetch_mib=ctx.integer("spoolPerFetchMiB", defaults.spool_per_fetch_mib),
             idle_timeout_seconds=ctx.integer("idleTimeoutSeconds", defaults.idle_timeout_seconds),
             deregistration_delay_seconds=ctx.integer(
                 "deregistrationDelaySeconds", defaults.deregistration_delay_seconds

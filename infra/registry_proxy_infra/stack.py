@@ -34,13 +34,27 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
+from registry_proxy_infra.cache_gc import (
+    ScheduledCacheGc,
+    cache_lifecycle_rules,
+    expire_unused_setting,
+)
 from registry_proxy_infra.config import ProxyStackConfig
+from registry_proxy_infra.monitoring import Monitoring, Watched
 
 CONTAINER_NAME = "proxy"
 CONTAINER_PORT = 5000
 HTTPS_PORT = 443
-READINESS_PATH = "/readyz"
-SPOOL_PATH = "/tmp"  # the root filesystem is read-only; in-flight downloads go to this volume
+# Liveness plus a writable spool: what this task needs to serve, not what all tasks share (S3,
+# the upstream): a shared failure would mark every target unhealthy at once.
+HEALTH_CHECK_PATH = "/healthz/local"
+# The root filesystem is read-only; downloads in progress go to the task's ephemeral storage,
+# mounted where the image declares its spool VOLUME (owned by the proxy's user there: a Fargate
+# bind mount anywhere else would be root's, mode 0755, and unwritable).
+SPOOL_PATH = "/var/lib/registry-proxy/spool"
+# Where the proxy's /metrics and /status answer when no operatorCidrs are given: only from
+# inside the task (ECS Exec); the fleet's figures are in CloudWatch.
+IN_TASK_ONLY = "127.0.0.1/32"
 
 # The repository root holds the Dockerfile used with imageFromAsset=true.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -135,14 +149,33 @@ class RegistryProxyStack(Stack):
             self,
             "Cluster",
             vpc=self.vpc,
-            container_insights_v2=ecs.ContainerInsights.ENABLED,
+            container_insights_v2=(
+                ecs.ContainerInsights.ENABLED
+                if config.container_insights
+                else ecs.ContainerInsights.DISABLED
+            ),
         )
+        if not config.container_insights:
+            NagSuppressions.add_resource_suppressions(
+                self.cluster,
+                [
+                    NagPackSuppression(
+                        id="AwsSolutions-ECS4",
+                        reason=(
+                            "Container Insights is turned off by the containerInsights setting "
+                            "(it is billed per metric); the proxy's own CloudWatch metrics, the "
+                            "load balancer's and ECS's CPU and memory still feed the alarms."
+                        ),
+                    )
+                ],
+            )
+        # No desired count: a deployment would reset a scaled-out service to it. A new service
+        # starts with one task and autoscaling raises it to minTasks at once.
         self.service = ecs.FargateService(
             self,
             "Service",
             cluster=self.cluster,
             task_definition=self.task_definition,
-            desired_count=config.min_tasks,
             min_healthy_percent=100,
             max_healthy_percent=200,
             circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
@@ -153,7 +186,24 @@ class RegistryProxyStack(Stack):
             platform_version=ecs.FargatePlatformVersion.LATEST,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
             enable_ecs_managed_tags=True,
+            enable_execute_command=config.ecs_exec,
         )
+        if config.ecs_exec:
+            NagSuppressions.add_resource_suppressions(
+                self.task_role,
+                [
+                    NagPackSuppression(
+                        id="AwsSolutions-IAM5",
+                        reason=(
+                            "ECS Exec (the ecsExec setting) needs the ssmmessages channel "
+                            "actions, which support no resource-level permissions, so AWS "
+                            "requires Resource '*' for them."
+                        ),
+                        applies_to=["Resource::*"],
+                    )
+                ],
+                apply_to_children=True,
+            )
         scaling = self.service.auto_scale_task_count(
             min_capacity=config.min_tasks, max_capacity=config.max_tasks
         )
@@ -164,9 +214,32 @@ class RegistryProxyStack(Stack):
             scale_out_cooldown=Duration.minutes(1),
         )
 
-        self.load_balancer = self._load_balancer(private)
+        self.cache_gc = ScheduledCacheGc(
+            self,
+            "CacheGc",
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            container_name=CONTAINER_NAME,
+            security_group=self.service_security_group,
+            subnets=private,
+        )
+
+        self.load_balancer, self.target_group = self._load_balancer(private)
         self.mirror_host = config.domain_name or self.load_balancer.load_balancer_dns_name
         self._dns_record()
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            Watched(
+                config=config,
+                namespace=self.metrics_namespace,
+                cluster=self.cluster,
+                service=self.service,
+                load_balancer=self.load_balancer,
+                target_group=self.target_group,
+                log_group=self.log_group,
+            ),
+        )
         self._outputs()
 
     # ------------------------------------------------------------------ parameters
@@ -220,20 +293,8 @@ class RegistryProxyStack(Stack):
         )
 
     def _cache_bucket(self) -> s3.Bucket:
-        rules = [
-            s3.LifecycleRule(
-                id="abort-incomplete-multipart-uploads",
-                abort_incomplete_multipart_upload_after=Duration.days(1),
-            )
-        ]
-        if self.config.cache_expiration_days is not None:
-            rules.append(
-                s3.LifecycleRule(
-                    id="expire-cached-objects",
-                    prefix=f"{self.config.cache_prefix}/",
-                    expiration=Duration.days(self.config.cache_expiration_days),
-                )
-            )
+        # Content expires by last use (the proxy's sweeps and ScheduledCacheGc), never by age.
+        rules = cache_lifecycle_rules(self.config.cache_prefix, self.config.cache_expiration_days)
         return s3.Bucket(
             self,
             "CacheBucket",
@@ -278,9 +339,11 @@ class RegistryProxyStack(Stack):
                 NagPackSuppression(
                     id="AwsSolutions-SMG4",
                     reason=(
-                        "Docker Hub access tokens are issued in Docker Hub's web interface, which "
-                        "offers no API a rotation Lambda could call; the token is rotated by hand "
-                        "(see infra/README.md)."
+                        "Rotating means issuing a new Docker Hub access token, which Docker Hub "
+                        "does (with an expiry date of its own), not Secrets Manager; a rotation "
+                        "Lambda would need a stronger Docker Hub login than the read-only token "
+                        "it rotates. The operator replaces the token before it expires (see "
+                        "infra/README.md)."
                     ),
                 )
             ],
@@ -363,7 +426,9 @@ class RegistryProxyStack(Stack):
             group.add_ingress_rule(ec2.Peer.ipv4(vpc_cidr), port, "HTTPS from inside the VPC")
         return group
 
-    def _load_balancer(self, subnets: ec2.SubnetSelection) -> elbv2.ApplicationLoadBalancer:
+    def _load_balancer(
+        self, subnets: ec2.SubnetSelection
+    ) -> tuple[elbv2.ApplicationLoadBalancer, elbv2.ApplicationTargetGroup]:
         load_balancer = elbv2.ApplicationLoadBalancer(
             self,
             "LoadBalancer",
@@ -378,6 +443,9 @@ class RegistryProxyStack(Stack):
             desync_mitigation_mode=elbv2.DesyncMitigationMode.DEFENSIVE,
         )
         load_balancer.log_access_logs(self.log_bucket, "alb")
+        # The balancer appends the address it received each request from to X-Forwarded-For;
+        # the proxy believes that last entry only (PROXY_TRUSTED_HOPS=1). Stated, not assumed.
+        load_balancer.set_attribute("routing.http.xff_header_processing.mode", "append")
         listener = load_balancer.add_listener(
             "Https",
             port=HTTPS_PORT,
@@ -386,7 +454,7 @@ class RegistryProxyStack(Stack):
             ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
             open=False,  # ingress comes only from the rules in the security group above
         )
-        listener.add_targets(
+        target_group = listener.add_targets(
             "Proxy",
             port=CONTAINER_PORT,
             protocol=elbv2.ApplicationProtocol.HTTP,
@@ -400,16 +468,15 @@ class RegistryProxyStack(Stack):
                 elbv2.TargetGroupLoadBalancingAlgorithmType.LEAST_OUTSTANDING_REQUESTS
             ),
             health_check=elbv2.HealthCheck(
-                path=READINESS_PATH,
+                path=HEALTH_CHECK_PATH,
                 healthy_http_codes="200",
-                # /readyz checks S3 and may wait up to 5 s on pinging the upstream: leave room.
-                interval=Duration.seconds(20),
-                timeout=Duration.seconds(10),
+                interval=Duration.seconds(15),
+                timeout=Duration.seconds(5),
                 healthy_threshold_count=2,
                 unhealthy_threshold_count=3,
             ),
         )
-        return load_balancer
+        return load_balancer, target_group
 
     def _dns_record(self) -> None:
         config = self.config
@@ -489,7 +556,15 @@ class RegistryProxyStack(Stack):
         repository = ecr.Repository.from_repository_name(
             self, "ImageRepository", config.image_repository_name
         )
-        return ecs.ContainerImage.from_ecr_repository(repository, config.image_tag)
+        # A tag (the repository is tag-immutable) or a digest: each task runs the same build.
+        reference = config.image_digest or config.image_tag
+        assert reference is not None, "build_app refuses a deployment without an image"
+        return ecs.ContainerImage.from_ecr_repository(repository, reference)
+
+    @property
+    def metrics_namespace(self) -> str:
+        """CloudWatch namespace of the proxy's own metrics; one per stack."""
+        return f"RegistryProxy/{self.stack_name}"
 
     def proxy_environment(self) -> dict[str, str]:
         """The proxy's settings, all non-secret (credentials go through ``secrets``)."""
@@ -507,15 +582,30 @@ class RegistryProxyStack(Stack):
             # The load balancer must give up on an idle connection before the proxy closes it,
             # or it may send a request down a connection that is being closed (a 502).
             "PROXY_CLIENT_IDLE_TIMEOUT": str(config.idle_timeout_seconds + 30),
+            "PROXY_OPERATOR_CIDRS": ",".join(config.operator_cidrs) or IN_TASK_ONLY,
+            "PROXY_CLOUDWATCH_NAMESPACE": self.metrics_namespace,
+            "PROXY_CLOUDWATCH_INTERVAL": "60",
+            **config.sizes.environment,
             "AWS_DEFAULT_REGION": self.region,
+            **expire_unused_setting(config.cache_expiration_days),
         }
-        vpc_cidr = self.vpc_cidr()
-        if vpc_cidr is not None:
-            # Only the load balancer's security group reaches the tasks, so X-Forwarded-For from
-            # inside the VPC is the load balancer's: the proxy logs the real client address.
-            environment["PROXY_TRUSTED_PROXIES"] = vpc_cidr
+        trusted = self.load_balancer_ranges()
+        if trusted:
+            # Only the load balancer's security group reaches the tasks, and the proxy believes
+            # exactly one X-Forwarded-For entry, the one the balancer appended: clients in the
+            # same ranges cannot pass for another address.
+            environment["PROXY_TRUSTED_PROXIES"] = ",".join(trusted)
+            environment["PROXY_TRUSTED_HOPS"] = "1"
         environment.update(config.extra_environment)
         return environment
+
+    def load_balancer_ranges(self) -> list[str]:
+        """Where the load balancer's addresses come from, as literals known at synth time: its
+        subnets' ranges in a VPC the stack creates, the VPC's range for an existing one."""
+        if self.config.existing_vpc is None:
+            return [subnet.ipv4_cidr_block for subnet in self.vpc.private_subnets]
+        vpc_cidr = self.vpc_cidr()
+        return [vpc_cidr] if vpc_cidr is not None else []
 
     def vpc_cidr(self) -> str | None:
         """The VPC's range as a literal (not a token), when it is known at synth time."""
@@ -542,7 +632,8 @@ class RegistryProxyStack(Stack):
             CONTAINER_NAME,
             image=self._image(),
             essential=True,
-            readonly_root_filesystem=True,
+            # ECS Exec's agent writes into the container, which a read-only root forbids.
+            readonly_root_filesystem=not config.ecs_exec,
             port_mappings=[
                 ecs.PortMapping(
                     container_port=CONTAINER_PORT, protocol=ecs.Protocol.TCP, name="http"

@@ -10,25 +10,36 @@ Correctness: the storage writer hashes as the bytes pass and commits only a veri
 client is held back from the *last byte of its response* until the whole blob verified, so a
 mismatch or a broken upstream stream always reaches the client as an aborted response, never as a
 complete one with wrong bytes.
+
+Disk full: when the spool's disk has no room, the rest of the blob is held in memory instead
+(``SpoolBuffer``), at most ``MEMORY_WINDOW`` bytes ahead of the slowest reader: the download
+waits for readers rather than grow. A reader that does not move for ``STALL_TIMEOUT`` while the
+others wait on it is cut off (its client sees an aborted transfer and retries). A client that
+comes after memory was let go cannot start from byte 0 here (``complete_from_start``): the blob
+cache starts another download for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
-from pathlib import Path
 
 import structlog
 
+from proxy.cache.spool import SpoolBuffer
 from proxy.storage import DigestMismatch, StorageError
 from proxy.storage.failsafe import FailSafeWriter
 
 log = structlog.get_logger(__name__)
 
 READ_CHUNK = 256 * 1024
+#: With the spool disk full: bytes held in memory ahead of the slowest reader, at most.
+MEMORY_WINDOW = 8 * 1024 * 1024
+#: ... and how long a reader may hold the download back before it is cut off.
+STALL_TIMEOUT = 30.0
 
 
 class FetchState(Enum):
@@ -41,17 +52,36 @@ class FetchState(Enum):
 class BlobFetch:
     """Shared state of one in-flight download; the pump drives it, readers follow it."""
 
-    def __init__(self, digest: str, spool_path: Path) -> None:
+    def __init__(self, digest: str, buffer: SpoolBuffer, *, repository: str = "") -> None:
         self.digest = digest
+        self.repository = repository  # the one it was first asked for (for the status page)
         self.size: int | None = None
         self.written = 0
         self.state = FetchState.STARTING
         self.error: BaseException | None = None
         self.committed = False  # the verified blob is in the cache storage
-        self._spool_path = spool_path
-        self._fd: int | None = os.open(spool_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._buffer: SpoolBuffer | None = buffer
+        self.prefetch = False  # started before any client asked (proxy.cache.prefetch)
+        self.client_asked = False  # a client asked for the blob while it was in flight
         self._changed = asyncio.Condition()
-        self._readers = 0
+        # Where each reader is (the next byte it needs): memory before the slowest is let go.
+        self._positions: dict[int, int] = {}
+        self._cut_off: set[int] = set()
+        self._reader_ids = itertools.count()
+
+    @property
+    def complete_from_start(self) -> bool:
+        """Whether a new reader can still get the blob from byte 0 from this download."""
+        return self._buffer is not None and self._buffer.complete_from_start
+
+    @property
+    def memory_bytes(self) -> int:
+        return 0 if self._buffer is None else self._buffer.memory_bytes
+
+    def keep_off_disk(self, detail: str) -> None:
+        """The spool has no room for this blob: hold it in memory (before its first byte)."""
+        if self._buffer is not None:
+            self._buffer.spill(detail)
 
     # --- the pump's side ------------------------------------------------------------------------
 
@@ -62,11 +92,63 @@ class BlobFetch:
             self._changed.notify_all()
 
     async def append(self, chunk: bytes) -> None:
-        assert self._fd is not None
-        await asyncio.to_thread(_pwrite_all, self._fd, chunk, self.written)
+        assert self._buffer is not None
+        await self._buffer.append(chunk)
         async with self._changed:
             self.written += len(chunk)
             self._changed.notify_all()
+        if self._buffer.spilled:
+            await self._wait_for_readers()
+
+    async def _wait_for_readers(self) -> None:
+        """Disk full: hold the download while memory is a window ahead of the slowest reader."""
+        buffer = self._buffer
+        assert buffer is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STALL_TIMEOUT
+        while True:
+            self._trim()
+            if buffer.memory_bytes <= MEMORY_WINDOW:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._cut_off_slowest()
+                deadline = loop.time() + STALL_TIMEOUT
+                continue
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _trim(self) -> None:
+        if self._buffer is not None and self._buffer.spilled:
+            self._buffer.trim(min(self._positions.values(), default=self.written))
+
+    def _cut_off_slowest(self) -> None:
+        slowest = min(self._positions.values())
+        for reader, position in list(self._positions.items()):
+            if position == slowest:
+                self._cut_off.add(reader)
+                del self._positions[reader]
+        log.warning("blob.reader_cut_off", digest=self.digest, position=slowest)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the download still goes to the spool file (pieces can be placed in it)."""
+        return self._buffer is not None and not self._buffer.spilled
+
+    async def place(self, offset: int, data: bytes) -> None:
+        """Write bytes of a blob fetched in pieces (``proxy.cache.pieces``) at their offset,
+        ahead of the readable prefix. Readers see nothing of them until the pump appends the
+        blob in order up to there; what it appends (the same bytes, read back with
+        ``read_placed`` and hashed) is what they read."""
+        if offset < self.written:
+            raise ValueError(f"{self.digest}: placing at {offset}, below {self.written}")
+        assert self._buffer is not None
+        await self._buffer.place(offset, data)
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        assert self._buffer is not None
+        return await self._buffer.read_placed(offset, size)
 
     async def finish(self, error: BaseException | None) -> None:
         async with self._changed:
@@ -77,6 +159,11 @@ class BlobFetch:
 
     # --- the readers' side ----------------------------------------------------------------------
 
+    async def wait_finished(self) -> None:
+        """Wait until the download is over (verified and stored, or failed)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.state in (FetchState.DONE, FetchState.FAILED))
+
     async def wait_started(self) -> int | None:
         """Wait for the upstream's headers; returns the blob size (None when not announced)."""
         async with self._changed:
@@ -84,26 +171,48 @@ class BlobFetch:
         self._raise_if_failed()
         return self.size
 
+    def reader(self) -> FetchReader:
+        """A reader registered now at byte 0 (so the bytes it will read are kept from now on);
+        ``FetchReader.close`` lets go of it if it never reads."""
+        reader = next(self._reader_ids)
+        self._positions[reader] = 0
+        return FetchReader(self, reader)
+
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes ``start``..``end`` (inclusive; None: to the end of the blob)."""
-        self._readers += 1
+        reader = self.reader()
         try:
-            position = start
-            while end is None or position <= end:
-                until = await self._wait_readable(position, end)
-                if until is None:
-                    return  # the blob is complete and the reader has all of it
-                assert self._fd is not None
-                chunk = await asyncio.to_thread(
-                    os.pread, self._fd, min(READ_CHUNK, until - position), position
-                )
-                if not chunk:
-                    raise StorageError(f"spool of {self.digest} ended early")
-                position += len(chunk)
+            async for chunk in self._read(reader.id, start, end):
                 yield chunk
         finally:
-            self._readers -= 1
-            self._release_spool_if_unused()
+            reader.close()
+
+    async def _read(self, reader: int, start: int, end: int | None) -> AsyncIterator[bytes]:
+        position = start
+        if reader in self._positions:
+            self._positions[reader] = position
+        while end is None or position <= end:
+            until = await self._wait_readable(position, end)
+            if reader in self._cut_off:
+                raise StorageError(f"{self.digest}: reader fell behind a download held in memory")
+            if until is None:
+                return  # the blob is complete and the reader has all of it
+            assert self._buffer is not None
+            chunk = await self._buffer.read(position, min(READ_CHUNK, until - position))
+            if not chunk:
+                raise StorageError(f"spool of {self.digest} ended early")
+            position += len(chunk)
+            if reader in self._positions:
+                self._positions[reader] = position
+                if self._buffer.spilled:
+                    async with self._changed:  # the download may be waiting for us
+                        self._changed.notify_all()
+            yield chunk
+
+    def _unregister(self, reader: int) -> None:
+        self._positions.pop(reader, None)
+        self._cut_off.discard(reader)
+        self._release_spool_if_unused()
 
     def _sendable_until(self, end: int | None) -> int:
         """Exclusive bound a reader may send up to while the blob is still streaming.
@@ -141,20 +250,31 @@ class BlobFetch:
             raise self.error
 
     def _release_spool_if_unused(self) -> None:
-        if self.state in (FetchState.DONE, FetchState.FAILED) and self._readers == 0:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            with contextlib.suppress(FileNotFoundError):
-                self._spool_path.unlink()
+        finished = self.state in (FetchState.DONE, FetchState.FAILED)
+        if finished and not self._positions and self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
+class FetchReader:
+    """One client's place in a download (``BlobFetch.reader``)."""
+
+    def __init__(self, fetch: BlobFetch, reader_id: int) -> None:
+        self._fetch = fetch
+        self.id = reader_id
+        self._closed = False
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._fetch._read(self.id, start, end):
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._fetch._unregister(self.id)
 
 
 UpstreamOpener = Callable[

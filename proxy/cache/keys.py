@@ -3,9 +3,15 @@
     blobs/sha256/<2 hex>/<64 hex>             blob bytes (shared by every repository)
     manifests/sha256/<2 hex>/<64 hex>         manifest bytes, with their media type
     tags/<upstream>/<repository>/_tag/<tag>   JSON TagRecord
+    referrers/<upstream>/<repository>/_referrers/<64 hex>   JSON: a subject's referrers index
+    links/<upstream>/<repository>/_link/<64 hex>   empty: the content may be served under the
+                                                   repository (see proxy.cache.links)
+    links/<upstream>/<repository>/_refs/<64 hex>   empty: every reference of that manifest is
+                                                   linked to the repository too
 
-``_tag`` cannot be a repository path component (those start with [a-z0-9]), so a repository
-``a/b`` with tag ``c`` never collides with a repository ``a/b/c``.
+``_tag`` (``_referrers``, ``_link``, ``_refs``) cannot be a repository path component (those
+start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with a repository
+``a/b/c``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from proxy.reference import Digest
 BLOBS = "blobs/sha256/"
 MANIFESTS = "manifests/sha256/"
 TAGS = "tags/"
+REFERRERS = "referrers/"
+LINKS = "links/"
 
 
 def blob_key(digest: Digest) -> str:
@@ -28,3 +36,18 @@ def manifest_key(digest: Digest) -> str:
 def tag_key(upstream_host: str, name: str, tag: str) -> str:
     host = upstream_host.replace(":", "_")
     return f"{TAGS}{host}/{name}/_tag/{tag}"
+
+
+def referrers_key(upstream_host: str, name: str, subject: Digest) -> str:
+    host = upstream_host.replace(":", "_")
+    return f"{REFERRERS}{host}/{name}/_referrers/{subject.hex}"
+
+
+def link_key(upstream_host: str, name: str, digest: Digest) -> str:
+    host = upstream_host.replace(":", "_")
+    return f"{LINKS}{host}/{name}/_link/{digest.hex}"
+
+
+def references_key(upstream_host: str, name: str, manifest: Digest) -> str:
+    host = upstream_host.replace(":", "_")
+    return f"{LINKS}{host}/{name}/_refs/{manifest.hex}"

@@ -13,7 +13,16 @@
   the next request after the upstream recovers moves the tag on. While the upstream client is in
   back-off (``RegistryClient.backoff_reason``) a tag with a cached manifest is served stale
   without asking at all. With nothing cached the upstream's error is passed on.
-- A 404 on revalidation is an answer, not a failure: the tag is gone and the client hears so.
+- A 404 is an answer, not a failure, and is remembered for the negative TTL (``NegativeCache``):
+  a tag or manifest the upstream does not have is answered 404 without asking again meanwhile,
+  single-flight like any revalidation. A tag the proxy knew that the upstream no longer has
+  answers 404 too, or, with ``keep_deleted_tags``, its last known manifest with a warning.
+- Each tag's TTL comes from ``TagTtl`` (``PROXY_TAG_TTL_RULES``: first matching pattern).
+- Content belongs to repositories (``ContentLinks``): a cached manifest is served by digest under
+  a repository only once it is known to belong there; a tag record is such proof for the
+  manifest it names, and every manifest served under a repository links its references to it.
+- Every tag and manifest served is reported to ``on_use`` (the last-use records that expiry and
+  eviction go by).
 """
 
 from __future__ import annotations
@@ -27,19 +36,24 @@ import cachetools
 import structlog
 
 from proxy.cache.keys import manifest_key, tag_key
+from proxy.cache.links import ContentLinks
+from proxy.cache.negative import NegativeCache
 from proxy.logs import mark_cache
 from proxy.manifest import Manifest
+from proxy.policy import TagTtl
 from proxy.reference import Digest, Reference
 from proxy.singleflight import SingleFlight
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.upstream.client import ManifestHead, RegistryClient
-from proxy.upstream.errors import UpstreamError, UpstreamNotFound
+from proxy.upstream.errors import UpstreamError, UpstreamInvalid, UpstreamNotFound
 
 log = structlog.get_logger(__name__)
 
 # Manifests are small (4 MiB at most) and asked for on every pull: keep the hot ones in memory.
 MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 MEMORY_ENTRY_OVERHEAD = 200
+# The stale reason of a tag deleted upstream and kept (PROXY_KEEP_DELETED_TAGS=true).
+DELETED_REASON = "upstream no longer has this tag"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,11 @@ class TagAnswer:
 
     manifest: Manifest
     fetched: bool  # the manifest came from the upstream (a counted pull), not from the cache
+    deleted: bool = False  # the upstream no longer has the tag; this is its last known manifest
+
+
+class TagDeleted(UpstreamNotFound):
+    """A tag the proxy knew is gone upstream (a 404 on revalidation, or remembered since)."""
 
 
 class ManifestCache:
@@ -81,13 +100,25 @@ class ManifestCache:
         self,
         storage: FailSafeStorage,
         *,
-        tag_ttl: float,
+        tag_ttl: TagTtl,
         max_manifest_bytes: int,
+        links: ContentLinks,
+        negative_ttl: float = 0.0,
+        keep_deleted_tags: bool = False,
+        on_deleted_tag: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_use: Callable[[str], None] | None = None,
     ) -> None:
         self._storage = storage
+        self._on_use = on_use or (lambda key: None)
         self._tag_ttl = tag_ttl
         self._max_bytes = max_manifest_bytes
+        self._links = links
+        # Upstream 404s for tags and manifests, on the same (settable) clock as the tag TTLs.
+        self._negative = NegativeCache(negative_ttl, clock=lambda: self.clock())
+        self._keep_deleted = keep_deleted_tags
+        # Hears (upstream host, "kept" or "not_found") for every answer about a deleted tag.
+        self._on_deleted_tag = on_deleted_tag
         self.clock = clock
         self._manifests: cachetools.LRUCache[str, Manifest] = cachetools.LRUCache(
             MEMORY_CACHE_BYTES, getsizeof=lambda m: len(m.data) + MEMORY_ENTRY_OVERHEAD
@@ -113,66 +144,152 @@ class ManifestCache:
         """Media type and size of a manifest by digest, without spending a pull on a miss."""
         cached = await self._load(digest)
         if cached is not None:
+            await self._admit(client, name, cached)
             mark_cache("hit")
             return ManifestHead(digest, cached.media_type, len(cached.data))
+        self._raise_if_remembered(client, name, digest)
         mark_cache("miss")
-        head = await client.head_manifest(name, str(digest))
+        try:
+            head = await client.head_manifest(name, str(digest))
+        except UpstreamNotFound:
+            self._negative.remember(_missing_key(client, name, digest))
+            raise
         if head.size is None:
             manifest = await self.by_digest(client, name, digest)
             return ManifestHead(digest, manifest.media_type, len(manifest.data))
         return ManifestHead(digest, head.media_type, head.size)
 
+    async def cached(self, digest: Digest) -> Manifest | None:
+        """The manifest if it is in the cache; never asks the upstream (costs no pull)."""
+        return await self._load(digest)
+
     async def by_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest:
+        """The manifest, served under ``name`` only when it belongs to that repository."""
         cached = await self._load(digest)
         if cached is not None:
+            await self._admit(client, name, cached)
             mark_cache("hit")
             return cached
+        self._raise_if_remembered(client, name, digest)
         mark_cache("miss")
-        return await self._flights.run(
-            ("manifest", digest.hex), lambda: self._fetch(client, name, str(digest))
-        )
+        return await self._fetch_digest(client, name, digest)
+
+    async def _fetch_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest:
+        """One GET for all concurrent callers of this repository and digest; a 404 remembered.
+
+        The flight is per repository: a request for another repository must not get the bytes
+        fetched for this one without its own answer from the upstream.
+        """
+
+        async def fetch() -> Manifest:
+            try:
+                return await self._fetch(client, name, str(digest))
+            except UpstreamNotFound:
+                self._negative.remember(_missing_key(client, name, digest))
+                raise
+
+        return await self._flights.run(("manifest", client.host, name, digest.hex), fetch)
 
     async def _fetch(self, client: RegistryClient, name: str, reference: str) -> Manifest:
-        """One counted GET; the manifest is verified (by digest) and stored."""
+        """One counted GET; the manifest is verified (by digest), stored and linked to ``name``."""
         manifest = await client.get_manifest(name, reference, self._max_bytes)
         await self._store(manifest)
+        await self._links.link_references(client.host, name, manifest)
         return manifest
+
+    async def _admit(self, client: RegistryClient, name: str, manifest: Manifest) -> None:
+        """Return when a cached manifest may be served under ``name`` (see ContentLinks)."""
+
+        async def confirm() -> None:
+            head = await client.head_manifest(name, str(manifest.digest))
+            if head.digest is not None and head.digest != manifest.digest:
+                raise UpstreamInvalid(f"HEAD {name}@{manifest.digest} named {head.digest}")
+
+        await self._links.admit(
+            client.host, name, manifest.digest, confirm, not_found_code="MANIFEST_UNKNOWN"
+        )
+        await self._links.link_references(client.host, name, manifest)
+
+    def _raise_if_remembered(self, client: RegistryClient, name: str, digest: Digest) -> None:
+        if _missing_key(client, name, digest) in self._negative:
+            mark_cache("negative")
+            raise UpstreamNotFound(
+                f"{name}@{digest} is not known upstream (answer remembered)",
+                status=404,
+                code="MANIFEST_UNKNOWN",
+            )
 
     # --- tags -----------------------------------------------------------------------------------
 
     async def _by_tag(self, client: RegistryClient, name: str, tag: str) -> Manifest:
         key = tag_key(client.host, name, tag)
-        record = self._tags.get(key)
-        if record is None or not self._is_fresh(record):
-            # Another instance may have confirmed it since we last looked. A revalidation in this
-            # process may also have finished while we read: keep whichever record is newest.
-            await self._load_tag(key)
-            record = self._tags.get(key)
-        if record is not None and self._is_fresh(record):
-            return await self.by_digest(client, name, record.digest)
-        answer = await self._resolutions.run(
-            ("tag", key), lambda: self._revalidate(client, name, tag, key, record)
-        )
+        self._on_use(key)
+        ttl = self._tag_ttl.seconds(client.host, name, tag)
+        try:
+            answer = await self._tag_answer(client, name, tag, key, ttl)
+        except TagDeleted:
+            self._count_deleted(client, "not_found")
+            raise
+        if answer.deleted:
+            self._count_deleted(client, "kept")
         if answer.manifest.stale_reason:
             mark_cache("stale")
         else:
             mark_cache("miss" if answer.fetched else "hit")
         return answer.manifest
 
+    async def _tag_answer(
+        self, client: RegistryClient, name: str, tag: str, key: str, ttl: float
+    ) -> TagAnswer:
+        record = self._tags.get(key)
+        if record is not None and self._is_fresh(record, ttl):
+            return await self._recorded(client, name, record)
+        if key in self._negative:
+            mark_cache("negative")
+            return await self._gone(client, name, tag, record)
+        # Another instance may have confirmed it since we last looked. A revalidation in this
+        # process may also have finished while we read: keep whichever record is newest.
+        await self._load_tag(key)
+        record = self._tags.get(key)
+        if record is not None and self._is_fresh(record, ttl):
+            return await self._recorded(client, name, record)
+        return await self._resolutions.run(
+            ("tag", key), lambda: self._revalidate(client, name, tag, key, ttl)
+        )
+
+    async def _recorded(self, client: RegistryClient, name: str, record: TagRecord) -> TagAnswer:
+        """The manifest a fresh tag record names. The record proves it belongs to ``name``."""
+        manifest = await self._load(record.digest)
+        fetched = manifest is None
+        if manifest is None:
+            manifest = await self._fetch_digest(client, name, record.digest)
+        await self._links.link_references(client.host, name, manifest)
+        return TagAnswer(manifest, fetched=fetched)
+
     async def _revalidate(
-        self, client: RegistryClient, name: str, tag: str, key: str, record: TagRecord | None
+        self, client: RegistryClient, name: str, tag: str, key: str, ttl: float
     ) -> TagAnswer:
         """Ask the upstream what the tag names now; on failure, what it named last (stale)."""
+        # A revalidation that ended just before this one started may have answered already.
+        record = self._tags.get(key)
+        if record is not None and self._is_fresh(record, ttl):
+            return await self._recorded(client, name, record)
+        if key in self._negative:
+            return await self._gone(client, name, tag, record)
         if record is not None:
             backoff = client.backoff_reason(name)
             if backoff is not None:
                 stale = await self._load(record.digest)
                 if stale is not None:
+                    await self._links.link_references(client.host, name, stale)
                     return TagAnswer(stale.served_stale(backoff), fetched=False)
         try:
             answer = await self._current(client, name, tag)
         except UpstreamNotFound:
-            raise  # the upstream says the tag is gone: that is an answer, not a failure
+            # The upstream says the tag is not there: an answer, not a failure. Remembered, so
+            # the next requests within the negative TTL do not ask again.
+            self._negative.remember(key)
+            return await self._gone(client, name, tag, record)
         except UpstreamError as exc:
             stale = await self._load(record.digest) if record is not None else None
             if stale is None:
@@ -185,8 +302,10 @@ class ManifestCache:
                 reason=exc.reason,
                 detail=exc.detail,
             )
+            await self._links.link_references(client.host, name, stale)
             return TagAnswer(stale.served_stale(exc.reason), fetched=False)
         manifest = answer.manifest
+        await self._links.link_references(client.host, name, manifest)
         await self._save_tag(key, TagRecord(manifest.digest, manifest.media_type, self.clock()))
         return answer
 
@@ -200,20 +319,41 @@ class ManifestCache:
         if cached is not None:
             return TagAnswer(cached, fetched=False)
         # New content (or the known digest's bytes are no longer cached): one counted GET.
-        digest = head.digest
-        manifest = await self._flights.run(
-            ("manifest", digest.hex), lambda: self._fetch(client, name, str(digest))
-        )
-        return TagAnswer(manifest, fetched=True)
+        return TagAnswer(await self._fetch_digest(client, name, head.digest), fetched=True)
 
-    def _is_fresh(self, record: TagRecord) -> bool:
-        return self.clock() - record.checked_at < self._tag_ttl
+    async def _gone(
+        self, client: RegistryClient, name: str, tag: str, record: TagRecord | None
+    ) -> TagAnswer:
+        """The answer for a tag the upstream does not have (now, or within the negative TTL)."""
+        if record is None:
+            raise UpstreamNotFound(
+                f"{name}:{tag} is not known upstream", status=404, code="MANIFEST_UNKNOWN"
+            )
+        if self._keep_deleted:
+            kept = await self._load(record.digest)
+            if kept is not None:
+                await self._links.link_references(client.host, name, kept)
+                return TagAnswer(kept.served_stale(DELETED_REASON), fetched=False, deleted=True)
+        raise TagDeleted(
+            f"{name}:{tag} was deleted upstream (it named {record.digest})",
+            status=404,
+            code="MANIFEST_UNKNOWN",
+        )
+
+    def _count_deleted(self, client: RegistryClient, action: str) -> None:
+        if self._on_deleted_tag is not None:
+            self._on_deleted_tag(client.host, action)
+
+    def _is_fresh(self, record: TagRecord, ttl: float) -> bool:
+        return self.clock() - record.checked_at < ttl
 
     # --- storage (fail-safe: a failing backend is a miss, a write that did not happen) ----------
 
     async def _load(self, digest: Digest) -> Manifest | None:
+        """The cached manifest (from memory or storage), counted as used: callers serve it."""
         cached = self._manifests.get(digest.hex)
         if cached is not None:
+            self._on_use(manifest_key(digest))
             return cached
         found = await self._storage.get(manifest_key(digest))
         if found is None:
@@ -226,10 +366,12 @@ class ManifestCache:
             return None
         manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
         self._manifests[digest.hex] = manifest
+        self._on_use(manifest_key(digest))
         return manifest
 
     async def _store(self, manifest: Manifest) -> None:
         self._manifests[manifest.digest.hex] = manifest
+        self._on_use(manifest_key(manifest.digest))
         # Overwrite: the bytes are verified, and a corrupt entry whose delete failed is healed.
         await self._storage.put(
             manifest_key(manifest.digest),
@@ -248,3 +390,7 @@ class ManifestCache:
     async def _save_tag(self, key: str, record: TagRecord) -> None:
         self._tags[key] = record
         await self._storage.put(key, record.to_json(), overwrite=True)
+
+
+def _missing_key(client: RegistryClient, name: str, digest: Digest) -> tuple[str, ...]:
+    return ("manifest", client.host, name, digest.hex)

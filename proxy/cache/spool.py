@@ -1,24 +1,101 @@
-"""The spool: a local directory holding the blobs being downloaded from upstreams right now.
+"""The spool: the local directory holding the blobs being downloaded from upstreams right now.
 
 Every client of a download reads its spool file (``BlobFetch``), so no blob is ever held in
-memory. Spool files live only as long as their download and its readers; the ones a killed
+memory. Spool files live as long as their download and its slowest reader; the ones a killed
 process left behind are removed when the next one opens the spool.
+
+On Fargate the spool's disk is the task's ephemeral storage, shared with the image and everything
+else. So the spool keeps within its budget (``PROXY_SPOOL_MAX_SIZE``) and leaves the filesystem
+``PROXY_SPOOL_MIN_FREE`` free: a new download with no room for it there (``has_room``: checked
+before it starts, and again when the upstream announces the blob's size) does not touch the disk
+at all and goes through memory instead. A full disk is not an outage: its clients still get the
+whole blob, verified, and it is cached as usual where the cache storage has room.
+
+When the disk fills up anyway (other files grew, a size was not announced), a download does not
+fail either: its ``SpoolBuffer`` keeps the bytes that no longer fit in memory. Either way
+``BlobFetch`` bounds that memory to a window between its slowest reader and the download, and
+the event goes to the disk-full alarm (counted, logged once per interval, the evictor woken).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from proxy.config import Settings
+from proxy.storage import StorageError
+from proxy.storage.filesystem import DISK_FULL_ERRNOS
 from proxy.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
 
+#: Called with (where, detail) when a spool write finds the disk full.
+DiskFullReport = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolLocation:
+    """The spool directory and the variable that chose it (error messages name it)."""
+
+    variable: str
+    path: Path
+
+    def describe(self) -> str:
+        return f"{self.variable}={self.path}"
+
+
+def spool_location(settings: Settings) -> SpoolLocation:
+    """``PROXY_SPOOL_DIR``; else ``spool/`` inside a local cache; else the system's temp dir."""
+    if settings.spool_dir is not None:
+        return SpoolLocation("PROXY_SPOOL_DIR", settings.spool_dir)
+    if settings.storage.path is not None:
+        return SpoolLocation("PROXY_STORAGE", settings.storage.path / "spool")
+    return SpoolLocation("PROXY_SPOOL_DIR", Path(tempfile.gettempdir()) / "registry-proxy-spool")
+
+
+def probe_writable(directory: Path) -> None:
+    """Create the directory if needed, then write, sync and remove a small file in it.
+
+    Raises ``OSError`` when any step fails: what a fetch would meet when it spools its first byte
+    (a root-owned mount, a read-only or full filesystem).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    # Named like a spool file (pid first), so orphan clean-up by another process leaves it alone.
+    probe = directory / f"{os.getpid()}-probe-{uuid.uuid4().hex}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.write(fd, b"registry-proxy write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        probe.unlink(missing_ok=True)
+
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_size: int | None = None,
+        min_free: int = 0,
+        statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
+        on_full: DiskFullReport | None = None,
+    ) -> None:
         self.directory = directory
+        self.on_full = on_full
+        self.max_size = max_size
+        self.min_free = min_free
+        self._statvfs = statvfs
 
     def open(self) -> None:
         """Create the directory and remove files abandoned by processes that are gone."""
@@ -30,3 +107,193 @@ class Spool:
     def new_path(self) -> Path:
         """A path for a new spool file (the caller creates it exclusively)."""
         return self.directory / temp_name()
+
+    def new_buffer(self) -> SpoolBuffer:
+        """The buffer of a new download: a new spool file while there is room for one, else
+        memory only."""
+        return SpoolBuffer(self.new_path(), self.on_full, on_disk=self.has_room(None))
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def room(self) -> int:
+        """Bytes one more download may still write (negative: already over)."""
+        stats = self._statvfs(self.directory)
+        room = stats.f_bavail * stats.f_frsize - self.min_free
+        if self.max_size is not None:
+            room = min(room, self.max_size - self.used())
+        return room
+
+    def used(self) -> int:
+        """Disk taken by the spool's files (allocated blocks, so sparse files count as written)."""
+        total = 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                except FileNotFoundError:
+                    continue  # a fetch released its spool file meanwhile
+        return total
+
+    def has_room(self, size: int | None) -> bool:
+        """Whether a download of ``size`` bytes (None: not known yet) fits on the spool disk."""
+        room = self.room()
+        if room >= (size or 1):
+            return True
+        wanted = "another download" if size is None else f"a blob of {size} bytes"
+        log.warning(
+            "spool.full",
+            directory=str(self.directory),
+            room=room,
+            size=size,
+            note=f"no room for {wanted}: it streams through memory, cached content is served",
+        )
+        return False
+
+
+class SpoolGap(StorageError):
+    """The bytes asked for were held in memory only, and every reader had passed them."""
+
+
+class SpoolFailed(StorageError):
+    """The spool file could not be written or read (an I/O error other than a full disk).
+
+    A StorageError, not the OSError itself: the route takes an OSError for a client that went
+    away, and would leave the others waiting instead of aborting their responses."""
+
+
+class SpoolBuffer:
+    """One download's bytes: in a spool file while the disk takes them, then in memory.
+
+    Bytes ``[0, on_disk)`` are in the file. When a write finds the disk full the file stops
+    growing (its unfinished tail is cut off, giving the room back) and every later byte is kept
+    in memory, from ``memory_start`` on. ``trim`` drops memory bytes that every reader has
+    passed; once it did, the buffer has a gap and a new reader cannot start from byte 0
+    (``complete_from_start`` is False): the blob cache starts another download for it.
+    """
+
+    def __init__(
+        self, path: Path, on_full: DiskFullReport | None = None, *, on_disk: bool = True
+    ) -> None:
+        """``on_disk`` False: the spool has no room for it, the bytes go to memory from the
+        start."""
+        self.path = path
+        self._on_full = on_full
+        self.on_disk = 0
+        self.memory_start: int | None = None  # None while every byte goes to the file
+        self._memory = bytearray()
+        self._fd: int | None = None
+        if not on_disk:
+            self.spill("no room on the spool")
+            return
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            self.spill(str(exc))
+
+    @property
+    def spilled(self) -> bool:
+        return self.memory_start is not None
+
+    @property
+    def memory_bytes(self) -> int:
+        return len(self._memory)
+
+    @property
+    def complete_from_start(self) -> bool:
+        """Whether every byte appended so far can still be read."""
+        return self.memory_start is None or self.memory_start == self.on_disk
+
+    def readable(self, position: int) -> bool:
+        return self.memory_start is None or position < self.on_disk or position >= self.memory_start
+
+    async def append(self, chunk: bytes) -> None:
+        if self.memory_start is None:
+            assert self._fd is not None
+            try:
+                await asyncio.to_thread(_pwrite_all, self._fd, chunk, self.on_disk)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+                self.spill(str(exc))
+            else:
+                self.on_disk += len(chunk)
+                return
+        self._memory += chunk
+
+    def spill(self, detail: str) -> None:
+        """Write nothing more to the file: later bytes stay in memory (``detail``: why)."""
+        if self.memory_start is not None:
+            return
+        self.memory_start = self.on_disk
+        if self._fd is not None:
+            # Part of a failed write may have landed: give those blocks back to the disk.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.on_disk)
+        if self._on_full is not None:
+            self._on_full("spool", detail)
+
+    async def read(self, position: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``position`` (which must be appended already)."""
+        if position < self.on_disk:
+            assert self._fd is not None
+            try:
+                return await asyncio.to_thread(
+                    os.pread, self._fd, min(size, self.on_disk - position), position
+                )
+            except OSError as exc:
+                raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+        if self.memory_start is not None and position >= self.memory_start:
+            offset = position - self.memory_start
+            return bytes(self._memory[offset : offset + size])
+        raise SpoolGap(f"bytes from {position} of {self.path.name} are no longer held")
+
+    async def place(self, offset: int, data: bytes) -> None:
+        """Write bytes beyond those appended (a blob fetched in pieces): only into the file.
+
+        Raises ``SpoolFailed`` once the bytes go to memory (the disk filled up): the piece then
+        fails and the rest of the blob comes as one stream (``proxy.cache.pieces``).
+        """
+        if self.memory_start is not None or self._fd is None:
+            raise SpoolFailed(f"spool {self.path.name}: no room on disk for pieces")
+        try:
+            await asyncio.to_thread(_pwrite_all, self._fd, data, offset)
+        except OSError as exc:
+            raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+
+    async def read_placed(self, offset: int, size: int) -> bytes:
+        """Read back bytes ``place`` wrote. After a spill the file was cut back to what was
+        appended, so placed bytes are gone: ``SpoolFailed`` (the download fails, never with
+        wrong bytes)."""
+        if self.memory_start is not None or self._fd is None:
+            raise SpoolFailed(f"spool {self.path.name}: pieces lost when the disk filled up")
+        try:
+            return await asyncio.to_thread(os.pread, self._fd, size, offset)
+        except OSError as exc:
+            raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+
+    def trim(self, before: int) -> None:
+        """Drop the memory bytes before ``before`` (every reader is past them)."""
+        if self.memory_start is None or before <= self.memory_start:
+            return
+        drop = min(before - self.memory_start, len(self._memory))
+        del self._memory[:drop]
+        self.memory_start += drop
+
+    def close(self) -> None:
+        self._memory = bytearray()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written

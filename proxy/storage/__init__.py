@@ -4,18 +4,22 @@ from proxy.storage.base import (
     BlobWriter,
     DigestMismatch,
     DiscardingWriter,
+    ListedObject,
     ObjectInfo,
     ObjectNotFound,
     Storage,
     StorageError,
+    StorageFull,
 )
 
 __all__ = [
     "BlobWriter",
     "DigestMismatch",
     "DiscardingWriter",
+    "ListedObject",
     "ObjectInfo",
     "ObjectNotFound",
     "Storage",
     "StorageError",
+    "StorageFull",
 ]

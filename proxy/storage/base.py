@@ -12,10 +12,15 @@ Semantics every backend keeps (the conformance suite in tests/test_storage.py ch
 - ``read()`` streams a byte range of an object; ``stat()`` tells its size and content type.
 - ``open_local()`` opens an object kept on local disk (a ``LocalFile``, for sendfile); backends
   without local files answer None and are read with ``read()``.
+- ``list_objects()`` walks the objects under a prefix with their size and the wall-clock time
+  they were last written (for housekeeping: the sweep, eviction, ``registry-proxy cache``);
+  ``delete()`` and ``delete_many()`` remove objects and are no-ops for keys that hold nothing.
 
 Exception tree:
 
     StorageError            the backend failed (I/O error, S3 unreachable, throttled past retries)
+      StorageFull           the disk under a local cache is full (ENOSPC, EDQUOT): a capacity
+                            problem, not an outage (reads still work; eviction makes room)
     ObjectNotFound          the key holds nothing (raised by read(); stat() returns None instead)
     DigestMismatch          commit() found bytes that do not match the expected digest or size
 """
@@ -38,6 +43,10 @@ class StorageError(Exception):
     """The storage backend could not do what was asked."""
 
 
+class StorageFull(StorageError):
+    """The disk holding the cache has no room left for what was being written."""
+
+
 class ObjectNotFound(Exception):
     """No object is stored under the key."""
 
@@ -56,6 +65,15 @@ def check_key(key: str) -> str:
 class ObjectInfo:
     size: int
     content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """One object as ``Storage.list_objects()`` reports it."""
+
+    key: str
+    size: int
+    modified: float  # wall-clock seconds (POSIX time) of its last write
 
 
 class BlobWriter(ABC):
@@ -185,9 +203,20 @@ class Storage(ABC):
     async def delete(self, key: str) -> None:
         """Remove the object if present."""
 
+    async def delete_many(self, keys: list[str]) -> None:
+        """Remove every object named (bulk deletes for housekeeping); missing ones are fine."""
+        for key in keys:
+            await self.delete(key)
+
     @abstractmethod
-    def keys(self, prefix: str) -> AsyncIterator[str]:
-        """Every key under ``prefix`` (for scans and maintenance, not for the request path)."""
+    def list_objects(self, prefix: str) -> AsyncIterator[ListedObject]:
+        """Every object under ``prefix``, with size and time written (for scans and
+        maintenance, not for the request path); in no particular order."""
+
+    async def keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key under ``prefix``."""
+        async for entry in self.list_objects(prefix):
+            yield entry.key
 
     async def check(self) -> None:
         """Raise StorageError when the backend cannot serve right now (readiness)."""

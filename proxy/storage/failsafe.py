@@ -8,12 +8,17 @@ the answer that lets the pull go on from the upstream:
     writer                  a writer that only verifies (``DiscardingWriter``); one that fails
                             mid-stream carries on verifying without storing (``FailSafeWriter``)
     commit                  "not stored" (``stores`` is False afterwards)
-    delete                  nothing deleted
+    delete, delete_many     nothing deleted
     presigned_url           no redirect (None): the bytes are served through the proxy
 
-Two calls still raise ``StorageError``, because the caller has to know: ``read()`` (its response
-has started; the caller aborts it), ``keys()`` (maintenance scans must not mistake an outage for an
-empty cache) and ``check()`` (readiness).
+Some calls still raise ``StorageError``, because the caller has to know: ``read()`` (its response
+has started; the caller aborts it), ``keys()`` and ``list_objects()`` (maintenance scans must not
+mistake an outage for an empty cache) and ``check()`` (readiness).
+
+A full disk (``StorageFull``) is not an outage: reads still work and eviction makes room. It is
+answered the same way ("not stored") but reported through ``on_full`` instead (the disk-full
+alarm counts it, logs it once per interval and wakes the evictor), and it neither opens the
+breaker nor makes the instance unready.
 
 Each failure is recorded once: counted (``errors``, and the ``on_error`` hook the metrics use),
 logged at most once per ``LOG_INTERVAL``, and remembered for readiness (``recent_error``).
@@ -32,7 +37,15 @@ from typing import TypeVar
 
 import structlog
 
-from proxy.storage.base import BlobWriter, DiscardingWriter, ObjectInfo, Storage, StorageError
+from proxy.storage.base import (
+    BlobWriter,
+    DiscardingWriter,
+    ListedObject,
+    ObjectInfo,
+    Storage,
+    StorageError,
+    StorageFull,
+)
 from proxy.storage.localfile import LocalFile
 
 log = structlog.get_logger(__name__)
@@ -53,11 +66,13 @@ class FailSafeStorage:
         *,
         cooldown: float = DEFAULT_COOLDOWN,
         on_error: Callable[[], None] | None = None,
+        on_full: Callable[[StorageFull], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
         self.cooldown = cooldown
         self.on_error = on_error
+        self.on_full = on_full
         self._clock = clock
         self._open_until = 0.0
         self._logged_at: float | None = None
@@ -79,7 +94,13 @@ class FailSafeStorage:
         return self.last_error
 
     def record(self, exc: StorageError, operation: str) -> None:
-        """Count, log (throttled) and remember one backend failure, and open the breaker."""
+        """Count, log (throttled) and remember one backend failure, and open the breaker.
+
+        A full disk goes to ``on_full`` instead: it is no reason to stop reading the cache."""
+        if isinstance(exc, StorageFull):
+            if self.on_full is not None:
+                self.on_full(exc)
+            return
         now = self._clock()
         self.errors += 1
         self.last_error = str(exc)
@@ -158,6 +179,15 @@ class FailSafeStorage:
             self.record(exc, "keys")
             raise
 
+    async def list_objects(self, prefix: str) -> AsyncIterator[ListedObject]:
+        """Every object under ``prefix``; raises StorageError (recorded), as ``keys``."""
+        try:
+            async for entry in self.inner.list_objects(prefix):
+                yield entry
+        except StorageError as exc:
+            self.record(exc, "list")
+            raise
+
     # --- writes: failure is "not stored" --------------------------------------------------------
 
     async def put(
@@ -171,6 +201,17 @@ class FailSafeStorage:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", lambda: self.inner.delete(key), None)
+
+    async def delete_many(self, keys: list[str]) -> bool:
+        """Delete every key; False when the backend failed (some may be left)."""
+        return await self._call(
+            "delete", lambda: self._then_true(self.inner.delete_many(keys)), False
+        )
+
+    @staticmethod
+    async def _then_true(call: Awaitable[None]) -> bool:
+        await call
+        return True
 
     async def writer(
         self,

@@ -16,6 +16,8 @@ File I/O runs in worker threads so a slow disk never stalls the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,10 +28,12 @@ import structlog
 
 from proxy.storage.base import (
     BlobWriter,
+    ListedObject,
     ObjectInfo,
     ObjectNotFound,
     Storage,
     StorageError,
+    StorageFull,
     check_key,
 )
 from proxy.storage.localfile import LocalFile
@@ -38,6 +42,8 @@ from proxy.tempfiles import remove_orphans, temp_name
 log = structlog.get_logger(__name__)
 
 READ_CHUNK = 256 * 1024
+#: The errors that mean "no room on the disk" (a quota counts the same).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -189,19 +195,49 @@ class FilesystemStorage(Storage):
         self._path(self.data_dir, key).unlink(missing_ok=True)
         self._path(self.meta_dir, key).unlink(missing_ok=True)
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        for key in await self._io(lambda: list(self._walk(prefix))):
-            yield key
+    async def delete_many(self, keys: list[str]) -> None:
+        await self._io(self._delete_many, keys)
 
-    def _walk(self, prefix: str) -> Iterator[str]:
-        for directory, _, files in os.walk(self.data_dir):
+    def _delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self._delete(key)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ListedObject]:
+        for entry in await self._io(lambda: list(self._walk(prefix))):
+            yield entry
+
+    def _walk(self, prefix: str) -> Iterator[ListedObject]:
+        # Walk only the directory the prefix points into, not the whole cache.
+        directory = prefix.rpartition("/")[0]
+        top = self._path(self.data_dir, directory) if directory else self.data_dir
+        for parent, _, files in os.walk(top, onerror=_unless_missing):
             for name in files:
-                key = os.path.relpath(os.path.join(directory, name), self.data_dir)
-                if key.startswith(prefix):
-                    yield key
+                path = os.path.join(parent, name)
+                key = os.path.relpath(path, self.data_dir)
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    info = os.stat(path)
+                except FileNotFoundError:
+                    continue  # deleted while we walked
+                yield ListedObject(key, info.st_size, info.st_mtime)
 
     async def check(self) -> None:
-        await self._io(self.data_dir.stat)
+        """Raise StorageError unless objects can be read and written here right now.
+
+        A removed (or unmounted) cache directory raises FileNotFoundError, which ``_io`` lets
+        through for the callers that mean "no such object"; here it means "unusable".
+        """
+        try:
+            await self._io(self._probe)
+        except FileNotFoundError as exc:
+            raise StorageError(f"filesystem storage: {exc}") from exc
+
+    def _probe(self) -> None:
+        self.data_dir.stat()
+        probe = self._tmp_path()
+        probe.write_bytes(b"")
+        probe.unlink()
 
     async def _io(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking file I/O in a thread; OS errors become StorageError."""
@@ -210,7 +246,16 @@ class FilesystemStorage(Storage):
         except (FileNotFoundError, ValueError):
             raise
         except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise StorageFull(f"filesystem storage: {exc}") from exc
             raise StorageError(f"filesystem storage: {exc}") from exc
+
+
+def _unless_missing(error: OSError) -> None:
+    """os.walk's error handler: a directory that does not exist (yet, or any more) holds no
+    keys; any other error must not pass for an empty cache."""
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 class _FileWriter(BlobWriter):
@@ -248,7 +293,10 @@ class _FileWriter(BlobWriter):
 
     async def _abort(self) -> None:
         def discard() -> None:
-            self.handle.close()
+            # Closing flushes what is still buffered, which fails on a full disk (the very reason
+            # for many aborts); the file is closed all the same, and its bytes are not wanted.
+            with contextlib.suppress(OSError):
+                self.handle.close()
             self.tmp.unlink(missing_ok=True)
 
         await asyncio.to_thread(discard)

@@ -7,7 +7,8 @@ come from the standard AWS chain: environment variables locally, the task role o
 ``us-east-1`` when none is configured). ``open()`` checks the bucket with HeadBucket, so a missing
 bucket or bad credentials stop start-up with one line that names the bucket. The role needs
 s3:ListBucket on the bucket (HeadBucket, ListObjectsV2, and a 404 rather than a 403 for a missing
-key) and GetObject, PutObject, DeleteObject and AbortMultipartUpload on the objects.
+key) and GetObject, PutObject, DeleteObject (also used by DeleteObjects) and
+AbortMultipartUpload on the objects.
 
 Writes never replace an object with other bytes. Content-addressed objects are written with
 ``If-None-Match: *`` (PutObject, and CompleteMultipartUpload for large blobs): when writers in
@@ -64,6 +65,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from proxy.storage import parts
 from proxy.storage.base import (
     BlobWriter,
+    ListedObject,
     ObjectInfo,
     ObjectNotFound,
     Storage,
@@ -82,6 +84,8 @@ DEFAULT_PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000
 #: Keys per ListObjectsV2 request (S3's maximum).
 LIST_PAGE_SIZE = 1000
+#: Keys per DeleteObjects request (S3's maximum).
+DELETE_BATCH = 1000
 DEFAULT_REGION = "us-east-1"
 #: The content type S3 gives an object stored without one.
 S3_DEFAULT_CONTENT_TYPE = "binary/octet-stream"
@@ -360,7 +364,29 @@ class S3Storage(Storage):
         except _S3Error as exc:
             raise self._error("DeleteObject", key, exc) from exc
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
+    async def delete_many(self, keys: list[str]) -> None:
+        names = [self.object_key(key) for key in keys]
+        for start in range(0, len(names), DELETE_BATCH):
+            batch = names[start : start + DELETE_BATCH]
+            try:
+                response = await self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": name} for name in batch], "Quiet": True},
+                )
+            except _S3Error as exc:
+                raise StorageError(
+                    f"S3 DeleteObjects s3://{self.bucket} ({len(batch)} keys): {_describe(exc)}"
+                ) from exc
+            # DeleteObjects answers 200 and lists per-key failures in the body.
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"S3 DeleteObjects s3://{self.bucket}/{first.get('Key')}: "
+                    f"{first.get('Code')} ({first.get('Message')}); {len(errors)} keys failed"
+                )
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ListedObject]:
         base = f"{self.prefix}/" if self.prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
@@ -372,7 +398,9 @@ class S3Storage(Storage):
             async for page in pages:
                 for item in page.get("Contents", []):
                     name: str = item["Key"]
-                    yield name[len(base) :]
+                    yield ListedObject(
+                        name[len(base) :], int(item["Size"]), item["LastModified"].timestamp()
+                    )
         except _S3Error as exc:
             raise StorageError(
                 f"S3 ListObjectsV2 s3://{self.bucket}/{base}{prefix}: {_describe(exc)}"

@@ -21,6 +21,7 @@ from proxy.singleflight import SingleFlight
 from proxy.upstream.errors import UpstreamDenied, UpstreamInvalid, UpstreamUnavailable
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+_QUOTED_PAIR_RE = re.compile(r"\\(.)")
 
 DEFAULT_EXPIRES_IN = 60  # seconds; what the token spec says when the server gives none
 
@@ -32,12 +33,21 @@ class Challenge:
 
 
 def parse_challenge(header: str) -> Challenge | None:
-    """Parse a WWW-Authenticate header with a single challenge."""
+    """Parse a WWW-Authenticate header with a single challenge.
+
+    Parameter names are case-insensitive; a quoted value may hold commas and ``=``, and its
+    backslash escapes (RFC 9110 quoted-pair) stand for the character after the backslash.
+    """
     scheme, _, rest = header.strip().partition(" ")
     if not scheme:
         return None
-    params = {m.group(1).lower(): m.group(2) or m.group(3) or "" for m in _PARAM_RE.finditer(rest)}
-    return Challenge(scheme.lower(), {k: v.replace('\\"', '"') for k, v in params.items()})
+    params = {
+        m.group(1).lower(): _QUOTED_PAIR_RE.sub(r"\1", m.group(2))
+        if m.group(2) is not None
+        else m.group(3)
+        for m in _PARAM_RE.finditer(rest)
+    }
+    return Challenge(scheme.lower(), params)
 
 
 def basic_authorization(username: str, password: str) -> str:

@@ -25,7 +25,7 @@ import structlog
 
 from proxy.config import UpstreamSettings
 from proxy.logs import count_upstream_request
-from proxy.manifest import UPSTREAM_ACCEPT, Manifest, media_type_of
+from proxy.manifest import OCI_INDEX, UPSTREAM_ACCEPT, Manifest, media_type_of
 from proxy.reference import Digest
 from proxy.upstream.auth import TokenAuth
 from proxy.upstream.backoff import Backoff
@@ -85,12 +85,46 @@ class ManifestHead:
     size: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ContentRange:
+    """Which bytes of the blob a 206 answer holds: ``bytes START-END/TOTAL`` (END inclusive)."""
+
+    start: int
+    end: int
+    total: int | None  # None when the upstream sent ``*``
+
+    @classmethod
+    def parse(cls, value: str | None) -> ContentRange | None:
+        match = re.fullmatch(
+            r"\s*bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\s*", value or ""
+        )
+        if not match:
+            return None
+        start, end = int(match.group(1)), int(match.group(2))
+        total = None if match.group(3) == "*" else int(match.group(3))
+        if end < start or (total is not None and end >= total):
+            return None
+        return cls(start, end, total)
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
 @dataclass(slots=True)
 class BlobStream:
-    """An open upstream blob response: its size (when known) and its chunks."""
+    """An open upstream blob response: its size (when known) and its chunks.
+
+    ``size`` is the body's length (Content-Length). For an answer to a ranged request that the
+    upstream honoured (206), ``content_range`` says which bytes of the blob the body holds; it is
+    None when the upstream sent the whole blob (200). ``url`` is where the bytes came from after
+    redirects (Docker Hub's CDN): more ranges of the same blob can be asked for there directly.
+    """
 
     size: int | None
     chunks: AsyncIterator[bytes]
+    content_range: ContentRange | None = None
+    url: str | None = None
 
 
 class UpstreamObserver(Protocol):
@@ -186,6 +220,13 @@ class RegistryClient:
             raise _broken(f"manifest body broken: {_describe(exc)}", exc) from exc
         return bytes(data)
 
+    async def get_referrers(self, name: str, path: str, max_bytes: int) -> tuple[bytes, str | None]:
+        """One page of an OCI 1.1 referrers list (``path``: ``/referrers/<digest>[?query]``):
+        its body and Link header. Not a pull: Docker Hub counts manifest GETs only."""
+        async with self._request("GET", name, path, {"Accept": OCI_INDEX}, "NOT_FOUND") as response:
+            body = await self._read_limited(response, max_bytes)
+            return body, response.headers.get("Link")
+
     # --- blobs ----------------------------------------------------------------------------------
 
     async def head_blob(self, name: str, digest: Digest) -> int | None:
@@ -193,10 +234,45 @@ class RegistryClient:
             return response.content_length
 
     @asynccontextmanager
-    async def open_blob(self, name: str, digest: Digest) -> AsyncIterator[BlobStream]:
-        """Open a blob for streaming; the chunks raise UpstreamUnavailable if the stream breaks."""
-        async with self._request("GET", name, f"/blobs/{digest}", {}, "BLOB_UNKNOWN") as response:
-            yield BlobStream(response.content_length, self._chunks(response, digest))
+    async def open_blob(
+        self,
+        name: str,
+        digest: Digest,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        url: str | None = None,
+    ) -> AsyncIterator[BlobStream]:
+        """Open a blob for streaming; the chunks raise UpstreamUnavailable if the stream breaks.
+
+        ``first``/``last`` (inclusive; ``last`` None: to the end) ask for a byte range; the answer
+        may still be the whole blob (an upstream may ignore Range): see ``BlobStream``. ``url``
+        sends the request to a URL an earlier answer came from (``BlobStream.url``) instead of
+        the registry; the registry's Authorization still goes only to the registry's origin.
+        """
+        headers = {}
+        if first is not None:
+            headers["Range"] = f"bytes={first}-{'' if last is None else last}"
+        async with self._request(
+            "GET", name, f"/blobs/{digest}", headers, "BLOB_UNKNOWN", url=url
+        ) as response:
+            content_range = None
+            if response.status == 206:
+                content_range = ContentRange.parse(response.headers.get("Content-Range"))
+                if content_range is None or (
+                    response.content_length is not None
+                    and response.content_length != content_range.length
+                ):
+                    raise UpstreamInvalid(
+                        f"blob {digest}: 206 with a Content-Range that does not fit: "
+                        f"{response.headers.get('Content-Range')!r}"
+                    )
+            yield BlobStream(
+                response.content_length,
+                self._chunks(response, digest),
+                content_range,
+                str(response.url),
+            )
 
     async def _chunks(
         self, response: aiohttp.ClientResponse, digest: Digest
@@ -253,10 +329,20 @@ class RegistryClient:
 
     @asynccontextmanager
     async def _request(
-        self, method: str, name: str, path: str, headers: dict[str, str], not_found_code: str
+        self,
+        method: str,
+        name: str,
+        path: str,
+        headers: dict[str, str],
+        not_found_code: str,
+        *,
+        url: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One call with retries; ``url`` (a URL an earlier answer came from) replaces the path."""
         try:
-            response = await self._send_with_retries(method, name, path, headers)
+            response = await self._send_with_retries(
+                method, name, url or f"{self._base}/v2/{name}{path}", headers
+            )
             try:
                 await _raise_for_status(response, method, f"{name}{path}", not_found_code)
                 yield response
@@ -268,9 +354,8 @@ class RegistryClient:
             raise
 
     async def _send_with_retries(
-        self, method: str, name: str, path: str, headers: dict[str, str]
+        self, method: str, name: str, url: str, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        url = f"{self._base}/v2/{name}{path}"
         scope = f"repository:{name}:pull"
         attempts = len(self._retry_delays) + 1
         for attempt in range(attempts):
@@ -282,12 +367,14 @@ class RegistryClient:
                 # wait. Only failures that happen fast (refused, reset) are worth another try.
                 if last_attempt or exc.timed_out:
                     raise
-                log.info("upstream.retry", method=method, url=url, reason=exc.detail)
+                log.info("upstream.retry", method=method, url=_redact_url(url), reason=exc.detail)
             else:
                 if response.status not in _RETRYABLE_STATUS or last_attempt:
                     return response
                 response.release()
-                log.info("upstream.retry", method=method, url=url, status=response.status)
+                log.info(
+                    "upstream.retry", method=method, url=_redact_url(url), status=response.status
+                )
             await asyncio.sleep(self._retry_delays[attempt] * random.uniform(0.8, 1.2))
         raise AssertionError("unreachable")
 
@@ -411,6 +498,7 @@ def _describe(exc: BaseException) -> str:
 
 __all__ = [
     "BlobStream",
+    "ContentRange",
     "ManifestHead",
     "RateLimit",
     "RegistryClient",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from support.binaries import free_port, require_binaries
 from support.distribution import BLOB_PATH, MANIFEST_PATH, Distribution, parse_access_line
+from support.managed_process import ManagedProcess
 from support.oci_image import (
     OCI_LAYER_GZIP,
     PushedImage,
@@ -317,6 +318,63 @@ def test_proxy_process_start_failure_shows_the_log(
     with pytest.raises(RuntimeError, match=r"(?s)exited with 3.*refusing to start"):
         proxy.start()
     assert not proxy.running
+
+
+# ---------------------------------------------------------------------- ManagedProcess
+
+
+class Sleeper(ManagedProcess):
+    """Prints a line, then sleeps; ready once it printed and ``ready_file`` exists."""
+
+    name = "sleeper"
+    start_timeout = 1.0
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, workdir / "sleeper.log")
+        self.ready_file = workdir / "ready"
+        self.starts = 0
+        self.cleanups = 0
+
+    def command(self) -> list[str]:
+        script = "import time; print('sleeper here', flush=True); time.sleep(120)"
+        return [sys.executable, "-c", script]
+
+    def prepare(self) -> None:
+        self.starts += 1
+
+    def readiness(self) -> str | None:
+        if not self.ready_file.exists():
+            return "no ready file"
+        printed = self.log_text().count("sleeper here") >= self.starts
+        return None if printed else "not printed yet"
+
+    def cleanup(self) -> None:
+        self.cleanups += 1
+
+
+def test_managed_process_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
+    sleeper = Sleeper(tmp_path)
+    with pytest.raises(RuntimeError, match=r"(?s)not ready within 1.0 s \(no ready file\)"):
+        sleeper.start()
+    assert not sleeper.running and sleeper.process is None
+    assert sleeper.returncode is not None  # stopped by its pid, and waited for
+    assert sleeper.cleanups == 1
+
+
+def test_managed_process_lifecycle(tmp_path: Path) -> None:
+    sleeper = Sleeper(tmp_path)
+    sleeper.ready_file.touch()
+    with sleeper:
+        assert sleeper.running and sleeper.pid is not None
+        first = sleeper.pid
+        sleeper.restart()
+        assert sleeper.running and sleeper.pid != first
+    assert sleeper.returncode == -15  # SIGTERM
+    assert sleeper.cleanups == 2  # after the restart's stop and the final one
+    sleeper.start()
+    assert sleeper.kill() == -9
+    assert sleeper.log_text().count("sleeper here") == 3  # appended across starts
+    assert "sleeper here" in sleeper.log_tail()
 
 
 # ---------------------------------------------------------------------- real programs

@@ -23,11 +23,13 @@ ACCOUNT = "123456789012"
 CERTIFICATE_ARN = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/5d0c2a9e-8f1b-4c3d-9e6f-1a2b3c4d5e6f"
 SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:registry-proxy/docker-hub-AbC123"
 
-# What a user gets from cdk.json with nothing but a region.
-DEFAULT_CONTEXT: dict[str, Any] = {"region": REGION}
+# What a user gets from cdk.json with nothing but a region and the tag of the image to run.
+IMAGE_TAG = "3f2a9c1"
+DEFAULT_CONTEXT: dict[str, Any] = {"region": REGION, "imageTag": IMAGE_TAG}
 
 # Every optional feature at once: an existing VPC described by ids, explicit client networks,
-# a DNS name in a hosted zone, cache expiry, an existing secret and an image given by URI.
+# a DNS name in a hosted zone, cache expiry, an existing secret, an image given by URI, alarm
+# subscribers, an operator network, ECS Exec on and Container Insights off.
 CUSTOM_CONTEXT: dict[str, Any] = {
     "region": REGION,
     "stackName": "RegistryProxyCustom",
@@ -56,6 +58,14 @@ CUSTOM_CONTEXT: dict[str, Any] = {
     "maxTasks": 10,
     "cpuTargetPercent": 50,
     "extraEnvironment": {"PROXY_UPSTREAM_READ_TIMEOUT": "120"},
+    "alarmEmails": "ops@example.com,builds@example.com",
+    "alarmHttpsEndpoints": ["https://events.example.com/sns"],
+    "operatorCidrs": "10.60.0.0/24",
+    "ecsExec": "true",
+    "containerInsights": "false",
+    "memoryMiB": 4096,
+    "ephemeralStorageGiB": 100,
+    "spoolPerFetchMiB": 2048,
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from registry_proxy_infra import application
 
-from .scenarios import REGION
+from .scenarios import IMAGE_TAG, REGION
 
 INFRA_DIR = Path(application.__file__).resolve().parents[1]
 
@@ -21,6 +21,8 @@ def test_app_py_synthesizes_without_credentials_or_network(tmp_path: Path) -> No
     env |= {
         "CDK_OUTDIR": str(tmp_path),  # what the CDK CLI sets
         "CDK_DEFAULT_REGION": REGION,
+        # what `cdk synth -c imageTag=...` passes
+        "CDK_CONTEXT_JSON": json.dumps({"imageTag": IMAGE_TAG}),
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         # a tripwire: any attempt to reach the network through a proxy fails at once
@@ -54,3 +56,21 @@ def test_main_without_a_region_exits_with_advice(
     monkeypatch.delenv("CDK_CONTEXT_JSON", raising=False)
     assert application.main() == 2
     assert "-c region=" in capsys.readouterr().out
+
+
+def test_main_without_an_image_exits_with_advice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No default image (a mutable latest would let each new task run another build)."""
+    monkeypatch.setenv("CDK_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("CDK_CONTEXT_JSON", raising=False)
+    assert application.main() == 2
+    out = capsys.readouterr().out
+    assert "-c imageTag=" in out and "imageDigest" in out
+
+
+def test_readme_creates_the_image_repository_tag_immutable() -> None:
+    """The stack names its image by tag; only an immutable tag names one build for ever."""
+    readme = (INFRA_DIR / "README.md").read_text()
+    create = readme[readme.index("aws ecr create-repository") :].split("\n\n", 1)[0]
+    assert "--image-tag-mutability IMMUTABLE" in create

@@ -13,6 +13,12 @@ from registry_proxy_infra.config import (
     ExistingVpc,
     ProxyStackConfig,
 )
+from registry_proxy_infra.sizing import (
+    BASE_MEMORY_MIB,
+    S3_FETCH_MEMORY_MIB,
+    SizingError,
+    derive_sizes,
+)
 from registry_proxy_infra.stack import RETENTION
 
 from .scenarios import CERTIFICATE_ARN, SECRET_ARN
@@ -156,6 +162,21 @@ def test_log_retention_choices_match_the_stack() -> None:
         ),
         ({"imageUri": "repo/image:1", "imageFromAsset": True}, "imageFromAsset"),
         ({"imageTag": "has space"}, "imageTag"),
+        ({"imageTag": "latest"}, "imageTag"),
+        ({"imageDigest": "sha256:abc"}, "imageDigest"),
+        ({"imageTag": "v1", "imageDigest": "sha256:" + "a" * 64}, "imageDigest"),
+        ({"imageUri": "public.ecr.aws/example/registry-proxy"}, "imageUri"),
+        ({"imageUri": "public.ecr.aws/example/registry-proxy:latest"}, "imageUri"),
+        ({"imageUri": "registry.example.com:5000/proxy"}, "imageUri"),
+        ({"imageUri": "repo/image:1", "imageTag": "v1"}, "imageTag"),
+        ({"alarmEmails": "ops"}, "alarmEmails"),
+        ({"alarmHttpsEndpoints": "http://events.example.com"}, "alarmHttpsEndpoints"),
+        ({"operatorCidrs": "10.0.0.1/8"}, "operatorCidrs"),
+        ({"containerInsights": "sometimes"}, "containerInsights"),
+        ({"ecsExec": "maybe"}, "ecsExec"),
+        ({"spoolPerFetchMiB": 8}, "spoolPerFetchMiB"),
+        ({"ephemeralStorageGiB": 21, "spoolPerFetchMiB": 65536}, "spoolPerFetchMiB"),
+        ({"extraEnvironment": {"PROXY_MAX_UPSTREAM_FETCHES": "64"}}, "PROXY_MAX_UPSTREAM_FETCHES"),
         ({"minTasks": "two"}, "minTasks"),
         ({"blobRedirect": "maybe"}, "blobRedirect"),
         ({"allowedCidrs": "[not json"}, "allowedCidrs"),
@@ -171,3 +192,69 @@ def test_log_retention_choices_match_the_stack() -> None:
 def test_invalid_settings_are_refused_naming_the_key(context: Mapping[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         read(context)
+
+
+def test_image_is_pinned_by_tag_digest_or_uri() -> None:
+    assert read({}).image_missing
+    assert not read({"imageTag": "3f2a9c1"}).image_missing
+    digest = "sha256:" + "0123456789abcdef" * 4
+    assert read({"imageDigest": digest}).image_digest == digest
+    assert not read({"imageUri": "public.ecr.aws/example/registry-proxy@" + digest}).image_missing
+    assert not read({"imageFromAsset": True}).image_missing
+    with pytest.raises(ConfigError, match="-c imageTag="):
+        build_app({"region": "eu-west-1"})
+
+
+def test_operational_settings() -> None:
+    config = read(
+        {
+            "alarmEmails": "ops@example.com, builds@example.com",
+            "alarmHttpsEndpoints": ["https://events.example.com/sns"],
+            "operatorCidrs": "10.60.0.0/24",
+            "containerInsights": "false",
+            "ecsExec": "true",
+        }
+    )
+    assert config.alarm_emails == ("ops@example.com", "builds@example.com")
+    assert config.alarm_https_endpoints == ("https://events.example.com/sns",)
+    assert config.operator_cidrs == ("10.60.0.0/24",)
+    assert (config.container_insights, config.ecs_exec) == (False, True)
+    defaults = read({})
+    assert (defaults.container_insights, defaults.ecs_exec) == (True, False)
+    assert defaults.deregistration_delay_seconds == 300
+
+
+@pytest.mark.parametrize(
+    ("memory", "storage", "per_fetch", "fetches", "spool_gib"),
+    [
+        (2048, 40, 1024, 35, 35),  # the defaults: the disk decides
+        (1024, 40, 1024, 16, 35),  # a small task: the memory decides
+        (8192, 200, 512, 64, 195),  # a large one: capped
+        (2048, 21, 4096, 4, 16),  # huge layers on a small disk
+    ],
+)
+def test_sizes_follow_from_the_task(
+    memory: int, storage: int, per_fetch: int, fetches: int, spool_gib: int
+) -> None:
+    sizes = derive_sizes(memory, storage, per_fetch)
+    assert sizes.max_upstream_fetches == fetches
+    assert sizes.spool_max_bytes == spool_gib * 1024**3
+    assert sizes.environment["PROXY_MEMORY_LIMIT"] == (
+        f"{memory // 1024}GiB" if memory % 1024 == 0 else f"{memory}MiB"
+    )
+    # what the proxy needs for that many S3 uploads fits the task's memory
+    assert BASE_MEMORY_MIB + fetches * S3_FETCH_MEMORY_MIB <= memory
+    # and the spool budget plus the free space kept fits the ephemeral storage
+    assert spool_gib + 1 < storage
+
+
+def test_a_task_too_small_for_one_fetch_is_refused() -> None:
+    with pytest.raises(SizingError, match="spoolPerFetchMiB"):
+        derive_sizes(2048, 21, 65536)
+    with pytest.raises(SizingError, match="memoryMiB=256"):
+        derive_sizes(256, 40, 1024)
+
+
+def test_extra_environment_may_lower_the_fetch_limit() -> None:
+    config = read({"extraEnvironment": {"PROXY_MAX_UPSTREAM_FETCHES": "10"}})
+    assert config.extra_environment["PROXY_MAX_UPSTREAM_FETCHES"] == "10"

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
-from registry_proxy_infra.stack import S3_CACHE_ACTIONS
+from registry_proxy_infra.stack import S3_CACHE_ACTIONS, SPOOL_PATH
 
-from .scenarios import CERTIFICATE_ARN, CUSTOM_CONTEXT, SECRET_ARN, Synthesized
+from .scenarios import (
+    CERTIFICATE_ARN,
+    CUSTOM_CONTEXT,
+    IMAGE_TAG,
+    REGION,
+    SECRET_ARN,
+    Synthesized,
+    synthesize,
+)
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -161,21 +172,49 @@ def test_lifecycle_aborts_incomplete_multipart_uploads(any_synth: Synthesized) -
     } in rules
 
 
+def lifecycle_rules(synth: Synthesized) -> list[dict[str, Any]]:
+    bucket = synth.resources("AWS::S3::Bucket")[cache_bucket_id(synth)]["Properties"]
+    rules: list[dict[str, Any]] = bucket["LifecycleConfiguration"]["Rules"]
+    return rules
+
+
+def test_no_lifecycle_rule_ages_cached_content(any_synth: Synthesized) -> None:
+    # Content expires by last use (the proxy's sweeps); by age only the last-use records do.
+    expiring = [rule for rule in lifecycle_rules(any_synth) if "ExpirationInDays" in rule]
+    assert [rule["Prefix"] for rule in expiring] == ["cache/access/"]
+
+
 def test_cache_expiry_is_off_by_default(default_synth: Synthesized) -> None:
-    bucket = default_synth.resources("AWS::S3::Bucket")[cache_bucket_id(default_synth)]
-    rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
-    assert all("ExpirationInDays" not in rule for rule in rules)
+    assert "PROXY_CACHE_EXPIRE_UNUSED" not in environment(default_synth)
+    [records] = [r for r in lifecycle_rules(default_synth) if "ExpirationInDays" in r]
+    assert records["ExpirationInDays"] == 90
 
 
-def test_cache_expiry_applies_to_the_cache_prefix_when_set(custom_synth: Synthesized) -> None:
-    bucket = custom_synth.resources("AWS::S3::Bucket")[cache_bucket_id(custom_synth)]
-    rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+def test_cache_expiry_by_last_use_when_set(custom_synth: Synthesized) -> None:
+    assert environment(custom_synth)["PROXY_CACHE_EXPIRE_UNUSED"] == "30d"
     assert {
-        "ExpirationInDays": 30,
-        "Id": "expire-cached-objects",
-        "Prefix": "cache/",
+        "ExpirationInDays": 31,
+        "Id": "expire-stale-last-use-records",
+        "Prefix": "cache/access/",
         "Status": "Enabled",
-    } in rules
+    } in lifecycle_rules(custom_synth)
+
+
+def test_cache_gc_runs_daily_as_the_proxy_task(any_synth: Synthesized) -> None:
+    rule = any_synth.only("AWS::Events::Rule")
+    assert rule["ScheduleExpression"] == "cron(17 3 * * ? *)"
+    [target] = rule["Targets"]
+    task_definition = any_synth.logical_id("AWS::ECS::TaskDefinition")
+    parameters = target["EcsParameters"]
+    assert parameters["TaskDefinitionArn"] == ref(task_definition)
+    assert parameters["LaunchType"] == "FARGATE" and parameters["TaskCount"] == 1
+    network = parameters["NetworkConfiguration"]["AwsVpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    assert network["SecurityGroups"] == [
+        {"Fn::GetAtt": [group_id(any_synth, any_synth.stack.service_security_group), "GroupId"]}
+    ]
+    overrides = json.loads(target["Input"])["containerOverrides"]
+    assert overrides == [{"name": "proxy", "command": ["cache", "gc"]}]
 
 
 # ---------------------------------------------------------------------------- credentials
@@ -222,16 +261,27 @@ def test_only_the_execution_role_reads_the_secret(any_synth: Synthesized) -> Non
 # ---------------------------------------------------------------------------- ECS
 
 
-def test_cluster_has_container_insights(any_synth: Synthesized) -> None:
+def test_container_insights_is_a_setting(any_synth: Synthesized) -> None:
+    expected = "disabled" if any_synth.name == "custom" else "enabled"
     assert any_synth.only("AWS::ECS::Cluster")["ClusterSettings"] == [
-        {"Name": "containerInsights", "Value": "enabled"}
+        {"Name": "containerInsights", "Value": expected}
     ]
+
+
+def test_ecs_exec_is_a_setting(any_synth: Synthesized) -> None:
+    """Off by default; on, it needs a writable root (its agent writes into the container)."""
+    service = any_synth.only("AWS::ECS::Service")
+    exec_on = any_synth.name == "custom"
+    assert service.get("EnableExecuteCommand", False) is exec_on
+    assert container(any_synth)["ReadonlyRootFilesystem"] is not exec_on
 
 
 def test_fargate_service_runs_at_least_two_tasks_with_rollback(any_synth: Synthesized) -> None:
     service = any_synth.only("AWS::ECS::Service")
     assert service["LaunchType"] == "FARGATE"
-    assert service["DesiredCount"] >= 2
+    # No desired count: each deployment would reset a scaled-out service to it. Autoscaling's
+    # minimum (at least 2) holds the floor instead.
+    assert "DesiredCount" not in service
     assert service["DeploymentConfiguration"] == {
         "DeploymentCircuitBreaker": {"Enable": True, "Rollback": True},
         "MaximumPercent": 200,
@@ -256,21 +306,43 @@ def test_service_scales_on_cpu(any_synth: Synthesized) -> None:
 
 
 def test_custom_task_counts(custom_synth: Synthesized) -> None:
-    assert custom_synth.only("AWS::ECS::Service")["DesiredCount"] == 3
     target = custom_synth.only("AWS::ApplicationAutoScaling::ScalableTarget")
     assert (target["MinCapacity"], target["MaxCapacity"]) == (3, 10)
 
 
-def test_container_listens_on_5000_with_a_read_only_root(any_synth: Synthesized) -> None:
+def test_container_listens_on_5000_with_the_spool_on_the_task_storage(
+    any_synth: Synthesized,
+) -> None:
     proxy = container(any_synth)
     assert proxy["PortMappings"] == [{"ContainerPort": 5000, "Name": "http", "Protocol": "tcp"}]
-    assert proxy["ReadonlyRootFilesystem"] is True
     assert proxy["MountPoints"] == [
-        {"ContainerPath": "/tmp", "ReadOnly": False, "SourceVolume": "spool"}
+        {"ContainerPath": SPOOL_PATH, "ReadOnly": False, "SourceVolume": "spool"}
     ]
-    # ECS waits this long after SIGTERM: the drain grace plus a margin, within Fargate's cap.
+    assert environment(any_synth)["PROXY_SPOOL_DIR"] == SPOOL_PATH
+    volumes = any_synth.only("AWS::ECS::TaskDefinition")["Volumes"]
+    assert volumes == [{"Name": "spool"}]  # a bind mount on the task's ephemeral storage
+
+
+def test_spool_mount_is_where_the_image_declares_its_owned_volume() -> None:
+    """A Fargate bind mount is root's (0755) unless the image declares a VOLUME at that path,
+    created with the proxy user's ownership: the stack and the Dockerfile must agree."""
+    from registry_proxy_infra.stack import REPOSITORY_ROOT
+
+    dockerfile = (REPOSITORY_ROOT / "Dockerfile").read_text()
+    final = dockerfile.split("\nFROM ", 2)[2]
+    [volumes] = re.findall(r"^VOLUME (\[.*\])$", final, re.MULTILINE)
+    assert SPOOL_PATH in json.loads(volumes)
+    assert re.search(rf"install -d -o 10001 -g 10001 -m 0700 .*{re.escape(SPOOL_PATH)}", final)
+    assert f"PROXY_SPOOL_DIR={SPOOL_PATH}" in final
+
+
+def test_one_shutdown_deadline_shorter_than_the_stop_timeout(any_synth: Synthesized) -> None:
+    """ECS sends SIGKILL stopTimeout seconds after SIGTERM; the proxy must be gone by then: its
+    one deadline (the grace) plus aiohttp's closing (twice CLOSE_SECONDS) fit inside."""
+    shutdown = pytest.importorskip("proxy.shutdown")
     grace = int(environment(any_synth)["PROXY_SHUTDOWN_GRACE"])
-    assert grace < proxy["StopTimeout"] <= 120
+    stop_timeout = container(any_synth)["StopTimeout"]
+    assert grace + 2 * shutdown.CLOSE_SECONDS < stop_timeout <= 120
 
 
 def test_container_health_check_runs_the_images_healthcheck(any_synth: Synthesized) -> None:
@@ -293,14 +365,112 @@ def test_container_environment_configures_s3_storage_and_json_logs(
     }
     assert env["PROXY_LOG_FORMAT"] == "json"
     assert env["PROXY_UPSTREAM_URL"] == "https://registry-1.docker.io"
-    assert env["PROXY_SPOOL_DIR"] == "/tmp"
     # longer than the load balancer's idle timeout (900 s), so the balancer closes first
     assert env["PROXY_CLIENT_IDLE_TIMEOUT"] == "930"
-    # X-Forwarded-For is trusted from the VPC, where only the load balancer reaches the tasks
-    vpc = "10.40.0.0/16" if any_synth.name == "custom" else "10.80.0.0/16"
-    assert env["PROXY_TRUSTED_PROXIES"] == vpc
     expected_redirect = "true" if any_synth.name == "custom" else "false"
     assert env["PROXY_BLOB_REDIRECT"] == expected_redirect
+
+
+def test_trusted_proxies_are_the_load_balancer_and_exactly_one_hop(any_synth: Synthesized) -> None:
+    """The balancer's own subnets (the VPC's range for an existing VPC, whose subnets' ranges
+    are not known offline), and one X-Forwarded-For entry: the one the balancer appended."""
+    env = environment(any_synth)
+    assert env["PROXY_TRUSTED_HOPS"] == "1"
+    if any_synth.name == "custom":
+        assert env["PROXY_TRUSTED_PROXIES"] == "10.40.0.0/16"
+        return
+    balancer = any_synth.only("AWS::ElasticLoadBalancingV2::LoadBalancer")
+    subnet_ids = [item["Ref"] for item in balancer["Subnets"]]
+    subnets = any_synth.resources("AWS::EC2::Subnet")
+    ranges = [subnets[subnet_id]["Properties"]["CidrBlock"] for subnet_id in subnet_ids]
+    assert env["PROXY_TRUSTED_PROXIES"] == ",".join(ranges)
+    assert "10.80.0.0/16" not in env["PROXY_TRUSTED_PROXIES"]
+
+
+def test_load_balancer_appends_to_forwarded_for(any_synth: Synthesized) -> None:
+    balancer = any_synth.only("AWS::ElasticLoadBalancingV2::LoadBalancer")
+    attributes = {item["Key"]: item["Value"] for item in balancer["LoadBalancerAttributes"]}
+    assert attributes["routing.http.xff_header_processing.mode"] == "append"
+
+
+def test_a_forged_forwarded_for_is_not_believed_with_the_stacks_settings(
+    any_synth: Synthesized,
+) -> None:
+    """The proxy, configured as the stack configures it, facing a client inside the VPC that
+    claims an address from the operator network."""
+    config = pytest.importorskip("proxy.config")
+    access = pytest.importorskip("proxy.access")
+    env = environment(any_synth)
+    settings = config.load_settings(
+        {name: env[name] for name in ("PROXY_TRUSTED_PROXIES", "PROXY_TRUSTED_HOPS")}
+    )
+    policy = access.AccessPolicy(
+        trusted_proxies=settings.trusted_proxies, trusted_hops=settings.trusted_hops
+    )
+    balancer = str(next(iter(settings.trusted_proxies))[10])
+    client = balancer  # a client that shares the balancer's subnet
+    claimed = "127.0.0.1"  # the operator network of the default scenario
+    found = policy.client_address(balancer, f"{claimed}, {client}")
+    assert str(found) == client
+
+
+def test_operator_endpoints_are_closed_to_the_network_by_default(any_synth: Synthesized) -> None:
+    expected = "10.60.0.0/24" if any_synth.name == "custom" else "127.0.0.1/32"
+    assert environment(any_synth)["PROXY_OPERATOR_CIDRS"] == expected
+
+
+def test_fetch_limit_and_spool_budget_follow_from_the_task_size(any_synth: Synthesized) -> None:
+    env = environment(any_synth)
+    if any_synth.name == "custom":
+        # 4 GiB of memory fits 64 fetches; 100 GiB of disk at 2 GiB a fetch fits 47
+        expected = ("47", "95GiB", "1GiB", "4GiB")
+    else:
+        # 2 GiB of memory fits 44 fetches; 40 GiB of disk at 1 GiB a fetch fits 35
+        expected = ("35", "35GiB", "1GiB", "2GiB")
+    found = tuple(
+        env[name]
+        for name in (
+            "PROXY_MAX_UPSTREAM_FETCHES",
+            "PROXY_SPOOL_MAX_SIZE",
+            "PROXY_SPOOL_MIN_FREE",
+            "PROXY_MEMORY_LIMIT",
+        )
+    )
+    assert found == expected
+
+
+def test_the_proxy_accepts_the_derived_sizes_on_the_task_it_gets(any_synth: Synthesized) -> None:
+    """The proxy's own start-up checks pass with these sizes on a filesystem of the task's
+    ephemeral storage, and would refuse the old fixed 64 fetches on the default task."""
+    config = pytest.importorskip("proxy.config")
+    startup = pytest.importorskip("proxy.startup")
+    spool = pytest.importorskip("proxy.cache.spool")
+    env = {
+        name: value
+        for name, value in environment(any_synth).items()
+        if name.startswith("PROXY_") and name != "PROXY_STORAGE"
+    }
+    settings = config.load_settings({**env, "PROXY_STORAGE": "s3://bucket/cache"})
+    ephemeral = any_synth.only("AWS::ECS::TaskDefinition")["EphemeralStorage"]["SizeInGiB"]
+    blocks = ephemeral * 1024**3 // 4096
+    disk = os.statvfs_result((4096, 4096, blocks, blocks, blocks, 0, 0, 0, 0, 255))
+    startup.check_memory(settings)
+    startup.check_spool_size(settings, spool.spool_location(settings), lambda _: disk)
+    if any_synth.name == "default":
+        with pytest.raises(startup.StartupError, match="PROXY_MAX_UPSTREAM_FETCHES=64"):
+            startup.check_memory(
+                config.load_settings(
+                    {**env, "PROXY_STORAGE": "s3://b/c", "PROXY_MAX_UPSTREAM_FETCHES": "64"}
+                )
+            )
+
+
+def test_sizing_figures_are_the_proxys() -> None:
+    startup = pytest.importorskip("proxy.startup")
+    from registry_proxy_infra import sizing
+
+    assert sizing.BASE_MEMORY_MIB * 1024**2 == startup.BASE_MEMORY
+    assert sizing.S3_FETCH_MEMORY_MIB * 1024**2 == startup.S3_FETCH_MEMORY
 
 
 def test_container_environment_is_understood_by_the_proxy(any_synth: Synthesized) -> None:
@@ -329,11 +499,18 @@ def test_extra_environment_is_passed_through(custom_synth: Synthesized) -> None:
     assert environment(custom_synth)["PROXY_UPSTREAM_READ_TIMEOUT"] == "120"
 
 
-def test_image_comes_from_ecr_by_default(default_synth: Synthesized) -> None:
+def test_image_comes_from_ecr_by_the_tag_given(default_synth: Synthesized) -> None:
     image = container(default_synth)["Image"]
     rendered = json.dumps(image)
     assert ".dkr.ecr.eu-west-1." in rendered
-    assert "/registry-proxy:latest" in rendered
+    assert rendered.endswith(f'/registry-proxy:{IMAGE_TAG}"]]}}')
+
+
+def test_image_comes_from_ecr_by_the_digest_given(tmp_path: Path) -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    synth = synthesize("digest", {"region": REGION, "imageDigest": digest}, tmp_path)
+    rendered = json.dumps(container(synth)["Image"])
+    assert rendered.endswith(f'/registry-proxy@{digest}"]]}}')
 
 
 def test_image_uri_is_used_verbatim(custom_synth: Synthesized) -> None:
@@ -343,9 +520,24 @@ def test_image_uri_is_used_verbatim(custom_synth: Synthesized) -> None:
 # ---------------------------------------------------------------------------- IAM
 
 
+ECS_EXEC_STATEMENT: dict[str, Any] = {
+    "Action": [
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+    ],
+    "Effect": "Allow",
+    "Resource": "*",
+}
+
+
 def test_task_role_reaches_only_the_cache_bucket(any_synth: Synthesized) -> None:
     bucket = cache_bucket_id(any_synth)
     found = statements(any_synth, role_id(any_synth, "TaskRoleArn"))
+    if any_synth.name == "custom":  # ecsExec: the session channel, and nothing else
+        assert ECS_EXEC_STATEMENT in found
+        found.remove(ECS_EXEC_STATEMENT)
     objects = {"Fn::Join": ["", [arn_of(bucket), "/cache/*"]]}
     assert sorted(found, key=lambda statement: statement["Sid"]) == [
         {
@@ -379,13 +571,17 @@ def test_task_role_trusts_only_ecs_tasks_of_this_account(any_synth: Synthesized)
 
 
 def test_no_wildcard_resource_except_ecr_authorization(any_synth: Synthesized) -> None:
-    """``*`` appears only where AWS allows nothing else: ecr:GetAuthorizationToken."""
+    """``*`` appears only where AWS allows nothing else: ecr:GetAuthorizationToken, and the
+    ECS Exec session channel when ecsExec is on."""
     for policy in any_synth.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             resources = statement["Resource"]
             resources = resources if isinstance(resources, list) else [resources]
             if "*" in resources:
-                assert statement["Action"] == "ecr:GetAuthorizationToken", statement
+                allowed: list[Any] = ["ecr:GetAuthorizationToken"]
+                if any_synth.name == "custom":  # ecsExec
+                    allowed.append(ECS_EXEC_STATEMENT["Action"])
+                assert statement["Action"] in allowed, statement
     if any_synth.name == "custom":  # a public image: no ECR permissions at all
         assert "ecr:" not in json.dumps(any_synth.resources("AWS::IAM::Policy"))
 
@@ -416,19 +612,21 @@ def test_only_listener_is_https_with_the_certificate_parameter(any_synth: Synthe
         assert "Default" not in parameter  # cdk deploy --parameters CertificateArn=...
 
 
-def test_target_group_checks_readiness(any_synth: Synthesized) -> None:
+def test_target_group_checks_the_tasks_own_ability_to_serve(any_synth: Synthesized) -> None:
+    """/healthz/local (liveness plus a writable spool), not /readyz (which fails on S3, shared by
+    every task); a deregistration delay long enough for large downloads to finish."""
     any_synth.template.has_resource_properties(
         "AWS::ElasticLoadBalancingV2::TargetGroup",
         {
-            "HealthCheckPath": "/readyz",
-            "HealthCheckTimeoutSeconds": 10,
-            "HealthCheckIntervalSeconds": 20,
+            "HealthCheckPath": "/healthz/local",
+            "HealthCheckTimeoutSeconds": 5,
+            "HealthCheckIntervalSeconds": 15,
             "Matcher": {"HttpCode": "200"},
             "Port": 5000,
             "Protocol": "HTTP",
             "TargetType": "ip",
             "TargetGroupAttributes": Match.array_with(
-                [{"Key": "deregistration_delay.timeout_seconds", "Value": "120"}]
+                [{"Key": "deregistration_delay.timeout_seconds", "Value": "300"}]
             ),
         },
     )

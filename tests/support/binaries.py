@@ -34,6 +34,12 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "podman": "podman",
     "buildah": "buildah",
     "umoci": "umoci",
+    "mount": "mount",
+    "umount": "mount",
+    "chromium": "chromium",
+    "debootstrap": "debootstrap",
+    "docker-compose": "docker-compose",
+    "unshare": "util-linux",
 }
 
 

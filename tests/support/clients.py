@@ -41,7 +41,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from support.binaries import stop_process, wait_for
+from support.binaries import wait_for
+from support.managed_process import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS_CLIENTS = REPO_ROOT / "docs" / "clients"
@@ -203,13 +204,6 @@ def run(
     return proc
 
 
-def _log_tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return f"--- {path}: no log"
-    text = path.read_text(errors="replace").splitlines()[-lines:]
-    return f"--- {path} (last {len(text)} lines)\n" + "\n".join(text)
-
-
 def _pids_with_argument(argument: str) -> list[int]:
     """Pids of processes with ``argument`` among their command-line arguments."""
     pids = []
@@ -337,8 +331,12 @@ def registries_conf(proxy_host: str) -> str:
 # ---------------------------------------------------------------------- containerd
 
 
-class Containerd:
+class Containerd(ManagedProcess):
     """``containerd`` with its own root, state and sockets; ``ctr`` against it."""
+
+    name = "containerd"
+    stop_timeout = 20.0
+    ready_interval = 0.1
 
     def __init__(
         self,
@@ -348,7 +346,7 @@ class Containerd:
         binary: str = "containerd",
         ctr_binary: str = "ctr",
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, workdir / "containerd.log")
         self.env = dict(env)
         self.binary = binary
         self.ctr_binary = ctr_binary
@@ -357,18 +355,7 @@ class Containerd:
         self.state = self.rundir / "state"
         self.socket = self.rundir / "containerd.sock"
         self.config_path = workdir / "config.toml"
-        self.log_path = workdir / "containerd.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        workdir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        self.log_path = self.stdout_path
 
     def config_text(self) -> str:
         return "\n".join(
@@ -390,31 +377,37 @@ class Containerd:
             ]
         )
 
-    def start(self, timeout: float = 30.0) -> None:
+    def command(self) -> list[str]:
+        return [self.binary, "--config", str(self.config_path)]
+
+    def environment(self) -> dict[str, str]:
+        return self.env
+
+    def prepare(self) -> None:
+        self.config_path.write_text(self.config_text())
+
+    def readiness(self) -> str | None:
+        return None if _unix_socket_answers(self.socket) else f"no answer on {self.socket}"
+
+    def failure(self, message: str) -> Exception:
+        return ClientError(message)
+
+    def start(self, timeout: float | None = None) -> None:
         if self.running:
             return
-        self.config_path.write_text(self.config_text())
-        self._log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [self.binary, "--config", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            cwd=self.workdir,
-        )
+        super().start(timeout)
         try:
-            wait_for(self._ready, timeout, interval=0.1, what=f"containerd on {self.socket}")
             self.ctr("version", timeout=20)
         except BaseException:
             self.stop()
             raise
 
-    def _ready(self) -> bool:
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            raise ClientError(f"containerd exited with {proc.returncode}:\n{self.log_tail()}")
-        return _unix_socket_answers(self.socket)
+    def cleanup(self) -> None:
+        """Any runc shim containerd left behind, then what is still mounted, then the run dir."""
+        # shims outlive containerd by design; ours name our socket on their command line
+        _kill_pids(_pids_with_argument(str(self.socket)))
+        unmount_under(self.root, self.rundir)
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
     def ctr(
         self,
@@ -435,28 +428,18 @@ class Containerd:
             context=self.log_tail(),
         )
 
-    def log_tail(self, lines: int = 40) -> str:
-        return _log_tail(self.log_path, lines)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop containerd by its pid, then any runc shim it left behind, then unmount."""
-        stop_process(self._proc, timeout)
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        # shims outlive containerd by design; ours name our socket on their command line
-        _kill_pids(_pids_with_argument(str(self.socket)))
-        unmount_under(self.root, self.rundir)
-        shutil.rmtree(self.rundir, ignore_errors=True)
-
 
 # ---------------------------------------------------------------------- dockerd
 
 
-class Dockerd:
+class Dockerd(ManagedProcess):
     """``dockerd`` with its own data root, exec root and socket, on a :class:`Containerd`;
     the Debian ``docker`` CLI against it with an empty client configuration."""
+
+    name = "dockerd"
+    start_timeout = 60.0
+    stop_timeout = 30.0
+    ready_interval = 0.1
 
     def __init__(
         self,
@@ -468,7 +451,7 @@ class Dockerd:
         binary: str = "dockerd",
         cli: str = "docker",
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, workdir / "dockerd.log")
         self.containerd = containerd
         self.config = dict(config)
         self.env = dict(env)
@@ -481,10 +464,7 @@ class Dockerd:
         self.socket = self.rundir / "docker.sock"
         self.config_path = workdir / "daemon.json"
         self.client_config = workdir / "client-config"
-        self.log_path = workdir / "dockerd.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.stdout_path
         self.client_config.mkdir(exist_ok=True)
         (self.client_config / "config.json").write_text("{}\n")
 
@@ -492,56 +472,42 @@ class Dockerd:
     def host(self) -> str:
         return f"unix://{self.socket}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--config-file",
+            str(self.config_path),
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.pidfile),
+            "--host",
+            self.host,
+            "--containerd",
+            str(self.containerd.socket),
+        ]
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def environment(self) -> dict[str, str]:
+        return self.env
 
-    def start(self, timeout: float = 60.0) -> None:
-        if self.running:
-            return
+    def prepare(self) -> None:
         self.config_path.write_text(json.dumps(self.config, indent=2) + "\n")
-        self._log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [
-                self.binary,
-                "--config-file",
-                str(self.config_path),
-                "--data-root",
-                str(self.data_root),
-                "--exec-root",
-                str(self.exec_root),
-                "--pidfile",
-                str(self.pidfile),
-                "--host",
-                self.host,
-                "--containerd",
-                str(self.containerd.socket),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            cwd=self.workdir,
-        )
-        try:
-            wait_for(self._ready, timeout, interval=0.1, what=f"dockerd on {self.socket}")
-        except BaseException:
-            self.stop()
-            raise
 
-    def _ready(self) -> bool:
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            raise ClientError(f"dockerd exited with {proc.returncode}:\n{self.log_tail()}")
+    def readiness(self) -> str | None:
         try:
             status, body = unix_http_get(self.socket, "/_ping", timeout=2.0)
-        except OSError:
-            return False
-        return status == 200 and body == b"OK"
+        except OSError as exc:
+            return f"GET /_ping on {self.socket}: {exc!r}"
+        return None if status == 200 and body == b"OK" else f"GET /_ping: HTTP {status}"
+
+    def failure(self, message: str) -> Exception:
+        return ClientError(message)
+
+    def cleanup(self) -> None:
+        unmount_under(self.data_root, self.rundir)
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
     def info(self) -> dict[str, Any]:
         status, body = unix_http_get(self.socket, "/info", timeout=10.0)
@@ -586,9 +552,6 @@ class Dockerd:
         if left:
             raise ClientError(f"images left after reset: {left}")
 
-    def log_tail(self, lines: int = 40) -> str:
-        return _log_tail(self.log_path, lines)
-
     def log_position(self) -> int:
         """The log's current size: pass it to :meth:`log_since`."""
         return self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -597,15 +560,6 @@ class Dockerd:
         with self.log_path.open("rb") as log:
             log.seek(position)
             return log.read().decode(errors="replace")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        stop_process(self._proc, timeout)
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        unmount_under(self.data_root, self.rundir)
-        shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- podman and buildah

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -33,11 +32,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
-from support.binaries import free_port, stop_process
+from support.binaries import free_port
+from support.managed_process import ManagedProcess
 from support.token_server import TokenServer
 
 ACCESS_LINE = re.compile(
@@ -89,12 +89,14 @@ def parse_access_line(line: str) -> AccessLogEntry | None:
     )
 
 
-class Distribution:
+class Distribution(ManagedProcess):
     """``docker-registry serve`` on 127.0.0.1; start/stop/restart from synchronous code.
 
     The port and storage survive :meth:`stop` / :meth:`start`, so a stopped upstream comes
     back with the same content at the same address.
     """
+
+    name = "docker-registry"
 
     def __init__(
         self,
@@ -105,20 +107,18 @@ class Distribution:
         port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.workdir = workdir
+        # The access log is distribution's stdout, its own log its stderr.
+        super().__init__(workdir, workdir / "access.log", workdir / "registry.log")
         self.token_server = token_server
         self.binary = binary
         self.port = port if port is not None else free_port()
         self.storage_dir = workdir / "storage"
         self.config_path = workdir / "config.yml"
-        self.access_log_path = workdir / "access.log"
+        self.access_log_path = self.stdout_path
         self.log_path = workdir / "registry.log"
         self._extra_config = dict(extra_config or {})
         self._secret = secrets.token_hex(16)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_files: list[IO[bytes]] = []
         self._sync_counter = 0
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ addresses
@@ -131,14 +131,6 @@ class Distribution:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,89 +158,25 @@ class Distribution:
             cfg[key] = value
         return cfg
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.running:
-            return
-        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+    def command(self) -> list[str]:
+        return [self.binary, "serve", str(self.config_path)]
+
+    def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("AWS_CA_BUNDLE", None)  # breaks distribution's S3 driver; harmless to drop
-        # appended, so that a restart keeps the earlier lines for counting
-        access = self.access_log_path.open("ab")
-        log = self.log_path.open("ab")
-        self._log_files = [access, log]
-        self._proc = subprocess.Popen(
-            [self.binary, "serve", str(self.config_path)],
-            stdout=access,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=self.workdir,
-        )
+        return env
+
+    def prepare(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+    def readiness(self) -> str | None:
         try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last_error = "no answer yet"
-        while time.monotonic() < deadline:
-            proc = self._proc
-            assert proc is not None
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"docker-registry exited with {proc.returncode} while starting:\n"
-                    + self.log_tail()
-                )
-            try:
-                status, headers, _ = self.request("GET", "/v2/", timeout=2.0)
-            except OSError as exc:
-                last_error = repr(exc)
-            else:
-                if "docker-distribution-api-version" in headers:
-                    return
-                last_error = f"HTTP {status} without Docker-Distribution-Api-Version"
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"docker-registry did not answer /v2/ on {self.url} within {timeout} s "
-            f"({last_error}):\n{self.log_tail()}"
-        )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        stop_process(self._proc, timeout)
-        self._proc = None
-        for handle in self._log_files:
-            handle.close()
-        self._log_files = []
-
-    def kill(self) -> None:
-        """SIGKILL, no grace period (an upstream that vanishes)."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        self.stop()
-
-    def restart(self, timeout: float = 30.0) -> None:
-        self.stop()
-        self.start(timeout)
-
-    def __enter__(self) -> Distribution:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        parts = []
-        for path in (self.log_path, self.access_log_path):
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text))
-        return "\n".join(parts)
+            status, headers, _ = self.request("GET", "/v2/", timeout=2.0)
+        except OSError as exc:
+            return repr(exc)
+        if "docker-distribution-api-version" in headers:
+            return None
+        return f"HTTP {status} without Docker-Distribution-Api-Version"
 
     # ------------------------------------------------------------------ access log
 

@@ -2,8 +2,10 @@
 
 Two aiohttp apps listen on free loopback ports:
 
-* the registry (``hub.url``): ``/v2/``, manifests (GET/HEAD), blobs (GET/HEAD), tags list and
-  the ``/token`` endpoint, with Docker Hub style bearer-token auth and rate-limit headers;
+* the registry (``hub.url``): ``/v2/``, manifests (GET/HEAD), blobs (GET/HEAD), tags list,
+  OCI 1.1 referrers (``referrers_api=True``; otherwise 404 as from Docker Hub and
+  distribution 2.8) and the ``/token`` endpoint, with Docker Hub style bearer-token auth and
+  rate-limit headers;
 * the CDN (``hub.cdn_url``): blob bytes behind the registry's 307 redirect. It answers 400 to
   any request that carries an ``Authorization`` header, which is how a client leaking the
   registry token to another host shows up (``hub.cdn_auth_violations``).
@@ -57,12 +59,13 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 
 SERVICE = "registry.docker.io"
 """The ``service`` Docker Hub names in its challenges; /token insists on it."""
 
 ServerName = Literal["registry", "cdn"]
-RequestKind = Literal["base", "manifest", "blob", "tags", "token", "cdn", "other"]
+RequestKind = Literal["base", "manifest", "blob", "tags", "referrers", "token", "cdn", "other"]
 FaultKind = Literal[
     "status",
     "hang",
@@ -71,6 +74,7 @@ FaultKind = Literal[
     "pause_mid_blob",
     "wrong_bytes",
     "no_digest_header",
+    "ignore_range",
 ]
 
 _ERROR_MESSAGES: dict[str, str] = {
@@ -104,6 +108,7 @@ _DEFAULT_CODES: dict[int, str] = {
 
 _MANIFEST_OR_BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/(?P<what>manifests|blobs)/(?P<ref>[^/]+)$")
 _TAGS_PATH = re.compile(r"^/v2/(?P<repo>.+)/tags/list$")
+_REFERRERS_PATH = re.compile(r"^/v2/(?P<repo>.+)/referrers/(?P<ref>[^/]+)$")
 _CDN_PATH = re.compile(r"^/cdn/(?P<digest>[^/]+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -168,6 +173,19 @@ class IndexInfo:
     images: tuple[ImageInfo, ...]
 
 
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """An OCI 1.1 artifact (an image manifest with ``artifactType`` and ``subject``)."""
+
+    repo: str
+    digest: str
+    manifest: bytes
+    media_type: str
+    artifact_type: str
+    subject: str
+    blob_digests: tuple[str, ...]
+
+
 @dataclass
 class IssuedToken:
     """A bearer token handed out by /token (or ``issue_token``)."""
@@ -205,15 +223,27 @@ class RecordedRequest:
     def authorization(self) -> str | None:
         return self.headers.get("Authorization")
 
+    @property
+    def range(self) -> str | None:
+        """The request's Range header, if any."""
+        return self.headers.get("Range")
+
+    @property
+    def range_start(self) -> int | None:
+        """The first byte a ``Range: bytes=N-[M]`` header asks for (None: no such header)."""
+        match = _RANGE.match((self.range or "").strip())
+        return int(match.group(1)) if match and match.group(1) else None
+
 
 @dataclass(eq=False)
 class Fault:
     """An injected misbehaviour; build them with the ``FakeHub.inject_*`` methods.
 
-    A fault matches a request when every scope that is set matches: ``server``, ``method``
-    and ``path_contains`` (a substring of the request path: a digest, ``/manifests/latest``,
-    a repository name). ``times`` bounds how many requests it affects (``None``: all of
-    them); ``hits`` counts the requests it has affected so far.
+    A fault matches a request when every scope that is set matches: ``server``, ``method``,
+    ``path_contains`` (a substring of the request path: a digest, ``/manifests/latest``,
+    a repository name) and ``range_start`` (requests whose ``Range: bytes=N-`` starts at that
+    byte: one piece of a blob fetched in pieces). ``times`` bounds how many requests it affects
+    (``None``: all of them); ``hits`` counts the requests it has affected so far.
     """
 
     kind: FaultKind
@@ -227,6 +257,7 @@ class Fault:
     delay: float | None = None
     gate: asyncio.Event | None = None
     after_bytes: int | None = None
+    range_start: int | None = None
     hits: int = 0
     _hit: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -238,6 +269,8 @@ class Fault:
         if self.server is not None and record.server != self.server:
             return False
         if self.method is not None and record.method != self.method.upper():
+            return False
+        if self.range_start is not None and record.range_start != self.range_start:
             return False
         return self.path_contains is None or self.path_contains in record.path
 
@@ -263,9 +296,13 @@ class FakeHub:
     """A fake Docker Hub: registry + token server + CDN, with counters and fault injection.
 
     Content is plain Python state that tests may change at any time, also while the servers
-    run. Blobs are global (any existing repository can fetch any stored blob); manifests
-    and tags belong to a repository.
+    run. Blobs are global (any existing repository can fetch any stored blob) unless
+    ``strict_blobs``; manifests and tags belong to a repository.
     """
+
+    tags_list_includes_last = False
+    """True: ``tags/list?last=T`` lists T itself again, as CNCF distribution 2.8 does (Docker
+    Hub and the distribution spec start after T)."""
 
     def __init__(
         self,
@@ -281,6 +318,9 @@ class FakeHub:
         redirect_blobs: bool = True,
         clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
+        strict_blobs: bool = False,
+        referrers_api: bool = False,
+        referrers_page_size: int | None = None,
     ) -> None:
         """Configure the fake; nothing listens until ``start()`` (or ``async with``).
 
@@ -294,6 +334,11 @@ class FakeHub:
         retry_after: Retry-After of 429 answers that do not set their own.
         redirect_blobs: blob GETs answer 307 to the CDN; False serves the bytes directly.
         clock: time source for token expiry, so tests can move time by hand.
+        strict_blobs: a repository serves only the blobs added for it (``add_blob(repo=)``,
+            the images and artifacts made in it), as a real registry does.
+        referrers_api: serve ``/v2/<repo>/referrers/<digest>`` (OCI 1.1), with artifactType
+            filtering; False answers 404 like Docker Hub and distribution 2.8.
+        referrers_page_size: page the referrers list (``Link: ...; rel="next"``).
         """
         self.users: dict[str, str] = dict(users or {})
         self.allow_anonymous = allow_anonymous
@@ -307,9 +352,14 @@ class FakeHub:
         self.redirect_blobs = redirect_blobs
         self.clock = clock
         self.host = host
+        self.strict_blobs = strict_blobs
+        self.referrers_api = referrers_api
+        self.referrers_page_size = referrers_page_size
 
         self.repositories: dict[str, Repository] = {}
         self.blobs: dict[str, bytes] = {}
+        # digest -> repositories it was added for (what strict_blobs serves)
+        self.blob_repositories: dict[str, set[str]] = {}
         self.tokens: dict[str, IssuedToken] = {}
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
@@ -399,6 +449,7 @@ class FakeHub:
         self.blobs[digest] = data
         if repo is not None:
             self.repositories.setdefault(repo, Repository())
+            self.blob_repositories.setdefault(digest, set()).add(repo)
         return digest
 
     def delete_blob(self, digest: str) -> None:
@@ -451,7 +502,7 @@ class FakeHub:
         if layers is None:
             layers = [f"layer of {repo}:{tag} for {platform}".encode()]
         os_name, arch, variant = _split_platform(platform)
-        layer_digests = tuple(self.add_blob(layer) for layer in layers)
+        layer_digests = tuple(self.add_blob(layer, repo=repo) for layer in layers)
         config_doc: dict[str, object] = {
             "architecture": arch,
             "os": os_name,
@@ -461,7 +512,7 @@ class FakeHub:
         if variant is not None:
             config_doc["variant"] = variant
         config = json.dumps(config_doc, indent=2).encode()
-        config_digest = self.add_blob(config)
+        config_digest = self.add_blob(config, repo=repo)
         media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
         layer_type = OCI_LAYER if oci else DOCKER_LAYER
         manifest_doc = {
@@ -508,6 +559,8 @@ class FakeHub:
         for image in images:
             if image.repo != repo:
                 self.add_manifest(repo, image.manifest, image.media_type)
+                for blob in image.blob_digests:
+                    self.blob_repositories.setdefault(blob, set()).add(repo)
             os_name, arch, variant = _split_platform(image.platform)
             platform: dict[str, str] = {"architecture": arch, "os": os_name}
             if variant is not None:
@@ -546,6 +599,69 @@ class FakeHub:
             for platform in platforms
         ]
         return self.add_index(repo, tag, images, oci=oci)
+
+    def add_artifact(
+        self,
+        repo: str,
+        subject: str,
+        artifact_type: str,
+        payload: bytes,
+        *,
+        tag: str | None = None,
+        media_type: str = OCI_MANIFEST,
+        annotations: Mapping[str, str] | None = None,
+    ) -> ArtifactInfo:
+        """Store an artifact about manifest ``subject`` (a signature, an SBOM): one payload blob
+        and the empty config, in an OCI image manifest with ``artifactType`` and ``subject``
+        (``media_type`` may name another type, e.g. the OCI 1.1-rc artifact manifest)."""
+        empty = self.add_blob(b"{}", repo=repo)
+        blob = self.add_blob(payload, repo=repo)
+        target = self.get_manifest(repo, subject)
+        doc: dict[str, object] = {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "artifactType": artifact_type,
+            "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": 2},
+            "layers": [
+                {"mediaType": "application/octet-stream", "digest": blob, "size": len(payload)}
+            ],
+            "subject": {
+                "mediaType": target.media_type if target is not None else OCI_MANIFEST,
+                "digest": subject,
+                "size": len(target.data) if target is not None else 0,
+            },
+        }
+        if annotations:
+            doc["annotations"] = dict(annotations)
+        manifest = json.dumps(doc, indent=2).encode()
+        digest = self.add_manifest(repo, manifest, media_type, tag)
+        return ArtifactInfo(
+            repo, digest, manifest, media_type, artifact_type, subject, (empty, blob)
+        )
+
+    def referrers(self, repo: str, subject: str) -> list[dict[str, object]]:
+        """The descriptors the referrers API lists for ``subject`` in ``repo``."""
+        repository = self.repositories.get(repo)
+        found: list[dict[str, object]] = []
+        for stored in repository.manifests.values() if repository else ():
+            try:
+                doc = json.loads(stored.data)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict) or (doc.get("subject") or {}).get("digest") != subject:
+                continue
+            descriptor: dict[str, object] = {
+                "mediaType": stored.media_type,
+                "digest": stored.digest,
+                "size": len(stored.data),
+            }
+            artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+            if artifact_type:
+                descriptor["artifactType"] = artifact_type
+            if doc.get("annotations"):
+                descriptor["annotations"] = doc["annotations"]
+            found.append(descriptor)
+        return sorted(found, key=lambda d: str(d["digest"]))
 
     # ------------------------------------------------------------------ auth
 
@@ -648,6 +764,20 @@ class FakeHub:
         """GETs that reached the CDN (blob bytes actually downloaded, or attempted)."""
         return self._count_kind("cdn", "cdn", "GET", None, digest)
 
+    def blob_ranges(self, digest: str, server: ServerName = "cdn") -> list[str | None]:
+        """The Range header of each GET of the blob's bytes, in order (None: no Range):
+        on the CDN, or on the registry (``server="registry"``) when redirects are off."""
+        kind: RequestKind = "cdn" if server == "cdn" else "blob"
+        return [
+            record.range
+            for record in self.requests
+            if record.server == server
+            and record.kind == kind
+            and record.method == "GET"
+            and record.ref == digest
+            and (server == "cdn" or record.status != 401)
+        ]
+
     def token_requests(self) -> int:
         return sum(1 for record in self.requests if record.kind == "token")
 
@@ -704,6 +834,7 @@ class FakeHub:
         method: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Answer ``status`` instead of the real response, with a registry errors body.
 
@@ -719,6 +850,7 @@ class FakeHub:
                 method=method,
                 path_contains=path_contains,
                 times=times,
+                range_start=range_start,
                 status=status,
                 code=code,
                 retry_after=retry_after,
@@ -782,6 +914,7 @@ class FakeHub:
         path_contains: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Send the headers with the full Content-Length, ``after_bytes`` bytes (default:
         half the body), then close the connection.
@@ -796,6 +929,7 @@ class FakeHub:
                 method="GET",
                 path_contains=digest if digest is not None else path_contains,
                 times=times,
+                range_start=range_start,
                 after_bytes=after_bytes,
             )
         )
@@ -810,6 +944,7 @@ class FakeHub:
         path_contains: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Send headers and ``after_bytes`` bytes (default: half), wait for the gate (or
         ``delay``), then send the rest: a slow body whose timing the test controls."""
@@ -822,6 +957,7 @@ class FakeHub:
                 method="GET",
                 path_contains=digest if digest is not None else path_contains,
                 times=times,
+                range_start=range_start,
                 after_bytes=after_bytes,
                 gate=gate,
                 delay=delay,
@@ -835,6 +971,7 @@ class FakeHub:
         path_contains: str | None = None,
         server: ServerName | None = None,
         times: int | None = None,
+        range_start: int | None = None,
     ) -> Fault:
         """Serve a body of the right length with one byte flipped (headers unchanged, so
         Docker-Content-Digest still names the real digest). Applies to blob bytes and to
@@ -846,6 +983,28 @@ class FakeHub:
                 method="GET",
                 path_contains=digest if digest is not None else path_contains,
                 times=times,
+                range_start=range_start,
+            )
+        )
+
+    def inject_ignore_range(
+        self,
+        digest: str | None = None,
+        *,
+        server: ServerName | None = None,
+        times: int | None = None,
+        range_start: int | None = None,
+    ) -> Fault:
+        """Answer ranged GETs with 200 and the whole body, as servers that do not support
+        Range do (``times=None``: an upstream or CDN that never honours Range)."""
+        return self.inject(
+            Fault(
+                "ignore_range",
+                server=server,
+                method="GET",
+                path_contains=digest,
+                times=times,
+                range_start=range_start,
             )
         )
 
@@ -1007,6 +1166,9 @@ class FakeHub:
             held = await self._pre_response_faults(request, record)
             return held if held is not None else self._token(request)
 
+        if record.kind == "referrers" and not self.referrers_api:
+            # As Docker Hub and distribution 2.8: no such route, before any authentication.
+            return web.Response(status=404, text="404 page not found\n")
         identity: str | None = request.remote
         if self.require_auth and record.kind != "other":
             issued, problem = self._check_token(request, record.repo)
@@ -1036,6 +1198,8 @@ class FakeHub:
             return await self._blob(request, record)
         if record.kind == "tags":
             return self._tags(request, record)
+        if record.kind == "referrers":
+            return self._referrers(request, record)
         return _error_response(404, "NOT_FOUND")
 
     def _token(self, request: web.Request) -> web.Response:
@@ -1106,7 +1270,9 @@ class FakeHub:
         if record.repo not in self.repositories:
             return _error_response(404, "NAME_UNKNOWN")
         data = self.blobs.get(record.ref)
-        if data is None:
+        if data is None or (
+            self.strict_blobs and record.repo not in self.blob_repositories.get(record.ref, ())
+        ):
             return _error_response(404, "BLOB_UNKNOWN")
         if request.method == "GET" and self.redirect_blobs:
             return web.Response(status=307, headers={"Location": self.cdn_blob_url(record.ref)})
@@ -1123,7 +1289,8 @@ class FakeHub:
         tags = sorted(repository.tags)
         last = request.query.get("last")
         if last:
-            tags = [tag for tag in tags if tag > last]
+            again = self.tags_list_includes_last
+            tags = [tag for tag in tags if tag > last or (again and tag == last)]
         headers: dict[str, str] = {}
         raw_n = request.query.get("n")
         if raw_n is not None:
@@ -1139,6 +1306,30 @@ class FakeHub:
                 )
             tags = tags[:n]
         return web.json_response({"name": record.repo, "tags": tags}, headers=headers)
+
+    def _referrers(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        assert record.repo is not None and record.ref is not None
+        if request.method != "GET":
+            return _error_response(405, "UNSUPPORTED")
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", record.ref):
+            return _error_response(400, "DIGEST_INVALID")
+        descriptors = self.referrers(record.repo, record.ref)
+        headers: dict[str, str] = {}
+        artifact_type = request.query.get("artifactType")
+        if artifact_type:
+            descriptors = [d for d in descriptors if d.get("artifactType") == artifact_type]
+            headers["OCI-Filters-Applied"] = "artifactType"
+        size = self.referrers_page_size
+        if size is not None:
+            start = int(request.query.get("page", "0"))
+            if start + size < len(descriptors):
+                query = f"page={start + size}" + (
+                    f"&artifactType={artifact_type}" if artifact_type else ""
+                )
+                headers["Link"] = f'</v2/{record.repo}/referrers/{record.ref}?{query}>; rel="next"'
+            descriptors = descriptors[start : start + size]
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+        return web.json_response(body, headers=headers, content_type=OCI_INDEX)
 
     # ------------------------------------------------------------------ CDN app
 
@@ -1186,6 +1377,8 @@ class FakeHub:
         status = 200
         headers = {**headers, "Accept-Ranges": "bytes"}
         range_header = request.headers.get("Range")
+        if range_header is not None and self._take_fault(record, "ignore_range") is not None:
+            range_header = None
         if request.method == "GET" and range_header is not None:
             match = _RANGE.match(range_header.strip())
             if match is not None:
@@ -1241,6 +1434,9 @@ def _classify(server: ServerName, path: str) -> tuple[RequestKind, str | None, s
     tags = _TAGS_PATH.match(path)
     if tags is not None:
         return "tags", tags.group("repo"), None
+    referrers = _REFERRERS_PATH.match(path)
+    if referrers is not None:
+        return "referrers", referrers.group("repo"), referrers.group("ref")
     return "other", None, None
 
 

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from support.binaries import binaries_required, free_port
+from support.managed_process import ManagedProcess
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -88,100 +85,71 @@ def unique_bucket_name(stem: str = "test") -> str:
     return f"{stem}-{uuid.uuid4().hex[:16]}"
 
 
-class MotoServer:
+class MotoServer(ManagedProcess):
     """One ``moto_server`` process. Use as a context manager or call start()/stop()."""
 
+    name = "moto_server"
+    start_timeout = START_TIMEOUT
+    stop_timeout = STOP_TIMEOUT
+    new_session = True
+
     def __init__(self, *, auth: bool = False, workdir: Path | None = None) -> None:
-        self.auth = auth
         self._own_workdir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="moto-")) if workdir is None else workdir
-        self.log_path = self.workdir / "moto.log"
+        workdir = Path(tempfile.mkdtemp(prefix="moto-")) if workdir is None else workdir
+        super().__init__(workdir, workdir / "moto.log")
+        self.auth = auth
+        self.log_path = self.stdout_path
         self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def __enter__(self) -> MotoServer:
-        self.start()
-        return self
+    def command(self) -> list[str]:
+        return [moto_server_path(), "-H", HOST, "-p", str(self.port)]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        program = moto_server_path()
+    def environment(self) -> dict[str, str]:
         env = aws_environment()
         if self.auth:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        failure = ""
+        return env
+
+    def readiness(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1) as reply:
+                if reply.status == 200:
+                    return None
+                return f"HTTP {reply.status}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            return repr(exc)
+
+    def start(self, timeout: float | None = None) -> None:
+        if self.running:
+            return
+        failure: Exception | None = None
         # The port was free a moment ago; another process may take it first: then moto exits
         # at once and we try again on another port.
         for _ in range(START_ATTEMPTS):
             self.port = free_port()
-            self._log = self.log_path.open("ab")
-            self.process = subprocess.Popen(
-                [program, "-H", HOST, "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-            failure = self._wait_until_ready()
-            if not failure:
-                return
-            self.stop(keep_workdir=True)
-        raise RuntimeError(f"moto_server did not start: {failure}\n{self.log_tail()}")
-
-    def _wait_until_ready(self) -> str:
-        """Poll until moto answers HTTP; '' when it does, else why not."""
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        delay = 0.02
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                return f"exited with status {code}"
             try:
-                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1) as reply:
-                    if reply.status == 200:
-                        return ""
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(delay)  # polling interval, growing up to 0.2 s
-            delay = min(delay * 1.5, 0.2)
-        return f"no answer on {self.endpoint_url} within {START_TIMEOUT:.0f} s"
+                super().start(timeout)
+            except RuntimeError as exc:
+                failure = exc
+                continue
+            return
+        raise RuntimeError(f"moto_server did not start: {failure}")
 
-    def stop(self, *, keep_workdir: bool = False) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._own_workdir and not keep_workdir:
+    def close(self) -> None:
+        """Stop, and remove the work dir if this object made it."""
+        self.stop()
+        if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return super().log_tail(lines)
 
     # -- S3 helpers (synchronous: for fixtures) -------------------------------------------
 

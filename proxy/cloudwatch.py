@@ -1,0 +1,180 @@
+"""Fleet-wide metrics for CloudWatch, as embedded-metric-format (EMF) log lines.
+
+``/metrics`` tells about one instance; behind a load balancer an operator wants the totals of
+all of them: counted pulls, the cache hit ratio, bytes served. With
+``PROXY_CLOUDWATCH_NAMESPACE`` set, every ``PROXY_CLOUDWATCH_INTERVAL`` seconds (and once more at
+shutdown) each instance writes what happened since its previous report as JSON lines on stderr,
+which the awslogs driver ships to CloudWatch Logs; CloudWatch turns them into metrics, summed
+over the fleet by the statistic ``Sum``. No agent, no API call, no extra permission.
+
+Each report is one line of fleet metrics without dimensions, plus one line per upstream
+(dimension ``Upstream``) with its counted pulls and, when the upstream reported it, the quota
+left. Counters are deltas since the previous report; gauges are the value at report time (use
+``Maximum`` or ``Minimum`` across the fleet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.metrics import Metrics
+
+Writer = Callable[[str], None]
+Document = dict[str, Any]
+
+# Counters reported as deltas: EMF name -> (Prometheus sample, label filter).
+COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
+    "Requests": ("registry_proxy_requests_total", {}),
+    "CacheHits": ("registry_proxy_cache_total", {"result": "hit"}),
+    "CacheMisses": ("registry_proxy_cache_total", {"result": "miss"}),
+    "CacheStale": ("registry_proxy_cache_total", {"result": "stale"}),
+    "BytesFromCache": ("registry_proxy_served_bytes_total", {"source": "cache"}),
+    "BytesFromUpstream": ("registry_proxy_served_bytes_total", {"source": "upstream"}),
+    "CountedPulls": ("registry_proxy_upstream_pulls_total", {}),
+    "StorageErrors": ("registry_proxy_storage_errors_total", {}),
+}
+UNITS = {"BytesFromCache": "Bytes", "BytesFromUpstream": "Bytes"}
+SERVER_ERRORS = "ServerErrors"  # requests answered 5xx
+
+
+def _write_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+@dataclass(slots=True)
+class EmfReporter:
+    """Turns the instance's Prometheus counters into EMF documents, one report at a time."""
+
+    metrics: Metrics
+    namespace: str
+    spool_dir: Path | None = None
+    write: Writer = _write_stderr
+    clock: Callable[[], float] = time.time
+    _previous: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> list[Document]:
+        """Write (and return) the documents for what happened since the previous report."""
+        documents = [self._fleet_document(), *self._upstream_documents()]
+        for document in documents:
+            self.write(json.dumps(document, separators=(",", ":")))
+        return documents
+
+    def _fleet_document(self) -> Document:
+        values: dict[str, float] = {
+            name: self._delta(name, self._sum(sample, labels))
+            for name, (sample, labels) in COUNTERS.items()
+        }
+        values[SERVER_ERRORS] = self._delta(SERVER_ERRORS, self._server_errors())
+        units = {name: UNITS.get(name, "Count") for name in values}
+        gauge = self.metrics.registry.get_sample_value("registry_proxy_inflight_fetches")
+        values["InFlightFetches"] = gauge or 0.0
+        units["InFlightFetches"] = "Count"
+        used = self._spool_used_percent()
+        if used is not None:
+            values["SpoolDiskUsedPercent"] = used
+            units["SpoolDiskUsedPercent"] = "Percent"
+        return self._document(values, units, dimensions=None)
+
+    def _upstream_documents(self) -> list[Document]:
+        documents = []
+        for upstream, quota in sorted(self.metrics.quotas.items()):
+            key = f"CountedPulls/{upstream}"
+            values = {"CountedPulls": self._delta(key, float(quota.counted_pulls))}
+            units = {"CountedPulls": "Count"}
+            if quota.rate_limit is not None and quota.rate_limit.remaining is not None:
+                values["QuotaRemaining"] = float(quota.rate_limit.remaining)
+                units["QuotaRemaining"] = "Count"
+            documents.append(self._document(values, units, dimensions={"Upstream": upstream}))
+        return documents
+
+    def _document(
+        self, values: dict[str, float], units: dict[str, str], dimensions: dict[str, str] | None
+    ) -> Document:
+        directive: Document = {
+            "Namespace": self.namespace,
+            "Metrics": [{"Name": name, "Unit": units[name]} for name in values],
+        }
+        if dimensions:
+            directive["Dimensions"] = [sorted(dimensions)]
+        return {
+            "_aws": {"Timestamp": int(self.clock() * 1000), "CloudWatchMetrics": [directive]},
+            "event": "metrics",
+            **(dimensions or {}),
+            **values,
+        }
+
+    def _delta(self, key: str, total: float) -> float:
+        previous = self._previous.get(key, 0.0)
+        self._previous[key] = total
+        # A counter never goes down; if it did (a new registry), count from zero again.
+        return total - previous if total >= previous else total
+
+    def _sum(self, sample_name: str, labels: dict[str, str]) -> float:
+        total = 0.0
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == sample_name and all(
+                    sample.labels.get(key) == value for key, value in labels.items()
+                ):
+                    total += sample.value
+        return total
+
+    def _server_errors(self) -> float:
+        total = 0.0
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == "registry_proxy_requests_total" and sample.labels.get(
+                    "status", ""
+                ).startswith("5"):
+                    total += sample.value
+        return total
+
+    def _spool_used_percent(self) -> float | None:
+        if self.spool_dir is None:
+            return None
+        try:
+            stats = os.statvfs(self.spool_dir)
+        except OSError:
+            return None
+        if stats.f_blocks == 0:
+            return None
+        return round(100.0 * (1 - stats.f_bavail / stats.f_blocks), 2)
+
+
+def emf_reporting(
+    namespace: str,
+    interval: float,
+    metrics: Callable[[], Metrics],
+    spool_dir: Path | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry: report every ``interval`` seconds while the app runs, and once
+    more when it stops (so a task that scales in does not take its last counts with it)."""
+
+    async def reporting(app: web.Application) -> AsyncIterator[None]:
+        reporter = EmfReporter(metrics(), namespace, spool_dir)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                reporter.report()
+
+        task = asyncio.create_task(loop(), name="cloudwatch emf")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            reporter.report()
+
+    return reporting

@@ -1,0 +1,147 @@
+"""Figures of the side-by-side run: one value per round and server, medians, ratios, tables.
+
+A :class:`Row` is one figure (say "warm blob MB/s, filesystem") measured for some of the
+servers: ``ours`` (registry-proxy), ``distribution`` (its proxy mode), ``bare`` (the bare aiohttp
+server, the framework's limit) and ``direct`` (no cache: the pull straight from the upstream
+through the WAN).  Each round adds one value per server; the summary gives the median, the range,
+and ours divided by each of the others (the issue targets are written as such ratios).
+
+``python -m tests.bench.results .bench/latest.json`` prints a run's Markdown table again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .text import table
+
+CONTENDERS = ("ours", "distribution", "bare", "direct")
+OTHERS = CONTENDERS[1:]
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    title: str
+    unit: str
+    better: Literal["lower", "higher", ""]  # "" for counts that are not better either way
+    chart: bool = False  # drawn in the PNG
+
+
+@dataclass
+class Results:
+    rows: dict[str, Row] = field(default_factory=dict)
+    values: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def add(self, row: Row, contender: str, value: float) -> None:
+        assert contender in CONTENDERS, contender
+        self.rows.setdefault(row.key, row)
+        self.values[row.key][contender].append(value)
+
+    def summary(self) -> list[dict[str, Any]]:
+        out = []
+        for key, row in self.rows.items():
+            measured = {name: v for name in CONTENDERS if (v := self.values[key].get(name))}
+            medians = {name: statistics.median(values) for name, values in measured.items()}
+            figures = {
+                name: {
+                    "median": _round(medians[name]),
+                    "min": _round(min(values)),
+                    "max": _round(max(values)),
+                    "values": [_round(v) for v in values],
+                }
+                for name, values in measured.items()
+            }
+            ratios = {
+                f"ours/{other}": round(medians["ours"] / medians[other], 2)
+                for other in OTHERS
+                if "ours" in medians and medians.get(other)
+            }
+            out.append(
+                {
+                    "key": key,
+                    "title": row.title,
+                    "unit": row.unit,
+                    "better": row.better,
+                    "chart": row.chart,
+                    "figures": figures,
+                    "ratios": ratios,
+                }
+            )
+        return out
+
+
+def _round(value: float) -> float:
+    """Three significant digits are more than these figures can carry."""
+    if value == 0:
+        return 0.0
+    magnitude = abs(value)
+    digits = 3 if magnitude < 1 else 2 if magnitude < 10 else 1 if magnitude < 100 else 0
+    return round(value, digits)
+
+
+def _cell(figure: dict[str, Any] | None, *, ranges: bool) -> str:
+    if figure is None:
+        return ""
+    median = f"{figure['median']:g}"
+    if ranges and figure["min"] != figure["max"]:
+        return f"{median} ({figure['min']:g}-{figure['max']:g})"
+    return median
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:g}x"
+
+
+def _lines(summary: Sequence[dict[str, Any]], *, ranges: bool) -> list[list[str]]:
+    header = ["figure", "unit", *CONTENDERS, *(f"ours/{o}" for o in OTHERS)]
+    lines = [header]
+    for row in summary:
+        direction = {"lower": ", lower is better", "higher": ", higher is better"}.get(
+            row["better"], ""
+        )
+        lines.append(
+            [
+                row["title"],
+                row["unit"] + (direction if ranges else ""),
+                *(_cell(row["figures"].get(c), ranges=ranges) for c in CONTENDERS),
+                *(_ratio(row["ratios"].get(f"ours/{o}")) for o in OTHERS),
+            ]
+        )
+    return lines
+
+
+def text_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Medians, aligned for a terminal."""
+    header, *lines = _lines(summary, ranges=False)
+    return table(header, lines, left=2)
+
+
+def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Medians with the range over the rounds in brackets, for docs/benchmarks.md."""
+    lines = _lines(summary, ranges=True)
+    out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
+    out += ["| " + " | ".join(line) + " |" for line in lines[1:]]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.results", description=__doc__)
+    parser.add_argument("results", type=Path, help="a run's JSON (.bench/latest.json)")
+    args = parser.parse_args(argv)
+    print(markdown_table(json.loads(args.results.read_text())["figures"]))
+
+
+if __name__ == "__main__":
+    main()

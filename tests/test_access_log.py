@@ -1,0 +1,173 @@
+"""The access log and request metrics: what a line says about a request that went wrong.
+
+- A client that disconnects in the middle of a blob is logged and counted as 499 ("client closed
+  request"), never as a 5xx: a 5xx alert must mean a server fault.
+- Control characters that reach a log line from a request (the path decodes ``%1b`` to ESC) are
+  written as escapes, in the console and the JSON format alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from conftest import ProxyFactory
+from support.fakehub import FakeHub
+from support.logwatch import watch_logs
+
+from proxy.app import create_app
+from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.logs import log_processors
+from proxy.routes import SERVICES
+
+LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: the client leaves long before the end
+CONTROL_PATH = "/v2/%1b[2J%1b]0;owned%07/x%0d%0aforged/manifests/latest"
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, *, handler_cancellation: bool) -> AsyncIterator[str]:
+    """The app on a loopback port; ``handler_cancellation`` as the server is configured.
+
+    ``registry-proxy serve`` (web.run_app) leaves it off: a client that leaves is noticed at the
+    next write. aiohttp's test server turns it on: the handler is cancelled at once.
+    """
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def settings_for(hub: FakeHub, cache: Path) -> Settings:
+    return Settings(
+        upstream=UpstreamSettings("docker.io", hub.url, None, ""),
+        storage=StorageLocation(path=cache),
+        upstream_connect_timeout=2.0,
+        upstream_read_timeout=5.0,
+    )
+
+
+def request_line(path: str) -> Callable[[MutableMapping[str, Any]], bool]:
+    """Matches the access log line of the request for ``path``."""
+    return lambda event: event.get("event") == "request" and event.get("path") == path
+
+
+def requests_counted(app: web.Application, status: str) -> float:
+    value = app[SERVICES].metrics.registry.get_sample_value(
+        "registry_proxy_requests_total", {"route": "blob", "method": "GET", "status": status}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True], ids=["serve", "cancelling"])
+async def test_a_client_that_leaves_mid_blob_is_499_not_a_server_error(
+    fakehub: FakeHub,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    handler_cancellation: bool,
+) -> None:
+    digest = fakehub.add_blob(LAYER, repo="library/golang")
+    # The upstream sends 1 MiB, then waits: the client is gone before the proxy writes again.
+    paused = fakehub.inject_pause_mid_blob(digest, after_bytes=1024 * 1024, server="cdn")
+    path = f"/v2/library/golang/blobs/{digest}"
+    app = create_app(settings_for(fakehub, tmp_path / "cache"), retry_delays=(0.01, 0.01))
+    with watch_logs() as logs:
+        async with serve(app, handler_cancellation=handler_cancellation) as url:
+            async with aiohttp.ClientSession() as session:
+                response = await session.get(url + path)
+                assert response.status == 200
+                await response.content.readexactly(64 * 1024)
+                response.close()  # the client hangs up mid-blob
+            await paused.wait_hit()
+            paused.release()
+            line = await logs.wait_for(request_line(path))
+            assert line["status"] == 499
+            assert requests_counted(app, "499") == 1
+            assert requests_counted(app, "500") == 0
+            # Nor does aiohttp log it as an error (with a traceback) on the proxy's behalf.
+            assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+            # The shared download carries on for the cache: let it finish before the teardown.
+            await app[SERVICES].blobs.drain(10)
+            assert app[SERVICES].blobs.in_flight == 0
+
+
+async def test_a_complete_blob_is_logged_200(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    digest = fakehub.add_blob(LAYER, repo="library/golang")
+    client = await make_proxy(fakehub)
+    path = f"/v2/library/golang/blobs/{digest}"
+    with watch_logs() as logs:
+        response = await client.get(path)
+        assert await response.read() == LAYER
+        line = await logs.wait_for(request_line(path))
+    assert line["status"] == 200
+    assert requests_counted(client.app, "200") == 1
+
+
+# --- control characters ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["console", "json"])
+def rendered_log(request: pytest.FixtureRequest) -> Iterator[tuple[str, io.StringIO]]:
+    """Log lines rendered as ``PROXY_LOG_FORMAT`` renders them, into a buffer."""
+    previous = structlog.get_config()
+    buffer = io.StringIO()
+    structlog.configure(
+        processors=log_processors(request.param),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(buffer),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield request.param, buffer
+    finally:
+        structlog.configure(**previous)
+
+
+def unprintable(text: str) -> set[str]:
+    return {char for char in text if not char.isprintable() and char != "\n"}
+
+
+async def test_control_characters_from_the_path_are_escaped(
+    fakehub: FakeHub, make_proxy: ProxyFactory, rendered_log: tuple[str, io.StringIO]
+) -> None:
+    log_format, buffer = rendered_log
+    client = await make_proxy(fakehub)
+    response = await client.get(CONTROL_PATH)
+    assert 400 <= response.status < 500
+    await response.read()
+    text = buffer.getvalue()
+    [line] = [line for line in text.splitlines() if "request" in line and "/v2/" in line]
+    assert unprintable(text) == set(), text
+    path = json.loads(line)["path"] if log_format == "json" else line
+    assert "\\x1b[2J\\x1b]0;owned\\x07/x\\r\\nforged" in path
+    assert len(text.splitlines()) == len([t for t in text.splitlines() if t.strip()])
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_every_kind_of_unprintable_character_is_escaped(log_format: str) -> None:
+    buffer = io.StringIO()
+    log = structlog.wrap_logger(
+        structlog.PrintLogger(buffer), processors=log_processors(log_format)
+    )
+    hostile = "a\x00b\x1b[31mc\x7fd\x9be\u202ef\u2028g\udcffh\ti"
+    log.info("request\x1b[2J", path=hostile, plain="ok/é/ü path", number=3)
+    text = buffer.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1
+    assert unprintable(text) == set()
+    rendered = json.loads(text)["path"] if log_format == "json" else text
+    for escape in ("\\x00", "\\x1b[31m", "\\x7f", "\\x9b", "\\u202e", "\\u2028", "\\udcff"):
+        assert escape in rendered, escape
+    plain = json.loads(text)["plain"] if log_format == "json" else text
+    assert "ok/é/ü path" in plain  # printable text, accented letters included, is left alone

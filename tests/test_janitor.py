@@ -1,0 +1,84 @@
+"""The server's background housekeeping (proxy/cache/janitor.py): flushes, sweeps, survives.
+
+Intervals are made short and every wait is for a condition, bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import structlog
+
+from proxy.cache import janitor as janitor_module
+from proxy.cache.housekeeping import Housekeeper
+from proxy.cache.janitor import Janitor
+from proxy.cache.lastuse import LastUse, UseRecords
+from proxy.storage.failsafe import FailSafeStorage
+from proxy.storage.filesystem import FilesystemStorage
+
+DAY = 86400.0
+TAG = "tags/docker.io/library/x/_tag/old"
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def make(
+    tmp_path: Path, flush_interval: float = janitor_module.FLUSH_INTERVAL
+) -> tuple[Janitor, FilesystemStorage]:
+    storage = FilesystemStorage(tmp_path / "cache")
+    await storage.open()
+    safe = FailSafeStorage(storage, cooldown=0)
+    last_use = LastUse(UseRecords(safe, "inst"))
+    keeper = Housekeeper(safe, last_use.records, limit=None, expire_unused=30 * DAY)
+    return Janitor(keeper, last_use, sweep_interval=3600, flush_interval=flush_interval), storage
+
+
+async def test_flushes_every_interval_and_on_stop(tmp_path: Path) -> None:
+    janitor, _ = await make(tmp_path, flush_interval=0.05)
+    janitor.start()
+    janitor.last_use.touch("blobs/sha256/aa/x")
+    # Stopping may cancel this flush half-way: the final flush still writes it.
+    await until(lambda: not janitor.last_use.pending, "the periodic flush")
+    janitor.last_use.touch("blobs/sha256/aa/y")
+    await janitor.stop()  # flushes what is left
+    uses = (await janitor.last_use.records.read()).uses
+    assert set(uses) == {"blobs/sha256/aa/x", "blobs/sha256/aa/y"}
+
+
+async def test_sweeps_soon_after_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(janitor_module, "FIRST_SWEEP_DELAY", 0.0)
+    janitor, storage = await make(tmp_path)
+    await storage.put(TAG, b"{}")
+    janitor.housekeeper.clock = lambda: time.time() + 100 * DAY  # long after it was written
+    janitor.start()
+    await until(lambda: janitor.last_sweep is not None, "the first sweep")
+    await janitor.stop()
+    assert janitor.last_sweep is not None
+    assert [e.key for e in janitor.last_sweep.expired] == [TAG]
+    assert await storage.stat(TAG) is None
+
+
+async def test_a_failing_sweep_is_logged_and_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(janitor_module, "FIRST_SWEEP_DELAY", 0.0)
+    janitor, storage = await make(tmp_path, flush_interval=0.05)
+    (storage.data_dir / "tags").write_bytes(b"")  # a file where a directory must be: lists fail
+    (storage.data_dir / "access").write_bytes(b"")
+    with structlog.testing.capture_logs() as logs:
+        janitor.start()
+        await until(lambda: any(e["event"] == "cache.housekeeping_failed" for e in logs), "log")
+        janitor.last_use.touch("blobs/sha256/aa/x")
+        await until(lambda: janitor._task is not None and not janitor._task.done(), "alive")
+        await janitor.stop()
+    assert janitor.last_sweep is None

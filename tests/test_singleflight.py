@@ -1,0 +1,54 @@
+"""Single-flight through the app: a client that leaves does not cancel the fetch the others wait on.
+
+The shared work runs shielded from its callers (``SingleFlight``): when a client disconnects and
+its handler is cancelled (aiohttp's test server cancels handlers of lost connections, and so does
+a server shutting down), the upstream request it started keeps going for every other client and
+for the cache. Were it cancelled, the others would fail, or the upstream would be asked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import ProxyFactory
+from support.fakehub import FakeHub
+from support.logwatch import watch_logs
+
+from proxy.manifest import MANIFEST_TYPES
+from proxy.routes import SERVICES
+
+ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
+REPO = "library/golang"
+
+
+@pytest.mark.parametrize("by", ["digest", "tag"])
+async def test_a_client_that_leaves_does_not_cancel_the_shared_fetch(
+    fakehub: FakeHub, make_proxy: ProxyFactory, by: str
+) -> None:
+    image = fakehub.add_image(REPO, "1.22")
+    client = await make_proxy(fakehub)
+    path = f"/v2/{REPO}/manifests/{image.digest if by == 'digest' else '1.22'}"
+    # A cold tag is resolved with a HEAD, a digest fetched with a GET: hold whichever comes first.
+    held = fakehub.inject_slow_first_byte(
+        method="GET" if by == "digest" else "HEAD", path_contains="/manifests/", times=1
+    )
+    with watch_logs() as logs:
+        leaving = asyncio.create_task(client.get(path, headers=ACCEPT_ALL))
+        await held.wait_hit()
+        staying = asyncio.create_task(client.get(path, headers=ACCEPT_ALL))
+        leaving.cancel()  # the first client hangs up while the upstream request is held
+        await logs.wait_for(lambda event: event["event"] == "request")  # its handler ended
+        held.release()
+        response = await asyncio.wait_for(staying, 20)
+        assert response.status == 200
+        assert await response.read() == image.manifest
+    # One upstream fetch (a GET; for a tag, the HEAD and the GET it needed) served the client
+    # that stayed and went into the cache: the upstream was not asked again.
+    asked = [(r.method, r.status) for r in fakehub.matching(kind="manifest") if r.status != 401]
+    assert asked == ([("GET", 200)] if by == "digest" else [("HEAD", 200), ("GET", 200)])
+    await client.app[SERVICES].prefetch.wait_idle()  # the image's blobs, prefetched
+    fakehub.reset_counts()
+    again = await client.get(path, headers=ACCEPT_ALL)
+    assert await again.read() == image.manifest
+    assert fakehub.count(server=None) == 0

@@ -1,0 +1,112 @@
+"""The filesystem backend's own guard: a key never leads out of the cache directory.
+
+Keys are checked against the key grammar first (``check_key``: no ``..``, no absolute path);
+behind that, every path is resolved and must stay under its directory. These tests reach that
+second guard alone, with keys the grammar accepts: a symlink planted inside the cache (by
+another process, a restore, an operator) that points out of it is never followed, for reads,
+writes or deletes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from support.storage_data import collect, payload, sha256, write_all
+
+from proxy.storage.base import check_key
+from proxy.storage.filesystem import FilesystemStorage
+
+SECRET = b"outside the cache"
+HEX = "ab" + "0" * 62
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FilesystemStorage]:
+    storage = FilesystemStorage(tmp_path / "cache")
+    await storage.open()
+    yield storage
+    await storage.close()
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / HEX).write_bytes(SECRET)
+    return directory
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def escapes() -> pytest.RaisesExc[ValueError]:
+    return pytest.raises(ValueError, match="escapes the cache directory")
+
+
+async def test_a_symlinked_directory_is_not_followed(
+    store: FilesystemStorage, outside: Path
+) -> None:
+    link = store.data_dir / "blobs" / "sha256" / "ab"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside, target_is_directory=True)
+    key = f"blobs/sha256/ab/{HEX}"
+    assert check_key(key) == key  # the grammar lets it through: only the guard stands
+
+    with escapes():
+        await store.stat(key)
+    with escapes():
+        await store.get(key)
+    with escapes():
+        await collect(store.read(key))
+    with escapes():
+        await store.delete(key)
+    new_key = f"blobs/sha256/ab/{'ab' + '1' * 62}"
+    with escapes():
+        await store.put(new_key, b"written through the link")
+    data = payload(1000)
+    writer = await store.writer(f"blobs/sha256/ab/{sha256(data)}", sha256(data), len(data))
+    await write_all(writer, data)
+    with escapes():
+        await writer.commit()
+    assert names(outside) == [HEX]  # nothing written there, nothing removed
+    assert (outside / HEX).read_bytes() == SECRET
+
+
+async def test_a_symlinked_object_is_not_followed(store: FilesystemStorage, outside: Path) -> None:
+    key = f"manifests/sha256/ab/{HEX}"
+    link = store.data_dir / key
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside / HEX)
+    with escapes():
+        await store.get(key)
+    with escapes():
+        await collect(store.read(key))
+    with escapes():
+        await store.put(key, b"replace it", overwrite=True)
+    assert (outside / HEX).read_bytes() == SECRET
+
+
+async def test_symlinked_metadata_is_not_followed(store: FilesystemStorage, outside: Path) -> None:
+    key = f"manifests/sha256/ab/{HEX}"
+    await store.put(key, b"{}", content_type="application/json")
+    meta = store.meta_dir / key
+    meta.unlink()
+    meta.symlink_to(outside / HEX)
+    with escapes():
+        await store.stat(key)
+    with escapes():
+        await store.put(key, b"{}", content_type="text/plain", overwrite=True)
+    assert (outside / HEX).read_bytes() == SECRET
+
+
+async def test_links_that_stay_inside_the_cache_are_fine(store: FilesystemStorage) -> None:
+    """The guard is about where a path leads, not about links as such."""
+    await store.put(f"blobs/sha256/cd/{HEX}", b"inside")
+    (store.data_dir / "blobs" / "sha256" / "ab").symlink_to(
+        store.data_dir / "blobs" / "sha256" / "cd", target_is_directory=True
+    )
+    found = await store.get(f"blobs/sha256/ab/{HEX}")
+    assert found is not None and found[0] == b"inside"
