@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -15,10 +14,11 @@ from aiohttp.typedefs import Middleware
 from proxy import routes
 from proxy.access import AccessPolicy, access_middleware
 from proxy.cache.spool import spool_location
+from proxy.clientcap import CLIENT_CAP, ClientCap
 from proxy.cloudwatch import emf_reporting
 from proxy.config import Settings
 from proxy.errors import RegistryError
-from proxy.logs import begin_request
+from proxy.logs import begin_request, new_request_id
 from proxy.services import open_services
 from proxy.shutdown import InFlightRequests, drain
 from proxy.storage import Storage, StorageError
@@ -52,10 +52,12 @@ def create_app(
         tokens=settings.auth_tokens,
     )
     requests = InFlightRequests()
+    client_cap = ClientCap(settings.max_clients)
     middlewares: list[Middleware] = [
         requests.middleware,
         access_log_middleware,
         error_middleware,
+        client_cap.middleware(),
     ]
     if policy.enabled:
         middlewares.append(access_middleware(policy))
@@ -87,6 +89,7 @@ def create_app(
             await services.prefetch.close()  # no new downloads now
             await drain(settings.shutdown_grace, services.blobs, requests)
 
+    app[CLIENT_CAP] = client_cap
     app.cleanup_ctx.append(resources)
     if settings.cloudwatch_namespace is not None:
         app.cleanup_ctx.append(
@@ -137,10 +140,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One log line per request, with what the cache and the upstream did for it."""
-    stats = begin_request()
     # Correlate with the load balancer's logs when it sent an id; otherwise make one.
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    structlog.contextvars.bind_contextvars(request_id=request_id[:64])
+    request_id = (request.headers.get("X-Request-Id") or new_request_id())[:64]
+    stats = begin_request(request_id)  # every line logged for this request carries the id
     started = time.perf_counter()
     status = 500
     response: web.StreamResponse | None = None
@@ -156,7 +158,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             raise
         status = CLIENT_CLOSED_REQUEST if request.get(routes.CLIENT_CLOSED) else response.status
         if not response.prepared:
-            response.headers["X-Request-Id"] = request_id[:64]
+            response.headers["X-Request-Id"] = request_id
         return response
     finally:
         api_path = request.get(routes.API_PATH)
@@ -186,7 +188,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             upstream_requests=stats.upstream_requests,
             duration_ms=round(duration * 1000, 1),
             aborted=request.get(routes.ABORTED),
-            request_id=request_id[:64],
+            request_id=request_id,
             remote=request.remote,
         )
 

@@ -103,6 +103,7 @@ class Settings:
     fetch_pieces: int = 4
     fetch_piece_threshold: int = 16 * 1024 * 1024
     client_idle_timeout: float = 75.0
+    max_clients: int = 1024
     allow_cidrs: tuple[Network, ...] = ()
     anonymous_cidrs: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
@@ -355,6 +356,7 @@ ENV_VARS: dict[str, str] = {
     "(default 4)",
     "PROXY_FETCH_PIECE_THRESHOLD": "blobs larger than this are fetched in pieces (default 16MiB)",
     "PROXY_CLIENT_IDLE_TIMEOUT": "seconds an idle keep-alive connection stays open (default 75)",
+    "PROXY_MAX_CLIENTS": "requests served at once; more get 503 with Retry-After (default 1024)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
     "PROXY_CACHE_MAX_SIZE": "largest cache: a size (50GiB), a share of its disk (80%) or off "
     "(default: a directory keeps 10% of its disk free; S3 off)",
@@ -470,6 +472,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         client_idle_timeout=read.get(
             "PROXY_CLIENT_IDLE_TIMEOUT", _positive_seconds, defaults.client_idle_timeout
         ),
+        max_clients=read.get("PROXY_MAX_CLIENTS", _positive_count, defaults.max_clients),
         quota_warn_remaining=read.get(
             "PROXY_QUOTA_WARN_REMAINING", _count, defaults.quota_warn_remaining
         ),

@@ -14,6 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from proxy.activity import Activity
+from proxy.requestmetrics import RequestMetrics
 from proxy.upstream.client import RateLimit
 
 log = structlog.get_logger(__name__)
@@ -43,19 +44,8 @@ class Metrics:
         self.quotas: dict[str, UpstreamQuota] = {}
         self.activity = Activity()
         r = self.registry
-        self.requests = Counter(
-            "registry_proxy_requests", "Client requests", ["route", "method", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "registry_proxy_request_duration_seconds",
-            "Time to answer a client request (whole transfer for blobs)",
-            ["route"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=r,
-        )
-        self.cache = Counter(
-            "registry_proxy_cache", "Cache lookups by result", ["route", "result"], registry=r
-        )
+        # registry_proxy_requests, _request_duration_seconds and _cache: updated per request.
+        self.client_requests = RequestMetrics(r)
         self.bytes_served = Counter(
             "registry_proxy_served_bytes",
             "Blob bytes sent to clients, by where they came from",
@@ -143,11 +133,11 @@ class Metrics:
         reference: str | None,
         warning: str | None,
     ) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(duration)
+        self.client_requests.observe(
+            route, method, status, duration, None if cache == "-" else cache
+        )
         if cache == "-":
             return
-        self.cache.labels(route, cache).inc()
         self.activity.cache_result(cache)
         if route == "manifest" and repository and reference and ":" not in reference:
             self.activity.pulled(repository)  # a pull by tag

@@ -7,6 +7,7 @@ registries send. They never talk to storage or the upstream directly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import structlog
 from aiohttp import web
 
+from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
 from proxy.errors import RegistryError
 from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
@@ -28,6 +30,7 @@ from proxy.reference import (
     parse_range,
     validate_tag,
 )
+from proxy.sendfile import SendfileResponse
 from proxy.services import Services
 from proxy.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.storage import StorageError
@@ -44,10 +47,18 @@ API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
 
+# Clients ask for the same paths over and over, and parsing them (regular expressions, frozen
+# dataclasses) is a measurable part of a warm request. The results are immutable, and only valid
+# input is remembered (a parse error is raised every time, never cached).
+PARSE_MEMO_SIZE = 4096
+_parse_api_path = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_api_path)
+_parse_reference = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Reference.from_url)
+_parse_digest = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Digest.parse)
+
 
 async def api(request: web.Request) -> web.StreamResponse:
     """Every ``/v2/...`` request: dispatch on the parsed path."""
-    path = parse_api_path(request.rel_url.raw_path)
+    path = _parse_api_path(request.rel_url.raw_path)
     request[API_PATH] = path
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
@@ -76,7 +87,7 @@ async def api(request: web.Request) -> web.StreamResponse:
 
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
     client, name = services.resolve(path.name, request.query.get("ns"))
-    reference = Reference.from_url(path.reference)
+    reference = _parse_reference(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         head_found = await services.manifests.head_by_digest(client, name, reference.digest)
@@ -84,17 +95,14 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
         return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)
-    accepted = parse_accept(request.headers.getall("Accept", []))
-    if (
-        reference.tag is not None
-        and accepted is not None
-        and found.media_type not in accepted
-        and found.media_type in INDEX_TYPES
-    ):
-        # A client that cannot read an index gets the linux/amd64 image, as from distribution.
-        platform = default_platform_digest(found.data, accepted)
-        if platform is not None:
-            found = await services.manifests.by_digest(client, name, Digest.parse(platform))
+    if reference.tag is not None and found.media_type in INDEX_TYPES:
+        accepted = parse_accept(request.headers.getall("Accept", []))
+        if accepted is not None and found.media_type not in accepted:
+            # A client that cannot read an index gets the linux/amd64 image, as from
+            # distribution.
+            platform = default_platform_digest(found.data, accepted)
+            if platform is not None:
+                found = await services.manifests.by_digest(client, name, Digest.parse(platform))
     # Otherwise the manifest goes out as stored whatever the Accept header says: a digest names
     # exactly these bytes, and we cannot convert (nor would a 404 help the client). HEAD and GET
     # answer alike.
@@ -147,7 +155,7 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
     client, name = services.resolve(path.name, request.query.get("ns"))
-    digest = Digest.parse(path.reference)
+    digest = _parse_digest(path.reference)
     headers = {
         **API_VERSION,
         "Docker-Content-Digest": str(digest),
@@ -161,6 +169,15 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
         return _headers_only(headers, size)
 
     content = await services.blobs.get(client, name, digest)
+    try:
+        return await _send_blob(request, services, content, headers)
+    finally:
+        content.release()  # the file closed, the blob no longer held from eviction
+
+
+async def _send_blob(
+    request: web.Request, services: Services, content: BlobContent, headers: dict[str, str]
+) -> web.StreamResponse:
     if content.redirect_url is not None:
         # The bytes flow from S3 to the client directly (PROXY_BLOB_REDIRECT).
         return web.Response(status=307, headers={**API_VERSION, "Location": content.redirect_url})
@@ -174,7 +191,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
                 detail=f"blob is {content.size} bytes",
                 headers={"Content-Range": f"bytes */{content.size}"},
             ) from None
-    response = web.StreamResponse(status=206 if byte_range else 200, headers=headers)
+    response = SendfileResponse(status=206 if byte_range else 200, headers=headers)
     if byte_range is not None:
         assert content.size is not None
         response.headers["Content-Range"] = byte_range.content_range(content.size)
@@ -183,12 +200,16 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
     else:
         response.content_length = content.size
         start, end = 0, None
-    sent = 0
     try:
         await response.prepare(request)
-        async for chunk in content.read(start, end):
-            await response.write(chunk)
-            sent += len(chunk)
+        if content.file is not None:
+            # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
+            assert content.size is not None
+            length = content.size - start if end is None else end - start + 1
+            await response.send_file(request, content.file.file, start, length)
+        else:
+            async for chunk in content.read(start, end):
+                await response.write(chunk)
         await response.write_eof()
     except ConnectionError:
         # The client went away: not a server fault. Returning (instead of raising) keeps aiohttp
@@ -198,13 +219,13 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
     except Exception as exc:
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
-        log.warning("blob.stream_aborted", digest=str(digest), reason=str(exc))
+        log.warning("blob.stream_aborted", digest=str(content.digest), reason=str(exc))
         request[ABORTED] = str(exc)
         if request.transport is not None:
             request.transport.abort()
         return response
     finally:
-        services.metrics.served_bytes(content.from_cache, sent)
+        services.metrics.served_bytes(content.from_cache, response.body_length)
     return response
 
 

@@ -33,12 +33,14 @@ def assert_valid_emf(document: dict[str, Any], namespace: str) -> None:
 
 def busy_metrics() -> Metrics:
     metrics = Metrics()
-    metrics.requests.labels("blob", "GET", "200").inc(5)
-    metrics.requests.labels("manifest", "GET", "503").inc(2)
-    metrics.cache.labels("blob", "hit").inc(3)
-    metrics.cache.labels("manifest", "hit").inc(1)
-    metrics.cache.labels("manifest", "stale").inc(1)
-    metrics.cache.labels("blob", "miss").inc(2)
+    for route, status, cache, count in (
+        ("blob", 200, "hit", 3),
+        ("blob", 200, "miss", 2),
+        ("manifest", 503, "hit", 1),
+        ("manifest", 503, "stale", 1),
+    ):
+        for _ in range(count):
+            metrics.observe_request(route, "GET", status, 0.01, cache, None, None, None)
     metrics.bytes_served.labels("cache").inc(1000)
     metrics.bytes_served.labels("upstream").inc(400)
     quota = RateLimit(limit=100, remaining=42, window=21600, source="203.0.113.9")
@@ -79,7 +81,7 @@ def test_counters_are_reported_as_deltas() -> None:
     assert quiet["Requests"] == 0 and quiet["CacheHits"] == 0 and quiet["CountedPulls"] == 0
     assert hub["CountedPulls"] == 0 and hub["QuotaRemaining"] == 42  # a gauge stays
     assert "SpoolDiskUsedPercent" not in quiet  # no spool directory given
-    metrics.cache.labels("blob", "miss").inc()
+    metrics.observe_request("blob", "GET", 200, 0.01, "miss", None, None, None)
     metrics.rate_limit("docker.io", None, counted=True)
     busy, hub, _ = reporter.report()
     assert busy["CacheMisses"] == 1 and busy["CountedPulls"] == 1 and hub["CountedPulls"] == 1

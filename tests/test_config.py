@@ -34,6 +34,7 @@ def test_values_are_parsed() -> None:
             "PROXY_LOG_FORMAT": "JSON",
             "PROXY_TAG_TTL": "0",
             "PROXY_MAX_MANIFEST_SIZE": "1MiB",
+            "PROXY_MAX_CLIENTS": "200",
             "PROXY_PREFETCH": "false",
             "PROXY_FETCH_PIECES": "8",
             "PROXY_FETCH_PIECE_THRESHOLD": "32m",
@@ -47,6 +48,7 @@ def test_values_are_parsed() -> None:
     assert settings.log_format == "json"
     assert settings.tag_ttl == 0
     assert settings.max_manifest_bytes == 1024 * 1024
+    assert settings.max_clients == 200
     assert "dckr_pat_secret" not in repr(settings)
 
 
@@ -93,6 +95,7 @@ def test_production_settings_are_parsed() -> None:
         ({"PROXY_UPSTREAM_USERNAME": "u"}, "PROXY_UPSTREAM_PASSWORD", "access token"),
         ({"PROXY_UPSTREAM_PASSWORD": "p"}, "PROXY_UPSTREAM_USERNAME", "required"),
         ({"PROXY_MAX_MANIFEST_SIZE": "big"}, "PROXY_MAX_MANIFEST_SIZE", "4MiB"),
+        ({"PROXY_MAX_CLIENTS": "0"}, "PROXY_MAX_CLIENTS", ">= 1"),
         ({"PROXY_PREFETCH": "sometimes"}, "PROXY_PREFETCH", "true or false"),
         ({"PROXY_FETCH_PIECES": "0"}, "PROXY_FETCH_PIECES", "1 (no pieces) to 16"),
         ({"PROXY_FETCH_PIECES": "17"}, "PROXY_FETCH_PIECES", "1 (no pieces) to 16"),

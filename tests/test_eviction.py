@@ -129,10 +129,13 @@ class GatedStorage(FilesystemStorage):
 async def test_eviction_racing_eight_downloads(
     fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    data = random.Random(8).randbytes(3 * 1024 * KiB)
+    # Larger than what loopback's socket buffers hold: the server is still sending (sendfile)
+    # while each client has read only its first 64 KiB.
+    data = random.Random(8).randbytes(32 * 1024 * KiB)
     digest = fakehub.add_blob(data, repo="library/golang")
     storage = GatedStorage(tmp_path / "gated")
-    client = await make_proxy(fakehub, storage_backend=storage)
+    # One request per download (no Range pieces), so "one upstream download" is one CDN GET.
+    client = await make_proxy(fakehub, storage_backend=storage, fetch_pieces=1)
     services = client.app[SERVICES]
     housekeeper = services.janitor.housekeeper
     pins = housekeeper.pins

@@ -526,6 +526,86 @@ async def test_slow_reader_outlives_the_read_timeout(
         await storage.close()
 
 
+async def test_reads_go_in_ranged_parts(
+    moto_endpoint: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = S3Storage(bucket, "", endpoint_url=moto_endpoint.endpoint_url, read_part_size=MiB)
+    await storage.open()
+    try:
+        data = payload(3 * MiB + 5)
+        await storage.put("blobs/parts", data)
+        ranges: list[str] = []
+        get_object = storage.client.get_object
+
+        async def spy(**params: Any) -> Any:
+            ranges.append(params["Range"])
+            return await get_object(**params)
+
+        monkeypatch.setattr(storage.client, "get_object", spy)
+        assert await collect(storage.read("blobs/parts")) == data
+        # The first part tells the size: the last one is cut at the last byte.
+        assert ranges == [f"bytes={n * MiB}-{min((n + 1) * MiB, len(data)) - 1}" for n in range(4)]
+        ranges.clear()
+        assert (
+            await collect(storage.read("blobs/parts", 1000, 2 * MiB + 9))
+            == data[1000 : 2 * MiB + 10]
+        )
+        assert ranges == [
+            f"bytes=1000-{MiB + 999}",
+            f"bytes={MiB + 1000}-{2 * MiB + 9}",
+        ]
+        ranges.clear()
+        assert await collect(storage.read("blobs/parts", len(data))) == b""  # past the end
+        assert await collect(storage.read("blobs/parts", len(data) - 1)) == data[-1:]
+    finally:
+        await storage.close()
+
+
+async def test_a_read_that_breaks_off_resumes_where_it_stopped(
+    moto_endpoint: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost mid-part costs a new ranged request, not the client's transfer."""
+    storage = S3Storage(bucket, "", endpoint_url=moto_endpoint.endpoint_url, read_part_size=MiB)
+    await storage.open()
+    try:
+        data = payload(2 * MiB)
+        await storage.put("blobs/breaks", data)
+        ranges: list[str] = []
+        get_object = storage.client.get_object
+        broken = False
+
+        async def break_the_first_body(**params: Any) -> Any:
+            nonlocal broken
+            ranges.append(params["Range"])
+            response = await get_object(**params)
+            if not broken:
+                broken = True
+                body = response["Body"]
+                first = await body.read(1000)  # then the connection drops
+                body.close()
+
+                class Broken:
+                    given = False
+
+                    async def read(self, size: int) -> bytes:
+                        if not self.given:
+                            self.given = True
+                            return bytes(first)
+                        raise aiohttp.ClientPayloadError("connection reset")
+
+                    def close(self) -> None:
+                        pass
+
+                response["Body"] = Broken()
+            return response
+
+        monkeypatch.setattr(storage.client, "get_object", break_the_first_body)
+        assert await collect(storage.read("blobs/breaks")) == data
+        assert ranges[:2] == [f"bytes=0-{MiB - 1}", f"bytes=1000-{MiB - 1}"]
+    finally:
+        await storage.close()
+
+
 # -- presigned URLs -----------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cachetools
@@ -43,6 +43,7 @@ from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
+from proxy.storage.localfile import LocalFile
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.errors import UpstreamError
 
@@ -51,10 +52,19 @@ log = structlog.get_logger(__name__)
 
 @dataclass(slots=True, weakref_slot=True)
 class BlobContent:
-    """A blob ready to be sent: its size and a way to stream any byte range of it.
+    """A blob ready to be sent, its source settled before any byte of the response goes out.
 
-    Whatever it holds for its reader (a cached blob kept from eviction, a place in a download)
-    is let go when it is garbage: the route has nothing to release.
+    - ``read(start, end)`` streams any byte range (``end`` inclusive, None: to the end): the
+      cached object, or the shared upstream download (``from_cache`` False).
+    - ``file``: a blob cached on local disk, opened to be sent with sendfile. It was opened
+      before the response started and stays readable for as long as the content lives,
+      whatever happens to the cache entry meanwhile (an eviction unlinks the name; this
+      descriptor keeps the bytes).
+    - ``redirect_url``: a presigned URL the client fetches the bytes from itself.
+
+    Whatever it holds for its reader (an open file, a cached blob kept from eviction, a place in
+    a download) is let go by ``release()`` (the route calls it when its response is over), or at
+    the latest when the content is garbage.
     """
 
     digest: Digest
@@ -62,6 +72,17 @@ class BlobContent:
     read: Callable[[int, int | None], AsyncIterator[bytes]]
     from_cache: bool
     redirect_url: str | None = None
+    file: LocalFile | None = None
+    _releases: list[weakref.finalize[[], object]] = field(default_factory=list, repr=False)
+
+    def hold_until_released(self, release: Callable[[], object]) -> None:
+        """Run ``release`` once: on ``release()``, or when the content is garbage."""
+        self._releases.append(weakref.finalize(self, release))
+
+    def release(self) -> None:
+        """Let go of what the content holds (each release runs once, in reverse order)."""
+        for finalizer in reversed(self._releases):
+            finalizer()
 
 
 class BlobObserver(PieceObserver, Protocol):
@@ -142,18 +163,18 @@ class BlobCache:
         fetch = self._joinable(digest)
         if fetch is None:
             release = await self._usage.hold(digest)
-            size = await self._stat(digest)
-            if size is not None:
-                try:
+            try:
+                content = await self._from_cache(digest)
+                if content is not None:
                     await self._admit(client, name, digest)
                     mark_cache("hit")
                     self._usage.served(digest)
                     self._client_wants(digest, None)
-                    content = await self._cached(digest, size)
-                except BaseException:
-                    release()
-                    raise
-                weakref.finalize(content, release)
+            except BaseException:
+                release()
+                raise
+            if content is not None:
+                content.hold_until_released(release)
                 return content
             release()
             fetch = self._joinable(digest) or self._start(client, name, digest)
@@ -176,7 +197,7 @@ class BlobCache:
             reader.close()
             raise
         content = BlobContent(digest, size, reader.read, False)
-        weakref.finalize(content, reader.close)
+        content.hold_until_released(reader.close)
         return content
 
     async def prefetch(
@@ -227,6 +248,19 @@ class BlobCache:
             lambda: client.head_blob(name, digest),
             not_found_code="BLOB_UNKNOWN",
         )
+
+    async def _from_cache(self, digest: Digest) -> BlobContent | None:
+        """The cached blob, or None. On local disk it comes as an open file (for sendfile):
+        opening it is the lookup, so nothing can remove it between finding it and sending it."""
+        key = blob_key(digest)
+        if self._redirect_expires is None:  # (with redirects on, a hit answers with a URL)
+            local = await self._storage.open_local(key)
+            if local is not None:
+                content = BlobContent(digest, local.size, local.read, True, file=local)
+                content.hold_until_released(local.close)
+                return content
+        size = await self._stat(digest)
+        return None if size is None else await self._cached(digest, size)
 
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)

@@ -10,6 +10,8 @@ Semantics every backend keeps (the conformance suite in tests/test_storage.py ch
 - ``put()`` stores a small object whole (manifests, tag records); ``overwrite=False`` keeps an
   existing object (content-addressed keys), ``overwrite=True`` replaces it (tag records).
 - ``read()`` streams a byte range of an object; ``stat()`` tells its size and content type.
+- ``open_local()`` opens an object kept on local disk (a ``LocalFile``, for sendfile); backends
+  without local files answer None and are read with ``read()``.
 - ``list_objects()`` walks the objects under a prefix with their size and the wall-clock time
   they were last written (for housekeeping: the sweep, eviction, ``registry-proxy cache``);
   ``delete()`` and ``delete_many()`` remove objects and are no-ops for keys that hold nothing.
@@ -31,6 +33,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+from proxy.storage.localfile import LocalFile
 
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
@@ -219,4 +223,12 @@ class Storage(ABC):
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         """A URL the client can fetch the object from directly, where the backend has one."""
+        return None
+
+    async def open_local(self, key: str) -> LocalFile | None:
+        """The object opened on local disk, or None: absent, or this backend has no local files.
+
+        The caller closes it. It reads the bytes the object had when opened, whatever happens to
+        the key afterwards (see ``proxy.storage.localfile``).
+        """
         return None

@@ -3,7 +3,7 @@
 The caches talk to storage only through ``FailSafeStorage``. It turns every backend failure into
 the answer that lets the pull go on from the upstream:
 
-    stat / get              a miss (None)
+    stat / get / open_local a miss (None)
     put                     "not stored" (False)
     writer                  a writer that only verifies (``DiscardingWriter``); one that fails
                             mid-stream carries on verifying without storing (``FailSafeWriter``)
@@ -46,6 +46,7 @@ from proxy.storage.base import (
     StorageError,
     StorageFull,
 )
+from proxy.storage.localfile import LocalFile
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +151,9 @@ class FailSafeStorage:
 
     async def get(self, key: str) -> tuple[bytes, ObjectInfo] | None:
         return await self._call("get", lambda: self.inner.get(key), None)
+
+    async def open_local(self, key: str) -> LocalFile | None:
+        return await self._call("open_local", lambda: self.inner.open_local(key), None)
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         return await self._call(

@@ -8,6 +8,8 @@ Layout under the root:
 
 Commit is ``os.link`` of the finished temporary file to its final name: atomic, and it fails
 instead of replacing when another writer got there first (same digest, so the same bytes).
+Nothing ever writes into a file under ``data/`` in place (``overwrite`` renames a new file over
+the name), so a descriptor ``open_local()`` returned keeps reading complete, unchanged bytes.
 File I/O runs in worker threads so a slow disk never stalls the event loop.
 """
 
@@ -34,6 +36,7 @@ from proxy.storage.base import (
     StorageFull,
     check_key,
 )
+from proxy.storage.localfile import LocalFile
 from proxy.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
@@ -113,6 +116,16 @@ class FilesystemStorage(Storage):
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
+
+    async def open_local(self, key: str) -> LocalFile | None:
+        # One worker-thread hop opens the file and learns its size (no separate stat).
+        try:
+            return await self._io(self._open_local, key)
+        except FileNotFoundError:
+            return None
+
+    def _open_local(self, key: str) -> LocalFile:
+        return LocalFile.open(self._path(self.data_dir, key))
 
     async def get(self, key: str) -> tuple[bytes, ObjectInfo] | None:
         return await self._io(self._get, key)

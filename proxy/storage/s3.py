@@ -35,8 +35,13 @@ client's own request rate after throttling). Timeouts are ``connect_timeout`` an
 (between two reads of a response, not the whole transfer). What still fails after the retries, and
 every other S3 error, is raised as ``StorageError`` naming the operation, the object and S3's error
 code, except "no such key", which is ``None`` from ``stat()`` and ``get()`` and ``ObjectNotFound``
-from ``read()``. A body that breaks off while streaming is not retried (its first bytes already went
-to the client): it raises ``StorageError``.
+from ``read()``.
+
+``read()`` asks for the range in ranged GetObjects of ``read_part_size`` (128 MiB by default), the
+next one requested before the current one ends; a body that breaks off is asked for again from
+the first byte not yet passed on (twice in a row at most, then ``StorageError``), and a reader
+whose consumer stops reading gives its connections back after ``release_after`` seconds. See
+``proxy.storage.parts``.
 
 S3 stores ``binary/octet-stream`` as the content type of an object written without one; ``stat()``
 reports that as ``None``, the same as the filesystem backend.
@@ -48,14 +53,16 @@ import asyncio
 import contextlib
 import io
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from proxy.storage import parts
 from proxy.storage.base import (
     BlobWriter,
     ListedObject,
@@ -65,6 +72,7 @@ from proxy.storage.base import (
     StorageError,
     check_key,
 )
+from proxy.storage.parts import OpenPart, read_parts
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +82,6 @@ MIN_PART_SIZE = 5 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 #: S3's largest part number: a writer that knows the blob size raises its part size to fit.
 MAX_PARTS = 10_000
-READ_CHUNK = 256 * 1024
 #: Keys per ListObjectsV2 request (S3's maximum).
 LIST_PAGE_SIZE = 1000
 #: Keys per DeleteObjects request (S3's maximum).
@@ -124,6 +131,8 @@ class S3Storage(Storage):
         read_timeout: float = 30.0,
         max_pool_connections: int = 64,
         path_style: bool | None = None,
+        read_part_size: int = parts.DEFAULT_PART_SIZE,
+        release_after: float = parts.DEFAULT_RELEASE_AFTER,
     ) -> None:
         """``path_style`` None means path-style addressing with a custom ``endpoint_url`` (what
         S3-compatible servers expect) and the AWS default otherwise."""
@@ -142,6 +151,8 @@ class S3Storage(Storage):
         self.read_timeout = read_timeout
         self.max_pool_connections = max_pool_connections
         self.path_style = endpoint_url is not None if path_style is None else path_style
+        self.read_part_size = read_part_size
+        self.release_after = release_after
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -274,37 +285,41 @@ class S3Storage(Storage):
         return data, ObjectInfo(len(data), info.content_type)
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        name = self.object_key(key)
+        """The range as ranged GetObjects of ``read_part_size`` (see ``proxy.storage.parts``)."""
         if start < 0:
             raise ValueError(f"negative read offset: {start}")
         if end is not None and end < start:
             return
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
-        if start or end is not None:
-            params["Range"] = f"bytes={start}-{'' if end is None else end}"
-        try:
-            response = await self.client.get_object(**params)
-        except ClientError as exc:
-            code = error_code(exc)
-            if code in NOT_FOUND_CODES:
-                raise ObjectNotFound(key) from None
-            if code == "InvalidRange":
-                return  # the range starts at or past the end: nothing to send (as a file would)
-            raise self._error("GetObject", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._error("GetObject", key, exc) from exc
-        body = response["Body"]
-        try:
-            while True:
-                try:
-                    chunk: bytes = await body.read(READ_CHUNK)
-                except _S3Error as exc:
-                    raise self._error("GetObject (body)", key, exc) from exc
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            body.close()
+        name = self.object_key(key)
+
+        async def open_part(first: int, last: int) -> OpenPart | None:
+            try:
+                response = await self.client.get_object(
+                    Bucket=self.bucket, Key=name, Range=f"bytes={first}-{last}"
+                )
+            except ClientError as exc:
+                code = error_code(exc)
+                if code in NOT_FOUND_CODES:
+                    raise ObjectNotFound(key) from None
+                if code == "InvalidRange":
+                    return None  # starts at or past the end: nothing to send (as a file would)
+                raise self._error("GetObject", key, exc) from exc
+            except BotoCoreError as exc:
+                raise self._error("GetObject", key, exc) from exc
+            body = _PartBody(
+                response["Body"], lambda exc: self._error("GetObject (body)", key, exc)
+            )
+            last, total = _part_bounds(response, first)
+            return OpenPart(body, first, last, total)
+
+        async for chunk in read_parts(
+            open_part,
+            start,
+            end,
+            part_size=self.read_part_size,
+            release_after=self.release_after,
+        ):
+            yield chunk
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -407,6 +422,37 @@ class S3Storage(Storage):
         except _S3Error as exc:
             raise self._error("presign GetObject", key, exc) from exc
         return url
+
+
+class _PartBody:
+    """A GetObject body whose failures are StorageErrors (which ``read_parts`` resumes from)."""
+
+    def __init__(self, stream: Any, error: Callable[[BaseException], StorageError]) -> None:
+        self._stream = stream
+        self._error = error
+
+    async def read(self, size: int) -> bytes:
+        try:
+            chunk: bytes = await self._stream.read(size)
+        except (*_S3Error, aiohttp.ClientError, OSError) as exc:
+            raise self._error(exc) from exc
+        return chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _part_bounds(response: dict[str, Any], first: int) -> tuple[int, int]:
+    """(last byte, object size) of a ranged GetObject response."""
+    content_range = response.get("ContentRange")
+    if content_range:  # "bytes FIRST-LAST/TOTAL"
+        span, _, total = str(content_range).removeprefix("bytes ").partition("/")
+        return int(span.partition("-")[2]), int(total)
+    # No Content-Range: the server sent the whole object (as S3 does for an empty one).
+    size = int(response["ContentLength"])
+    if first != 0:
+        raise StorageError(f"S3 ignored the Range of a read from byte {first}")
+    return size - 1, size
 
 
 def _info(response: dict[str, Any]) -> ObjectInfo:

@@ -1,0 +1,60 @@
+"""The cap on clients served at once (``PROXY_MAX_CLIENTS``): beyond it, a clean 503.
+
+A client costs the proxy while its request is in progress: a blob transfer holds a socket, an open
+file or a storage stream, and up to a chunk of buffered bytes until the client has read it, which
+a client that stopped reading never does. Counting requests in progress bounds that, whoever the
+clients are (behind a load balancer, connections are shared and say little). A request beyond the
+cap gets ``503 UNAVAILABLE`` with ``Retry-After`` at once, which registry clients retry, instead of
+a stall or an out-of-memory kill that would end every transfer of the task.
+
+Idle keep-alive connections are not counted: they hold no buffers, and close after
+``PROXY_CLIENT_IDLE_TIMEOUT``. Health, readiness and metrics requests are never refused, so a
+busy instance is not mistaken for a dead one and restarted, dropping every transfer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from proxy.errors import RegistryError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Cheap and needed most when the instance is busy.
+ALWAYS_SERVED = frozenset({"/healthz", "/healthz/local", "/readyz", "/metrics", "/status"})
+RETRY_AFTER_SECONDS = "1"
+
+
+class ClientCap:
+    """Counts requests in progress and refuses those beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the client cap must be at least 1")
+        self.limit = limit
+        self.active = 0
+        self.refused = 0
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if self.active >= self.limit and request.path not in ALWAYS_SERVED:
+                self.refused += 1
+                raise RegistryError(
+                    "UNAVAILABLE",
+                    detail=f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
+                )
+            self.active += 1
+            try:
+                return await handler(request)
+            finally:
+                self.active -= 1
+
+        return client_cap
+
+
+CLIENT_CAP: web.AppKey[ClientCap] = web.AppKey("client_cap", ClientCap)
