@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import IO
 
 import pytest
 from support.cache_scan import ScanReport, scan_directory, scan_s3
-from support.distribution import MANIFEST_ACCEPT, Distribution
+from support.distribution import Distribution
 from support.moto import CREDENTIALS, MotoServer, unique_bucket_name
 from support.oci_image import (
     PushedImage,
@@ -33,7 +31,6 @@ from support.oci_image import (
     push_image,
     verify_dir_copy,
 )
-from support.proxy_process import ProxyProcess
 from support.token_server import TokenServer
 
 from e2e.conftest import HUB_PASSWORD, HUB_USER, ProxyFactory
@@ -280,18 +277,6 @@ def test_sigkill_during_concurrent_cold_pulls_then_restart(
 # --- upstream faults ------------------------------------------------------------------------------
 
 
-def proxy_head(proxy: ProxyProcess, path: str) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(
-        proxy.url + path, method="HEAD", headers={"Accept": MANIFEST_ACCEPT}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as error:
-        with error:
-            return int(error.code), {k.lower(): v for k, v in error.headers.items()}
-
-
 def timed_pull(skopeo: Skopeo, reference: str, out: Path) -> tuple[int, str, float]:
     started = time.monotonic()
     result = skopeo.run(*skopeo.copy_args_to_dir(reference, out), timeout=120, check=False)
@@ -340,7 +325,7 @@ def test_upstream_down_cached_tag_pulls_uncached_fails_fast(
         assert code == 0, output
         verify_dir_copy(tmp_path / "stale", cached)
         assert elapsed < QUICK_FAILURE, f"a stale pull took {elapsed:.1f} s"
-        status, headers = proxy_head(proxy, "/v2/library/golang/manifests/oci")
+        status, headers = proxy.head("/v2/library/golang/manifests/oci")
         assert status == 200
         assert headers["docker-content-digest"] == cached.index_digest
         assert "warning" in headers and "upstream" in headers["warning"]
@@ -351,7 +336,7 @@ def test_upstream_down_cached_tag_pulls_uncached_fails_fast(
         )
         assert code != 0, output
         assert elapsed < QUICK_FAILURE, f"the failing pull took {elapsed:.1f} s: {output}"
-        status, _ = proxy_head(proxy, "/v2/library/golang/manifests/v2s2")
+        status, _ = proxy.head("/v2/library/golang/manifests/v2s2")
         assert status == 503
 
     # The upstream is back: the uncached tag pulls again, the proxy needed no restart.

@@ -6,8 +6,6 @@ it keeps serving the last digest it knew, with a Warning, and the whole image st
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,26 +26,10 @@ from .conftest import HUB_PASSWORD, HUB_USER, ProxyFactory
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("e2e_binaries")]
 
 REPOSITORY = "library/removed"
-ACCEPT = ", ".join(
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
-)
 
 
 def head_tag(proxy: ProxyProcess, tag: str) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(
-        f"{proxy.url}/v2/{REPOSITORY}/manifests/{tag}", method="HEAD", headers={"Accept": ACCEPT}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as error:
-        with error:
-            return int(error.code), {k.lower(): v for k, v in error.headers.items()}
+    return proxy.head(f"/v2/{REPOSITORY}/manifests/{tag}")
 
 
 def push_and_pull(

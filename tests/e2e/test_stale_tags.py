@@ -9,8 +9,6 @@ manifests and blobs it holds, with a Warning; when the quota comes back the tag 
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,28 +22,10 @@ from .conftest import HUB_PASSWORD, HUB_USER, ProxyFactory
 pytestmark = pytest.mark.e2e
 
 REPOSITORY = "library/moving"
-MANIFEST_ACCEPT = ", ".join(
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
-)
 
 
 def head_tag(proxy: ProxyProcess, tag: str) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(
-        f"{proxy.url}/v2/{REPOSITORY}/manifests/{tag}",
-        method="HEAD",
-        headers={"Accept": MANIFEST_ACCEPT},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as error:
-        with error:
-            return int(error.code), {k.lower(): v for k, v in error.headers.items()}
+    return proxy.head(f"/v2/{REPOSITORY}/manifests/{tag}")
 
 
 def push(skopeo: Skopeo, upstream: Distribution, tmp_path: Path, seed: int) -> PushedImage:

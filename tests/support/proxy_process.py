@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from support.binaries import free_port
+from support.distribution import MANIFEST_ACCEPT
 from support.managed_process import ManagedProcess
 
 
@@ -111,6 +112,18 @@ class ProxyProcess(ManagedProcess):
             return err.code
         except OSError:
             return None
+
+    def head(self, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str]]:
+        """Status and (lower-cased) headers of ``HEAD path``, accepting every manifest type."""
+        request = urllib.request.Request(
+            self.url + path, method="HEAD", headers={"Accept": MANIFEST_ACCEPT}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return int(response.status), {k.lower(): v for k, v in response.headers.items()}
+        except urllib.error.HTTPError as error:
+            with error:
+                return int(error.code), {k.lower(): v for k, v in error.headers.items()}
 
     def log_tail(self, lines: int = 60) -> str:
         return super().log_tail(lines)
