@@ -22,6 +22,7 @@ from proxy.errors import RegistryError
 from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.reference import (
     ApiPath,
+    ByteRange,
     Digest,
     Endpoint,
     RangeNotSatisfiable,
@@ -191,6 +192,8 @@ async def _send_blob(
                 detail=f"blob is {content.size} bytes",
                 headers={"Content-Range": f"bytes */{content.size}"},
             ) from None
+    if content.data is not None:
+        return _small_blob_response(services, content.data, byte_range, headers)
     response = SendfileResponse(status=206 if byte_range else 200, headers=headers)
     if byte_range is not None:
         assert content.size is not None
@@ -202,7 +205,7 @@ async def _send_blob(
         start, end = 0, None
     try:
         await response.prepare(request)
-        if content.file is not None:
+        if content.file is not None and content.file.file is not None:
             # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
             assert content.size is not None
             length = content.size - start if end is None else end - start + 1
@@ -227,6 +230,19 @@ async def _send_blob(
     finally:
         services.metrics.served_bytes(content.from_cache, response.body_length)
     return response
+
+
+def _small_blob_response(
+    services: Services, data: bytes, byte_range: ByteRange | None, headers: dict[str, str]
+) -> web.Response:
+    """A small cached blob, read whole at lookup: headers and body go out in one write."""
+    if byte_range is None:
+        body = data
+    else:
+        body = data[byte_range.start : byte_range.end + 1]
+        headers = {**headers, "Content-Range": byte_range.content_range(len(data))}
+    services.metrics.served_bytes(True, len(body))
+    return web.Response(status=206 if byte_range else 200, headers=headers, body=body)
 
 
 async def tags_list(request: web.Request, services: Services, path: ApiPath) -> web.Response:

@@ -43,7 +43,7 @@ from proxy.cache.usage import BlobUsage
 from proxy.logs import mark_cache
 from proxy.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
-from proxy.storage.localfile import LocalFile
+from proxy.storage.localfile import READ_WHOLE_UP_TO, LocalFile
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.errors import UpstreamError
 
@@ -61,6 +61,7 @@ class BlobContent:
       whatever happens to the cache entry meanwhile (an eviction unlinks the name; this
       descriptor keeps the bytes).
     - ``redirect_url``: a presigned URL the client fetches the bytes from itself.
+    - ``data``: a small cached blob's bytes (up to ``SMALL_BLOB``), sent in one write.
 
     Whatever it holds for its reader (an open file, a cached blob kept from eviction, a place in
     a download) is let go by ``release()`` (the route calls it when its response is over), or at
@@ -73,6 +74,7 @@ class BlobContent:
     from_cache: bool
     redirect_url: str | None = None
     file: LocalFile | None = None
+    data: bytes | None = None
     _releases: list[weakref.finalize[[], object]] = field(default_factory=list, repr=False)
 
     def hold_until_released(self, release: Callable[[], object]) -> None:
@@ -93,6 +95,10 @@ class BlobObserver(PieceObserver, Protocol):
 
 # Prefetched blobs remembered until a client asks for them (to count prefetch hits).
 PREFETCHED_MEMORY = 10_000
+# Small blobs (image configs above all: one per pull) are kept in memory, like manifests: a hit
+# then costs no storage round trip (a worker-thread hop, or an S3 GET) and goes out in one write.
+SMALL_BLOB = READ_WHOLE_UP_TO
+SMALL_BLOBS_MEMORY = 32 * 1024 * 1024
 
 
 class BlobCache:
@@ -123,6 +129,9 @@ class BlobCache:
         # Extra connections for pieces, beyond the one per fetch slot: a quarter more.
         self._piece_budget = PieceBudget(max(1, max_fetches // 4))
         self._observer = observer
+        self._small: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(
+            SMALL_BLOBS_MEMORY, getsizeof=len
+        )
         # Digests a prefetch brought in that no client has asked for yet.
         self._prefetched: cachetools.LRUCache[str, bool] = cachetools.LRUCache(PREFETCHED_MEMORY)
 
@@ -144,7 +153,8 @@ class BlobCache:
 
     async def stat(self, client: RegistryClient, name: str, digest: Digest) -> int | None:
         """The blob's size for a HEAD, without downloading it (the upstream's HEAD is free)."""
-        info = await self._stat(digest)
+        small = self._small.get(digest.hex)
+        info = len(small) if small is not None else await self._stat(digest)
         if info is not None:
             await self._admit(client, name, digest)
             mark_cache("hit")
@@ -251,16 +261,47 @@ class BlobCache:
 
     async def _from_cache(self, digest: Digest) -> BlobContent | None:
         """The cached blob, or None. On local disk it comes as an open file (for sendfile):
-        opening it is the lookup, so nothing can remove it between finding it and sending it."""
+        opening it is the lookup, so nothing can remove it between finding it and sending it.
+        A small blob comes as its bytes, from memory after the first time."""
+        if self._redirect_expires is not None:  # a hit answers with a URL
+            size = await self._stat(digest)
+            return None if size is None else await self._cached(digest, size)
+        data = self._small.get(digest.hex)
+        if data is not None:
+            return self._small_content(digest, data)
         key = blob_key(digest)
-        if self._redirect_expires is None:  # (with redirects on, a hit answers with a URL)
-            local = await self._storage.open_local(key)
-            if local is not None:
-                content = BlobContent(digest, local.size, local.read, True, file=local)
-                content.hold_until_released(local.close)
-                return content
+        local = await self._storage.open_local(key)
+        if local is not None:
+            if local.data is not None:
+                return await self._remember_small(digest, local.data)
+            content = BlobContent(digest, local.size, local.read, True, file=local)
+            content.hold_until_released(local.close)
+            return content
         size = await self._stat(digest)
-        return None if size is None else await self._cached(digest, size)
+        if size is None:
+            return None
+        if size <= SMALL_BLOB:
+            found = await self._storage.get(key)
+            if found is not None:
+                return await self._remember_small(digest, found[0])
+        return await self._cached(digest, size)
+
+    async def _remember_small(self, digest: Digest, data: bytes) -> BlobContent | None:
+        """Keep a small blob's bytes in memory, once they proved to be what their name says
+        (hashing 64 KiB is cheap, and a blob in memory is served many times unchecked)."""
+        if Digest.of(data) != digest:
+            log.error("blob.corrupt", digest=str(digest), note="removed; fetched again")
+            await self._storage.delete(blob_key(digest))
+            return None
+        self._small[digest.hex] = data
+        return self._small_content(digest, data)
+
+    @staticmethod
+    def _small_content(digest: Digest, data: bytes) -> BlobContent:
+        async def read(start: int, end: int | None) -> AsyncIterator[bytes]:
+            yield data[start : None if end is None else end + 1]
+
+        return BlobContent(digest, len(data), read, True, data=data)
 
     async def _cached(self, digest: Digest, size: int) -> BlobContent:
         key = blob_key(digest)

@@ -14,28 +14,40 @@ import os
 from collections.abc import AsyncIterator
 
 READ_CHUNK = 256 * 1024
+# Objects up to this size are read whole when opened (in the same worker-thread hop) and the
+# file closed at once: for a small blob (an image config, a small layer) one write of headers
+# and body costs far less than sendfile, which registers the socket with the event loop and
+# makes a system call of its own per response.
+READ_WHOLE_UP_TO = 64 * 1024
 
 
 class LocalFile:
     """An open, read-only cached object: its size, and its bytes until ``close()``.
 
     ``file`` is an unbuffered binary file object (what ``loop.sendfile`` wants). Its position is
-    not meaningful to readers: ``read()`` uses ``pread`` and sendfile takes explicit offsets.
+    not meaningful to readers: ``read()`` uses ``pread`` and sendfile takes explicit offsets. A
+    small object comes as ``data`` instead (``file`` is None): its bytes, read when opened.
     """
 
-    def __init__(self, file: io.FileIO, size: int) -> None:
+    def __init__(self, file: io.FileIO | None, size: int, data: bytes | None = None) -> None:
         self.file = file
         self.size = size
+        self.data = data
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LocalFile:
         """Open ``path`` (blocking: call it from a worker thread). FileNotFoundError if absent."""
         file = io.FileIO(path, "r")
         try:
-            return cls(file, os.fstat(file.fileno()).st_size)
+            size = os.fstat(file.fileno()).st_size
+            if size > READ_WHOLE_UP_TO:
+                return cls(file, size)
+            data = file.readall()
         except BaseException:
             file.close()
             raise
+        file.close()
+        return cls(None, len(data), data)
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (inclusive; None: to the end), read in a worker thread.
@@ -44,6 +56,11 @@ class LocalFile:
         """
         position = start
         stop = self.size if end is None else min(end + 1, self.size)
+        if self.data is not None:
+            if position < stop:
+                yield self.data[position:stop]
+            return
+        assert self.file is not None
         while position < stop:
             chunk = await asyncio.to_thread(
                 os.pread, self.file.fileno(), min(READ_CHUNK, stop - position), position
@@ -54,4 +71,5 @@ class LocalFile:
             yield chunk
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
