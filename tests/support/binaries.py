@@ -26,6 +26,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "skopeo": "skopeo",
     "busybox": "busybox-static",
     "htpasswd": "apache2-utils",
+    "ab": "apache2-utils",
+    "curl": "curl",
     "jq": "jq",
     "containerd": "containerd",
     "ctr": "containerd",
