@@ -174,8 +174,10 @@ async def test_verify_removes_a_corrupt_blob_and_a_corrupt_manifest(
     status, text = await cache_command(settings, "verify")
     assert status == 0 and "0 removed" in text
 
-    # The proxy fetches both again (good bytes), from memory or the upstream.
+    # The proxy fetches both again (good bytes) from the upstream once its memory lets go of
+    # them (manifests and small blobs are kept in memory too, verified).
     client.app[SERVICES].manifests._manifests.clear()
+    client.app[SERVICES].blobs._small.clear()
     await pull(client, "library/golang", "1.22")
     assert blob.exists()
 

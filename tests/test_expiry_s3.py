@@ -125,10 +125,12 @@ async def test_hits_through_one_instance_keep_an_image_another_would_expire(
     assert uses[manifest_key(Digest.parse(kept.digest))] == start + 20 * DAY
     assert manifest_key(Digest.parse(unused.digest)) not in uses
 
-    # The expired image is fetched again on demand (its tag record is gone too).
+    # The expired image is fetched again on demand (its tag record is gone too), once the
+    # instances' memory lets go of it (manifests and small blobs such as configs are kept there).
     for client in (a, b):
         client.app[SERVICES].manifests._tags.clear()
         client.app[SERVICES].manifests._manifests.clear()
+        client.app[SERVICES].blobs._small.clear()
     fakehub.reset_counts()
     await pull(a, unused)
     assert fakehub.manifest_gets("library/unused") == 1

@@ -42,7 +42,9 @@ async def test_low_quota_is_logged(fakehub: FakeHub, make_proxy: ProxyFactory) -
 
 async def test_prometheus_metrics(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     image = fakehub.add_image("library/golang", "a")
-    client = await make_proxy(fakehub)
+    # Without prefetch, so the miss and the hit below are the client's own (and no fetch of the
+    # image's config is still in flight when the gauge is read).
+    client = await make_proxy(fakehub, prefetch=False)
     await (await client.get("/v2/library/golang/manifests/a", headers=ACCEPT_ALL)).read()
     for _ in range(2):
         await (await client.get(f"/v2/library/golang/blobs/{image.layer_digests[0]}")).read()
