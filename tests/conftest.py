@@ -51,7 +51,8 @@ async def make_proxy(
     """``client = await make_proxy(hub, tag_ttl=0, ...)``: the app on a loopback port.
 
     Keyword arguments override Settings fields; by default the cache lives in a fresh directory
-    under tmp_path (``client.app[SERVICES].settings.storage.path``) and has no size limit.
+    under tmp_path (``client.app[SERVICES].settings.storage.path``), has no size limit, and
+    nothing is prefetched (``prefetch=True`` turns it on).
     """
     count = 0
 
@@ -73,6 +74,10 @@ async def make_proxy(
             # No size limit unless a test sets one: the default follows the free space of the
             # machine's disk, which a test must not depend on.
             cache_limit=None,
+            # No prefetch unless a test asks for it: its downloads run in the background after a
+            # manifest is served and would race with every test that counts upstream requests
+            # or cache hits. Prefetch has its own tests; the e2e suites run the shipped default.
+            prefetch=False,
         )
         settings = dataclasses.replace(base, **overrides)
         app = create_app(settings, storage=storage_backend, retry_delays=(0.01, 0.01))

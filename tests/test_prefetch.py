@@ -59,7 +59,7 @@ async def test_one_manifest_get_fetches_every_blob_once_even_with_concurrent_cli
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     # Every blob's download stalls half-way until released: the clients below arrive while
     # the prefetches are in flight and must follow them, not start their own.
     stall = fakehub.inject_pause_mid_blob(server="cdn")
@@ -97,7 +97,7 @@ async def test_a_blob_already_prefetched_is_a_hit_with_no_upstream_request(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     await get_manifest(client, "1.22")
     await client.app[SERVICES].prefetch.wait_idle()
     fakehub.reset_counts()
@@ -113,7 +113,7 @@ async def test_a_popular_image_costs_no_storage_lookups_per_pull(
 ) -> None:
     """Blobs found cached (or prefetched) lately are not looked up again on every pull."""
     fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     services = client.app[SERVICES]
     await get_manifest(client, "1.22")
     await services.prefetch.wait_idle()
@@ -143,7 +143,7 @@ async def test_an_index_prefetches_nothing_until_a_platform_manifest_is_asked_fo
 ) -> None:
     index = fakehub.add_multiarch_image("library/golang", "1.22")
     amd64, arm64 = index.images
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     services = client.app[SERVICES]
     await get_manifest(client, "1.22")
     assert services.prefetch.queued == 0 and services.blobs.in_flight == 0
@@ -160,7 +160,7 @@ async def test_a_head_by_digest_prefetches_only_a_cached_manifest(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     services = client.app[SERVICES]
     path = f"/v2/library/golang/manifests/{image.digest}"
     # Not cached: the HEAD is answered from the upstream's HEAD; no GET (a counted pull) is spent
@@ -183,7 +183,7 @@ async def test_a_head_by_digest_prefetches_only_a_cached_manifest(
 async def test_a_head_by_tag_prefetches_nothing(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     """A HEAD by tag is often only a look for a new digest (the client may have the image)."""
     fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     response = await client.head("/v2/library/golang/manifests/1.22", headers=ACCEPT_ALL)
     assert response.status == 200
     await client.app[SERVICES].prefetch.wait_idle()
@@ -194,7 +194,7 @@ async def test_a_failed_prefetch_is_only_logged_and_the_client_fetches_on_its_ow
     fakehub: FakeHub, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     metrics = client.app[SERVICES].metrics
     joined = asyncio.Event()  # set when a client's request finds the prefetch in flight
     count_hit = metrics.prefetch_hit
@@ -225,7 +225,7 @@ async def test_prefetches_obey_their_cap_and_a_client_does_not_wait_behind_them(
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
     # 4 fetch slots: prefetches get one of them.
-    client = await make_proxy(fakehub, max_upstream_fetches=4)
+    client = await make_proxy(fakehub, prefetch=True, max_upstream_fetches=4)
     services = client.app[SERVICES]
     stall = fakehub.inject_pause_mid_blob(server="cdn")
     await get_manifest(client, "1.22")
@@ -249,7 +249,7 @@ async def test_nothing_is_prefetched_while_the_cache_storage_fails(
 ) -> None:
     """A blob that cannot be kept would only be downloaded again when the client asks."""
     fakehub.add_image("library/golang", "1.22", LAYERS)
-    client = await make_proxy(fakehub)
+    client = await make_proxy(fakehub, prefetch=True)
     services = client.app[SERVICES]
     services.storage.record(StorageError("disk gone"), "stat")  # opens the circuit breaker
     assert services.storage.is_open
