@@ -58,7 +58,8 @@ class InFlightRequests:
         if self._idle.is_set():
             return True
         try:
-            await asyncio.wait_for(self._idle.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see proxy.cache.janitor
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

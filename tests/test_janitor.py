@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -17,6 +18,7 @@ from proxy.cache import janitor as janitor_module
 from proxy.cache.housekeeping import Housekeeper
 from proxy.cache.janitor import Janitor
 from proxy.cache.lastuse import LastUse, UseRecords
+from proxy.config import CacheLimit
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
 
@@ -82,3 +84,53 @@ async def test_a_failing_sweep_is_logged_and_the_loop_goes_on(
         await until(lambda: janitor._task is not None and not janitor._task.done(), "alive")
         await janitor.stop()
     assert janitor.last_sweep is None
+
+
+async def test_stop_ends_the_loop_even_when_woken_in_the_same_step(tmp_path: Path) -> None:
+    # A wake-up and the cancellation of stop() landing in one event-loop step: Python 3.11's
+    # asyncio.wait_for then returns the wake-up and drops the cancellation, and the loop would
+    # wait again forever (a CI run hung in teardown this way).
+    janitor, _ = await make(tmp_path)
+    janitor.housekeeper.limit = CacheLimit(max_bytes=1 << 40)  # so that it takes an inventory
+    janitor.start()
+    await until(lambda: janitor.housekeeper.last is not None, "the first inventory")
+    for _ in range(10):  # back in its wait (bounded: a few steps after the inventory)
+        await asyncio.sleep(0)
+    janitor.make_room()
+    stopping = asyncio.create_task(janitor.stop())
+    # asyncio.wait, not wait_for: its cancellation at the deadline would end the loop itself.
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    if not done:
+        stopping.cancel()
+    assert done, "stop() did not end the janitor's loop"
+
+
+async def test_a_blob_stored_during_a_pass_that_goes_over_the_limit_gets_a_pass_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The blob is measured against the old inventory while the pass runs, so it cannot wake the
+    # loop itself; without a recheck the cache would stay over its limit until the next check.
+    janitor, storage = await make(tmp_path)
+    janitor.check_interval = 3600.0
+    await storage.put("blobs/sha256/aa/" + "a" * 64, b"x" * 1000)
+    janitor.housekeeper.limit = CacheLimit(max_bytes=1500)
+    evict = janitor.housekeeper.evict
+    passes: list[int] = []
+
+    async def evict_storing_a_blob_meanwhile(make_room: bool = False) -> Any:
+        first = not passes
+        if first:  # a download finishes while the pass lists the cache: no inventory to go by
+            janitor.stored(1000)
+        report = await evict(make_room=make_room)
+        passes.append(report.bytes_after)
+        if first:  # ... and lands after the listing: 1000 + 1000 > 1500
+            await storage.put("blobs/sha256/bb/" + "b" * 64, b"y" * 1000)
+        return report
+
+    monkeypatch.setattr(janitor.housekeeper, "evict", evict_storing_a_blob_meanwhile)
+    janitor.start()
+    try:
+        await until(lambda: len(passes) >= 2, "a second pass")
+    finally:
+        await janitor.stop()
+    assert passes[1] <= 1500

@@ -116,8 +116,11 @@ class BlobFetch:
                 deadline = loop.time() + STALL_TIMEOUT
                 continue
             async with self._changed:
+                # asyncio.timeout, not wait_for, which on Python 3.11 can drop a cancellation
+                # that lands in the same step as the wake-up (and this loop would go on).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
 
     def _trim(self) -> None:
         if self._buffer is not None and self._buffer.spilled:

@@ -129,8 +129,12 @@ class Janitor:
         next_sweep = now + min(FIRST_SWEEP_DELAY, self.sweep_interval)
         while True:
             timeout = max(0.0, min(next_flush, next_check, next_sweep) - self._clock())
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns a wake-up that
+            # lands in the same step as stop()'s cancellation and drops the cancellation, and
+            # this loop would then never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             now = self._clock()
             if now >= next_flush:
@@ -179,7 +183,15 @@ class Janitor:
         self._stored_since_scan = 0
         report = await self.housekeeper.evict(make_room=room_needed)
         self._observe("evict", report)
+        self._recheck_after_pass()
         return report
+
+    def _recheck_after_pass(self) -> None:
+        # Blobs stored while a pass ran were measured against the old inventory and could not
+        # wake the loop; against the new one they may put the cache over its limit. One more
+        # pass then, at once: bounded, since it takes new blobs stored during a pass.
+        if self._stored_since_scan and self._over_limit():
+            self._wake.set()
 
     async def sweep(self) -> SweepReport:
         await self.last_use.flush()
@@ -188,6 +200,7 @@ class Janitor:
         report = await self.housekeeper.sweep()
         self.last_sweep = report
         self._observe("sweep", report)
+        self._recheck_after_pass()
         return report
 
     def _observe(self, operation: str, report: SweepReport) -> None:
