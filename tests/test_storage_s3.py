@@ -317,6 +317,51 @@ async def test_commit_never_replaces_an_existing_object(store: S3Storage, size: 
     assert await pending_uploads(store) == []
 
 
+def conflict(operation: str) -> ClientError:
+    """What S3 answers a conditional write while another write of the key is in progress."""
+    return ClientError(
+        {
+            "Error": {"Code": "ConditionalRequestConflict", "Message": "in progress"},
+            "ResponseMetadata": {"HTTPStatusCode": 409},
+        },
+        operation,
+    )
+
+
+@pytest.mark.parametrize("size", [MiB, 2 * PART + 1], ids=["one-part", "multipart"])
+async def test_a_conflict_with_a_write_in_progress_counts_as_stored(
+    store: S3Storage, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """409 ConditionalRequestConflict: another instance is writing the same digest right now.
+    Same bytes, so this commit is done: no error, and no multipart upload of ours left over."""
+    data = payload(size, seed=9)
+    key = blob_key(sha256(data))
+    refused: list[str] = []
+    put_object = store.client.put_object
+
+    async def conditional_put(**params: Any) -> Any:
+        if params.get("IfNoneMatch") == "*":
+            refused.append("PutObject")
+            raise conflict("PutObject")
+        return await put_object(**params)
+
+    async def conditional_complete(**params: Any) -> Any:
+        refused.append("CompleteMultipartUpload")
+        raise conflict("CompleteMultipartUpload")
+
+    monkeypatch.setattr(store.client, "put_object", conditional_put)
+    monkeypatch.setattr(store.client, "complete_multipart_upload", conditional_complete)
+    writer = await store.writer(key, sha256(data), size)
+    await write_all(writer, data)
+    await writer.commit()
+    assert refused == ["PutObject" if size < PART else "CompleteMultipartUpload"]
+    assert await pending_uploads(store) == []
+    assert await store.stat(key) is None  # the other writer publishes it, not this one
+    assert await store.put("k/y", b"z") is False  # put without overwrite: "already there"
+    monkeypatch.undo()
+    assert await store.put("k/y", b"z") is True
+
+
 async def test_concurrent_puts_without_overwrite(store: S3Storage) -> None:
     results = await asyncio.gather(*(store.put("k/x", bytes([n]) * 10) for n in range(5)))
     assert results.count(True) == 1
