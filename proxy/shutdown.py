@@ -18,6 +18,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.waits import wait_at_most
+
 log = structlog.get_logger("proxy.shutdown")
 
 # What aiohttp waits, after the drain, for handlers still running before cancelling them (and
@@ -57,12 +59,7 @@ class InFlightRequests:
         """True when no request is in progress any more, False when ``seconds`` ran out."""
         if self._idle.is_set():
             return True
-        try:
-            async with asyncio.timeout(seconds):  # not wait_for: see proxy.cache.janitor
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_at_most(seconds, self._idle.wait())
 
 
 async def drain(grace: float, fetches: Drainable, requests: InFlightRequests) -> None:

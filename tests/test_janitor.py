@@ -9,13 +9,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
 from proxy.cache import janitor as janitor_module
-from proxy.cache.housekeeping import Housekeeper
+from proxy.cache.housekeeping import Housekeeper, SweepReport
 from proxy.cache.janitor import Janitor
 from proxy.cache.lastuse import LastUse, UseRecords
 from proxy.config import CacheLimit
@@ -117,7 +116,7 @@ async def test_a_blob_stored_during_a_pass_that_goes_over_the_limit_gets_a_pass_
     evict = janitor.housekeeper.evict
     passes: list[int] = []
 
-    async def evict_storing_a_blob_meanwhile(make_room: bool = False) -> Any:
+    async def evict_storing_a_blob_meanwhile(make_room: bool = False) -> SweepReport:
         first = not passes
         if first:  # a download finishes while the pass lists the cache: no inventory to go by
             janitor.stored(1000)

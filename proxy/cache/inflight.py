@@ -32,6 +32,7 @@ import structlog
 from proxy.cache.spool import SpoolBuffer
 from proxy.storage import DigestMismatch, StorageError
 from proxy.storage.failsafe import FailSafeWriter
+from proxy.waits import wait_at_most
 
 log = structlog.get_logger(__name__)
 
@@ -116,11 +117,7 @@ class BlobFetch:
                 deadline = loop.time() + STALL_TIMEOUT
                 continue
             async with self._changed:
-                # asyncio.timeout, not wait_for, which on Python 3.11 can drop a cancellation
-                # that lands in the same step as the wake-up (and this loop would go on).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await self._changed.wait()
+                await wait_at_most(remaining, self._changed.wait())
 
     def _trim(self) -> None:
         if self._buffer is not None and self._buffer.spilled:

@@ -28,6 +28,7 @@ from proxy.cache.housekeeping import Housekeeper, SweepReport
 from proxy.cache.lastuse import LastUse
 from proxy.metrics import CacheHousekeepingMetrics
 from proxy.storage import StorageError
+from proxy.waits import wait_at_most
 
 log = structlog.get_logger(__name__)
 
@@ -129,12 +130,7 @@ class Janitor:
         next_sweep = now + min(FIRST_SWEEP_DELAY, self.sweep_interval)
         while True:
             timeout = max(0.0, min(next_flush, next_check, next_sweep) - self._clock())
-            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns a wake-up that
-            # lands in the same step as stop()'s cancellation and drops the cancellation, and
-            # this loop would then never end.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            await wait_at_most(timeout, self._wake.wait())
             self._wake.clear()
             now = self._clock()
             if now >= next_flush:
