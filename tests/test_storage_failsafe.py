@@ -20,7 +20,7 @@ from support.cache_scan import scan_directory
 from support.fakehub import FakeHub
 
 from proxy.config import StorageLocation
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
 from proxy.storage import DigestMismatch, ObjectInfo, StorageError, StorageFull
 from proxy.storage.base import BlobWriter
 from proxy.storage.failsafe import LOG_INTERVAL, RECENT_ERROR_WINDOW, FailSafeStorage
