@@ -150,9 +150,12 @@ def _http_url(value: str, example: str) -> SplitResult:
     return parts
 
 
-def _url(value: str) -> str:
-    """A registry base URL, normalised to scheme://host[:port]."""
+def _url(value: str, accounts: str = "PROXY_UPSTREAM_USERNAME and PROXY_UPSTREAM_PASSWORD") -> str:
+    """A registry base URL, normalised to scheme://host[:port]; an account in it is refused
+    (it would be shown in /status and the logs): ``accounts`` names the settings for it."""
     parts = _http_url(value, "https://registry-1.docker.io")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"credentials do not belong in the URL: set {accounts} instead")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
         raise ValueError("expected a registry base URL without path, e.g. https://ghcr.io")
     return f"{parts.scheme}://{parts.netloc}"
@@ -204,14 +207,19 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
-def _size(value: str) -> int:
+def _size(value: str, *, zero: bool = False) -> int:
     units = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
     units |= {"g": 1024**3, "gib": 1024**3}
     number = value.rstrip("KkMmGgIiBb")
     unit = value[len(number) :].lower()
-    if not number.isdigit() or unit not in units or int(number) == 0:
-        raise ValueError("expected a size in bytes, e.g. 4194304, 4MiB or 2GiB")
+    if not number.isdigit() or unit not in units or (int(number) == 0 and not zero):
+        accepted = ", or 0 (no reserve)" if zero else ""
+        raise ValueError(f"expected a size in bytes, e.g. 4194304, 4MiB or 2GiB{accepted}")
     return int(number) * units[unit]
+
+
+def _size_or_zero(value: str) -> int:
+    return _size(value, zero=True)
 
 
 _BINARY_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -345,7 +353,7 @@ ENV_VARS: dict[str, str] = {
     "PROXY_SPOOL_MAX_SIZE": "most disk the spool may take; new upstream fetches stream through "
     "memory beyond it (default: limited by free space only)",
     "PROXY_SPOOL_MIN_FREE": "free space kept on the spool's filesystem; new upstream fetches "
-    "stream through memory below it (default 1GiB)",
+    "stream through memory below it; 0: no reserve (default 1GiB)",
     "PROXY_MEMORY_LIMIT": "memory the proxy may use (the container's): start-up refuses "
     "PROXY_MAX_UPSTREAM_FETCHES that cannot fit (default: not checked)",
     "PROXY_CLOUDWATCH_NAMESPACE": "write CloudWatch embedded-metric-format lines in this "
@@ -388,7 +396,9 @@ class _Reader:
         try:
             return parse(raw.strip())
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+            # Never repeat an account written into a URL (user:password@host).
+            shown = re.sub(r"//[^/@]*@", "//***@", raw)
+            raise ConfigError(f"{name}={shown!r} is invalid: {exc}") from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -458,7 +468,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trusted_hops=read.get("PROXY_TRUSTED_HOPS", _positive_count, defaults.trusted_hops),
         operator_cidrs=read.get("PROXY_OPERATOR_CIDRS", parse_networks, ()),
         spool_max_size=read.get("PROXY_SPOOL_MAX_SIZE", _size, None),
-        spool_min_free=read.get("PROXY_SPOOL_MIN_FREE", _size, defaults.spool_min_free),
+        spool_min_free=read.get("PROXY_SPOOL_MIN_FREE", _size_or_zero, defaults.spool_min_free),
         memory_limit=read.get("PROXY_MEMORY_LIMIT", _size, None),
         cloudwatch_namespace=read.get("PROXY_CLOUDWATCH_NAMESPACE", _namespace, None),
         cloudwatch_interval=read.get(
@@ -508,7 +518,8 @@ def _upstream_list(value: str) -> list[tuple[str, str]]:
             )
         if host in DOCKER_HUB_ALIASES:
             raise ValueError("docker.io is the default upstream (PROXY_UPSTREAM_URL)")
-        entries.append((host, _url(url.strip()) if url else f"https://{host}"))
+        accounts = " and ".join(credential_variable(host, p) for p in ("USERNAME", "PASSWORD"))
+        entries.append((host, _url(url.strip(), accounts) if url else f"https://{host}"))
     return entries
 
 

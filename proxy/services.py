@@ -20,6 +20,7 @@ from proxy.cache.pieces import PieceSettings
 from proxy.cache.prefetch import Prefetcher
 from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool, spool_location
+from proxy.cache.taglists import TagLists
 from proxy.cache.upkeep.diskfull import DiskFullAlarm
 from proxy.cache.upkeep.housekeeping import Housekeeper
 from proxy.cache.upkeep.janitor import Janitor
@@ -54,6 +55,7 @@ class Services:
     fleet: Fleet
     janitor: Janitor
     prefetch: Prefetcher
+    tag_lists: TagLists
 
     def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
         """(client, upstream repository name) for a request, refused (403) by the repository
@@ -196,6 +198,7 @@ async def open_services(
                 fleet,
                 janitor,
                 prefetch,
+                TagLists(settings.negative_ttl),
             )
         finally:
             await prefetch.close()

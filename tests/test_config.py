@@ -114,7 +114,7 @@ def test_production_settings_are_parsed() -> None:
         ({"PROXY_TRUSTED_HOPS": "0"}, "PROXY_TRUSTED_HOPS", ">= 1"),
         ({"PROXY_OPERATOR_CIDRS": "ops"}, "PROXY_OPERATOR_CIDRS", "CIDRs"),
         ({"PROXY_SPOOL_MAX_SIZE": "40TB"}, "PROXY_SPOOL_MAX_SIZE", "2GiB"),
-        ({"PROXY_SPOOL_MIN_FREE": "0"}, "PROXY_SPOOL_MIN_FREE", "2GiB"),
+        ({"PROXY_SPOOL_MIN_FREE": "lots"}, "PROXY_SPOOL_MIN_FREE", "0 (no reserve)"),
         ({"PROXY_MEMORY_LIMIT": "lots"}, "PROXY_MEMORY_LIMIT", "2GiB"),
         ({"PROXY_CLOUDWATCH_NAMESPACE": "AWS/ECS"}, "PROXY_CLOUDWATCH_NAMESPACE", "namespace"),
         ({"PROXY_CLOUDWATCH_NAMESPACE": "a b"}, "PROXY_CLOUDWATCH_NAMESPACE", "namespace"),
@@ -219,3 +219,38 @@ def test_bad_extra_upstreams(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert variable in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "pointing_at"),
+    [
+        (
+            {"PROXY_UPSTREAM_URL": "https://bot:dckr_pat_s3cret@registry-1.docker.io"},
+            ("PROXY_UPSTREAM_USERNAME", "PROXY_UPSTREAM_PASSWORD"),
+        ),
+        (
+            {"PROXY_UPSTREAM_URL": "https://dckr_pat_s3cret@registry-1.docker.io"},
+            ("PROXY_UPSTREAM_USERNAME", "PROXY_UPSTREAM_PASSWORD"),
+        ),
+        (
+            {"PROXY_EXTRA_UPSTREAMS": "ghcr.io=https://bot:dckr_pat_s3cret@ghcr.io"},
+            ("PROXY_UPSTREAM_GHCR_IO_USERNAME", "PROXY_UPSTREAM_GHCR_IO_PASSWORD"),
+        ),
+    ],
+)
+def test_credentials_in_an_upstream_url_are_refused_and_not_repeated(
+    env: dict[str, str], pointing_at: tuple[str, str]
+) -> None:
+    """A URL with ``user:pass@`` would be shown in /status and the logs: refused at start-up,
+    pointing at the settings that hold credentials, without repeating the secret."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(next(iter(env)))
+    assert all(variable in message for variable in pointing_at), message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_the_spool_reserve_can_be_turned_off() -> None:
+    assert load_settings({"PROXY_SPOOL_MIN_FREE": "0"}).spool_min_free == 0
+    assert load_settings({"PROXY_SPOOL_MIN_FREE": "2GiB"}).spool_min_free == 2 * 1024**3

@@ -265,7 +265,9 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
     last = request.query.get("last") or None
     if last is not None:
         validate_tag(last)
-    body, upstream_link = await client.tags_list(name, n + 1 if n is not None else None, last)
+    body, upstream_link = await services.tag_lists.get(
+        client, name, n + 1 if n is not None else None, last
+    )
     document, tags = _tag_document(body)
     if last is not None or n is not None:
         # A page is a slice of the lexically ordered list (distribution 2.8 lists its tags in
