@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -11,10 +12,12 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
 from test_blob_cache import blob_path, cached_blobs
 
+from proxy.cache.keys import blob_key
 from proxy.http.routes import SERVICES
 from proxy.registry.manifest import MANIFEST_TYPES, image_blobs
 from proxy.registry.reference import Digest
-from proxy.storage import StorageError
+from proxy.storage import ObjectInfo, StorageError
+from proxy.storage.filesystem import FilesystemStorage
 from proxy.upstream.errors import UpstreamRateLimited
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
@@ -286,3 +289,67 @@ def test_image_blobs_lists_config_and_layers_once_with_their_sizes() -> None:
     assert image_blobs(b"not json") == []
     assert image_blobs(b'{"layers": "nope"}') == []
     assert Digest.parse(config).hex == "a" * 64
+
+
+async def test_a_queued_prefetch_asks_nothing_once_the_upstream_said_429(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """Back-off is checked again just before each queued prefetch goes upstream, not only when
+    the manifest was served (issue 21: 4 CDN GETs instead of 1 with one slot)."""
+    image = fakehub.add_image("library/golang", "1.22", LAYERS)
+    other = fakehub.add_image("library/golang", "1.23")
+    client = await make_proxy(fakehub, prefetch=True, max_upstream_fetches=4)  # one prefetch slot
+    services = client.app[SERVICES]
+    stall = fakehub.inject_pause_mid_blob(server="cdn", times=1)
+    await get_manifest(client, "1.22")
+    await stall.wait_hit()
+    assert services.prefetch.queued == len(image.blob_digests)
+    # The upstream says 429 to a client's request meanwhile.
+    fakehub.inject_status(429, path_contains="/manifests/1.23", times=1)
+    refused = await client.get("/v2/library/golang/manifests/1.23", headers=ACCEPT_ALL)
+    assert refused.status == 429 and other.tag == "1.23"
+    stall.release()
+    await services.prefetch.wait_idle()
+    assert fakehub.cdn_gets() == 1  # only the download already under way
+    assert counter(client, "prefetched_blobs") == 1
+
+
+class FirstStatWaits(FilesystemStorage):
+    """A directory whose first stat of ``key`` waits for ``gate`` (a slow storage lookup)."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        super().__init__(root)
+        self.key = key
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        if key == self.key and not self.held.is_set():
+            self.held.set()
+            await self.gate.wait()
+        return await super().stat(key)
+
+
+async def test_a_client_starting_the_download_while_the_prefetch_looks_in_storage_wins(
+    fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A prefetch looks again for a download in flight after its storage lookup (issue 21,
+    mutation: without that re-check, two upstream GETs of one blob)."""
+    image = fakehub.add_image("library/golang", "1.22", LAYERS)
+    layer = image.layer_digests[0]
+    storage = FirstStatWaits(tmp_path / "slow", blob_key(Digest.parse(layer)))
+    client = await make_proxy(fakehub, storage_backend=storage, prefetch=True)
+    await get_manifest(client, "1.22")
+    await asyncio.wait_for(storage.held.wait(), 10)  # the layer's prefetch is in its lookup
+    # A client asks meanwhile; its download is held half-way until the prefetch has decided.
+    paused = fakehub.inject_pause_mid_blob(layer, server="cdn", times=1)
+    pull = asyncio.create_task(get_blob(client, layer))
+    await paused.wait_hit()
+    storage.gate.set()
+    prefetch = client.app[SERVICES].prefetch
+    # Every prefetch decided: the layer's found the client's download (or, wrongly, started
+    # one of its own, which nothing holds); the others' downloads ended.
+    await asyncio.wait_for(prefetch.wait_idle(), 10)
+    paused.release()
+    assert await asyncio.wait_for(pull, 10) == LAYERS[0]
+    assert fakehub.cdn_gets(layer) == 1

@@ -16,7 +16,8 @@ in the background (``PROXY_PREFETCH``, on by default):
   leave piece connections for clients, and a client asking for a blob still queued here starts
   its download at once on its own (the queued prefetch then finds it in flight and does nothing).
   A failed prefetch is only logged; a client whose blob's prefetch failed before its first byte
-  tries on its own. While the upstream is in back-off (a 429, failures) nothing is prefetched.
+  tries on its own. While the upstream is in back-off (a 429, failures) nothing is prefetched:
+  checked when the manifest is served and again by each queued blob just before it goes upstream.
 - Prefetch tasks run outside the request that served the manifest (in a context of their own),
   so their upstream requests and cache results do not end up in that request's log line.
 """
@@ -122,6 +123,8 @@ class Prefetcher:
     async def _prefetch(self, client: RegistryClient, name: str, blob: BlobDescriptor) -> None:
         try:
             async with self._slots:
+                if client.backoff_reason(name) is not None:
+                    return  # the upstream said no while this waited: leave it to the clients
                 fetch = await self._blobs.prefetch(client, name, blob.digest, blob.size)
         except Exception as exc:
             self._failed(name, blob, str(exc))

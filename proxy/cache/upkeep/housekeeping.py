@@ -106,6 +106,11 @@ class Housekeeper:
         # One sweep or eviction at a time in a process; other processes are fine.
         self._busy = asyncio.Lock()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a sweep or an eviction pass is under way (its inventory is changing)."""
+        return self._busy.locked()
+
     def disk(self) -> DiskSpace | None:
         if self.disk_path is None:
             return None
