@@ -149,3 +149,15 @@ def test_links_live_and_die_with_their_content() -> None:
     # ... they go once the content they name is gone (and they are not brand new).
     assert dangling_links(inventory, now=now) == [dangling]
     assert dangling_links(inventory, now=now + LINK_GRACE) == [dangling, fresh]
+
+
+def test_references_markers_of_earlier_versions_are_garbage() -> None:
+    """``_refs`` markers said every reference of a manifest was linked; references grant nothing
+    now (issue 21), so sweeps remove them even while their manifest is cached."""
+    now = 100 * DAY
+    data = manifest_bytes(["config"])
+    cached = entry(manifest_key(Digest.of(data)), Kind.MANIFEST, len(data), now)
+    marker_key = f"links/docker.io/library/a/_refs/{cached.digest_hex}"
+    marker = entry(marker_key, Kind.LINK, 0, now - 2 * LINK_GRACE)
+    link = entry(f"links/docker.io/library/a/_link/{cached.digest_hex}", Kind.LINK, 0, 0.0)
+    assert dangling_links(inventory_of(cached, marker, link), now=now) == [marker]

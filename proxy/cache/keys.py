@@ -6,8 +6,7 @@
     referrers/<upstream>/<repository>/_referrers/<64 hex>   JSON: a subject's referrers index
     links/<upstream>/<repository>/_link/<64 hex>   empty: the content may be served under the
                                                    repository (see proxy.cache.links)
-    links/<upstream>/<repository>/_refs/<64 hex>   empty: every reference of that manifest is
-                                                   linked to the repository too
+    links/<upstream>/<repository>/_refs/<64 hex>   written by earlier versions; garbage now
 
 ``_tag`` (``_referrers``, ``_link``, ``_refs``) cannot be a repository path component (those
 start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with a repository
@@ -46,8 +45,3 @@ def referrers_key(upstream_host: str, name: str, subject: Digest) -> str:
 def link_key(upstream_host: str, name: str, digest: Digest) -> str:
     host = upstream_host.replace(":", "_")
     return f"{LINKS}{host}/{name}/_link/{digest.hex}"
-
-
-def references_key(upstream_host: str, name: str, manifest: Digest) -> str:
-    host = upstream_host.replace(":", "_")
-    return f"{LINKS}{host}/{name}/_refs/{manifest.hex}"

@@ -19,8 +19,8 @@
   answers 404 too, or, with ``keep_deleted_tags``, its last known manifest with a warning.
 - Each tag's TTL comes from ``TagTtl`` (``PROXY_TAG_TTL_RULES``: first matching pattern).
 - Content belongs to repositories (``ContentLinks``): a cached manifest is served by digest under
-  a repository only once it is known to belong there; a tag record is such proof for the
-  manifest it names, and every manifest served under a repository links its references to it.
+  a repository only once the upstream said it belongs there: fetched for it, named by one of its
+  tag records, or confirmed by a HEAD. What a manifest lists is never such proof.
 - Every tag and manifest served is reported to ``on_use`` (the last-use records that expiry and
   eviction go by).
 """
@@ -182,6 +182,11 @@ class ManifestCache:
         """
 
         async def fetch() -> Manifest:
+            # A flight that ended while this caller looked in storage may have stored it.
+            cached = await self._load(digest)
+            if cached is not None:
+                await self._admit(client, name, cached)
+                return cached
             try:
                 return await self._fetch(client, name, str(digest))
             except UpstreamNotFound:
@@ -191,10 +196,12 @@ class ManifestCache:
         return await self._flights.run(("manifest", client.host, name, digest.hex), fetch)
 
     async def _fetch(self, client: RegistryClient, name: str, reference: str) -> Manifest:
-        """One counted GET; the manifest is verified (by digest), stored and linked to ``name``."""
+        """One counted GET; the manifest is verified (by digest), linked to ``name`` (the upstream
+        answered for it) and stored. Linked first: a request that finds it in memory a moment
+        later must find the link too, not ask the upstream to confirm it."""
         manifest = await client.get_manifest(name, reference, self._max_bytes)
+        await self._links.link(client.host, name, [manifest.digest])
         await self._store(manifest)
-        await self._links.link_references(client.host, name, manifest)
         return manifest
 
     async def _admit(self, client: RegistryClient, name: str, manifest: Manifest) -> None:
@@ -208,7 +215,11 @@ class ManifestCache:
         await self._links.admit(
             client.host, name, manifest.digest, confirm, not_found_code="MANIFEST_UNKNOWN"
         )
-        await self._links.link_references(client.host, name, manifest)
+
+    async def _belongs(self, client: RegistryClient, name: str, manifest: Manifest) -> None:
+        """The upstream said ``name``'s tag names this manifest (now, or in the record): link it
+        to ``name`` (a dictionary lookup once known). Its references are not linked."""
+        await self._links.link(client.host, name, [manifest.digest])
 
     def _raise_if_remembered(self, client: RegistryClient, name: str, digest: Digest) -> None:
         if _missing_key(client, name, digest) in self._negative:
@@ -263,7 +274,7 @@ class ManifestCache:
         fetched = manifest is None
         if manifest is None:
             manifest = await self._fetch_digest(client, name, record.digest)
-        await self._links.link_references(client.host, name, manifest)
+        await self._belongs(client, name, manifest)
         return TagAnswer(manifest, fetched=fetched)
 
     async def _revalidate(
@@ -281,7 +292,7 @@ class ManifestCache:
             if backoff is not None:
                 stale = await self._load(record.digest)
                 if stale is not None:
-                    await self._links.link_references(client.host, name, stale)
+                    await self._belongs(client, name, stale)
                     return TagAnswer(stale.served_stale(backoff), fetched=False)
         try:
             answer = await self._current(client, name, tag)
@@ -302,10 +313,10 @@ class ManifestCache:
                 reason=exc.reason,
                 detail=exc.detail,
             )
-            await self._links.link_references(client.host, name, stale)
+            await self._belongs(client, name, stale)
             return TagAnswer(stale.served_stale(exc.reason), fetched=False)
         manifest = answer.manifest
-        await self._links.link_references(client.host, name, manifest)
+        await self._belongs(client, name, manifest)
         await self._save_tag(key, TagRecord(manifest.digest, manifest.media_type, self.clock()))
         return answer
 
@@ -332,7 +343,7 @@ class ManifestCache:
         if self._keep_deleted:
             kept = await self._load(record.digest)
             if kept is not None:
-                await self._links.link_references(client.host, name, kept)
+                await self._belongs(client, name, kept)
                 return TagAnswer(kept.served_stale(DELETED_REASON), fetched=False, deleted=True)
         raise TagDeleted(
             f"{name}:{tag} was deleted upstream (it named {record.digest})",

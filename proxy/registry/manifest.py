@@ -150,21 +150,24 @@ def default_platform_digest(index_bytes: bytes, accepted: set[str]) -> str | Non
     return None
 
 
-def referenced_digests(data: bytes) -> tuple[list[str], list[str]]:
-    """(child manifest digests, blob digests) a manifest refers to: used by warm-up, blob links
-    and scans. Artifact manifests list their blobs under ``blobs``. A ``subject`` is not a
-    reference: it points the other way (an artifact names what it is about)."""
+def referenced_digests(data: bytes, media_type: str | None) -> tuple[list[str], list[str]]:
+    """(child manifest digests, blob digests) a manifest refers to, read by its media type only:
+    an index's ``manifests``; an image manifest's ``config`` and ``layers``; an artifact
+    manifest's ``blobs``. Other fields are ignored, as registries ignore them (a ``manifests``
+    list in an image manifest is not checked by anyone), and a ``subject`` is never a reference:
+    it points the other way. Used by warm-up, use propagation and scans, never to decide what a
+    repository may read (``proxy.cache.links``). ``media_type`` None: the document's own."""
     document = _load(data) or {}
-    manifests = [m["digest"] for m in _descriptors(document.get("manifests"))]
-    blobs = [
-        descriptor["digest"]
-        for descriptor in [
-            *_descriptors([document.get("config")]),
-            *_descriptors(document.get("layers")),
-            *_descriptors(document.get("blobs")),
-        ]
-    ]
-    return manifests, blobs
+    kind = media_type or media_type_of(data, None)
+    if kind in INDEX_TYPES:
+        return [m["digest"] for m in _descriptors(document.get("manifests"))], []
+    if kind in IMAGE_TYPES:
+        described = [*_descriptors([document.get("config")]), *_descriptors(document.get("layers"))]
+    elif kind == OCI_ARTIFACT_MANIFEST:
+        described = _descriptors(document.get("blobs"))
+    else:
+        described = []
+    return [], [descriptor["digest"] for descriptor in described]
 
 
 @dataclass(frozen=True, slots=True)

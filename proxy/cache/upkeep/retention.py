@@ -68,14 +68,15 @@ def eviction_order(inventory: Inventory) -> list[Entry]:
 
 
 def dangling_links(inventory: Inventory, *, now: float) -> list[Entry]:
-    """Links naming a digest that is no longer cached (older than ``LINK_GRACE``)."""
+    """Links naming a digest that is no longer cached (older than ``LINK_GRACE``), and the
+    ``_refs`` markers of earlier versions (nothing reads them any more)."""
     cached = {
         e.digest_hex for e in inventory.entries.values() if e.kind in (Kind.BLOB, Kind.MANIFEST)
     }
     return [
         e
         for e in inventory.of_kind(Kind.LINK)
-        if e.digest_hex not in cached and e.written < now - LINK_GRACE
+        if (e.digest_hex not in cached or "/_refs/" in e.key) and e.written < now - LINK_GRACE
     ]
 
 
