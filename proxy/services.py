@@ -221,7 +221,7 @@ def housekeeper(
     if isinstance(inner, FilesystemStorage):
         root = inner.root
         temp_dirs.append(inner.tmp_dir)
-    temp_dirs.append(spool.directory if spool is not None else spool_location(settings).path)
+    temp_dirs.append(spool.files if spool is not None else spool_location(settings).files)
     records = last_use.records if last_use is not None else UseRecords(storage, new_instance_id())
     return Housekeeper(
         storage,

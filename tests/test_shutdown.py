@@ -19,7 +19,8 @@ LAYER = bytes(range(256)) * 4096 * 4  # 4 MiB
 
 
 def cache_files(root: Path, area: str) -> list[Path]:
-    return [p for p in (root / area).rglob("*") if p.is_file()]
+    """The files of one area (not the spool's marker, which stays)."""
+    return [p for p in (root / area).rglob("*") if p.is_file() and p.name != ".registry-proxy"]
 
 
 async def wait_exit(proxy: ProxyProcess, seconds: float) -> int:

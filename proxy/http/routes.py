@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
-from proxy.cache.spool import probe_writable, spool_location
+from proxy.cache.spool import probe_spool, spool_location
 from proxy.http.sendfile import SendfileResponse
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry.errors import RegistryError
@@ -343,7 +343,7 @@ async def healthz_local(request: web.Request) -> web.Response:
     """
     location = spool_location(request.app[SERVICES].settings)
     try:
-        await asyncio.to_thread(probe_writable, location.path)
+        await asyncio.to_thread(probe_spool, location.path)
     except OSError as exc:
         return web.json_response(
             {"status": "failing", "spool": f"{location.path}: {exc.strerror or exc}"}, status=503

@@ -4,7 +4,8 @@ Layout under the root:
 
     data/<key>    object bytes
     meta/<key>    JSON {"content_type": ...}; written before data/<key> becomes visible
-    tmp/          writes in progress, named <pid>-<random>; renamed into place on commit
+    tmp/          writes in progress, each locked by its writer for its whole life
+                  (``proxy.storage.tempfiles``); linked or renamed into place on commit
 
 Commit is ``os.link`` of the finished temporary file to its final name: atomic, and it fails
 instead of replacing when another writer got there first (same digest, so the same bytes).
@@ -37,7 +38,7 @@ from proxy.storage.base import (
     check_key,
 )
 from proxy.storage.localfile import LocalFile
-from proxy.storage.tempfiles import remove_orphans, temp_name
+from proxy.storage.tempfiles import create_owned, remove_abandoned
 
 log = structlog.get_logger(__name__)
 
@@ -65,12 +66,10 @@ class FilesystemStorage(Storage):
     def _prepare(self) -> None:
         for directory in (self.data_dir, self.meta_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        probe = self.tmp_dir / f"{os.getpid()}-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-        removed = remove_orphans(self.tmp_dir)
+        self._probe()
+        removed = remove_abandoned(self.tmp_dir)
         if removed:
-            log.info("storage.recovered", removed_partial_writes=removed, root=str(self.root))
+            log.info("storage.recovered", removed_partial_writes=len(removed), root=str(self.root))
 
     def _path(self, base: Path, key: str) -> Path:
         path = base / check_key(key)
@@ -143,16 +142,14 @@ class FilesystemStorage(Storage):
         return await self._io(self._put, key, data, content_type, overwrite)
 
     def _put(self, key: str, data: bytes, content_type: str | None, overwrite: bool) -> bool:
-        tmp = self._tmp_path()
+        tmp, fd = create_owned(self.tmp_dir)
         try:
-            with tmp.open("wb") as handle:
+            with open(fd, "wb", closefd=False) as handle:
                 handle.write(data)
             return self._publish(tmp, key, content_type, overwrite=overwrite)
         finally:
             tmp.unlink(missing_ok=True)
-
-    def _tmp_path(self) -> Path:
-        return self.tmp_dir / temp_name()
+            os.close(fd)  # the lock goes last: no moment with the file there and not held
 
     def _publish(self, tmp: Path, key: str, content_type: str | None, *, overwrite: bool) -> bool:
         """Make ``tmp`` visible as ``key``; metadata first, so visible data always has it."""
@@ -160,11 +157,15 @@ class FilesystemStorage(Storage):
         if not overwrite and final.exists():
             return False
         if content_type is not None:
-            meta_tmp = self._tmp_path()
-            meta_tmp.write_text(json.dumps({"content_type": content_type}))
-            meta = self._path(self.meta_dir, key)
-            meta.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(meta_tmp, meta)
+            meta_tmp, fd = create_owned(self.tmp_dir)
+            try:
+                os.write(fd, json.dumps({"content_type": content_type}).encode())
+                meta = self._path(self.meta_dir, key)
+                meta.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(meta_tmp, meta)
+            finally:
+                meta_tmp.unlink(missing_ok=True)
+                os.close(fd)
         final.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:
             os.replace(tmp, final)
@@ -184,9 +185,14 @@ class FilesystemStorage(Storage):
         content_type: str | None = None,
     ) -> BlobWriter:
         check_key(key)
-        tmp = self._tmp_path()
-        handle = await self._io(tmp.open, "wb")
+        tmp, handle = await self._io(self._create_partial)
         return _FileWriter(self, key, expected_hex, expected_size, content_type, tmp, handle)
+
+    def _create_partial(self) -> tuple[Path, IO[bytes]]:
+        """A new partial write in ``tmp/``, as a file object: closing it lets go of the lock
+        (``_FileWriter`` closes it after removing the file)."""
+        tmp, fd = create_owned(self.tmp_dir)
+        return tmp, open(fd, "wb")
 
     async def delete(self, key: str) -> None:
         await self._io(self._delete, key)
@@ -235,9 +241,9 @@ class FilesystemStorage(Storage):
 
     def _probe(self) -> None:
         self.data_dir.stat()
-        probe = self._tmp_path()
-        probe.write_bytes(b"")
+        probe, fd = create_owned(self.tmp_dir)
         probe.unlink()
+        os.close(fd)
 
     async def _io(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking file I/O in a thread; OS errors become StorageError."""
@@ -279,24 +285,28 @@ class _FileWriter(BlobWriter):
         await self.storage._io(self.handle.write, chunk)
 
     async def _commit(self) -> None:
-        await self.storage._io(self._finish)
+        try:
+            await self.storage._io(self._finish)
+        except FileNotFoundError as exc:
+            # Its partial file was removed from under it (by hand, or by a cleaner that could
+            # not see its lock): a storage failure like any other, the blob is not cached.
+            raise StorageError(f"filesystem storage: partial write vanished: {exc}") from exc
 
     def _finish(self) -> None:
         try:
             self.handle.flush()
             os.fsync(self.handle.fileno())
-            self.handle.close()
             self.storage._publish(self.tmp, self.key, self.content_type, overwrite=False)
         finally:
-            self.handle.close()
             self.tmp.unlink(missing_ok=True)
+            self.handle.close()
 
     async def _abort(self) -> None:
         def discard() -> None:
+            self.tmp.unlink(missing_ok=True)
             # Closing flushes what is still buffered, which fails on a full disk (the very reason
             # for many aborts); the file is closed all the same, and its bytes are not wanted.
             with contextlib.suppress(OSError):
                 self.handle.close()
-            self.tmp.unlink(missing_ok=True)
 
         await asyncio.to_thread(discard)

@@ -4,8 +4,9 @@
 A sweep: take the inventory; delete what expired (``PROXY_CACHE_EXPIRE_UNUSED``); if the cache
 is still over its size limit, evict the least recently used down to the low-water mark; delete
 the content links that name nothing cached any more; merge the use records; remove temporary
-files whose process is gone. An eviction pass does only the
-size part (the server runs one when the cache grows past its limit or the disk fills up).
+files nobody holds (their writer's lock is gone: ``proxy.storage.tempfiles``). An eviction
+pass does only the size part (the server runs one when the cache grows past its limit or the
+disk fills up).
 
 Safe with several sweepers at once (other instances, a scheduled ``cache gc``): deletes are
 idempotent, records are merged without loss (``proxy.cache.upkeep.lastuse``), and a sweep that met
@@ -22,6 +23,7 @@ with expiry windows of days that is rare, and never a wrong byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from proxy.cache.spool import MARKER
 from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, ManifestReferences, take_inventory
 from proxy.cache.upkeep.lastuse import UseRecords
 from proxy.cache.upkeep.pins import BlobPins
@@ -43,7 +46,7 @@ from proxy.cache.upkeep.retention import (
 from proxy.config import CacheLimit
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
-from proxy.storage.tempfiles import orphans
+from proxy.storage.tempfiles import remove_abandoned
 
 log = structlog.get_logger(__name__)
 
@@ -223,15 +226,6 @@ class Housekeeper:
     def _temp_files(self, dry_run: bool) -> list[Path]:
         found: list[Path] = []
         for directory in self.temp_dirs:
-            try:
-                stale = orphans(directory, running=True)
-            except OSError:
-                continue
-            for path in stale:
-                if not dry_run:
-                    try:
-                        path.unlink()
-                    except OSError:
-                        continue
-                found.append(path)
+            with contextlib.suppress(OSError):  # not there (yet): nothing to remove
+                found += remove_abandoned(directory, keep={MARKER}, dry_run=dry_run)
         return found
