@@ -67,6 +67,8 @@ class CacheLimit:
 
 #: The default for a cache directory: grow while at least 10% of its disk stays free.
 DIRECTORY_DEFAULT_LIMIT = CacheLimit(min_free_fraction=0.10)
+#: The default scrub rate of a cache directory, bytes per second (S3: off).
+DIRECTORY_SCRUB_RATE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class Settings:
     cache_expire_unused: float | None = None
     cache_sweep_interval: float = 3600.0
     cache_record_access: bool = True
+    cache_scrub_rate: int | None = DIRECTORY_SCRUB_RATE
 
 
 # --- value parsers: each raises ValueError with what is accepted --------------------------------
@@ -220,6 +223,16 @@ def _size(value: str, *, zero: bool = False) -> int:
 
 def _size_or_zero(value: str) -> int:
     return _size(value, zero=True)
+
+
+def _rate_or_off(value: str) -> int | None:
+    """Bytes per second (``8MiB``, ``512k``, bytes), or ``off`` (``0`` too)."""
+    if value.lower() in ("off", "0"):
+        return None
+    try:
+        return _size(value)
+    except ValueError:
+        raise ValueError("expected bytes per second (e.g. 8MiB or 512k), or off") from None
 
 
 _BINARY_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -377,6 +390,8 @@ ENV_VARS: dict[str, str] = {
     "(default off)",
     "PROXY_CACHE_SWEEP_INTERVAL": "how often the server sweeps the cache for expired entries "
     "(default 1h)",
+    "PROXY_CACHE_SCRUB_RATE": "bytes per second the background scrub re-hashes cached blobs at "
+    "(e.g. 8MiB), or off (default: 8MiB for a directory, off for S3)",
     "PROXY_CACHE_RECORD_ACCESS": "false: do not record when entries are served (expiry and "
     "eviction then go by the time written; for measurements) (default true)",
 }
@@ -497,6 +512,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "PROXY_CACHE_SWEEP_INTERVAL", _positive_duration, defaults.cache_sweep_interval
         ),
         cache_record_access=read.get("PROXY_CACHE_RECORD_ACCESS", _bool, True),
+        cache_scrub_rate=read.get(
+            "PROXY_CACHE_SCRUB_RATE", _rate_or_off, None if storage.is_s3 else DIRECTORY_SCRUB_RATE
+        ),
     )
 
 

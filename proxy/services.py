@@ -26,6 +26,7 @@ from proxy.cache.upkeep.housekeeping import Housekeeper
 from proxy.cache.upkeep.janitor import Janitor
 from proxy.cache.upkeep.lastuse import LastUse, UseRecords, new_instance_id
 from proxy.cache.upkeep.pins import BlobPins
+from proxy.cache.upkeep.scrub import Scrubber
 from proxy.cache.upkeep.usage import BlobUsage
 from proxy.config import Settings
 from proxy.ops.fleet import Fleet
@@ -102,6 +103,7 @@ async def open_services(
         storage or create_storage(settings),
         on_error=metrics.storage_errors.inc,
         on_full=lambda exc: disk_full.report("storage", str(exc)),
+        on_corrupt=lambda found_by: metrics.housekeeping.corrupt.labels(found_by).inc(),
     )
     connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
@@ -132,6 +134,13 @@ async def open_services(
             last_use,
             sweep_interval=settings.cache_sweep_interval,
             metrics=metrics.housekeeping,
+            scrubber=None
+            if settings.cache_scrub_rate is None
+            else Scrubber(
+                safe_storage,
+                rate=settings.cache_scrub_rate,
+                on_bytes=metrics.housekeeping.scrubbed_bytes.inc,
+            ),
         )
         disk_full.make_room = janitor.make_room
         links = ContentLinks(safe_storage, negative_ttl=settings.negative_ttl)

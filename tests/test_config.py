@@ -254,3 +254,15 @@ def test_credentials_in_an_upstream_url_are_refused_and_not_repeated(
 def test_the_spool_reserve_can_be_turned_off() -> None:
     assert load_settings({"PROXY_SPOOL_MIN_FREE": "0"}).spool_min_free == 0
     assert load_settings({"PROXY_SPOOL_MIN_FREE": "2GiB"}).spool_min_free == 2 * 1024**3
+
+
+def test_the_scrub_rate() -> None:
+    assert load_settings({}).cache_scrub_rate == 8 * 1024**2  # a directory: on
+    assert load_settings({"PROXY_STORAGE": "s3://b/p"}).cache_scrub_rate is None  # S3: off
+    assert load_settings({"PROXY_CACHE_SCRUB_RATE": "off"}).cache_scrub_rate is None
+    assert load_settings({"PROXY_CACHE_SCRUB_RATE": "0"}).cache_scrub_rate is None
+    assert load_settings({"PROXY_CACHE_SCRUB_RATE": "512k"}).cache_scrub_rate == 512 * 1024
+    s3 = {"PROXY_STORAGE": "s3://b/p", "PROXY_CACHE_SCRUB_RATE": "2MiB"}
+    assert load_settings(s3).cache_scrub_rate == 2 * 1024**2
+    with pytest.raises(ConfigError, match=r"^PROXY_CACHE_SCRUB_RATE=.*8MiB or 512k"):
+        load_settings({"PROXY_CACHE_SCRUB_RATE": "fast"})

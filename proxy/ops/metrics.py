@@ -253,6 +253,16 @@ class CacheHousekeepingMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.corrupt = Counter(
+            "registry_proxy_cache_corrupt",
+            "Cached blobs found not to be what was committed (size on every read, bytes by the "
+            "scrub), removed and fetched again on the next pull",
+            ["found_by"],
+            registry=r,
+        )
+        self.scrubbed_bytes = Counter(
+            "registry_proxy_cache_scrubbed_bytes", "Bytes the scrub re-hashed", registry=r
+        )
         self.disk_full = Counter(
             "registry_proxy_disk_full_events",
             "Writes that found the disk full (cache storage or spool)",

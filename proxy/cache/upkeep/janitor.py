@@ -8,6 +8,8 @@
   once.
 - Every ``PROXY_CACHE_SWEEP_INTERVAL`` (with some jitter, so instances on one bucket spread out)
   it sweeps: expiry, eviction, record merging, orphaned temporary files.
+- With ``PROXY_CACHE_SCRUB_RATE``, a second task re-hashes cached blobs at that rate
+  (``proxy.cache.upkeep.scrub``).
 
 A failing pass is logged and retried at the next occasion; housekeeping never stops the server.
 Stopping flushes the uses one last time.
@@ -26,6 +28,7 @@ import structlog
 
 from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
 from proxy.cache.upkeep.lastuse import LastUse
+from proxy.cache.upkeep.scrub import Scrubber
 from proxy.concurrency.waits import wait_at_most
 from proxy.ops.metrics import CacheHousekeepingMetrics
 from proxy.storage import StorageError
@@ -48,6 +51,7 @@ class Janitor:
         *,
         sweep_interval: float,
         metrics: CacheHousekeepingMetrics | None = None,
+        scrubber: Scrubber | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         check_interval: float = CHECK_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
@@ -63,6 +67,8 @@ class Janitor:
         self._room_needed = False
         self._stored_since_scan = 0
         self._task: asyncio.Task[None] | None = None
+        self.scrubber = scrubber
+        self._scrub_task: asyncio.Task[None] | None = None
         self._failed_logged_at: float | None = None
         self.last_sweep: SweepReport | None = None
 
@@ -83,13 +89,16 @@ class Janitor:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cache janitor")
+        if self.scrubber is not None:
+            self._scrub_task = asyncio.create_task(self.scrubber.run(), name="cache scrub")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._scrub_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._scrub_task = None
         await self.last_use.flush()
 
     # --- state ----------------------------------------------------------------------------------
