@@ -153,6 +153,7 @@ async def open_services(
             usage=BlobUsage(last_use, pins, janitor.stored),
             pieces=PieceSettings(settings.fetch_pieces, settings.fetch_piece_threshold),
             observer=metrics,
+            limit=janitor.limit_now,
         )
         tag_ttl = TagTtl(settings.tag_ttl, settings.tag_ttl_rules, settings.upstream.host)
         manifests = ManifestCache(
@@ -178,6 +179,7 @@ async def open_services(
             # Client requests come first: prefetches get a quarter of the fetch slots.
             max_fetches=max(1, settings.max_upstream_fetches // 4),
             observer=metrics,
+            room=janitor,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         policy = RepositoryPolicy(

@@ -92,7 +92,6 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         head_found = await services.manifests.head_by_digest(client, name, reference.digest)
-        services.prefetch.manifest_head(client, name, reference.digest)
         return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)

@@ -99,6 +99,16 @@ class Metrics:
         self.prefetch_failures = Counter(
             "registry_proxy_prefetch_failures", "Prefetches that failed (only logged)", registry=r
         )
+        self.prefetch_skipped = Counter(
+            "registry_proxy_prefetch_skipped",
+            "Blobs not prefetched: no room below the cache's limit, or over prefetching's share",
+            registry=r,
+        )
+        self.blobs_too_large = Counter(
+            "registry_proxy_blobs_too_large",
+            "Blobs larger than a quarter of the cache's limit: streamed to clients, not cached",
+            registry=r,
+        )
         self.fetch_pieces = Counter(
             "registry_proxy_fetch_pieces",
             "Range pieces of big blobs downloaded from upstreams",
@@ -199,6 +209,12 @@ class Metrics:
 
     def prefetch_failed(self) -> None:
         self.prefetch_failures.inc()
+
+    def prefetch_skipped_blob(self) -> None:
+        self.prefetch_skipped.inc()
+
+    def blob_too_large(self) -> None:
+        self.blobs_too_large.inc()
 
     def prefetch_hit(self) -> None:
         self.prefetch_hits.inc()

@@ -190,11 +190,20 @@ class Housekeeper:
             target = int(limit * LOW_WATER)
         else:
             return
-        candidates = choose_evictions(inventory, target_bytes=target, held=self._held)
+        candidates = choose_evictions(
+            inventory, target_bytes=target, held=self._held, unused=self._speculative
+        )
         report.held = sum(1 for e in inventory.of_kind(Kind.BLOB) if self._held(e))
         report.evicted = await self._remove(candidates, dry_run=dry_run)
         for entry in report.evicted:
             inventory.entries.pop(entry.key, None)
+
+    def _speculative(self, entry: Entry) -> bool:
+        return (
+            self.pins is not None
+            and entry.kind is Kind.BLOB
+            and self.pins.is_speculative(entry.digest_hex)
+        )
 
     def _held(self, entry: Entry) -> bool:
         return (
@@ -221,6 +230,7 @@ class Housekeeper:
             if self.pins is not None:
                 for hex_digest in marked:
                     self.pins.end_eviction(hex_digest)
+                    self.pins.claim(hex_digest)
         return going if deleted else []
 
     def _temp_files(self, dry_run: bool) -> list[Path]:

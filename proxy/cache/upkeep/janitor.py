@@ -108,6 +108,17 @@ class Janitor:
         last = self.housekeeper.last
         return None if last is None else last.bytes + self._stored_since_scan
 
+    def limit_now(self) -> int | None:
+        """The cache's size limit now (None: none), as the next pass would see it."""
+        if self.housekeeper.limit is None:
+            return None
+        return self.housekeeper.current_limit(self.estimated_bytes or 0)
+
+    def speculative_bytes(self) -> int:
+        """Bytes of prefetched blobs no client asked for yet (``proxy.cache.upkeep.pins``)."""
+        pins = self.housekeeper.pins
+        return 0 if pins is None else pins.speculative_bytes
+
     def _over_limit(self) -> bool:
         size = self.estimated_bytes
         if size is None or self.housekeeper.limit is None:
