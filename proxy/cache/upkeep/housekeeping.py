@@ -3,7 +3,8 @@
 
 A sweep: take the inventory; delete what expired (``PROXY_CACHE_EXPIRE_UNUSED``); if the cache
 is still over its size limit, evict the least recently used down to the low-water mark; delete
-the content links that name nothing cached any more; merge the use records; remove temporary
+the content links that name nothing cached any more; delete the fleet records of instances that
+stopped reporting (``proxy.ops.fleet``); merge the use records; remove temporary
 files nobody holds (their writer's lock is gone: ``proxy.storage.tempfiles``). An eviction
 pass does only the size part (the server runs one when the cache grows past its limit or the
 disk fills up).
@@ -44,6 +45,7 @@ from proxy.cache.upkeep.retention import (
     size_limit,
 )
 from proxy.config import CacheLimit
+from proxy.ops.fleet import remove_dead_records
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.tempfiles import remove_abandoned
@@ -65,6 +67,7 @@ class SweepReport:
     evicted: list[Entry] = field(default_factory=list)
     held: int = 0  # blobs eviction skipped because a client was reading them
     links: list[Entry] = field(default_factory=list)  # naming content no longer cached
+    fleet_records: list[str] = field(default_factory=list)  # of instances that stopped
     temp_files: list[Path] = field(default_factory=list)
     records_merged: int = 0
     seconds: float = 0.0
@@ -157,6 +160,7 @@ class Housekeeper:
             report.links = await self._remove(dangling_links(inventory, now=now), dry_run=dry_run)
             for entry in report.links:
                 del inventory.entries[entry.key]
+            report.fleet_records = await remove_dead_records(self.storage, now, dry_run=dry_run)
             if not dry_run:
                 merged = await self.records.compact(
                     inventory.records, now, keep=inventory.entries.__contains__

@@ -220,7 +220,7 @@ class Janitor:
         return report
 
     def _observe(self, operation: str, report: SweepReport) -> None:
-        if report.removed or report.temp_files or report.links:
+        if report.removed or report.temp_files or report.links or report.fleet_records:
             log.info(
                 "cache.swept" if operation == "sweep" else "cache.evicted",
                 expired=len(report.expired),
@@ -230,6 +230,7 @@ class Janitor:
                 limit=report.limit,
                 held_by_clients=report.held,
                 dangling_links=len(report.links),
+                fleet_records=len(report.fleet_records),
                 temp_files=len(report.temp_files),
                 seconds=round(report.seconds, 3),
             )
