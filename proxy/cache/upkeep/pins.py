@@ -44,7 +44,8 @@ class BlobPins:
 
     def claim(self, hex_digest: str) -> None:
         """A client was served the blob (or it is gone): not speculative any more."""
-        self._speculative.pop(hex_digest, None)
+        if self._speculative:  # on every hit: nothing to look up while nothing is prefetched
+            self._speculative.pop(hex_digest, None)
 
     def is_speculative(self, hex_digest: str) -> bool:
         return hex_digest in self._speculative
