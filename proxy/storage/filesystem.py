@@ -11,6 +11,9 @@ Layout under the root:
 
 Commit is ``os.link`` of the finished temporary file to its final name: atomic, and it fails
 instead of replacing when another writer got there first (same digest, so the same bytes).
+Nothing ever writes into a file under ``data/`` in place (``overwrite`` renames a new file over
+the name), so a descriptor ``open_local()`` returned keeps reading complete, unchanged bytes.
+File I/O runs in worker threads so a slow disk never stalls the event loop.
 
 A file can still change under its name (a disk error, a hand edit, a broken copy of the cache):
 every lookup of a blob (``open_local``, ``stat``, ``get``) compares its size with the committed
@@ -18,9 +21,6 @@ one, in the same worker-thread hop (one ``fgetxattr``), and a mismatch is a miss
 removed and ``ObjectCorrupt`` raised (``FailSafeStorage`` counts it and answers a miss). Bytes
 changed in place at the same size are the background scrub's to find
 (``proxy.cache.upkeep.scrub``).
-Nothing ever writes into a file under ``data/`` in place (``overwrite`` renames a new file over
-the name), so a descriptor ``open_local()`` returned keeps reading complete, unchanged bytes.
-File I/O runs in worker threads so a slow disk never stalls the event loop.
 """
 
 from __future__ import annotations
