@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import ConfigError, load_settings
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, RegistryError
 from proxy.registry.policy import (
     Glob,
     RepositoryPolicy,
@@ -103,7 +103,7 @@ def test_policy_refusal_names_the_rule_in_the_message() -> None:
     policy.check("docker.io", "library/golang")
     with pytest.raises(RegistryError) as denied:
         policy.check("docker.io", "bitnami/redis")
-    assert denied.value.status == 403 and denied.value.code == "DENIED"
+    assert denied.value.code is ErrorCode.DENIED
     assert "bitnami/redis" in denied.value.message
     assert "PROXY_ALLOW_REPOSITORIES" in denied.value.message
     with pytest.raises(RegistryError) as extra:

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from proxy import __version__
 from proxy.config import ConfigError, Settings, load_settings
@@ -184,8 +183,7 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
 
 def serve(settings: Settings) -> int:
     from proxy.commands.startup import StartupError, check_startup
-    from proxy.http.app import create_app
-    from proxy.http.shutdown import CLOSE_SECONDS
+    from proxy.http.app import create_app, run_app
     from proxy.storage import StorageError
 
     try:
@@ -203,17 +201,7 @@ def serve(settings: Settings) -> int:
         tag_ttl=settings.tag_ttl,
     )
     try:
-        web.run_app(
-            app,
-            host=settings.listen_host,
-            port=settings.listen_port,
-            # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
-            shutdown_timeout=CLOSE_SECONDS,
-            keepalive_timeout=settings.client_idle_timeout,
-            access_log=None,
-            print=None,
-            handle_signals=True,
-        )
+        run_app(app, settings)
     except StorageError as exc:
         print(f"registry-proxy: storage error: {exc}", file=sys.stderr)
         return 1

@@ -39,7 +39,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.registry.errors import RegistryError
+from proxy.http.errors import HttpError
+from proxy.registry.errors import ErrorCode, RegistryError
 
 log = structlog.get_logger(__name__)
 
@@ -131,15 +132,15 @@ class AccessPolicy:
             await self._check_operator(address, request.headers.get("Authorization"))
             return
         if self.allow and (address is None or not _within(address, self.allow)):
-            raise RegistryError("DENIED", detail=f"client address {address} is not allowed")
+            raise RegistryError(ErrorCode.DENIED, f"client address {address} is not allowed")
         if not self.requires_credentials:
             return
         if address is not None and _within(address, self.anonymous):
             return
         if not await self._authenticated(request.headers.get("Authorization")):
-            raise RegistryError(
-                "UNAUTHORIZED",
-                detail="log in to this registry (docker login) with a proxy user or token",
+            raise HttpError(
+                ErrorCode.UNAUTHORIZED,
+                "log in to this registry (docker login) with a proxy user or token",
                 headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
             )
 
@@ -150,7 +151,7 @@ class AccessPolicy:
         if self.requires_credentials and await self._authenticated(authorization):
             return
         raise RegistryError(
-            "DENIED", detail=f"client address {address} may not read operator endpoints"
+            ErrorCode.DENIED, f"client address {address} may not read operator endpoints"
         )
 
     async def _authenticated(self, header: str | None) -> bool:

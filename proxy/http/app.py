@@ -16,12 +16,13 @@ from proxy.config import Settings
 from proxy.http import routes
 from proxy.http.access import AccessPolicy, access_middleware
 from proxy.http.clientcap import CLIENT_CAP, ClientCap
-from proxy.http.shutdown import InFlightRequests, drain
+from proxy.http.errors import error_response, respond
+from proxy.http.shutdown import CLOSE_SECONDS, InFlightRequests, drain
 from proxy.ops.cloudwatch import emf_reporting
 from proxy.ops.logs import begin_request, new_request_id
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode
 from proxy.services import open_services
-from proxy.storage import Storage, StorageError
+from proxy.storage import Storage
 
 log = structlog.get_logger("proxy.access")
 
@@ -33,6 +34,8 @@ MAX_FIELD_SIZE = 8190
 # The status logged and counted for a client that went away before its response was complete
 # (nginx's "client closed request"), so that a 5xx means a server fault and nothing else.
 CLIENT_CLOSED_REQUEST = 499
+# aiohttp's own answers for paths and methods no route takes, as registry errors.
+ROUTING_ERRORS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.UNSUPPORTED}
 
 
 def create_app(
@@ -113,28 +116,36 @@ def create_app(
     return app
 
 
+def run_app(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` on ``PROXY_LISTEN`` until SIGTERM or SIGINT, then drain and close."""
+    web.run_app(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
+        shutdown_timeout=CLOSE_SECONDS,
+        keepalive_timeout=settings.client_idle_timeout,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a registry error response; nothing escapes as a bare 500."""
+    """Turn every failure into a registry error response (proxy/http/errors.py); nothing
+    escapes as a bare 500."""
     try:
         return await handler(request)
-    except RegistryError as exc:
-        return exc.to_response()
     except web.HTTPException as exc:
-        if exc.status < 400:
+        if exc.status not in ROUTING_ERRORS:
             raise
-        code = "NOT_FOUND" if exc.status == 404 else "UNSUPPORTED" if exc.status == 405 else None
-        if code is None:
-            raise
-        return RegistryError(code).to_response()
-    except StorageError as exc:
-        log.error("storage.failed", detail=str(exc))
-        return RegistryError("UNAVAILABLE", detail=f"cache storage: {exc}").to_response()
+        return respond(ROUTING_ERRORS[exc.status])
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception as exc:
-        log.exception("request.failed", error=repr(exc))
-        return RegistryError("UNKNOWN", detail="internal error").to_response()
+        api_path = request.get(routes.API_PATH)
+        return error_response(exc, api_path.endpoint if api_path is not None else None)
 
 
 @web.middleware

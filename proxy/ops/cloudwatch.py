@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from proxy.ops.metrics import Metrics
 
 Writer = Callable[[str], None]
@@ -157,11 +155,12 @@ def emf_reporting(
     interval: float,
     metrics: Callable[[], Metrics],
     spool_dir: Path | None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry: report every ``interval`` seconds while the app runs, and once
-    more when it stops (so a task that scales in does not take its last counts with it)."""
+) -> Callable[[object], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry (it takes the app, and needs nothing of it): report every
+    ``interval`` seconds while the app runs, and once more when it stops (so a task that scales
+    in does not take its last counts with it)."""
 
-    async def reporting(app: web.Application) -> AsyncIterator[None]:
+    async def reporting(app: object) -> AsyncIterator[None]:
         reporter = EmfReporter(metrics(), namespace, spool_dir)
 
         async def loop() -> None:
