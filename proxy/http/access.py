@@ -31,7 +31,6 @@ import hmac
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import bcrypt
 import cachetools
@@ -39,12 +38,12 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from proxy.config import Network
 from proxy.http.errors import HttpError
 from proxy.registry.errors import ErrorCode, RegistryError
 
 log = structlog.get_logger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 OPEN_PATHS = frozenset({"/healthz", "/healthz/local", "/readyz"})
@@ -53,41 +52,6 @@ REALM = "registry-proxy"
 # bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
 # verified (user, password) pair is remembered for a while (by hash, never in clear).
 VERIFIED_TTL = 300.0
-
-
-class HtpasswdError(ValueError):
-    pass
-
-
-def parse_networks(value: str) -> tuple[Network, ...]:
-    """``10.0.0.0/16, 192.168.1.7`` -> networks; raises ValueError naming the bad entry."""
-    networks = []
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(
-                f"{item!r} is not an IP network (expected CIDRs like 10.0.0.0/16)"
-            ) from None
-    return tuple(networks)
-
-
-def load_htpasswd(path: Path) -> dict[str, bytes]:
-    """Users and bcrypt hashes from an htpasswd file (``htpasswd -B``)."""
-    users: dict[str, bytes] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, hashed = line.partition(":")
-        if not sep or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            raise HtpasswdError(f"{path}:{number}: only bcrypt entries are accepted (htpasswd -B)")
-        users[user] = hashed.encode()
-    return users
-
-
-def load_tokens(value: str) -> frozenset[str]:
-    return frozenset(filter(None, (part.strip() for part in value.split(","))))
 
 
 @dataclass(slots=True)

@@ -46,16 +46,16 @@ def create_app(
 ) -> web.Application:
     """Build the app. ``storage`` and ``retry_delays`` let tests swap parts in."""
     policy = AccessPolicy(
-        allow=settings.allow_cidrs,
-        anonymous=settings.anonymous_cidrs,
-        trusted_proxies=settings.trusted_proxies,
-        trusted_hops=settings.trusted_hops,
-        operators=settings.operator_cidrs,
-        users=settings.htpasswd_users,
-        tokens=settings.auth_tokens,
+        allow=settings.access.allow_cidrs,
+        anonymous=settings.access.anonymous_cidrs,
+        trusted_proxies=settings.access.trusted_proxies,
+        trusted_hops=settings.access.trusted_hops,
+        operators=settings.access.operator_cidrs,
+        users=settings.access.htpasswd_users,
+        tokens=settings.access.auth_tokens,
     )
     requests = InFlightRequests()
-    client_cap = ClientCap(settings.max_clients)
+    client_cap = ClientCap(settings.listen.max_clients)
     middlewares: list[Middleware] = [
         requests.middleware,
         access_log_middleware,
@@ -90,15 +90,15 @@ def create_app(
         services = app.get(routes.SERVICES)
         if services is not None:
             await services.prefetch.close()  # no new downloads now
-            await drain(settings.shutdown_grace, services.blobs, requests)
+            await drain(settings.listen.shutdown_grace, services.blobs, requests)
 
     app[CLIENT_CAP] = client_cap
     app.cleanup_ctx.append(resources)
-    if settings.cloudwatch_namespace is not None:
+    if settings.operations.cloudwatch_namespace is not None:
         app.cleanup_ctx.append(
             emf_reporting(
-                settings.cloudwatch_namespace,
-                settings.cloudwatch_interval,
+                settings.operations.cloudwatch_namespace,
+                settings.operations.cloudwatch_interval,
                 lambda: app[routes.SERVICES].metrics,
                 spool_location(settings).path,
             )
@@ -120,11 +120,11 @@ def run_app(app: web.Application, settings: Settings) -> None:
     """Serve ``app`` on ``PROXY_LISTEN`` until SIGTERM or SIGINT, then drain and close."""
     web.run_app(
         app,
-        host=settings.listen_host,
-        port=settings.listen_port,
+        host=settings.listen.host,
+        port=settings.listen.port,
         # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
         shutdown_timeout=CLOSE_SECONDS,
-        keepalive_timeout=settings.client_idle_timeout,
+        keepalive_timeout=settings.listen.client_idle_timeout,
         access_log=None,
         print=None,
         handle_signals=True,

@@ -400,7 +400,7 @@ async def status_document(services: Services) -> dict[str, Any]:
     return {
         "instance": services.fleet.instance_id,
         "upstreams": upstreams,
-        "storage": str(services.settings.storage),
+        "storage": str(services.settings.storage.location),
         "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
         "storage_errors": services.storage.errors,
         "cache": services.janitor.status(),
