@@ -1,0 +1,1 @@
+"""The registry domain: names, references, manifests, policy, errors (no HTTP here)."""
