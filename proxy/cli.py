@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cache_commands import add_parser as add_cache_parser
 
     add_cache_parser(commands)
+    from proxy.commands.certs import add_parser as add_certs_parser
+
+    add_certs_parser(commands)
     return parser
 
 
@@ -97,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "codebuild-ranges":
         return print_codebuild_ranges(args)
+    if args.command == "certs":
+        from proxy.commands.certs import run as run_certs
+
+        return run_certs(args)
     try:
         settings = settings_from(args, dict(os.environ))
     except ConfigError as exc:

@@ -85,7 +85,8 @@ class BuildNetwork:
             _ip("addr", "add", f"{self.host_address}/{self.prefix}", "dev", self.host_link)
             _ip("link", "set", self.host_link, "up")
             inside = ("netns", "exec", self.namespace, "ip")
-            _ip(*inside, "addr", "add", f"{self.build_address}/{self.prefix}", "dev", self.build_link)
+            address = f"{self.build_address}/{self.prefix}"
+            _ip(*inside, "addr", "add", address, "dev", self.build_link)
             _ip(*inside, "link", "set", self.build_link, "up")
             _ip(*inside, "link", "set", "lo", "up")
         except BaseException:

@@ -10,8 +10,9 @@ Every handshake and request is written to stdout as one JSON line (``{"event": "
 "peer", "ok", "error", "client_serial"}``, ``{"event": "request", "peer", "method", "target",
 "client_serial"}``), so a test can tell which connections were refused and why.
 
-Run as a program (``python -m support.tls_front --listen HOST:PORT --upstream HOST:PORT --cert PEM --key
-PEM [--client-ca PEM [--crl PEM]]``); :class:`TlsFront` runs it as a managed subprocess. Only
+Run as a program (``python -m support.tls_front --listen HOST:PORT --upstream HOST:PORT --cert
+PEM --key PEM [--client-ca PEM [--crl PEM]]``); :class:`TlsFront` runs it as a managed
+subprocess. Only
 requests without a body or with ``Content-Length`` are relayed (a registry pull sends no
 other); responses are relayed as they come.
 """
@@ -22,9 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,7 +66,7 @@ def _serial(writer: asyncio.StreamWriter) -> str | None:
 def _with_forwarding(head: bytes, peer: str) -> tuple[bytes, int, str, str]:
     """The request head with X-Forwarded-For/-Proto set; its body length, method and target."""
     lines = head.decode("latin-1").split("\r\n")
-    method, target = (lines[0].split(" ") + ["", ""])[:2]
+    method, target = [*lines[0].split(" "), "", ""][:2]
     forwarded_for = peer
     length = 0
     kept = [lines[0]]
@@ -216,6 +217,10 @@ class TlsFront(ManagedProcess):
         if crl is not None:
             self.options += ["--crl", str(crl)]
 
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
     def command(self) -> list[str]:
         return [
             sys.executable,
@@ -246,4 +251,4 @@ class TlsFront(ManagedProcess):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

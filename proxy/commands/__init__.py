@@ -1,0 +1,1 @@
+"""The command-line tools of ``registry-proxy`` besides ``serve``."""
