@@ -54,6 +54,7 @@ BUILD_TIMEOUT = 600.0
 STOP_TIMEOUT = 30.0
 CLOSED_PROXY = "http://127.0.0.1:9"
 PHASE_MARK = re.compile(r"^::phase (\w+) exit=(\d+)$", re.MULTILINE)
+AFTER_MARK = re.compile(r"^::after (\d+) exit=(\d+)$", re.MULTILINE)
 
 # The build container: mounts, dockerd as CodeBuild's entry point starts it, the buildspec, and
 # at the end whatever dockerd then runs (the set-up may have restarted it) stopped.
@@ -67,8 +68,9 @@ mount --bind "$state/var-lib" /var/lib
 mount --bind "$state/var-log" /var/log
 mount --bind "$state/hosts" /etc/hosts
 
-# dockerd-entrypoint.sh
-dockerd --host=unix:///var/run/docker.sock --host=tcp://127.0.0.1:2375 \
+# dockerd-entrypoint.sh (with the variables a test gives dockerd alone, if any)
+mapfile -t dockerd_env <"$state/dockerd.env"
+env "${dockerd_env[@]}" dockerd --host=unix:///var/run/docker.sock --host=tcp://127.0.0.1:2375 \
   --storage-driver=overlay2 &>/var/log/docker.log &
 tries=0
 until docker info >/dev/null 2>&1; do
@@ -93,13 +95,16 @@ exit "$status"
 """
 
 
-def phases_script(buildspec: Mapping[str, Any], project_names: Sequence[str]) -> str:
+def phases_script(
+    buildspec: Mapping[str, Any], project_names: Sequence[str], after: Sequence[str] = ()
+) -> str:
     """The buildspec as one bash script with CodeBuild's semantics (see the module docstring).
 
     The buildspec's variables are exported unless the project sets them (``project_names``:
     CodeBuild's project environment wins over the buildspec's). Each command is kept verbatim
     in a heredoc and ``source``d, so it runs in the build's one shell session; ``::phase NAME
-    exit=N`` lines report each phase.
+    exit=N`` lines report each phase. ``after`` are the test's own commands, run in the same
+    session once the build is over, whatever its outcome (``::after N exit=S`` each).
     """
     variables = buildspec.get("env", {}).get("variables", {})
     lines = [
@@ -133,6 +138,14 @@ def phases_script(buildspec: Mapping[str, Any], project_names: Sequence[str]) ->
         if phase in ("install", "pre_build"):
             lines.append("  ((phase_status == 0)) || setup_failed=1")
         lines.append("fi")
+    for index, command in enumerate(after):
+        lines += [
+            f"echo {shlex.quote(f'::command {command}')}",
+            "source /dev/stdin <<'AFTER'",
+            command,
+            "AFTER",
+            f"echo ::after {index} exit=$?",
+        ]
     lines.append("exit $build_failed")
     return "\n".join(lines) + "\n"
 
@@ -143,6 +156,8 @@ class BuildResult:
     output: str
     #: exit status of each phase that ran
     phases: dict[str, int]
+    #: exit status of each of the test's own commands run after the build
+    after: list[int]
 
     @property
     def succeeded(self) -> bool:
@@ -227,13 +242,20 @@ class BuildHost:
         buildspec: Path,
         *,
         project_env: Mapping[str, str] | None = None,
+        dockerd_env: Mapping[str, str] | None = None,
+        after: Sequence[str] = (),
         timeout: float = BUILD_TIMEOUT,
     ) -> BuildResult:
         """Run ``buildspec`` as CodeBuild would. ``project_env`` is the project's environment
-        (its ``environmentVariables``, secrets resolved), which wins over the buildspec's."""
+        (its ``environmentVariables``, secrets resolved), which wins over the buildspec's;
+        ``dockerd_env`` is added to the entry point's dockerd alone; ``after`` are commands
+        run in the build container once the build is over."""
         project_env = dict(project_env or {})
         spec = yaml.safe_load(buildspec.read_text())
-        (self.workdir / "phases.sh").write_text(phases_script(spec, list(project_env)))
+        (self.workdir / "phases.sh").write_text(phases_script(spec, list(project_env), after))
+        (self.workdir / "dockerd.env").write_text(
+            "".join(f"{name}={value}\n" for name, value in (dockerd_env or {}).items())
+        )
         host_script = self.workdir / "host.sh"
         host_script.write_text(HOST_SCRIPT)
         argv = [
@@ -266,7 +288,8 @@ class BuildHost:
             self._stop_everything()
         text = output.decode(errors="replace")
         phases = {name: int(status) for name, status in PHASE_MARK.findall(text)}
-        return BuildResult(proc.returncode, text, phases)
+        after_status = [int(status) for _, status in AFTER_MARK.findall(text)]
+        return BuildResult(proc.returncode, text, phases, after_status)
 
     def _stop_everything(self) -> None:
         """Every process still in the build's mount namespace (dockerd, containerd, shims):
