@@ -59,7 +59,7 @@ reload="${MIRROR_RELOAD:-restart}"
 ca_file="${MIRROR_CA_FILE:-}"
 client_cert="${MIRROR_CLIENT_CERT:-}"
 client_key="${MIRROR_CLIENT_KEY:-}"
-buildx_dir="${BUILDX_CONFIG:-${DOCKER_CONFIG:-$HOME/.docker}/buildx}"
+buildx_dir="${BUILDX_CONFIG:-${DOCKER_CONFIG:-${HOME:-/root}/.docker}/buildx}"
 buildkitd_config="${MIRROR_BUILDKITD_CONFIG:-$buildx_dir/buildkitd.default.toml}"
 probe_repository="registry-proxy/probe"
 
