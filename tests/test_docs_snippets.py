@@ -486,9 +486,40 @@ def test_script_leaves_invalid_daemon_json_alone(host: FakeHost) -> None:
     assert list(host.config.parent.iterdir()) == [host.config], "temporary file left behind"
 
 
-def test_heart_of_the_script_in_the_guide_matches_it() -> None:
-    """The inline variant in the guide uses the same jq merge rule as the script."""
+def test_guide_documents_what_the_script_does() -> None:
+    """The guide's account of the set-up step: the restart and why, the proof (a behaviour,
+    not a configuration check), the settings, and the Docker versions it was tested with."""
     text = GUIDE.read_text(encoding="utf-8")
-    assert '.["registry-mirrors"] = [$m] + ((.["registry-mirrors"] // []) - [$m])' in text
-    assert 'kill -HUP "$(cat /var/run/docker.pid)"' in text
-    assert 'kill -HUP "$pid"' in MIRROR_SCRIPT.read_text(encoding="utf-8")
+    script = MIRROR_SCRIPT.read_text(encoding="utf-8")
+    for phrase in (
+        "restarts dockerd",
+        "registry-proxy/probe",
+        "MIRROR_CHECK=warn",
+        "MIRROR_RELOAD=hup",
+    ):
+        assert phrase in text, phrase
+    for version in ("26.1.5", "buildx 0.13.1", "20.10.24"):
+        assert version in text, version
+    for variable in ("MIRROR_CLIENT_CERT", "MIRROR_CLIENT_KEY", "MIRROR_CA_FILE"):
+        assert variable in text and f"{variable}:-" in script, variable
+
+
+def test_buildspec_secrets_block_gives_the_script_its_certificate() -> None:
+    """Outside a VPC the buildspec's secrets-manager block, uncommented, is valid and sets
+    exactly the variables the script reads the client certificate from."""
+    lines = BUILDSPEC.read_text(encoding="utf-8").splitlines()
+    start = lines.index("  # secrets-manager:")
+    block = [line.replace("# ", "", 1) for line in lines[start : start + 3]]
+    spec = yaml.safe_load("\n".join(["env:", *block]))
+    secrets = spec["env"]["secrets-manager"]
+    assert secrets == {
+        "MIRROR_CLIENT_CERT": "registry-proxy/clients/my-service:certificate",
+        "MIRROR_CLIENT_KEY": "registry-proxy/clients/my-service:private_key",
+    }
+    guide = GUIDE.read_text(encoding="utf-8")
+    assert all(f"{name}: {value}" in guide for name, value in secrets.items())
+    # keys of the document `registry-proxy certs issue` writes (tests/test_certs.py)
+    assert {value.rpartition(":")[2] for value in secrets.values()} == {
+        "certificate",
+        "private_key",
+    }
