@@ -35,14 +35,13 @@ from support.tls_front import TlsFront
 from proxy.cli import main
 
 from .conftest import HUB_PASSWORD, HUB_USER
-from .test_clients import request_events, require_root
+from .test_clients import assert_served, request_events, require_root
 
 pytestmark = [pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR_HOST = "registry.build.example.com"
 MIRROR_URL = f"https://{MIRROR_HOST}"
-PLATFORM = "linux/amd64"
 BUILDSPEC = "docs/clients/codebuild-buildspec.yml"
 DOCKERFILE = 'FROM alpine:3.12\nLABEL org.example.built-by="registry-proxy codebuild test"\n'
 PROGRAMS = ("dockerd", "docker", "containerd", "runc", "nsenter", "unshare", "ip", "jq", "curl")
@@ -149,19 +148,9 @@ def requests_for(proxy: ProxyProcess, repository: str) -> list[dict[str, Any]]:
 
 
 def assert_pulled_through_proxy(proxy: ProxyProcess, image: PushedImage) -> None:
-    """The proxy's own record: ``image``'s tag, the linux/amd64 config and layers, answered
-    200 (to the build container: the proxy admits no other address)."""
-    events = requests_for(proxy, image.repository)
-    ok = {(e["method"], e["path"]) for e in events if e["status"] == 200}
-    base = f"/v2/{image.repository}"
-    assert ("HEAD", f"{base}/manifests/{image.tag}") in ok, events
-    manifest = image.platform(PLATFORM)
-    missing = [
-        digest
-        for digest in (manifest.config_digest, *manifest.layer_digests)
-        if ("GET", f"{base}/blobs/{digest}") not in ok
-    ]
-    assert missing == [], f"blobs of {image.reference} not pulled through the proxy: {missing}"
+    """The proxy's own record: ``image``'s tag, its linux/amd64 manifest, config and layers,
+    answered 200 (to the build container: the proxy admits no other address)."""
+    assert_served(requests_for(proxy, image.repository), image)
 
 
 def phase_output(result: BuildResult, phase: str) -> str:

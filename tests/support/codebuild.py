@@ -293,9 +293,11 @@ class BuildHost:
 
     def _stop_everything(self) -> None:
         """Every process still in the build's mount namespace (dockerd, containerd, shims):
-        SIGTERM, then SIGKILL; they are all the build's own."""
+        SIGTERM, then SIGKILL; they are all the build's own. Once none is left the namespace is
+        gone, and its id is forgotten (the kernel may give the number to another namespace)."""
+        record = self.workdir / "mntns"
         try:
-            namespace = (self.workdir / "mntns").read_text().strip()
+            namespace = record.read_text().strip()
         except OSError:
             return
         for signum, grace in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 10.0)):
@@ -308,6 +310,7 @@ class BuildHost:
                 pids = _pids_in_mount_namespace(namespace)
                 time.sleep(0.1)
             if not pids:
+                record.unlink(missing_ok=True)
                 return
 
     def cleanup(self) -> None:
