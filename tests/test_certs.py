@@ -19,7 +19,7 @@ from support.binaries import free_port, require_binaries
 from support.server_tls import ServerTls, make_server_tls
 from support.tls_front import TlsFront
 
-from proxy.cli import main
+from proxy.commands.cli import main
 
 HOST = "registry.build.example.com"
 

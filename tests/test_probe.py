@@ -13,9 +13,9 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
 from proxy.config import UpstreamSettings
-from proxy.manifest import MANIFEST_TYPES
-from proxy.policy import RepositoryRules, parse_repository_patterns
 from proxy.registry import probe
+from proxy.registry.manifest import MANIFEST_TYPES
+from proxy.registry.policy import RepositoryRules, parse_repository_patterns
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 # The index every instance of every version serves: change the bytes and fleets that run two

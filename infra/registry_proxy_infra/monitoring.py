@@ -8,8 +8,8 @@ here goes to one SNS topic (subscribe email addresses or an HTTPS endpoint with 
 
 Metrics come from three places: the load balancer and ECS (AWS's own), the proxy's embedded
 metric format lines (fleet totals: counted pulls, cache results, spool disk use; see
-``proxy/cloudwatch.py``), and metric filters on the proxy's JSON log (low upstream quota, storage
-errors, failed blob fetches, stale serves, refused fetches).
+``proxy/ops/cloudwatch.py``), and metric filters on the proxy's JSON log (low upstream quota,
+storage errors, failed blob fetches, stale serves, refused fetches).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class Monitoring(Construct):
         )
 
     def emf(self, name: str, statistic: str = "Sum", **dimensions: str) -> cw.Metric:
-        """A metric from the proxy's embedded-metric-format lines (proxy/cloudwatch.py)."""
+        """A metric from the proxy's embedded-metric-format lines (proxy/ops/cloudwatch.py)."""
         return cw.Metric(
             namespace=self.watched.namespace,
             metric_name=name,

@@ -1,1 +1,0 @@
-"""The command-line tools of ``registry-proxy`` besides ``serve``."""

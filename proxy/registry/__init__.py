@@ -1,1 +1,0 @@
-"""The registry domain: names, references, manifests, policy, errors (no HTTP here)."""

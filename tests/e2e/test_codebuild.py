@@ -32,7 +32,7 @@ from support.proxy_process import ProxyProcess
 from support.server_tls import ServerTls, make_server_tls
 from support.tls_front import TlsFront
 
-from proxy.cli import main
+from proxy.commands.cli import main
 
 from .conftest import HUB_PASSWORD, HUB_USER
 from .test_clients import assert_served, request_events, require_root
