@@ -199,6 +199,8 @@ def test_buildspec_builds_and_pulls_through_the_proxy(
     build = phase_output(result, "build")
     assert "[internal] load build definition from Dockerfile" in build, build
     assert "Step 1/" not in build, "the classic builder ran, not BuildKit"
+    if docker_install.name == "26":  # buildx, with the default builder (dockerd's BuildKit)
+        assert 'building with "default" instance using docker driver' in build, build
     assert_pulled_through_proxy(mirror, alpine)
     assert_pulled_through_proxy(mirror, golang)
 
