@@ -13,13 +13,13 @@ from registry_proxy_infra.config import (
     ExistingVpc,
     ProxyStackConfig,
 )
+from registry_proxy_infra.service import RETENTION
 from registry_proxy_infra.sizing import (
     BASE_MEMORY_MIB,
     S3_FETCH_MEMORY_MIB,
     SizingError,
     derive_sizes,
 )
-from registry_proxy_infra.stack import RETENTION
 
 from .scenarios import CERTIFICATE_ARN, SECRET_ARN
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_proxy_infra import stack as stack_module
+from registry_proxy_infra import service as service_module
 
 from .scenarios import REGION, Synthesized, synthesize
 
@@ -44,7 +44,7 @@ def asset_synth(
     tmp_path_factory: pytest.TempPathFactory, fake_checkout: Path
 ) -> Iterator[Synthesized]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stack_module, "REPOSITORY_ROOT", fake_checkout)
+        patch.setattr(service_module, "REPOSITORY_ROOT", fake_checkout)
         context = {"region": REGION, "imageFromAsset": True}
         yield synthesize("asset", context, tmp_path_factory.mktemp("cdk-asset"))
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
-from registry_proxy_infra.stack import S3_CACHE_ACTIONS, SPOOL_PATH
+from registry_proxy_infra.service import S3_CACHE_ACTIONS, SPOOL_PATH
 
 from .scenarios import (
     CERTIFICATE_ARN,
@@ -50,7 +50,7 @@ def arn_of(logical_id: str) -> dict[str, list[str]]:
 
 
 def cache_bucket_id(synth: Synthesized) -> str:
-    return synth.stack.resolve(synth.stack.cache_bucket.bucket_name)["Ref"]  # type: ignore[no-any-return]
+    return synth.stack.resolve(synth.stack.storage.bucket.bucket_name)["Ref"]  # type: ignore[no-any-return]
 
 
 def group_id(synth: Synthesized, group: ec2.ISecurityGroup) -> str:
@@ -211,7 +211,7 @@ def test_cache_gc_runs_daily_as_the_proxy_task(any_synth: Synthesized) -> None:
     network = parameters["NetworkConfiguration"]["AwsVpcConfiguration"]
     assert network["AssignPublicIp"] == "DISABLED"
     assert network["SecurityGroups"] == [
-        {"Fn::GetAtt": [group_id(any_synth, any_synth.stack.service_security_group), "GroupId"]}
+        {"Fn::GetAtt": [group_id(any_synth, any_synth.stack.proxy.security_group), "GroupId"]}
     ]
     overrides = json.loads(target["Input"])["containerOverrides"]
     assert overrides == [{"name": "proxy", "command": ["cache", "gc"]}]
@@ -326,7 +326,7 @@ def test_container_listens_on_5000_with_the_spool_on_the_task_storage(
 def test_spool_mount_is_where_the_image_declares_its_owned_volume() -> None:
     """A Fargate bind mount is root's (0755) unless the image declares a VOLUME at that path,
     created with the proxy user's ownership: the stack and the Dockerfile must agree."""
-    from registry_proxy_infra.stack import REPOSITORY_ROOT
+    from registry_proxy_infra.service import REPOSITORY_ROOT
 
     dockerfile = (REPOSITORY_ROOT / "Dockerfile").read_text()
     final = dockerfile.split("\nFROM ", 2)[2]
@@ -634,7 +634,7 @@ def test_target_group_checks_the_tasks_own_ability_to_serve(any_synth: Synthesiz
 
 def test_default_ingress_is_the_vpc_only(default_synth: Synthesized) -> None:
     group = default_synth.resources("AWS::EC2::SecurityGroup")[
-        group_id(default_synth, default_synth.stack.load_balancer_security_group)
+        group_id(default_synth, default_synth.stack.load_balancer.security_group)
     ]
     assert group["Properties"]["SecurityGroupIngress"] == [
         {
@@ -648,7 +648,7 @@ def test_default_ingress_is_the_vpc_only(default_synth: Synthesized) -> None:
 
 
 def test_ingress_is_limited_to_the_given_networks(custom_synth: Synthesized) -> None:
-    balancer_group = group_id(custom_synth, custom_synth.stack.load_balancer_security_group)
+    balancer_group = group_id(custom_synth, custom_synth.stack.load_balancer.security_group)
     inline = custom_synth.resources("AWS::EC2::SecurityGroup")[balancer_group]["Properties"]
     sources = [
         (rule.get("CidrIp") or rule.get("SourceSecurityGroupId"), rule["FromPort"], rule["ToPort"])
@@ -682,8 +682,8 @@ def test_nothing_is_open_to_the_world(any_synth: Synthesized) -> None:
 
 
 def test_tasks_accept_traffic_only_from_the_load_balancer(any_synth: Synthesized) -> None:
-    service_group = group_id(any_synth, any_synth.stack.service_security_group)
-    balancer_group = group_id(any_synth, any_synth.stack.load_balancer_security_group)
+    service_group = group_id(any_synth, any_synth.stack.proxy.security_group)
+    balancer_group = group_id(any_synth, any_synth.stack.load_balancer.security_group)
     inline = any_synth.resources("AWS::EC2::SecurityGroup")[service_group]["Properties"]
     assert "SecurityGroupIngress" not in inline
     into_service = [
