@@ -64,7 +64,7 @@ def build_app(
         description="registry-proxy: pull-through cache for Docker Hub on Fargate (internal ALB)",
     )
     cdk.Tags.of(stack).add("project", "registry-proxy")
-    if _flag(app.node.try_get_context("nag"), default=True):
+    if config.nag:
         cdk.Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return app, stack
 
@@ -77,11 +77,3 @@ def main() -> int:
         return 2
     app.synth()
     return 0
-
-
-def _flag(value: object, *, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() not in ("false", "0", "no", "off")
-    return bool(value)

@@ -79,16 +79,18 @@ class Network:
         """Where the tasks, the scheduled cache gc and the internal load balancer live."""
         return ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
 
-    def vpc_cidr(self) -> str | None:
-        """The VPC's range as a literal (not a token), when it is known at synth time."""
-        if self.config.existing_vpc is not None:
-            return self.config.existing_vpc.cidr
-        return self.config.vpc_cidr
+    @property
+    def vpc_cidr(self) -> str:
+        """The VPC's range as a literal (not a token): the settings require it with ``vpcId``."""
+        existing = self.config.existing_vpc
+        if existing is None:
+            return self.config.vpc_cidr
+        assert existing.cidr is not None, "the settings refuse vpcId without existingVpcCidr"
+        return existing.cidr
 
     def load_balancer_ranges(self) -> list[str]:
         """Where the load balancer's addresses come from, as literals known at synth time: its
         subnets' ranges in a VPC the stack creates, the VPC's range for an existing one."""
         if self.config.existing_vpc is None:
             return [subnet.ipv4_cidr_block for subnet in self.vpc.private_subnets]
-        vpc_cidr = self.vpc_cidr()
-        return [vpc_cidr] if vpc_cidr is not None else []
+        return [self.vpc_cidr]

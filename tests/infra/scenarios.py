@@ -34,7 +34,7 @@ CUSTOM_CONTEXT: dict[str, Any] = {
     "region": REGION,
     "stackName": "RegistryProxyCustom",
     "vpcId": "vpc-0a1b2c3d4e5f60718",
-    "vpcCidr": "10.40.0.0/16",
+    "existingVpcCidr": "10.40.0.0/16",
     # as `-c key=a,b` passes lists: comma-separated strings
     "vpcAvailabilityZones": "eu-west-1a,eu-west-1b,eu-west-1c",
     "vpcPrivateSubnetIds": (

@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from registry_proxy_infra.application import build_app, cdk_json_context
+from registry_proxy_infra.application import INFRA_DIR, build_app, cdk_json_context
 from registry_proxy_infra.config import (
     LOG_RETENTION_DAYS,
     ConfigError,
     ExistingVpc,
     ProxyStackConfig,
+    settings_table,
 )
 from registry_proxy_infra.service import RETENTION
 from registry_proxy_infra.sizing import (
@@ -33,13 +34,43 @@ EXISTING = {
     "vpcAvailabilityZones": ["eu-west-1a", "eu-west-1b"],
     "vpcPrivateSubnetIds": ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"],
     "vpcPrivateSubnetRouteTableIds": ["rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"],
-    "allowedCidrs": ["10.9.0.0/16"],
+    "existingVpcCidr": "10.9.0.0/16",
 }
 
 
 def test_cdk_json_defaults_match_the_code_defaults() -> None:
     """cdk.json documents the defaults; it must not silently disagree with the code."""
     assert read(cdk_json_context()) == ProxyStackConfig()
+
+
+def test_every_setting_in_cdk_json_is_a_row() -> None:
+    """A misspelt key in cdk.json would be ignored, its default silently used instead."""
+    keys = {row.key for _, row in ProxyStackConfig.rows()}
+    unknown = sorted(
+        key for key in cdk_json_context() if not key.startswith("@") and key not in keys
+    )
+    assert unknown == []
+
+
+def readme_settings_table() -> str:
+    readme = (INFRA_DIR / "README.md").read_text()
+    section = readme[readme.index("\n## Settings\n") :]
+    start = section.index("| key |")
+    return section[start : section.index("\n\n", start)]
+
+
+def test_readme_settings_table_is_made_of_the_rows() -> None:
+    """One row per setting in config.py; the README's table is what the rows give."""
+    assert readme_settings_table() == settings_table(), (
+        "infra/README.md's settings table differs from the rows of config.py; the rows give:\n"
+        + settings_table()
+    )
+
+
+def test_every_row_has_a_key_of_its_own_and_help() -> None:
+    rows = [row for _, row in ProxyStackConfig.rows()]
+    assert len({row.key for row in rows}) == len(rows)
+    assert all(len(row.help.split()) >= 2 for row in rows)
 
 
 def test_empty_context_gives_the_defaults() -> None:
@@ -96,14 +127,32 @@ def test_existing_vpc_from_ids() -> None:
         availability_zones=("eu-west-1a", "eu-west-1b"),
         private_subnet_ids=("subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"),
         private_subnet_route_table_ids=("rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"),
+        cidr="10.9.0.0/16",
     )
     assert read({**EXISTING, "createS3GatewayEndpoint": "false"}).existing_vpc == ExistingVpc(
         vpc_id="vpc-0a1b2c3d4e5f60718",
         availability_zones=("eu-west-1a", "eu-west-1b"),
         private_subnet_ids=("subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"),
         private_subnet_route_table_ids=("rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"),
+        cidr="10.9.0.0/16",
         create_s3_endpoint=False,
     )
+
+
+def test_existing_vpc_needs_its_own_range_never_the_new_vpcs_default() -> None:
+    """cdk.json gives vpcCidr (the range of a VPC the stack creates) a default, so it cannot
+    stand for an existing VPC's range: that one is a setting of its own, required with vpcId."""
+    without_range = {key: value for key, value in EXISTING.items() if key != "existingVpcCidr"}
+    for context in (without_range, {**cdk_json_context(), **without_range}):
+        with pytest.raises(ConfigError, match=r"vpcId=.* needs existingVpcCidr"):
+            read(context)
+    config = read({**cdk_json_context(), **EXISTING})
+    assert config.existing_vpc is not None and config.existing_vpc.cidr == "10.9.0.0/16"
+
+
+def test_an_existing_vpcs_description_without_its_id_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"existingVpcCidr.* give its vpcId"):
+        read({"existingVpcCidr": "10.9.0.0/16"})
 
 
 def test_accepted_ids_and_arns() -> None:
@@ -186,7 +235,8 @@ def test_log_retention_choices_match_the_stack() -> None:
         ({"extraEnvironment": {"PROXY_AUTH_TOKENS": "x"}}, "extraEnvironment"),
         ({**EXISTING, "vpcPrivateSubnetIds": ["subnet-0aaaaaaaaaaaaaaa1"]}, "vpcPrivateSubnetIds"),
         ({**EXISTING, "vpcAvailabilityZones": ["eu-west-1a"]}, "vpcAvailabilityZones"),
-        ({**EXISTING, "allowedCidrs": []}, "allowedCidrs"),
+        ({**EXISTING, "existingVpcCidr": "10.9.0.0/33"}, "existingVpcCidr"),
+        ({"vpcAvailabilityZones": "eu-west-1a,eu-west-1b"}, "vpcAvailabilityZones"),
     ],
 )
 def test_invalid_settings_are_refused_naming_the_key(context: Mapping[str, Any], key: str) -> None:
