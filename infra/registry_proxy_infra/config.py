@@ -70,6 +70,7 @@ _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificat
 _SECRET_ARN = re.compile(
     r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+-[A-Za-z0-9]{6}$"
 )
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
@@ -271,8 +272,10 @@ class ProxyStackConfig:
     """Everything the stack needs to know; build it with ``from_context`` or directly in tests."""
 
     region: str | None = setting(
-        "region", text, None, "region to deploy to (required one way or the other)",
-        pattern(_REGION, "eu-west-1"), shown="`CDK_DEFAULT_REGION`",
+        "region", text, None,
+        "region to deploy to (required: the CDK CLI's fallback, your profile's region or "
+        "us-east-1, would put each operator's deploy wherever their shell points)",
+        pattern(_REGION, "eu-west-1"),
     )  # fmt: skip
     stack_name: str = setting(
         "stackName", text, "RegistryProxy", "CloudFormation stack name",
@@ -317,10 +320,10 @@ class ProxyStackConfig:
         "with `vpcId`: the route table of each of those subnets",
         each(pattern(_ROUTE_TABLE_ID, "rtb-0123456789abcdef0")),
     )  # fmt: skip
-    create_s3_gateway_endpoint: bool = setting(
-        "createS3GatewayEndpoint", flag, True,
-        "with `vpcId`: add an S3 gateway endpoint to those route tables (turn off if the VPC "
-        "has one)",
+    create_s3_gateway_endpoint: bool | None = setting(
+        "createS3GatewayEndpoint", flag, None,
+        "with `vpcId` (and required with it): `true` adds an S3 gateway endpoint to those route "
+        "tables; `false` when the VPC has one on them already (AWS refuses a second)",
     )  # fmt: skip
     allowed_cidrs: tuple[str, ...] = setting(
         "allowedCidrs", strings, (), "IPv4 ranges allowed to reach the load balancer on 443",
@@ -333,11 +336,15 @@ class ProxyStackConfig:
     )  # fmt: skip
     # TLS and naming
     certificate_arn: str | None = setting(
-        "certificateArn", text, None, "default of the `CertificateArn` parameter",
+        "certificateArn", text, None,
+        "ACM certificate (in `region`) of the HTTPS listener; it must cover `domainName` "
+        "(required)",
         pattern(_CERTIFICATE_ARN, "arn:aws:acm:REGION:ACCOUNT:certificate/ID"),
     )  # fmt: skip
     domain_name: str | None = setting(
-        "domainName", _then(text, _dns_name), None, "the name clients use; becomes `MirrorUrl`",
+        "domainName", _then(text, _dns_name), None,
+        "the name clients use, covered by the certificate; `MirrorUrl` is `https://` and this "
+        "(required)",
         pattern(_DNS_NAME, "registry.example.com"),
     )  # fmt: skip
     hosted_zone_id: str | None = setting(
@@ -377,8 +384,21 @@ class ProxyStackConfig:
     )  # fmt: skip
     # credentials
     docker_hub_secret_arn: str | None = setting(
-        "dockerHubSecretArn", text, None, "use this secret (complete ARN) instead of creating one",
+        "dockerHubSecretArn", text, None,
+        "complete ARN of the secret holding the Docker Hub account the proxy pulls with "
+        "(`username`, `token`); required unless `anonymousPulls`",
         pattern(_SECRET_ARN, "arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf"),
+    )  # fmt: skip
+    docker_hub_secret_kms_key_arn: str | None = setting(
+        "dockerHubSecretKmsKeyArn", text, None,
+        "the customer-managed KMS key that secret is encrypted with, if any: the task execution "
+        "role may then decrypt with it through Secrets Manager",
+        pattern(_KMS_KEY_ARN, "arn:aws:kms:REGION:ACCOUNT:key/ID"),
+    )  # fmt: skip
+    anonymous_pulls: bool = setting(
+        "anonymousPulls", flag, False,
+        "pull from Docker Hub without an account, on purpose: every task shares the NAT "
+        "gateways' anonymous rate limit",
     )  # fmt: skip
     # cache bucket and logs
     cache_prefix: str = setting(
@@ -438,7 +458,9 @@ class ProxyStackConfig:
         "maxTasks", integer, 6, "most tasks (at least `minTasks`)", between(2, 100)
     )  # fmt: skip
     cpu_target_percent: int = setting(
-        "cpuTargetPercent", integer, 60, "average CPU the scaling policy aims for",
+        "cpuTargetPercent", integer, 60,
+        "CPU, in percent of the one vCPU the proxy's event loop can use, that the second "
+        "scaling policy aims for (the first tracks requests served at once)",
         between(10, 90),
     )  # fmt: skip
     cpu: int = setting(
@@ -515,7 +537,7 @@ class ProxyStackConfig:
             private_subnet_ids=self.vpc_private_subnet_ids,
             private_subnet_route_table_ids=self.vpc_private_subnet_route_table_ids,
             cidr=self.existing_vpc_cidr,
-            create_s3_endpoint=self.create_s3_gateway_endpoint,
+            create_s3_endpoint=bool(self.create_s3_gateway_endpoint),
         )
 
     @property
@@ -531,6 +553,35 @@ class ProxyStackConfig:
     def image_missing(self) -> bool:
         """No image to run was named: a deployment must say exactly which build it runs."""
         return self.uses_image_repository and self.image_tag is None and self.image_digest is None
+
+    def missing(self) -> list[str]:
+        """What a deployment must state and this configuration does not: each as advice.
+
+        Kept apart from ``validate`` so that the defaults alone still make a configuration
+        (the README's table and the tests are made from it); ``build_app`` refuses to
+        synthesize while anything is missing.
+        """
+        missing = []
+        if self.region is None:
+            missing.append('"region": the region to deploy to, e.g. "eu-west-1"')
+        if self.image_missing:
+            missing.append(
+                f'"imageTag": the tag of the image pushed to the ECR repository '
+                f"{self.image_repository_name!r} (or imageDigest, imageUri or imageFromAsset)"
+            )
+        if self.domain_name is None:
+            missing.append(
+                '"domainName": the name builds use for the mirror, e.g. '
+                '"registry.build.example.com" (Docker requires HTTPS with a certificate for it)'
+            )
+        if self.certificate_arn is None:
+            missing.append('"certificateArn": the ACM certificate for domainName, in the region')
+        if self.docker_hub_secret_arn is None and not self.anonymous_pulls:
+            missing.append(
+                '"dockerHubSecretArn": the secret with the Docker Hub account to pull with (or '
+                '"anonymousPulls": true, to share the anonymous rate limit on purpose)'
+            )
+        return missing
 
     @property
     def sizes(self) -> ProxySizes:
@@ -562,6 +613,16 @@ class ProxyStackConfig:
         self._validate_existing_vpc()
         self._validate_names()
         self._validate_image()
+        if self.anonymous_pulls and self.docker_hub_secret_arn is not None:
+            raise ConfigError(
+                "anonymousPulls=true and dockerHubSecretArn exclude each other: pull with the "
+                "account in the secret, or anonymously"
+            )
+        if self.docker_hub_secret_kms_key_arn is not None and self.docker_hub_secret_arn is None:
+            raise ConfigError(
+                "dockerHubSecretKmsKeyArn is the key of the secret in dockerHubSecretArn: give "
+                "that too"
+            )
         allowed = FARGATE_MEMORY[self.cpu]
         if self.memory_mib not in allowed:
             raise ConfigError(
@@ -583,6 +644,8 @@ class ProxyStackConfig:
         }
         if self.vpc_id is None:
             given = [key for key, value in described.items() if value]
+            if self.create_s3_gateway_endpoint is not None:
+                given.append("createS3GatewayEndpoint")
             if given:
                 raise ConfigError(
                     f"{', '.join(given)} describe an existing VPC: give its vpcId too, or leave "
@@ -596,6 +659,13 @@ class ProxyStackConfig:
                 "'Vpcs[0].CidrBlock'): the load balancer admits it by default and the proxy "
                 "trusts X-Forwarded-For from it. vpcCidr is the range of a VPC the stack "
                 "creates, never used with vpcId"
+            )
+        if self.create_s3_gateway_endpoint is None:
+            raise ConfigError(
+                "with vpcId, say whether the stack adds an S3 gateway endpoint to the private "
+                "route tables: createS3GatewayEndpoint=true, or createS3GatewayEndpoint=false "
+                "when the VPC has one on them already (AWS refuses a second endpoint for S3 on "
+                "the same route table)"
             )
         count = len(self.vpc_availability_zones)
         if count < 2:
@@ -679,9 +749,7 @@ class ProxyStackConfig:
             yield row, getattr(self, item.name)
 
     @classmethod
-    def from_context(
-        cls, get: ContextGetter, *, default_region: str | None = None
-    ) -> ProxyStackConfig:
+    def from_context(cls, get: ContextGetter) -> ProxyStackConfig:
         """Read every setting through ``get`` (``app.node.try_get_context``); a key that is
         missing or blank keeps the row's default."""
         values: dict[str, Any] = {}
@@ -689,8 +757,6 @@ class ProxyStackConfig:
             raw = get(row.key)
             if not _blank(raw):
                 values[item.name] = row.parse(row.key, raw)
-        if values.get("region") is None:
-            values["region"] = default_region
         return cls(**values)
 
 

@@ -35,9 +35,10 @@ class ProxyLoadBalancer:
         config: ProxyStackConfig,
         network: Network,
         log_bucket: s3.IBucket,
-        certificate_arn: str,
+        certificate_arn: str | None,
         service: ecs.FargateService,
     ) -> None:
+        assert certificate_arn is not None, "build_app refuses a deployment without one"
         self.config = config
         self.network = network
         self.security_group = self._security_group(scope)

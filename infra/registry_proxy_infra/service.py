@@ -16,13 +16,14 @@ from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
 from registry_proxy_infra.cache_gc import expire_unused_setting
 from registry_proxy_infra.config import ProxyStackConfig
 from registry_proxy_infra.network import Network
+from registry_proxy_infra.scaling import ServiceScaling
+from registry_proxy_infra.upstream_account import UpstreamAccount
 
 CONTAINER_NAME = "proxy"
 CONTAINER_PORT = 5000
@@ -102,12 +103,12 @@ class ProxyService:
         config: ProxyStackConfig,
         network: Network,
         cache_bucket: s3.IBucket,
-        secret: secretsmanager.ISecret,
+        account: UpstreamAccount,
     ) -> None:
         self.config = config
         self.network = network
         self.cache_bucket = cache_bucket
-        self.secret = secret
+        self.account = account
         self.stack = Stack.of(scope)
         self.log_group = logs.LogGroup(
             scope,
@@ -165,14 +166,8 @@ class ProxyService:
                 ],
                 apply_to_children=True,
             )
-        scaling = self.service.auto_scale_task_count(
-            min_capacity=config.min_tasks, max_capacity=config.max_tasks
-        )
-        scaling.scale_on_cpu_utilization(
-            "CpuScaling",
-            target_utilization_percent=config.cpu_target_percent,
-            scale_in_cooldown=Duration.minutes(5),
-            scale_out_cooldown=Duration.minutes(1),
+        self.scaling = ServiceScaling(
+            self.service, config=config, namespace=metrics_namespace(self.stack.stack_name)
         )
 
     def _cluster(self, scope: Construct) -> ecs.Cluster:
@@ -297,6 +292,16 @@ class ProxyService:
         environment.update(config.extra_environment)
         return environment
 
+    def _secrets(self) -> dict[str, ecs.Secret]:
+        """The Docker Hub account, read by ECS from Secrets Manager; none when anonymous."""
+        secret = self.account.secret
+        if secret is None:
+            return {}
+        return {
+            "PROXY_UPSTREAM_USERNAME": ecs.Secret.from_secrets_manager(secret, "username"),
+            "PROXY_UPSTREAM_PASSWORD": ecs.Secret.from_secrets_manager(secret, "token"),
+        }
+
     def _task_definition(self, scope: Construct) -> ecs.FargateTaskDefinition:
         config = self.config
         task_definition = ecs.FargateTaskDefinition(
@@ -324,10 +329,7 @@ class ProxyService:
                 )
             ],
             environment=self.proxy_environment(),
-            secrets={
-                "PROXY_UPSTREAM_USERNAME": ecs.Secret.from_secrets_manager(self.secret, "username"),
-                "PROXY_UPSTREAM_PASSWORD": ecs.Secret.from_secrets_manager(self.secret, "token"),
-            },
+            secrets=self._secrets(),
             logging=ecs.LogDrivers.aws_logs(
                 stream_prefix="proxy",
                 log_group=self.log_group,
@@ -345,6 +347,8 @@ class ProxyService:
                 start_period=Duration.seconds(15),
             ),
         )
+        if task_definition.execution_role is not None:
+            self.account.grant_read(task_definition.execution_role)
         container.add_mount_points(
             ecs.MountPoint(container_path=SPOOL_PATH, source_volume="spool", read_only=False)
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, CfnParameter, Stack
+from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from registry_proxy_infra.cache_gc import ScheduledCacheGc
@@ -40,7 +40,6 @@ class RegistryProxyStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
-        self.certificate_arn = self._certificate_parameter()
         self.access_logs = AccessLogs(self, config=config)
         self.network = Network(self, config=config, log_bucket=self.access_logs.bucket)
         self.storage = CacheStorage(self, config=config, log_bucket=self.access_logs.bucket)
@@ -50,7 +49,7 @@ class RegistryProxyStack(Stack):
             config=config,
             network=self.network,
             cache_bucket=self.storage.bucket,
-            secret=self.upstream_account.secret,
+            account=self.upstream_account,
         )
         self.cache_gc = ScheduledCacheGc(
             self,
@@ -66,7 +65,7 @@ class RegistryProxyStack(Stack):
             config=config,
             network=self.network,
             log_bucket=self.access_logs.bucket,
-            certificate_arn=self.certificate_arn,
+            certificate_arn=config.certificate_arn,
             service=self.proxy.service,
         )
         self.monitoring = Monitoring(
@@ -84,35 +83,11 @@ class RegistryProxyStack(Stack):
         )
         self._outputs()
 
-    def _certificate_parameter(self) -> str:
-        """The ACM certificate for the HTTPS listener, as a parameter so synth needs no value.
-
-        ``-c certificateArn=...`` becomes the parameter's default; otherwise give it at deploy
-        time with ``cdk deploy --parameters CertificateArn=...``.
-        """
-        options: dict[str, Any] = {}
-        if self.config.certificate_arn is not None:
-            options["default"] = self.config.certificate_arn
-        parameter = CfnParameter(
-            self,
-            "CertificateArn",
-            type="String",
-            description=(
-                "ARN of the ACM certificate for the HTTPS listener; it must cover the name "
-                "clients use for the mirror (Docker daemons require HTTPS for registry-mirrors)"
-            ),
-            allowed_pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$",
-            constraint_description="an ACM certificate ARN",
-            **options,
-        )
-        return parameter.value_as_string
-
     def _outputs(self) -> None:
-        mirror_host = self.config.domain_name or self.load_balancer.dns_name
         CfnOutput(
             self,
             "MirrorUrl",
-            value=f"https://{mirror_host}",
+            value=f"https://{self.config.domain_name}",
             description="registry-mirrors entry for the Docker daemon (see docs/codebuild.md)",
         )
         CfnOutput(
@@ -127,12 +102,6 @@ class RegistryProxyStack(Stack):
             value=self.load_balancer.security_group.security_group_id,
         )
         CfnOutput(self, "CacheBucketName", value=self.storage.bucket.bucket_name)
-        CfnOutput(
-            self,
-            "DockerHubSecretArn",
-            value=self.upstream_account.secret.secret_arn,
-            description="put {'username': ..., 'token': ...} here, then redeploy the service",
-        )
         CfnOutput(self, "ClusterName", value=self.proxy.cluster.cluster_name)
         CfnOutput(self, "ServiceName", value=self.proxy.service.service_name)
         CfnOutput(self, "LogGroupName", value=self.proxy.log_group.log_group_name)

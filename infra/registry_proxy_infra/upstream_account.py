@@ -1,56 +1,50 @@
-"""The Docker Hub account the proxy pulls with: a Secrets Manager secret, read by ECS."""
+"""The Docker Hub account the proxy pulls with: a secret the operator made, read by ECS.
+
+The stack makes no secret of its own: one it made would start empty, and the proxy would pull
+anonymously, sharing the NAT gateways' anonymous rate limit, until someone filled it in.  The
+deployment names the secret (``dockerHubSecretArn``), or says ``anonymousPulls`` on purpose.
+The values never appear in the task definition: ECS reads them when a task starts.
+"""
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy, SecretValue
+from aws_cdk import Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
-from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
 from registry_proxy_infra.config import ProxyStackConfig
 
 
 class UpstreamAccount:
-    """The secret with JSON keys ``username`` and ``token``, built into ``scope``.
-
-    A new secret starts with both empty, which the proxy reads as anonymous pulls; put the
-    account in it after the first deploy (see infra/README.md).  The values never appear in the
-    task definition: ECS reads them from Secrets Manager when a task starts.
-    """
+    """The secret with JSON keys ``username`` and ``token``, or none for anonymous pulls."""
 
     def __init__(self, scope: Construct, *, config: ProxyStackConfig) -> None:
         self.config = config
+        self.region = Stack.of(scope).region
+        self.secret: secretsmanager.ISecret | None = None
         if config.docker_hub_secret_arn is not None:
-            self.secret: secretsmanager.ISecret = secretsmanager.Secret.from_secret_complete_arn(
+            self.secret = secretsmanager.Secret.from_secret_complete_arn(
                 scope, "DockerHubSecret", config.docker_hub_secret_arn
             )
+
+    def grant_read(self, role: iam.IRole) -> None:
+        """What ECS needs to hand the secret to a task, besides ``secretsmanager:GetSecretValue``
+        (which the container's secrets grant): with a customer-managed key, ``kms:Decrypt``
+        with it, through Secrets Manager only.  The key's own policy must let the account's IAM
+        policies grant it (a key's default policy does)."""
+        key_arn = self.config.docker_hub_secret_kms_key_arn
+        if key_arn is None:
             return
-        secret = secretsmanager.Secret(
-            scope,
-            "DockerHubSecret",
-            description=(
-                "registry-proxy upstream account: {'username': Docker Hub user, 'token': Docker "
-                "Hub access token}. Empty values mean anonymous pulls."
-            ),
-            secret_object_value={
-                "username": SecretValue.unsafe_plain_text(""),
-                "token": SecretValue.unsafe_plain_text(""),
-            },
-            removal_policy=RemovalPolicy.RETAIN,
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="DockerHubSecretKey",
+                actions=["kms:Decrypt"],
+                resources=[key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"secretsmanager.{self.region}.amazonaws.com"
+                    }
+                },
+            )
         )
-        NagSuppressions.add_resource_suppressions(
-            secret,
-            [
-                NagPackSuppression(
-                    id="AwsSolutions-SMG4",
-                    reason=(
-                        "Rotating means issuing a new Docker Hub access token, which Docker Hub "
-                        "does (with an expiry date of its own), not Secrets Manager; a rotation "
-                        "Lambda would need a stronger Docker Hub login than the read-only token "
-                        "it rotates. The operator replaces the token before it expires (see "
-                        "infra/README.md)."
-                    ),
-                )
-            ],
-        )
-        self.secret = secret

@@ -23,18 +23,30 @@ ACCOUNT = "123456789012"
 CERTIFICATE_ARN = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/5d0c2a9e-8f1b-4c3d-9e6f-1a2b3c4d5e6f"
 SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:registry-proxy/docker-hub-AbC123"
 
-# What a user gets from cdk.json with nothing but a region and the tag of the image to run.
+KMS_KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+DOMAIN_NAME = "registry.build.example.com"
+
+# What a user gets from cdk.json with nothing but the settings every deployment must state: the
+# region, the image to run, the mirror's name and certificate, the Docker Hub account.
 IMAGE_TAG = "3f2a9c1"
-DEFAULT_CONTEXT: dict[str, Any] = {"region": REGION, "imageTag": IMAGE_TAG}
+REQUIRED_CONTEXT: dict[str, Any] = {
+    "region": REGION,
+    "imageTag": IMAGE_TAG,
+    "domainName": DOMAIN_NAME,
+    "certificateArn": CERTIFICATE_ARN,
+    "dockerHubSecretArn": SECRET_ARN,
+}
+DEFAULT_CONTEXT: dict[str, Any] = dict(REQUIRED_CONTEXT)
 
 # Every optional feature at once: an existing VPC described by ids, explicit client networks,
-# a DNS name in a hosted zone, cache expiry, an existing secret, an image given by URI, alarm
-# subscribers, an operator network, ECS Exec on and Container Insights off.
+# a DNS record in a hosted zone, cache expiry, a secret under a customer-managed key, an image
+# given by URI, alarm subscribers, an operator network, ECS Exec on and Container Insights off.
 CUSTOM_CONTEXT: dict[str, Any] = {
     "region": REGION,
     "stackName": "RegistryProxyCustom",
     "vpcId": "vpc-0a1b2c3d4e5f60718",
     "existingVpcCidr": "10.40.0.0/16",
+    "createS3GatewayEndpoint": "true",
     # as `-c key=a,b` passes lists: comma-separated strings
     "vpcAvailabilityZones": "eu-west-1a,eu-west-1b,eu-west-1c",
     "vpcPrivateSubnetIds": (
@@ -46,11 +58,12 @@ CUSTOM_CONTEXT: dict[str, Any] = {
     "allowedCidrs": ["10.50.0.0/16", "10.51.0.0/16"],
     "allowedSecurityGroupIds": ["sg-0123456789abcdef0"],
     "certificateArn": CERTIFICATE_ARN,
-    "domainName": "registry.build.example.com",
+    "domainName": DOMAIN_NAME,
     "hostedZoneId": "Z0123456789ABCDEFGHIJ",
     "hostedZoneName": "build.example.com",
     "imageUri": "public.ecr.aws/example/registry-proxy:1.2.3",
     "dockerHubSecretArn": SECRET_ARN,
+    "dockerHubSecretKmsKeyArn": KMS_KEY_ARN,
     "cacheExpirationDays": "30",
     "blobRedirect": "true",
     "logRetentionDays": 90,

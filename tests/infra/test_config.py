@@ -22,7 +22,7 @@ from registry_proxy_infra.sizing import (
     derive_sizes,
 )
 
-from .scenarios import CERTIFICATE_ARN, SECRET_ARN
+from .scenarios import CERTIFICATE_ARN, KMS_KEY_ARN, REQUIRED_CONTEXT, SECRET_ARN
 
 
 def read(context: Mapping[str, Any]) -> ProxyStackConfig:
@@ -35,6 +35,7 @@ EXISTING = {
     "vpcPrivateSubnetIds": ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"],
     "vpcPrivateSubnetRouteTableIds": ["rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"],
     "existingVpcCidr": "10.9.0.0/16",
+    "createS3GatewayEndpoint": True,
 }
 
 
@@ -77,20 +78,33 @@ def test_empty_context_gives_the_defaults() -> None:
     assert read({}) == ProxyStackConfig()
 
 
-def test_region_falls_back_to_the_cli_default() -> None:
-    empty: dict[str, Any] = {}
-    assert ProxyStackConfig.from_context(empty.get, default_region="us-east-2").region == (
-        "us-east-2"
-    )
-    context: dict[str, Any] = {"region": "eu-central-1"}
-    assert ProxyStackConfig.from_context(context.get, default_region="us-east-2").region == (
-        "eu-central-1"
-    )
+@pytest.mark.parametrize(
+    "setting", ["region", "imageTag", "domainName", "certificateArn", "dockerHubSecretArn"]
+)
+def test_build_app_names_every_setting_a_deployment_must_state(
+    setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No fallbacks for what differs per deployment: not the CLI's region (the operator's
+    profile, or us-east-1), not a MirrorUrl on the load balancer's own name (no certificate
+    covers it), not an empty Docker Hub secret (anonymous pulls nobody chose)."""
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "us-east-1")  # what the CLI always sets
+    with pytest.raises(ConfigError, match=f'(?s)infra/cdk.json.*"{setting}"'):
+        build_app({**REQUIRED_CONTEXT, setting: None})
 
 
-def test_build_app_without_a_region_says_how_to_give_one() -> None:
-    with pytest.raises(ConfigError, match="-c region="):
-        build_app({}, default_region=None)
+def test_anonymous_pulls_are_a_choice_not_a_default() -> None:
+    anonymous = read({**REQUIRED_CONTEXT, "dockerHubSecretArn": None, "anonymousPulls": "true"})
+    assert anonymous.missing() == []
+    assert read({**REQUIRED_CONTEXT, "dockerHubSecretArn": None}).missing() != []
+    with pytest.raises(ConfigError, match="anonymousPulls"):
+        read({**REQUIRED_CONTEXT, "anonymousPulls": "true"})
+    with pytest.raises(ConfigError, match="dockerHubSecretKmsKeyArn"):
+        read({"dockerHubSecretKmsKeyArn": KMS_KEY_ARN})
+
+
+def test_a_misspelt_setting_is_refused_with_the_likely_one() -> None:
+    with pytest.raises(ConfigError, match=r"domainname \(did you mean domainName\?\)"):
+        build_app({**REQUIRED_CONTEXT, "domainname": "registry.example.com"})
 
 
 @pytest.mark.parametrize(
@@ -148,6 +162,15 @@ def test_existing_vpc_needs_its_own_range_never_the_new_vpcs_default() -> None:
             read(context)
     config = read({**cdk_json_context(), **EXISTING})
     assert config.existing_vpc is not None and config.existing_vpc.cidr == "10.9.0.0/16"
+
+
+def test_existing_vpc_says_whether_it_has_an_s3_endpoint() -> None:
+    """AWS refuses a second S3 gateway endpoint on a route table: no default to trip over."""
+    without_choice = {
+        key: value for key, value in EXISTING.items() if key != "createS3GatewayEndpoint"
+    }
+    with pytest.raises(ConfigError, match="createS3GatewayEndpoint=false when the VPC has one"):
+        read(without_choice)
 
 
 def test_an_existing_vpcs_description_without_its_id_is_refused() -> None:
@@ -251,8 +274,6 @@ def test_image_is_pinned_by_tag_digest_or_uri() -> None:
     assert read({"imageDigest": digest}).image_digest == digest
     assert not read({"imageUri": "public.ecr.aws/example/registry-proxy@" + digest}).image_missing
     assert not read({"imageFromAsset": True}).image_missing
-    with pytest.raises(ConfigError, match="-c imageTag="):
-        build_app({"region": "eu-west-1"})
 
 
 def test_operational_settings() -> None:

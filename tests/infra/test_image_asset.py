@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from registry_proxy_infra import service as service_module
 
-from .scenarios import REGION, Synthesized, synthesize
+from .scenarios import REQUIRED_CONTEXT, Synthesized, synthesize
 
 CLUTTER = [
     ".git/objects/ab/cdef",
@@ -45,7 +45,7 @@ def asset_synth(
 ) -> Iterator[Synthesized]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(service_module, "REPOSITORY_ROOT", fake_checkout)
-        context = {"region": REGION, "imageFromAsset": True}
+        context = {**REQUIRED_CONTEXT, "imageTag": None, "imageFromAsset": True}
         yield synthesize("asset", context, tmp_path_factory.mktemp("cdk-asset"))
 
 

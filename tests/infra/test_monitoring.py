@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk.assertions import Annotations, Match
 from registry_proxy_infra.monitoring import LOG_METRICS
 
 from .scenarios import Synthesized
@@ -72,6 +73,17 @@ def test_subscribers_are_a_setting(any_synth: Synthesized) -> None:
         assert item["Properties"]["TopicArn"] == ref(topic_id(any_synth))
 
 
+def test_synth_warns_when_no_one_hears_the_alarms(any_synth: Synthesized) -> None:
+    warnings = Annotations.from_stack(any_synth.stack).find_warning(
+        "*", Match.string_like_regexp("No one is subscribed to the alarm topic")
+    )
+    if any_synth.name == "custom":  # subscribers set
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert "alarmEmails" in str(warnings[0].entry.data)
+
+
 def test_outputs_name_the_topic_and_the_dashboard(any_synth: Synthesized) -> None:
     assert {"AlarmTopicArn", "DashboardName"} <= set(any_synth.json["Outputs"])
 
@@ -101,6 +113,7 @@ def test_the_alarms_watch_what_the_issue_lists(any_synth: Synthesized) -> None:
         "BlobFetchFailures": (own, "BlobFetchFailures"),
         "StaleServes": (own, "StaleServes"),
         "SpoolFull": (own, "SpoolFull"),
+        "UpstreamAuthFailures": (own, "UpstreamAuthFailures"),
     }
     if any_synth.name == "custom":  # Container Insights off: no running-task metric exists
         del expected["RunningTasksBelowMinimum"]
