@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from registry_proxy_infra.sizing import (
@@ -36,6 +37,8 @@ ContextGetter = Callable[[str], Any]
 Parser = Callable[[str, object], Any]
 Check = Callable[[str, Any], None]
 
+# cdk.json's directory: file settings are relative to it.
+INFRA_DIR = Path(__file__).resolve().parent.parent
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DEFAULT_VPC_CIDR = "10.80.0.0/16"
 
@@ -357,6 +360,49 @@ class ProxyStackConfig:
         "hostedZoneName", _then(text, _dns_name), None, "the name of that zone",
         pattern(_DNS_NAME, "example.com"),
     )  # fmt: skip
+    # builds outside any VPC: an internet-facing load balancer with mutual TLS
+    internet_facing: bool = setting(
+        "internetFacing", flag, False,
+        "add an internet-facing load balancer in the public subnets for builds outside any VPC: "
+        "HTTPS only, each client must show a certificate issued by the CA in `clientCaBundleFile` "
+        "(mutual TLS, verify mode); the internal one stays",
+    )  # fmt: skip
+    internet_domain_name: str | None = setting(
+        "internetDomainName", _then(text, _dns_name), None,
+        "with `internetFacing` (and required with it): the name outside builds use, covered by "
+        "`internetCertificateArn`; `InternetMirrorUrl` is `https://` and this",
+        pattern(_DNS_NAME, "registry-ext.build.example.com"),
+    )  # fmt: skip
+    internet_certificate_arn: str | None = setting(
+        "internetCertificateArn", text, None,
+        "with `internetFacing`: the ACM certificate for `internetDomainName` (default: "
+        "`certificateArn`, which must then cover both names)",
+        pattern(_CERTIFICATE_ARN, "arn:aws:acm:REGION:ACCOUNT:certificate/ID"),
+    )  # fmt: skip
+    client_ca_bundle_file: str | None = setting(
+        "clientCaBundleFile", text, None,
+        "with `internetFacing` (and required with it): path, relative to `infra/`, of the PEM "
+        "bundle of the CA certificates that issue the builds' client certificates (the "
+        "certificates only, never a key); the trust store's content, uploaded as a CDK asset",
+    )  # fmt: skip
+    client_revocation_list_file: str | None = setting(
+        "clientRevocationListFile", text, None,
+        "with `internetFacing`: path, relative to `infra/`, of a PEM certificate revocation list "
+        "issued by that CA; revoked client certificates are refused",
+    )  # fmt: skip
+    internet_allowed_cidrs: tuple[str, ...] = setting(
+        "internetAllowedCidrs", strings, (),
+        "with `internetFacing`: IPv4 ranges allowed to reach it on 443 (e.g. the region's "
+        "CodeBuild ranges), defence in depth; empty means any address, each still needing a "
+        "client certificate",
+        each(not_everyone),
+    )  # fmt: skip
+    vpc_public_subnet_ids: tuple[str, ...] = setting(
+        "vpcPublicSubnetIds", strings, (),
+        "with `vpcId` and `internetFacing`: one public subnet per zone of "
+        "`vpcAvailabilityZones`, same order, for the internet-facing load balancer",
+        each(pattern(_SUBNET_ID, "subnet-0123456789abcdef0")),
+    )  # fmt: skip
     # image
     image_repository_name: str = setting(
         "imageRepositoryName", text, "registry-proxy",
@@ -612,6 +658,7 @@ class ProxyStackConfig:
             )
         self._validate_existing_vpc()
         self._validate_names()
+        self._validate_internet_facing()
         self._validate_image()
         if self.anonymous_pulls and self.docker_hub_secret_arn is not None:
             raise ConfigError(
@@ -690,6 +737,60 @@ class ProxyStackConfig:
                 raise ConfigError(
                     f"domainName={self.domain_name!r} is not inside hostedZoneName={zone!r}"
                 )
+
+    def _validate_internet_facing(self) -> None:
+        internet_only = {
+            "internetDomainName": self.internet_domain_name,
+            "internetCertificateArn": self.internet_certificate_arn,
+            "clientCaBundleFile": self.client_ca_bundle_file,
+            "clientRevocationListFile": self.client_revocation_list_file,
+            "internetAllowedCidrs": self.internet_allowed_cidrs,
+            "vpcPublicSubnetIds": self.vpc_public_subnet_ids,
+        }
+        if not self.internet_facing:
+            given = [key for key, value in internet_only.items() if value]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} describe the internet-facing load balancer: set "
+                    "internetFacing=true too, or leave them out"
+                )
+            return
+        if self.internet_domain_name is None:
+            raise ConfigError(
+                "internetFacing=true needs internetDomainName: the name builds outside the VPC "
+                "use (its certificate is internetCertificateArn, or certificateArn)"
+            )
+        if self.internet_domain_name == self.domain_name:
+            raise ConfigError(
+                f"internetDomainName={self.internet_domain_name!r} is domainName too: the two "
+                "load balancers need a name each"
+            )
+        if self.client_ca_bundle_file is None:
+            raise ConfigError(
+                "internetFacing=true needs clientCaBundleFile: the PEM bundle of the CA that "
+                "issues the builds' client certificates (see docs/codebuild.md); without it "
+                "anyone could pull through the account"
+            )
+        read_pem(
+            "clientCaBundleFile",
+            self.client_ca_bundle_file,
+            "CERTIFICATE",
+            "the CA certificates (PEM) that issue the builds' client certificates",
+        )
+        if self.client_revocation_list_file is not None:
+            read_pem(
+                "clientRevocationListFile",
+                self.client_revocation_list_file,
+                "X509 CRL",
+                "a certificate revocation list in PEM (openssl ca -gencrl writes one)",
+            )
+        if self.vpc_id is not None and len(self.vpc_public_subnet_ids) != len(
+            self.vpc_availability_zones
+        ):
+            raise ConfigError(
+                "with vpcId and internetFacing=true, vpcPublicSubnetIds needs one public subnet "
+                "per zone in vpcAvailabilityZones, in the same order"
+            )
 
     def _validate_image(self) -> None:
         if self.image_uri is not None and self.image_from_asset:
@@ -775,6 +876,33 @@ def _shown(value: object) -> str:
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     return f"`{value}`"
+
+
+def infra_path(name: str) -> Path:
+    """A file setting's path: relative to infra/ (where cdk.json is), or absolute."""
+    return INFRA_DIR / name
+
+
+def read_pem(key: str, name: str, label: str, what: str) -> list[str]:
+    """The PEM blocks labelled ``label`` in the file ``name``; refuses a file with anything else
+    in it, a private key above all (a CA's key must never leave its owner's machine)."""
+    path = infra_path(name)
+    try:
+        content = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key}={name!r}: cannot read {path} ({exc})") from None
+    labels = re.findall(r"-----BEGIN ([A-Z0-9 ]+)-----", content)
+    if any("PRIVATE KEY" in found for found in labels):
+        raise ConfigError(
+            f"{key}={name!r} holds a private key: it must hold {what} only; keep the key out "
+            "of the repository and of the stack"
+        )
+    blocks = re.findall(
+        rf"-----BEGIN {label}-----\r?\n[A-Za-z0-9+/=\r\n]+-----END {label}-----", content
+    )
+    if not blocks or len(blocks) != len(labels):
+        raise ConfigError(f"{key}={name!r}: expected {what}, found {labels or 'no PEM block'}")
+    return blocks
 
 
 def _step(values: tuple[int, ...]) -> int:

@@ -7,6 +7,7 @@ the load balancer's default ingress and for the proxy's ``PROXY_TRUSTED_PROXIES`
 
 from __future__ import annotations
 
+from aws_cdk import Annotations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -32,8 +33,17 @@ class Network:
             availability_zones=list(existing.availability_zones),
             private_subnet_ids=list(existing.private_subnet_ids),
             private_subnet_route_table_ids=list(existing.private_subnet_route_table_ids),
+            # only the internet-facing load balancer lives there
+            public_subnet_ids=list(config.vpc_public_subnet_ids) or None,
             vpc_cidr_block=existing.cidr,
         )
+        if config.vpc_public_subnet_ids:
+            # The internet-facing load balancer needs the public subnets' ids only; CDK warns
+            # that their route tables (given for the private ones) are unknown.
+            Annotations.of(self.vpc).acknowledge_warning(
+                "@aws-cdk/aws-ec2:noSubnetRouteTableId",
+                "public subnets hold only the internet-facing load balancer; no route is added",
+            )
         if existing.create_s3_endpoint:
             ec2.GatewayVpcEndpoint(
                 scope,
@@ -89,8 +99,12 @@ class Network:
         return existing.cidr
 
     def load_balancer_ranges(self) -> list[str]:
-        """Where the load balancer's addresses come from, as literals known at synth time: its
-        subnets' ranges in a VPC the stack creates, the VPC's range for an existing one."""
-        if self.config.existing_vpc is None:
-            return [subnet.ipv4_cidr_block for subnet in self.vpc.private_subnets]
-        return [self.vpc_cidr]
+        """Where the load balancers' addresses come from, as literals known at synth time: their
+        subnets' ranges in a VPC the stack creates (the public ones too with the internet-facing
+        load balancer), the VPC's range for an existing one."""
+        if self.config.existing_vpc is not None:
+            return [self.vpc_cidr]
+        subnets = list(self.vpc.private_subnets)
+        if self.config.internet_facing:
+            subnets += self.vpc.public_subnets
+        return [subnet.ipv4_cidr_block for subnet in subnets]

@@ -2,7 +2,9 @@
 
 Traffic path: CodeBuild (private subnets) -> internal ALB :443 (TLS ends here, certificate from
 ACM) -> proxy tasks :5000 (plain HTTP inside the VPC) -> Docker Hub through NAT, cache in S3
-through the gateway endpoint.  Every accepted cdk-nag finding is acknowledged next to the
+through the gateway endpoint.  With ``internetFacing``, CodeBuild outside any VPC -> an
+internet-facing ALB :443 in the public subnets (mutual TLS: a client certificate of the builds'
+CA) -> the same tasks.  Every accepted cdk-nag finding is acknowledged next to the
 resource it concerns, with the reason.
 
 Each part (``AccessLogs``, ``Network``, ``CacheStorage``, ``UpstreamAccount``, ``ProxyService``,
@@ -20,12 +22,15 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_route53 as route53
+from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
 from registry_proxy_infra.cache_gc import ScheduledCacheGc
 from registry_proxy_infra.config import ProxyStackConfig
-from registry_proxy_infra.load_balancer import ProxyLoadBalancer
+from registry_proxy_infra.load_balancer import ProxyLoadBalancer, internal_entrance
 from registry_proxy_infra.monitoring import Monitoring, Watched
+from registry_proxy_infra.mutual_tls import ClientTrust, internet_entrance
 from registry_proxy_infra.network import Network
 from registry_proxy_infra.service import CONTAINER_NAME, ProxyService, metrics_namespace
 from registry_proxy_infra.storage import AccessLogs, CacheStorage
@@ -64,10 +69,14 @@ class RegistryProxyStack(Stack):
             self,
             config=config,
             network=self.network,
+            entrance=internal_entrance(config, self.network),
             log_bucket=self.access_logs.bucket,
-            certificate_arn=config.certificate_arn,
             service=self.proxy.service,
         )
+        self.internet: ProxyLoadBalancer | None = None
+        if config.internet_facing:
+            self.internet = self._internet_facing()
+        self._dns_records()
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -82,6 +91,52 @@ class RegistryProxyStack(Stack):
             ),
         )
         self._outputs()
+
+    def _internet_facing(self) -> ProxyLoadBalancer:
+        """The internet-facing load balancer with mutual TLS, in a construct of its own."""
+        scope = Construct(self, "InternetFacing")
+        self.client_trust = ClientTrust(scope, config=self.config)
+        balancer = ProxyLoadBalancer(
+            scope,
+            config=self.config,
+            network=self.network,
+            entrance=internet_entrance(self.config, self.network, self.client_trust),
+            log_bucket=self.access_logs.bucket,
+            service=self.proxy.service,
+        )
+        if not self.config.internet_allowed_cidrs:
+            NagSuppressions.add_resource_suppressions(
+                balancer.security_group,
+                [
+                    NagPackSuppression(
+                        id="AwsSolutions-EC23",
+                        reason=(
+                            "The internet-facing load balancer serves builds outside any VPC, "
+                            "from addresses shared with every CodeBuild user of the region; "
+                            "what admits a build is the client certificate its listener "
+                            "verifies (mutual TLS, verify mode), and internetAllowedCidrs "
+                            "narrows the sources when set."
+                        ),
+                    )
+                ],
+            )
+        return balancer
+
+    def _dns_records(self) -> None:
+        """Alias records for the load balancers' names, when a hosted zone is given."""
+        config = self.config
+        if config.hosted_zone_id is None or config.hosted_zone_name is None:
+            return
+        zone = route53.HostedZone.from_hosted_zone_attributes(
+            self,
+            "HostedZone",
+            hosted_zone_id=config.hosted_zone_id,
+            zone_name=config.hosted_zone_name,
+        )
+        self.load_balancer.alias_record(self, zone)
+        name = config.internet_domain_name
+        if self.internet is not None and name is not None and in_zone(name, zone.zone_name):
+            self.internet.alias_record(self.internet.scope, zone)
 
     def _outputs(self) -> None:
         CfnOutput(
@@ -101,7 +156,27 @@ class RegistryProxyStack(Stack):
             "LoadBalancerSecurityGroupId",
             value=self.load_balancer.security_group.security_group_id,
         )
+        if self.internet is not None:
+            CfnOutput(
+                self,
+                "InternetMirrorUrl",
+                value=f"https://{self.config.internet_domain_name}",
+                description=(
+                    "registry-mirrors entry for builds outside any VPC; each needs a client "
+                    "certificate of the clientCaBundleFile CA (see docs/codebuild.md)"
+                ),
+            )
+            CfnOutput(
+                self,
+                "InternetLoadBalancerDnsName",
+                value=self.internet.dns_name,
+                description="point internetDomainName's DNS record here when it is not in the zone",
+            )
         CfnOutput(self, "CacheBucketName", value=self.storage.bucket.bucket_name)
         CfnOutput(self, "ClusterName", value=self.proxy.cluster.cluster_name)
         CfnOutput(self, "ServiceName", value=self.proxy.service.service_name)
         CfnOutput(self, "LogGroupName", value=self.proxy.log_group.log_group_name)
+
+
+def in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)

@@ -82,6 +82,41 @@ CUSTOM_CONTEXT: dict[str, Any] = {
 }
 
 
+# Builds outside any VPC too: the internet-facing load balancer with mutual TLS, beside the
+# internal one. The CA bundle and revocation list are fixtures made once with openssl (an EC
+# P-256 CA, "registry-proxy test builds CA", and an empty CRL it signed); the CA's key was
+# thrown away, as the stack never needs it.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CLIENT_CA_BUNDLE = "../tests/infra/fixtures/client-ca.pem"  # relative to infra/, as documented
+CLIENT_CRL = "../tests/infra/fixtures/client-ca.crl.pem"
+INTERNET_DOMAIN_NAME = "registry-ext.build.example.com"
+INTERNET_CONTEXT: dict[str, Any] = {
+    **REQUIRED_CONTEXT,
+    "internetFacing": True,
+    "internetDomainName": INTERNET_DOMAIN_NAME,
+    "clientCaBundleFile": CLIENT_CA_BUNDLE,
+    "clientRevocationListFile": CLIENT_CRL,
+    "hostedZoneId": "Z0123456789ABCDEFGHIJ",
+    "hostedZoneName": "build.example.com",
+}
+# The same in an existing VPC, with the sources narrowed to CodeBuild's ranges (examples).
+INTERNET_EXISTING_VPC_CONTEXT: dict[str, Any] = {
+    **{key: value for key, value in INTERNET_CONTEXT.items() if key != "clientRevocationListFile"},
+    "stackName": "RegistryProxyInternet",
+    "vpcId": CUSTOM_CONTEXT["vpcId"],
+    "existingVpcCidr": CUSTOM_CONTEXT["existingVpcCidr"],
+    "createS3GatewayEndpoint": False,
+    "vpcAvailabilityZones": CUSTOM_CONTEXT["vpcAvailabilityZones"],
+    "vpcPrivateSubnetIds": CUSTOM_CONTEXT["vpcPrivateSubnetIds"],
+    "vpcPrivateSubnetRouteTableIds": CUSTOM_CONTEXT["vpcPrivateSubnetRouteTableIds"],
+    "vpcPublicSubnetIds": (
+        "subnet-0ddddddddddddddd4,subnet-0eeeeeeeeeeeeeee5,subnet-0fffffffffffffff6"
+    ),
+    "internetAllowedCidrs": ["13.112.191.184/29", "15.152.81.48/28"],
+    "internetCertificateArn": CERTIFICATE_ARN.replace("5d0c2a9e", "6e1d3b0f"),
+}
+
+
 @dataclass(frozen=True)
 class Synthesized:
     """One synthesized scenario: the stack, its template and what cdk-nag reported."""

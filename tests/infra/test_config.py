@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,15 @@ from registry_proxy_infra.sizing import (
     derive_sizes,
 )
 
-from .scenarios import CERTIFICATE_ARN, KMS_KEY_ARN, REQUIRED_CONTEXT, SECRET_ARN
+from .scenarios import (
+    CERTIFICATE_ARN,
+    CLIENT_CA_BUNDLE,
+    CLIENT_CRL,
+    FIXTURES,
+    KMS_KEY_ARN,
+    REQUIRED_CONTEXT,
+    SECRET_ARN,
+)
 
 
 def read(context: Mapping[str, Any]) -> ProxyStackConfig:
@@ -329,3 +338,50 @@ def test_a_task_too_small_for_one_fetch_is_refused() -> None:
 def test_extra_environment_may_lower_the_fetch_limit() -> None:
     config = read({"extraEnvironment": {"PROXY_MAX_UPSTREAM_FETCHES": "10"}})
     assert config.extra_environment["PROXY_MAX_UPSTREAM_FETCHES"] == "10"
+
+
+INTERNET = {
+    "internetFacing": True,
+    "internetDomainName": "registry-ext.example.com",
+    "clientCaBundleFile": CLIENT_CA_BUNDLE,
+}
+
+
+def test_internet_facing_settings_are_read() -> None:
+    config = read({**INTERNET, "internetAllowedCidrs": "13.112.191.184/29"})
+    assert config.internet_facing
+    assert config.internet_allowed_cidrs == ("13.112.191.184/29",)
+
+
+@pytest.mark.parametrize(
+    ("context", "key"),
+    [
+        ({"internetDomainName": "registry-ext.example.com"}, "internetFacing=true"),
+        ({"clientCaBundleFile": CLIENT_CA_BUNDLE}, "internetFacing=true"),
+        ({**INTERNET, "internetDomainName": None}, "internetDomainName"),
+        ({**INTERNET, "clientCaBundleFile": None}, "clientCaBundleFile"),
+        ({**INTERNET, "clientCaBundleFile": "no-such.pem"}, "clientCaBundleFile"),
+        ({**INTERNET, "clientCaBundleFile": CLIENT_CRL}, "clientCaBundleFile"),
+        ({**INTERNET, "clientRevocationListFile": CLIENT_CA_BUNDLE}, "clientRevocationListFile"),
+        ({**INTERNET, "internetAllowedCidrs": "0.0.0.0/0"}, "internetAllowedCidrs"),
+        ({**INTERNET, "domainName": "registry-ext.example.com"}, "a name each"),
+        (
+            {**EXISTING, **INTERNET, "vpcPublicSubnetIds": "subnet-0ddddddddddddddd4"},
+            "vpcPublicSubnetIds",
+        ),
+    ],
+)
+def test_invalid_internet_facing_settings_are_refused(context: Mapping[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        read(context)
+
+
+def test_a_bundle_with_a_private_key_is_refused(tmp_path: Path) -> None:
+    """The CA's key never goes into the stack (nor the repository)."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(
+        (FIXTURES / "client-ca.pem").read_text()
+        + "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n"
+    )
+    with pytest.raises(ConfigError, match="holds a private key"):
+        read({**INTERNET, "clientCaBundleFile": str(bundle)})
