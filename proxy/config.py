@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import SplitResult, urlsplit
 
-from proxy.access import Network, load_htpasswd, load_tokens, parse_networks
-from proxy.policy import RepositoryRules, TagTtlRule, parse_repository_patterns, parse_tag_ttl_rules
+from proxy.http.access import Network, load_htpasswd, load_tokens, parse_networks
+from proxy.registry.policy import (
+    RepositoryRules,
+    TagTtlRule,
+    parse_repository_patterns,
+    parse_tag_ttl_rules,
+)
 
 T = TypeVar("T")
 

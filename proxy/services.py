@@ -1,6 +1,6 @@
 """The objects a running proxy is made of, opened once and shared.
 
-``open_services`` builds them for the lifetime of a block; the HTTP app (``proxy.app``) and the
+``open_services`` builds them for the lifetime of a block; the HTTP app (``proxy.http.app``) and the
 command-line tools (``warm``) both run on it, so they cache in exactly the same way.
 """
 
@@ -14,22 +14,22 @@ from pathlib import Path
 import aiohttp
 
 from proxy.cache.blobs import BlobCache
-from proxy.cache.diskfull import DiskFullAlarm
-from proxy.cache.housekeeping import Housekeeper
-from proxy.cache.janitor import Janitor
-from proxy.cache.lastuse import LastUse, UseRecords, new_instance_id
 from proxy.cache.links import ContentLinks
 from proxy.cache.manifests import ManifestCache
 from proxy.cache.pieces import PieceSettings
-from proxy.cache.pins import BlobPins
 from proxy.cache.prefetch import Prefetcher
 from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool, spool_location
-from proxy.cache.usage import BlobUsage
+from proxy.cache.upkeep.diskfull import DiskFullAlarm
+from proxy.cache.upkeep.housekeeping import Housekeeper
+from proxy.cache.upkeep.janitor import Janitor
+from proxy.cache.upkeep.lastuse import LastUse, UseRecords, new_instance_id
+from proxy.cache.upkeep.pins import BlobPins
+from proxy.cache.upkeep.usage import BlobUsage
 from proxy.config import Settings
-from proxy.fleet import Fleet
-from proxy.metrics import Metrics
-from proxy.policy import RepositoryPolicy, TagTtl
+from proxy.ops.fleet import Fleet
+from proxy.ops.metrics import Metrics
+from proxy.registry.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage

@@ -10,8 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.fakehub import FakeHub
 
-from proxy.app import create_app
 from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.http.app import create_app
 from proxy.storage import Storage
 
 

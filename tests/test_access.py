@@ -14,8 +14,8 @@ import pytest
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.access import AccessPolicy, codebuild_ranges, parse_networks
 from proxy.config import ConfigError, load_settings
+from proxy.http.access import AccessPolicy, codebuild_ranges, parse_networks
 
 
 def basic(user: str, password: str) -> dict[str, str]:

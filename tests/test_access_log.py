@@ -24,10 +24,10 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
 
-from proxy.app import create_app
 from proxy.config import Settings, StorageLocation, UpstreamSettings
-from proxy.logs import log_processors
-from proxy.routes import SERVICES
+from proxy.http.app import create_app
+from proxy.http.routes import SERVICES
+from proxy.ops.logs import log_processors
 
 LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: the client leaves long before the end
 CONTROL_PATH = "/v2/%1b[2J%1b]0;owned%07/x%0d%0aforged/manifests/latest"

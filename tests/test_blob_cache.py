@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
 from proxy.storage.filesystem import FilesystemStorage
 
 LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: several upstream chunks

@@ -22,8 +22,8 @@ from support.fakehub import FakeHub
 from support.moto import MotoServer
 
 from proxy.cache.keys import blob_key
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.storage.s3 import S3Storage
 

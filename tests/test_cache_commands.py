@@ -18,11 +18,11 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo, IndexInfo
 
 from proxy.cache.keys import blob_key, manifest_key
-from proxy.cache_commands import Output, run
-from proxy.cli import build_parser, main
+from proxy.commands.cache import Output, run
+from proxy.commands.cli import build_parser, main
 from proxy.config import Settings
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 
 DAY = 86400.0
 ACCEPT = {
@@ -187,7 +187,7 @@ def test_the_command_line(
 ) -> None:
     monkeypatch.setenv("PROXY_STORAGE", str(tmp_path / "cache"))
     # main() configures logging for the process: keep it off this test's captured streams.
-    monkeypatch.setattr("proxy.cli.configure_logging", lambda *args: None)
+    monkeypatch.setattr("proxy.commands.cli.configure_logging", lambda *args: None)
     assert main(["cache", "ls", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["cache", "gc", "--dry-run", "--expire-unused", "30d"]) == 0

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.manifest import MANIFEST_TYPES
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 REPO = "library/golang"

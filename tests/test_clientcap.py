@@ -11,8 +11,8 @@ import pytest
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.clientcap import CLIENT_CAP, ClientCap
-from proxy.routes import SERVICES
+from proxy.http.clientcap import CLIENT_CAP, ClientCap
+from proxy.http.routes import SERVICES
 
 # Bigger than the loopback buffers: a client that stops reading holds its transfer open.
 BIG_LAYER = os.urandom(48 * 1024 * 1024)

@@ -11,8 +11,8 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from test_metrics import ACCEPT_ALL
 
-from proxy.cloudwatch import EmfReporter
-from proxy.metrics import Metrics
+from proxy.ops.cloudwatch import EmfReporter
+from proxy.ops.metrics import Metrics
 from proxy.upstream.client import RateLimit
 
 

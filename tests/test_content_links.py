@@ -10,8 +10,8 @@ import pytest
 
 from proxy.cache.keys import link_key, references_key
 from proxy.cache.links import ContentLinks
-from proxy.manifest import OCI_INDEX, OCI_MANIFEST, Manifest
-from proxy.reference import Digest
+from proxy.registry.manifest import OCI_INDEX, OCI_MANIFEST, Manifest
+from proxy.registry.reference import Digest
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage

@@ -11,8 +11,8 @@ from conftest import ProxyFactory
 from support.clock import use_clock
 from support.fakehub import FakeHub
 
-from proxy.manifest import MANIFEST_TYPES
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 TAG = "/v2/library/golang/manifests/1.22"

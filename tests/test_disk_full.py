@@ -22,7 +22,7 @@ from support.fakehub import FakeHub
 from support.tmpfs import mounted_tmpfs
 
 from proxy.config import DIRECTORY_DEFAULT_LIMIT, StorageLocation
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
 
 MiB = 1024 * 1024
 DISK = 24 * MiB

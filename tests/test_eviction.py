@@ -23,8 +23,8 @@ from support.fakehub import FakeHub, ImageInfo
 
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 
 KiB = 1024

@@ -22,11 +22,11 @@ from support.fakehub import FakeHub, ImageInfo
 from support.moto import MotoServer
 
 from proxy.cache.keys import blob_key, manifest_key, tag_key
-from proxy.cache_commands import Output, run
-from proxy.cli import build_parser
+from proxy.commands.cache import Output, run
+from proxy.commands.cli import build_parser
 from proxy.config import Settings, StorageLocation
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 
 DAY = 86400.0
 PREFIX = "cache"

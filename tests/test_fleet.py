@@ -1,10 +1,10 @@
-"""Fleet records (proxy/fleet.py) and per-instance activity (proxy/activity.py), unit level."""
+"""Fleet records (proxy/ops/fleet.py) and per-instance activity (proxy/ops/activity.py)."""
 
 from __future__ import annotations
 
-from proxy.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
-from proxy.fleet import new_instance_id, total
-from proxy.status_page import ago, human_bytes, human_count, percent
+from proxy.ops.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
+from proxy.ops.fleet import new_instance_id, total
+from proxy.ops.status_page import ago, human_bytes, human_count, percent
 from proxy.storage.base import KEY_RE
 
 

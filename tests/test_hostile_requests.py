@@ -46,9 +46,9 @@ from conftest import ProxyFactory
 from support.cache_scan import ScanReport, scan_directory
 from support.fakehub import FakeHub, ImageInfo, IndexInfo, RecordedRequest
 
-from proxy.app import create_app
 from proxy.config import Settings, StorageLocation, UpstreamSettings
-from proxy.routes import SERVICES
+from proxy.http.app import create_app
+from proxy.http.routes import SERVICES
 
 SEED = 0x5EED_6006
 PROBES = 3500

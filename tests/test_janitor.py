@@ -1,4 +1,4 @@
-"""The server's background housekeeping (proxy/cache/janitor.py): flushes, sweeps, survives.
+"""The server's background housekeeping (proxy/cache/upkeep/janitor.py): flushes, sweeps, survives.
 
 Intervals are made short and every wait is for a condition, bounded.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from proxy.cache import janitor as janitor_module
-from proxy.cache.housekeeping import Housekeeper, SweepReport
-from proxy.cache.janitor import Janitor
-from proxy.cache.lastuse import LastUse, UseRecords
+from proxy.cache.upkeep import janitor as janitor_module
+from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
+from proxy.cache.upkeep.janitor import Janitor
+from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.config import CacheLimit
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage

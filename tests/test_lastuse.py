@@ -1,4 +1,4 @@
-"""Recording uses in memory and flushing them in batches (proxy/cache/lastuse.py).
+"""Recording uses in memory and flushing them in batches (proxy/cache/upkeep/lastuse.py).
 
 The records' storage semantics (batches, merging by several sweepers) are in the storage
 conformance suite (tests/test_storage.py), on both backends.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.cache.lastuse import LastUse, UseRecords
+from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
 

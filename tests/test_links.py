@@ -16,8 +16,8 @@ from support.fakehub import FakeHub
 from support.moto import MotoServer
 
 from proxy.config import StorageLocation, UpstreamSettings
-from proxy.manifest import MANIFEST_TYPES
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 SHARED = b"a base layer both images have"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from proxy.logs import begin_request, configure_logging, new_request_id
+from proxy.ops.logs import begin_request, configure_logging, new_request_id
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 

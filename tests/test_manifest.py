@@ -1,5 +1,5 @@
-"""Index platform selection (``proxy.manifest``): which entries of an index count, and which
-manifest a client that cannot read an index gets.
+"""Index platform selection (``proxy.registry.manifest``): which entries of an index count, and
+which manifest a client that cannot read an index gets.
 
 Index bytes come from the upstream: an entry that is not well formed is skipped, never trusted;
 the default platform is linux/amd64 (as distribution serves), and only in a media type the
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy.manifest import (
+from proxy.registry.manifest import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,

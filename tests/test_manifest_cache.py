@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
 
-from proxy.manifest import MANIFEST_TYPES
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.upstream.backoff import RATE_LIMIT_MAX_SECONDS, Backoff
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}

@@ -6,7 +6,7 @@ import structlog
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.manifest import MANIFEST_TYPES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 

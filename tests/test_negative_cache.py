@@ -10,7 +10,7 @@ from support.clock import use_clock
 from support.fakehub import FakeHub
 
 from proxy.cache.negative import NegativeCache
-from proxy.manifest import MANIFEST_TYPES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 MISSING = "/v2/library/golang/manifests/missing"

@@ -31,8 +31,8 @@ from proxy.cache.pieces import (
     _split,
     open_in_pieces,
 )
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 from proxy.upstream.client import BlobStream, ContentRange
 from proxy.upstream.errors import UpstreamInvalid, UpstreamUnavailable
 

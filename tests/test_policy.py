@@ -1,12 +1,12 @@
-"""proxy.policy: glob patterns, repository rules, tag TTL rules, and their configuration errors."""
+"""proxy.registry.policy: glob patterns, repository rules, tag TTL rules, configuration errors."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.config import ConfigError, load_settings
-from proxy.errors import RegistryError
-from proxy.policy import (
+from proxy.registry.errors import RegistryError
+from proxy.registry.policy import (
     Glob,
     RepositoryPolicy,
     RepositoryRules,

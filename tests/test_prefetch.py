@@ -11,9 +11,9 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
 from test_blob_cache import blob_path, cached_blobs
 
-from proxy.manifest import MANIFEST_TYPES, image_blobs
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.manifest import MANIFEST_TYPES, image_blobs
+from proxy.registry.reference import Digest
 from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamRateLimited
 

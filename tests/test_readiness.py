@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.manifest import MANIFEST_TYPES
+from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.storage import ObjectInfo, StorageError
 from proxy.storage.filesystem import FilesystemStorage
 

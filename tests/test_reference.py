@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.errors import RegistryError
-from proxy.reference import (
+from proxy.registry.errors import RegistryError
+from proxy.registry.reference import (
     ByteRange,
     Digest,
     Endpoint,

@@ -15,8 +15,8 @@ from support.clock import use_clock
 from support.fakehub import OCI_INDEX, FakeHub
 
 from proxy.cache.referrers import _next_page, filter_index
-from proxy.manifest import MANIFEST_TYPES, OCI_ARTIFACT_MANIFEST
-from proxy.policy import parse_tag_ttl_rules
+from proxy.registry.manifest import MANIFEST_TYPES, OCI_ARTIFACT_MANIFEST
+from proxy.registry.policy import parse_tag_ttl_rules
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"

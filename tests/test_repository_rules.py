@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
+from proxy.commands.warm import warm
 from proxy.config import Settings, StorageLocation, UpstreamSettings
-from proxy.manifest import MANIFEST_TYPES
-from proxy.policy import RepositoryRules, parse_repository_patterns
-from proxy.warm import warm
+from proxy.registry.manifest import MANIFEST_TYPES
+from proxy.registry.policy import RepositoryRules, parse_repository_patterns
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 HUB_RULES = RepositoryRules(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from proxy.requestmetrics import LATENCY_BUCKETS, RequestMetrics
+from proxy.ops.requestmetrics import LATENCY_BUCKETS, RequestMetrics
 
 OBSERVATIONS = [
     ("manifest", "GET", 200, 0.003, "hit"),

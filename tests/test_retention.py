@@ -1,4 +1,4 @@
-"""Which entries expiry and eviction take (proxy/cache/retention.py, proxy/cache/inventory.py).
+"""Which entries expiry and eviction take (proxy/cache/upkeep/retention.py and inventory.py).
 
 Pure decisions over hand-built inventories: last use passed down from indexes to manifests to
 blobs, the size limit in its three forms, expiry by window, eviction order and held blobs.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from proxy.cache.inventory import Entry, Inventory, Kind, ManifestReferences, propagate_use
 from proxy.cache.keys import blob_key, manifest_key
-from proxy.cache.retention import (
+from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, ManifestReferences, propagate_use
+from proxy.cache.upkeep.retention import (
     LINK_GRACE,
     DiskSpace,
     choose_evictions,
@@ -19,7 +19,7 @@ from proxy.cache.retention import (
     size_limit,
 )
 from proxy.config import CacheLimit
-from proxy.reference import Digest
+from proxy.registry.reference import Digest
 
 DAY = 86400.0
 

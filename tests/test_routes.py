@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import DOCKER_MANIFEST, FakeHub
 
-from proxy.manifest import MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+from proxy.registry.manifest import MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
 from proxy.storage import StorageError
 from proxy.storage.filesystem import FilesystemStorage
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import make_mocked_request
 from support.fakehub import FakeHub
 from support.proxy_process import ProxyProcess
 
-from proxy.shutdown import InFlightRequests, drain
+from proxy.http.shutdown import InFlightRequests, drain
 
 LAYER = bytes(range(256)) * 4096 * 4  # 4 MiB
 

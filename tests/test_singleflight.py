@@ -15,7 +15,7 @@ from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
 
-from proxy.manifest import MANIFEST_TYPES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 REPO = "library/golang"

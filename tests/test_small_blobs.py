@@ -19,8 +19,8 @@ from support.moto import MotoServer
 
 from proxy.cache.blobs import SMALL_BLOB
 from proxy.cache.keys import blob_key
-from proxy.reference import Digest
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.storage.s3 import S3Storage
 

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.manifest import MANIFEST_TYPES
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 TAGS = ["1.20", "1.21", "1.22", "bookworm", "latest"]  # lexical order, as registries list them

@@ -17,7 +17,7 @@ from test_blob_cache import LAYER, blob_path, cache_root, cached_blobs
 
 from proxy.cache.spool import Spool, probe_writable, spool_location
 from proxy.config import Settings, StorageLocation
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
 
 MiB = 1024**2
 

@@ -11,8 +11,7 @@ import pytest
 from support.proxy_process import proxy_executable
 
 from proxy.cache.spool import spool_location
-from proxy.config import Settings, StorageLocation, load_settings
-from proxy.startup import (
+from proxy.commands.startup import (
     BASE_MEMORY,
     S3_FETCH_MEMORY,
     StartupError,
@@ -20,6 +19,7 @@ from proxy.startup import (
     check_spool_size,
     check_startup,
 )
+from proxy.config import Settings, StorageLocation, load_settings
 
 GiB = 1024**3
 

@@ -1,4 +1,4 @@
-"""The status page (proxy/status_page.py) in a real headless Chromium, and the fleet's figures.
+"""The status page (proxy/ops/status_page.py) in a real headless Chromium, and the fleet's figures.
 
 The page is loaded from a proxy that served cold and warm pulls through the fake Docker Hub: the
 figures it shows equal ``/status``, a slow download's progress bar moves as the page refreshes
@@ -22,9 +22,9 @@ from support.browser import Browser
 from support.fakehub import FakeHub
 
 from proxy.config import StorageLocation
-from proxy.manifest import MANIFEST_TYPES
-from proxy.routes import SERVICES
-from proxy.status_page import human_bytes, human_count, percent
+from proxy.http.routes import SERVICES
+from proxy.ops.status_page import human_bytes, human_count, percent
+from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "status-page.png"
@@ -146,7 +146,7 @@ async def test_the_page_obeys_the_access_rules(fakehub: FakeHub, make_proxy: Pro
         assert ok.status == 200
     assert (await locked.get("/healthz")).status == 200
 
-    from proxy.access import parse_networks
+    from proxy.http.access import parse_networks
 
     elsewhere = await make_proxy(fakehub, allow_cidrs=parse_networks("10.0.0.0/8"))
     assert (await elsewhere.get("/")).status == 403
@@ -215,7 +215,7 @@ async def test_status_adds_up_the_fleet(
 
 
 async def test_the_page_is_an_operator_endpoint(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
-    from proxy.access import parse_networks
+    from proxy.http.access import parse_networks
 
     client = await make_proxy(fakehub, operator_cidrs=parse_networks("10.9.0.0/16"))
     for path in ("/", "/ui", "/status", "/metrics"):

@@ -1,6 +1,6 @@
 """The storage conformance suite: every backend keeps the semantics in ``proxy.storage.base``.
 
-It also runs the last-use records (``proxy.cache.lastuse``: batched writes, merges by several
+It also runs the last-use records (``proxy.cache.upkeep.lastuse``: batched writes, merges by several
 sweepers at once) on every backend, since they rely on nothing but these semantics.
 
 Each test runs against the local directory backend (on tmp_path) and the S3 backend (on a moto
@@ -20,7 +20,7 @@ from support.moto import MotoServer
 from support.storage_data import MiB, collect, payload, sha256, write_all
 from support.storage_data import blob_key as key_for_digest
 
-from proxy.cache.lastuse import UseRecords
+from proxy.cache.upkeep.lastuse import UseRecords
 from proxy.storage import (
     DigestMismatch,
     DiscardingWriter,
@@ -431,7 +431,7 @@ async def test_invalid_keys_are_refused(storage: Storage, key: str) -> None:
         await storage.delete(key)
 
 
-# -- last-use records (proxy.cache.lastuse) -----------------------------------------------------
+# -- last-use records (proxy.cache.upkeep.lastuse) -------------------------------------------------
 # Written by every instance in batches, merged by sweeps: on both backends no time is ever lost,
 # whoever merges at the same time.
 
@@ -459,7 +459,7 @@ async def test_use_records_from_several_instances_merge(storage: Storage) -> Non
 async def test_use_records_are_batches_of_bounded_size(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("proxy.cache.lastuse.MAX_USES_PER_RECORD", 3)
+    monkeypatch.setattr("proxy.cache.upkeep.lastuse.MAX_USES_PER_RECORD", 3)
     records = records_on(storage, "aaaa")
     uses = {f"blobs/sha256/aa/{i:02d}": float(i + 1) for i in range(7)}
     assert await records.write(uses, now=10)

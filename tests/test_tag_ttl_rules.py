@@ -6,8 +6,8 @@ from conftest import ProxyFactory
 from support.clock import use_clock
 from support.fakehub import FakeHub
 
-from proxy.manifest import MANIFEST_TYPES
-from proxy.policy import parse_tag_ttl_rules
+from proxy.registry.manifest import MANIFEST_TYPES
+from proxy.registry.policy import parse_tag_ttl_rules
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from support.fakehub import FakeHub, RecordedRequest
 
 from proxy.config import UpstreamSettings
-from proxy.reference import Digest
+from proxy.registry.reference import Digest
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.errors import (
     UpstreamDenied,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from support.fakehub import FakeHub
 
+from proxy.commands.warm import parse_image, read_image_list, warm
 from proxy.config import Settings, StorageLocation, UpstreamSettings
-from proxy.errors import RegistryError
-from proxy.reference import Reference
-from proxy.warm import parse_image, read_image_list, warm
+from proxy.registry.errors import RegistryError
+from proxy.registry.reference import Reference
 
 
 def settings_for(hub: FakeHub, root: Path, **overrides: object) -> Settings:

@@ -183,7 +183,7 @@ class Monitoring(Construct):
         )
 
     def emf(self, name: str, statistic: str = "Sum", **dimensions: str) -> cw.Metric:
-        """A metric from the proxy's embedded-metric-format lines (proxy/cloudwatch.py)."""
+        """A metric from the proxy's embedded-metric-format lines (proxy/ops/cloudwatch.py)."""
         return cw.Metric(
             namespace=self.watched.namespace,
             metric_name=name,

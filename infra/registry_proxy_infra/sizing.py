@@ -7,7 +7,7 @@ the smaller of what the memory and what the ephemeral storage can hold, and the 
 both budgets so it can check them at start-up (``PROXY_MEMORY_LIMIT``) and stream a download
 through memory rather than fill the disk (``PROXY_SPOOL_MAX_SIZE``, ``PROXY_SPOOL_MIN_FREE``).
 
-The memory figures are the proxy's own (``proxy/startup.py``); a test keeps them equal.
+The memory figures are the proxy's own (``proxy/commands/startup.py``); a test keeps them equal.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 MiB = 1024**2
 GiB = 1024**3
 
-# proxy/startup.py: BASE_MEMORY and S3_FETCH_MEMORY.
+# proxy/commands/startup.py: BASE_MEMORY and S3_FETCH_MEMORY.
 BASE_MEMORY_MIB = 256
 S3_FETCH_MEMORY_MIB = 48  # an S3 upload (40) and the disk-full memory window (8)
 # Ephemeral storage that is not the spool's: the image's layers, the container's writable layer.

@@ -39,9 +39,9 @@ from proxy.cache.pieces import (
     open_in_pieces,
 )
 from proxy.cache.spool import Spool
-from proxy.cache.usage import BlobUsage
-from proxy.logs import mark_cache
-from proxy.reference import Digest
+from proxy.cache.upkeep.usage import BlobUsage
+from proxy.ops.logs import mark_cache
+from proxy.registry.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
 from proxy.storage.localfile import READ_WHOLE_UP_TO, LocalFile
 from proxy.upstream.client import RegistryClient

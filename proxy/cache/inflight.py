@@ -30,9 +30,9 @@ from enum import Enum
 import structlog
 
 from proxy.cache.spool import SpoolBuffer
+from proxy.concurrency.waits import wait_at_most
 from proxy.storage import DigestMismatch, StorageError
 from proxy.storage.failsafe import FailSafeWriter
-from proxy.waits import wait_at_most
 
 log = structlog.get_logger(__name__)
 

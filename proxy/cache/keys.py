@@ -1,4 +1,4 @@
-"""Storage keys, built only from values the grammar in ``proxy.reference`` already validated.
+"""Storage keys, built only from values the grammar (``proxy.registry.reference``) validated.
 
     blobs/sha256/<2 hex>/<64 hex>             blob bytes (shared by every repository)
     manifests/sha256/<2 hex>/<64 hex>         manifest bytes, with their media type
@@ -16,7 +16,7 @@ start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with
 
 from __future__ import annotations
 
-from proxy.reference import Digest
+from proxy.registry.reference import Digest
 
 BLOBS = "blobs/sha256/"
 MANIFESTS = "manifests/sha256/"

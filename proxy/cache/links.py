@@ -37,10 +37,10 @@ import cachetools
 
 from proxy.cache.keys import link_key, references_key
 from proxy.cache.negative import NegativeCache
-from proxy.errors import RegistryError
-from proxy.manifest import Manifest, referenced_digests
-from proxy.reference import Digest
-from proxy.singleflight import SingleFlight
+from proxy.concurrency.singleflight import SingleFlight
+from proxy.registry.errors import RegistryError
+from proxy.registry.manifest import Manifest, referenced_digests
+from proxy.registry.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.upstream.errors import UpstreamNotFound
 

@@ -38,11 +38,11 @@ import structlog
 from proxy.cache.keys import manifest_key, tag_key
 from proxy.cache.links import ContentLinks
 from proxy.cache.negative import NegativeCache
-from proxy.logs import mark_cache
-from proxy.manifest import Manifest
-from proxy.policy import TagTtl
-from proxy.reference import Digest, Reference
-from proxy.singleflight import SingleFlight
+from proxy.concurrency.singleflight import SingleFlight
+from proxy.ops.logs import mark_cache
+from proxy.registry.manifest import Manifest
+from proxy.registry.policy import TagTtl
+from proxy.registry.reference import Digest, Reference
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.upstream.client import ManifestHead, RegistryClient
 from proxy.upstream.errors import UpstreamError, UpstreamInvalid, UpstreamNotFound

@@ -41,7 +41,7 @@ from typing import Protocol
 
 import structlog
 
-from proxy.reference import Digest
+from proxy.registry.reference import Digest
 from proxy.storage import StorageError
 from proxy.upstream.client import BlobStream, RegistryClient
 from proxy.upstream.errors import UpstreamError, UpstreamInvalid, UpstreamUnavailable

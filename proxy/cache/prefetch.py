@@ -33,8 +33,8 @@ import structlog
 
 from proxy.cache.blobs import BlobCache
 from proxy.cache.manifests import ManifestCache
-from proxy.manifest import IMAGE_TYPES, BlobDescriptor, Manifest, image_blobs
-from proxy.reference import Digest
+from proxy.registry.manifest import IMAGE_TYPES, BlobDescriptor, Manifest, image_blobs
+from proxy.registry.reference import Digest
 from proxy.upstream.client import RegistryClient
 
 log = structlog.get_logger(__name__)

@@ -35,11 +35,11 @@ import structlog
 
 from proxy.cache.keys import referrers_key
 from proxy.cache.negative import NegativeCache
-from proxy.logs import mark_cache
-from proxy.manifest import OCI_INDEX
-from proxy.policy import TagTtl
-from proxy.reference import Digest
-from proxy.singleflight import SingleFlight
+from proxy.concurrency.singleflight import SingleFlight
+from proxy.ops.logs import mark_cache
+from proxy.registry.manifest import OCI_INDEX
+from proxy.registry.policy import TagTtl
+from proxy.registry.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.errors import UpstreamError, UpstreamInvalid, UpstreamNotFound

@@ -33,7 +33,7 @@ import structlog
 from proxy.config import Settings
 from proxy.storage import StorageError
 from proxy.storage.filesystem import DISK_FULL_ERRNOS
-from proxy.tempfiles import remove_orphans, temp_name
+from proxy.storage.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
 

@@ -37,7 +37,7 @@ from proxy.storage.base import (
     check_key,
 )
 from proxy.storage.localfile import LocalFile
-from proxy.tempfiles import remove_orphans, temp_name
+from proxy.storage.tempfiles import remove_orphans, temp_name
 
 log = structlog.get_logger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from proxy.logs import count_upstream_request
-from proxy.singleflight import SingleFlight
+from proxy.concurrency.singleflight import SingleFlight
+from proxy.ops.logs import count_upstream_request
 from proxy.upstream.errors import UpstreamDenied, UpstreamInvalid, UpstreamUnavailable
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')

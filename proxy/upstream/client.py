@@ -24,9 +24,9 @@ import aiohttp
 import structlog
 
 from proxy.config import UpstreamSettings
-from proxy.logs import count_upstream_request
-from proxy.manifest import OCI_INDEX, UPSTREAM_ACCEPT, Manifest, media_type_of
-from proxy.reference import Digest
+from proxy.ops.logs import count_upstream_request
+from proxy.registry.manifest import OCI_INDEX, UPSTREAM_ACCEPT, Manifest, media_type_of
+from proxy.registry.reference import Digest
 from proxy.upstream.auth import TokenAuth
 from proxy.upstream.backoff import Backoff
 from proxy.upstream.errors import (

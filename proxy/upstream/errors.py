@@ -17,7 +17,7 @@ decide whether serving stale content is allowed.
 
 from __future__ import annotations
 
-from proxy.errors import RegistryError, too_many_requests
+from proxy.registry.errors import RegistryError, too_many_requests
 
 
 class UpstreamError(Exception):

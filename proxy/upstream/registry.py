@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from proxy.config import DOCKER_HUB_ALIASES, DOCKER_HUB_HOST
-from proxy.errors import RegistryError
-from proxy.reference import NAME_MAX_LENGTH
+from proxy.registry.errors import RegistryError
+from proxy.registry.reference import NAME_MAX_LENGTH
 from proxy.upstream.client import RegistryClient
 
 

@@ -26,7 +26,7 @@ CLUTTER = [
     "docs/node_modules/x/index.js",
     "registry_proxy.egg-info/PKG-INFO",
 ]
-KEPT = ["Dockerfile", "pyproject.toml", "proxy/__init__.py", "proxy/app.py"]
+KEPT = ["Dockerfile", "pyproject.toml", "proxy/__init__.py", "proxy/http/app.py"]
 
 
 @pytest.fixture(scope="module")

@@ -227,8 +227,8 @@ def emf_names_used(synth: Synthesized) -> set[str]:
 
 
 def test_dashboard_and_alarms_use_metrics_the_proxy_reports(any_synth: Synthesized) -> None:
-    cloudwatch = pytest.importorskip("proxy.cloudwatch")
-    metrics_module = pytest.importorskip("proxy.metrics")
+    cloudwatch = pytest.importorskip("proxy.ops.cloudwatch")
+    metrics_module = pytest.importorskip("proxy.ops.metrics")
     client = pytest.importorskip("proxy.upstream.client")
     metrics = metrics_module.Metrics()
     metrics.rate_limit("docker.io", client.RateLimit(100, 50, 21600, None), counted=True)

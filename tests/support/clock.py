@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.routes import SERVICES
+from proxy.http.routes import SERVICES
 from proxy.upstream.backoff import Backoff
 
 

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.waits import wait_at_most
+from proxy.concurrency.waits import wait_at_most
 
 log = structlog.get_logger("proxy.shutdown")
 

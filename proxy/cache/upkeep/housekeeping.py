@@ -8,8 +8,8 @@ files whose process is gone. An eviction pass does only the
 size part (the server runs one when the cache grows past its limit or the disk fills up).
 
 Safe with several sweepers at once (other instances, a scheduled ``cache gc``): deletes are
-idempotent, records are merged without loss (``proxy.cache.lastuse``), and a sweep that met any
-storage failure while taking its inventory deletes nothing (a manifest it could not read might
+idempotent, records are merged without loss (``proxy.cache.upkeep.lastuse``), and a sweep that met
+any storage failure while taking its inventory deletes nothing (a manifest it could not read might
 name blobs that would then look unused). Inside the server, blobs a client is reading are never
 evicted and a request for a blob being evicted waits and then fetches it (``BlobPins``).
 
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import structlog
 
-from proxy.cache.inventory import Entry, Inventory, Kind, ManifestReferences, take_inventory
-from proxy.cache.lastuse import UseRecords
-from proxy.cache.pins import BlobPins
-from proxy.cache.retention import (
+from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, ManifestReferences, take_inventory
+from proxy.cache.upkeep.lastuse import UseRecords
+from proxy.cache.upkeep.pins import BlobPins
+from proxy.cache.upkeep.retention import (
     LOW_WATER,
     DiskSpace,
     choose_evictions,
@@ -43,7 +43,7 @@ from proxy.cache.retention import (
 from proxy.config import CacheLimit
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
-from proxy.tempfiles import orphans
+from proxy.storage.tempfiles import orphans
 
 log = structlog.get_logger(__name__)
 

@@ -4,7 +4,7 @@ Prometheus counters are made for scraping, not for reading back, and the status 
 things a counter cannot hold (the last stale serves, the most pulled repositories, counted pulls
 per minute). ``Activity`` keeps them as plain numbers and small bounded collections, updated on
 the request path at the cost of a few integer additions. ``snapshot()`` turns them into the JSON
-record each instance publishes for the fleet (``proxy.fleet``).
+record each instance publishes for the fleet (``proxy.ops.fleet``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Activity:
     # --- the published record -------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """This instance's figures as JSON-able data (what ``proxy.fleet`` publishes)."""
+        """This instance's figures as JSON-able data (what ``proxy.ops.fleet`` publishes)."""
         since = int(self.clock() // 60) - HISTORY_MINUTES
         return {
             "started_at": self.started_at,

@@ -18,9 +18,11 @@ from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
-from proxy.errors import RegistryError
-from proxy.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
-from proxy.reference import (
+from proxy.http.sendfile import SendfileResponse
+from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
+from proxy.registry.errors import RegistryError
+from proxy.registry.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
+from proxy.registry.reference import (
     ApiPath,
     ByteRange,
     Digest,
@@ -31,9 +33,7 @@ from proxy.reference import (
     parse_range,
     validate_tag,
 )
-from proxy.sendfile import SendfileResponse
 from proxy.services import Services
-from proxy.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamError, UpstreamInvalid, registry_error
 

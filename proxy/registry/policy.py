@@ -30,9 +30,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from proxy.errors import RegistryError
+from proxy.registry.errors import RegistryError
 
-# Characters a repository name / a tag may contain (the grammar in proxy.reference).
+# Characters a repository name / a tag may contain (the grammar in proxy.registry.reference).
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-/")
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from proxy.activity import RECENT_EVENTS, TOP_REPOSITORIES, Activity
+from proxy.ops.activity import RECENT_EVENTS, TOP_REPOSITORIES, Activity
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 
 Writer = Callable[[str], None]
 Document = dict[str, Any]

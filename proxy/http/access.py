@@ -39,7 +39,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.errors import RegistryError
+from proxy.registry.errors import RegistryError
 
 log = structlog.get_logger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import structlog
 
-from proxy.cache.housekeeping import Housekeeper, SweepReport
-from proxy.cache.lastuse import LastUse
-from proxy.metrics import CacheHousekeepingMetrics
+from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
+from proxy.cache.upkeep.lastuse import LastUse
+from proxy.concurrency.waits import wait_at_most
+from proxy.ops.metrics import CacheHousekeepingMetrics
 from proxy.storage import StorageError
-from proxy.waits import wait_at_most
 
 log = structlog.get_logger(__name__)
 

@@ -1,13 +1,12 @@
 """What the cache holds: every entry with its size, when it was written and when it was last used.
 
 An entry is a blob, a manifest, a tag record, a referrers record or a content link
-(``proxy.cache.keys``). Its *own* last use is the
-latest of the time it was written and the times any instance recorded serving it
-(``proxy.cache.lastuse``). Its *last use*, the one expiry and eviction go by, also counts the use
-of whatever refers to it: a blob is in use while a cached manifest naming it is served, and a
-platform manifest while its index is. Docker asks for the manifest of every image it pulls but
-only for the layers it does not have yet, so a base image every build uses keeps its layers
-even when no client needed them for a month; a new build host will.
+(``proxy.cache.keys``). Its *own* last use is the latest of the time it was written and the times
+any instance recorded serving it (``proxy.cache.upkeep.lastuse``). Its *last use*, the one expiry
+and eviction go by, also counts the use of whatever refers to it: a blob is in use while a cached
+manifest naming it is served, and a platform manifest while its index is. Docker asks for the
+manifest of every image it pulls but only for the layers it does not have yet, so a base image every
+build uses keeps its layers even when no client needed them for a month; a new build host will.
 
 Manifests are read once per process to learn what they refer to (``ManifestReferences``): they
 are immutable, so what was read stays true.
@@ -30,9 +29,9 @@ from proxy.cache.keys import (
     blob_key,
     manifest_key,
 )
-from proxy.cache.lastuse import RecordSet, UseRecords
-from proxy.manifest import referenced_digests
-from proxy.reference import Digest
+from proxy.cache.upkeep.lastuse import RecordSet, UseRecords
+from proxy.registry.manifest import referenced_digests
+from proxy.registry.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage
 
 _HEX = re.compile(r"[0-9a-f]{64}")

@@ -11,16 +11,16 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy import routes
-from proxy.access import AccessPolicy, access_middleware
 from proxy.cache.spool import spool_location
-from proxy.clientcap import CLIENT_CAP, ClientCap
-from proxy.cloudwatch import emf_reporting
 from proxy.config import Settings
-from proxy.errors import RegistryError
-from proxy.logs import begin_request, new_request_id
+from proxy.http import routes
+from proxy.http.access import AccessPolicy, access_middleware
+from proxy.http.clientcap import CLIENT_CAP, ClientCap
+from proxy.http.shutdown import InFlightRequests, drain
+from proxy.ops.cloudwatch import emf_reporting
+from proxy.ops.logs import begin_request, new_request_id
+from proxy.registry.errors import RegistryError
 from proxy.services import open_services
-from proxy.shutdown import InFlightRequests, drain
 from proxy.storage import Storage, StorageError
 
 log = structlog.get_logger("proxy.access")
@@ -71,7 +71,7 @@ def create_app(
             settings, storage=storage, retry_delays=retry_delays, housekeeping=True
         ) as services:
             app[routes.SERVICES] = services
-            # This instance's figures, published for the fleet's status page (proxy/fleet.py).
+            # This instance's figures, published for the fleet's status page (proxy/ops/fleet.py).
             publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")
             try:
                 yield
@@ -83,7 +83,7 @@ def create_app(
 
     async def on_shutdown(app: web.Application) -> None:
         # SIGTERM: aiohttp has stopped accepting connections; downloads and requests in
-        # progress get until one deadline to finish (proxy/shutdown.py).
+        # progress get until one deadline to finish (proxy/http/shutdown.py).
         services = app.get(routes.SERVICES)
         if services is not None:
             await services.prefetch.close()  # no new downloads now

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy.errors import RegistryError
+from proxy.registry.errors import RegistryError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

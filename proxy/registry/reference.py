@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from proxy.errors import RegistryError
+from proxy.registry.errors import RegistryError
 
 NAME_MAX_LENGTH = 255
 

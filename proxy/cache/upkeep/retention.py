@@ -1,6 +1,6 @@
 """Which entries go: expiry after a window without use, and eviction down to a size.
 
-Pure decisions over an ``Inventory``; ``proxy.cache.housekeeping`` carries them out.
+Pure decisions over an ``Inventory``; ``proxy.cache.upkeep.housekeeping`` carries them out.
 
 - Expiry: every entry whose last use (``Entry.last_used``: its own, or that of a manifest naming
   it) is older than the window.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.cache.inventory import Entry, Inventory, Kind
+from proxy.cache.upkeep.inventory import Entry, Inventory, Kind
 from proxy.config import CacheLimit
 
 #: Eviction stops at this fraction of the limit.

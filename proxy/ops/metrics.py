@@ -13,8 +13,8 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy.activity import Activity
-from proxy.requestmetrics import RequestMetrics
+from proxy.ops.activity import Activity
+from proxy.ops.requestmetrics import RequestMetrics
 from proxy.upstream.client import RateLimit
 
 log = structlog.get_logger(__name__)
@@ -214,7 +214,7 @@ class Metrics:
 
 
 class CacheHousekeepingMetrics:
-    """The cache's size and what its housekeeping removed (``proxy.cache.janitor`` sets them)."""
+    """The cache's size and what housekeeping removed (``proxy.cache.upkeep.janitor`` sets them)."""
 
     def __init__(self, r: CollectorRegistry) -> None:
         self.bytes = Gauge(

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.config import ConfigError, Settings, load_settings
-from proxy.logs import configure_logging
+from proxy.ops.logs import configure_logging
 
 log = structlog.get_logger("proxy")
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
     warm.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
     warm.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
-    from proxy.cache_commands import add_parser as add_cache_parser
+    from proxy.commands.cache import add_parser as add_cache_parser
 
     add_cache_parser(commands)
     return parser
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def print_codebuild_ranges(args: argparse.Namespace) -> int:
     import json
 
-    from proxy.access import codebuild_ranges
+    from proxy.http.access import codebuild_ranges
 
     try:
         document = json.loads(args.file.read_text())
@@ -153,8 +153,8 @@ def healthcheck(settings: Settings) -> int:
 def run_warm(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
+    from proxy.commands.warm import read_image_list, warm
     from proxy.storage import StorageError
-    from proxy.warm import read_image_list, warm
 
     images = list(args.images)
     if args.from_file is not None:
@@ -177,15 +177,15 @@ def run_warm(settings: Settings, args: argparse.Namespace) -> int:
 def run_cache(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from proxy.cache_commands import run
+    from proxy.commands.cache import run
 
     return asyncio.run(run(settings, args))
 
 
 def serve(settings: Settings) -> int:
-    from proxy.app import create_app
-    from proxy.shutdown import CLOSE_SECONDS
-    from proxy.startup import StartupError, check_startup
+    from proxy.commands.startup import StartupError, check_startup
+    from proxy.http.app import create_app
+    from proxy.http.shutdown import CLOSE_SECONDS
     from proxy.storage import StorageError
 
     try:
@@ -207,7 +207,7 @@ def serve(settings: Settings) -> int:
             app,
             host=settings.listen_host,
             port=settings.listen_port,
-            # The drain (proxy/shutdown.py) already gave requests the whole grace.
+            # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
             shutdown_timeout=CLOSE_SECONDS,
             keepalive_timeout=settings.client_idle_timeout,
             access_log=None,

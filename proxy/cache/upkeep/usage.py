@@ -1,10 +1,10 @@
 """What the blob cache tells the cache's housekeeping, in three cheap calls.
 
-- ``served``: a blob was answered from the cache (its last use, ``proxy.cache.lastuse``);
+- ``served``: a blob was answered from the cache (its last use, ``proxy.cache.upkeep.lastuse``);
 - ``stored``: a verified blob landed in the cache (a use too, and the size check may wake the
   evictor);
 - ``hold``: a client is about to read a cached blob; eviction leaves it alone until the
-  returned release is called (``proxy.cache.pins``).
+  returned release is called (``proxy.cache.upkeep.pins``).
 
 A ``BlobUsage()`` without parts does nothing: the blob cache works the same without housekeeping.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxy.cache.keys import blob_key
-from proxy.cache.lastuse import LastUse
-from proxy.cache.pins import BlobPins
-from proxy.reference import Digest
+from proxy.cache.upkeep.lastuse import LastUse
+from proxy.cache.upkeep.pins import BlobPins
+from proxy.registry.reference import Digest
 
 
 def _nothing() -> None:

@@ -15,9 +15,9 @@ from typing import TextIO
 import structlog
 
 from proxy.config import Settings
-from proxy.errors import RegistryError
-from proxy.manifest import INDEX_TYPES, platform_manifests, referenced_digests
-from proxy.reference import Digest, Reference, validate_name
+from proxy.registry.errors import RegistryError
+from proxy.registry.manifest import INDEX_TYPES, platform_manifests, referenced_digests
+from proxy.registry.reference import Digest, Reference, validate_name
 from proxy.services import Services, open_services
 from proxy.upstream.client import RegistryClient
 from proxy.upstream.errors import UpstreamError

@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from proxy.cache.housekeeping import Housekeeper, SweepReport
-from proxy.cache.inventory import Entry, Inventory, Kind, tag_parts
 from proxy.cache.keys import blob_key, manifest_key
 from proxy.cache.manifests import TagRecord
+from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
+from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, tag_parts
 from proxy.config import Settings
-from proxy.reference import Digest
+from proxy.registry.reference import Digest
 from proxy.services import create_storage, housekeeper
 from proxy.storage import ObjectNotFound, StorageError
 from proxy.storage.failsafe import FailSafeStorage
