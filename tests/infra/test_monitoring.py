@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Mapping
@@ -227,9 +228,9 @@ def emf_names_used(synth: Synthesized) -> set[str]:
 
 
 def test_dashboard_and_alarms_use_metrics_the_proxy_reports(any_synth: Synthesized) -> None:
-    cloudwatch = pytest.importorskip("proxy.ops.cloudwatch")
-    metrics_module = pytest.importorskip("proxy.ops.metrics")
-    client = pytest.importorskip("proxy.upstream.client")
+    cloudwatch = importlib.import_module("proxy.ops.cloudwatch")
+    metrics_module = importlib.import_module("proxy.ops.metrics")
+    client = importlib.import_module("proxy.upstream.client")
     metrics = metrics_module.Metrics()
     metrics.rate_limit("docker.io", client.RateLimit(100, 50, 21600, None), counted=True)
     reporter = cloudwatch.EmfReporter(metrics, "x", Path("/"), lambda _: None)

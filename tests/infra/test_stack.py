@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -385,7 +386,7 @@ def test_spool_mount_is_where_the_image_declares_its_owned_volume() -> None:
 def test_one_shutdown_deadline_shorter_than_the_stop_timeout(any_synth: Synthesized) -> None:
     """ECS sends SIGKILL stopTimeout seconds after SIGTERM; the proxy must be gone by then: its
     one deadline (the grace) plus aiohttp's closing (twice CLOSE_SECONDS) fit inside."""
-    shutdown = pytest.importorskip("proxy.http.shutdown")
+    shutdown = importlib.import_module("proxy.http.shutdown")
     grace = int(environment(any_synth)["PROXY_SHUTDOWN_GRACE"])
     stop_timeout = container(any_synth)["StopTimeout"]
     assert grace + 2 * shutdown.CLOSE_SECONDS < stop_timeout <= 120
@@ -444,8 +445,8 @@ def test_a_forged_forwarded_for_is_not_believed_with_the_stacks_settings(
 ) -> None:
     """The proxy, configured as the stack configures it, facing a client inside the VPC that
     claims an address from the operator network."""
-    config = pytest.importorskip("proxy.config")
-    access = pytest.importorskip("proxy.http.access")
+    config = importlib.import_module("proxy.config")
+    access = importlib.import_module("proxy.http.access")
     env = environment(any_synth)
     settings = config.load_settings(
         {name: env[name] for name in ("PROXY_TRUSTED_PROXIES", "PROXY_TRUSTED_HOPS")}
@@ -488,9 +489,9 @@ def test_fetch_limit_and_spool_budget_follow_from_the_task_size(any_synth: Synth
 def test_the_proxy_accepts_the_derived_sizes_on_the_task_it_gets(any_synth: Synthesized) -> None:
     """The proxy's own start-up checks pass with these sizes on a filesystem of the task's
     ephemeral storage, and would refuse the old fixed 64 fetches on the default task."""
-    config = pytest.importorskip("proxy.config")
-    startup = pytest.importorskip("proxy.commands.startup")
-    spool = pytest.importorskip("proxy.cache.spool")
+    config = importlib.import_module("proxy.config")
+    startup = importlib.import_module("proxy.commands.startup")
+    spool = importlib.import_module("proxy.cache.spool")
     env = {
         name: value
         for name, value in environment(any_synth).items()
@@ -512,7 +513,7 @@ def test_the_proxy_accepts_the_derived_sizes_on_the_task_it_gets(any_synth: Synt
 
 
 def test_sizing_figures_are_the_proxys() -> None:
-    startup = pytest.importorskip("proxy.commands.startup")
+    startup = importlib.import_module("proxy.commands.startup")
     from registry_proxy_infra import sizing
 
     assert sizing.BASE_MEMORY_MIB * 1024**2 == startup.BASE_MEMORY
@@ -521,7 +522,7 @@ def test_sizing_figures_are_the_proxys() -> None:
 
 def test_container_environment_is_understood_by_the_proxy(any_synth: Synthesized) -> None:
     """Every variable is one the proxy reads, and together they load as valid settings."""
-    config = pytest.importorskip("proxy.config")
+    config = importlib.import_module("proxy.config")
     env = environment(any_synth)
     names = set(env) | set(secrets(any_synth))
     unknown = {name for name in names if name.startswith("PROXY_")} - set(config.ENV_VARS)
