@@ -43,7 +43,7 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 def documented_settings() -> dict[str, Any]:
     (block,) = code_blocks(section("4. The settings"), "json")
-    settings: dict[str, Any] = json.loads("{" + block + "}")
+    settings: dict[str, Any] = json.loads(block)["context"]
     return settings
 
 
