@@ -189,6 +189,19 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run(settings, args))
 
 
+def log_upstream_identities(settings: Settings) -> None:
+    """One ``upstream.identity`` line per upstream: whom it sees the proxy pull as, the user name
+    (never the token) or ``anonymous`` (sharing the anonymous rate limit of the address the
+    proxy pulls from)."""
+    for upstream in (settings.upstream, *settings.extra_upstreams):
+        log.info(
+            "upstream.identity",
+            upstream=upstream.host,
+            url=upstream.url,
+            account=upstream.username or "anonymous",
+        )
+
+
 def serve(settings: Settings) -> int:
     from proxy.commands.startup import StartupError, check_startup
     from proxy.http.app import create_app
@@ -209,6 +222,7 @@ def serve(settings: Settings) -> int:
         storage=str(settings.storage),
         tag_ttl=settings.tag_ttl,
     )
+    log_upstream_identities(settings)
     try:
         web.run_app(
             app,
