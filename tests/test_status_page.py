@@ -93,6 +93,8 @@ async def test_the_page_shows_what_status_says_and_refreshes_itself(
         fleet = status["fleet"]
         figures = await browser.evaluate(FIGURES_JS)
         hub = fleet["upstreams"]["docker.io"]
+        # whom the proxy pulls as: never a default, the account /status names
+        assert figures["Pulls as"] == status["upstreams"]["docker.io"]["account"] == "anonymous"
         assert figures["Counted pulls (fleet)"] == human_count(hub["counted_pulls"])
         assert figures["Pulls remaining"] == human_count(hub["ratelimit"]["remaining"])
         assert figures["Limit per window"] == human_count(100)

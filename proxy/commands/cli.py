@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.commands.cache import add_parser as add_cache_parser
 
     add_cache_parser(commands)
+    from proxy.commands.certs import add_parser as add_certs_parser
+
+    add_certs_parser(commands)
     return parser
 
 
@@ -124,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "codebuild-ranges":
         return print_codebuild_ranges(args)
+    if args.command == "certs":
+        from proxy.commands.certs import run as run_certs
+
+        return run_certs(args)
     try:
         settings = settings_from(args, dict(os.environ))
     except ConfigError as exc:
@@ -209,6 +216,19 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run(settings, args))
 
 
+def log_upstream_identities(settings: Settings) -> None:
+    """One ``upstream.identity`` line per upstream: whom it sees the proxy pull as, the user name
+    (never the token) or ``anonymous`` (sharing the anonymous rate limit of the address the
+    proxy pulls from)."""
+    for upstream in settings.upstreams:
+        log.info(
+            "upstream.identity",
+            upstream=upstream.host,
+            url=upstream.url,
+            account=upstream.username or "anonymous",
+        )
+
+
 def serve(settings: Settings) -> int:
     from proxy.commands.startup import StartupError, check_startup
     from proxy.http.app import create_app, run_app
@@ -228,6 +248,7 @@ def serve(settings: Settings) -> int:
         storage=str(settings.storage.location),
         tag_ttl=settings.policy.tag_ttl,
     )
+    log_upstream_identities(settings)
     try:
         run_app(app, settings)
     except StorageError as exc:

@@ -21,6 +21,7 @@ from proxy.cache.spool import probe_writable, spool_location
 from proxy.http.errors import API_VERSION, HttpError
 from proxy.http.sendfile import SendfileResponse
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
+from proxy.registry import probe
 from proxy.registry.errors import ErrorCode, NotFound, RegistryError
 from proxy.registry.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.registry.reference import (
@@ -65,6 +66,10 @@ async def api(request: web.Request) -> web.StreamResponse:
         raise RegistryError(
             ErrorCode.UNSUPPORTED, "this registry is a read-only pull-through cache"
         )
+    if path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB) and probe.is_probe(
+        path.name, request.query.get("ns")
+    ):
+        return _probe(path)
     services = request.app[SERVICES]
     match path.endpoint:
         case Endpoint.BASE:
@@ -116,6 +121,30 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
     return _manifest_response(
         found.media_type, found.digest, len(found.data), found.data, warning=warning
     )
+
+
+def _probe(path: ApiPath) -> web.Response:
+    """The probe image (proxy.registry.probe): answered from constants, for any tag; nothing is
+    cached, counted as a hit or a miss, or asked of an upstream."""
+    if path.endpoint is Endpoint.MANIFEST:
+        reference = _parse_reference(path.reference)
+        digest = str(reference.digest) if reference.digest is not None else None
+        found = probe.manifest(reference.tag, digest)
+        if found is None:
+            raise NotFound()  # MANIFEST_UNKNOWN (the edge names what is missing)
+        return _manifest_response(
+            found.media_type, Digest.parse(found.digest), len(found.data), found.data
+        )
+    found = probe.blob(str(_parse_digest(path.reference)))
+    if found is None:
+        raise NotFound()  # BLOB_UNKNOWN
+    headers = {
+        **API_VERSION,
+        "Docker-Content-Digest": found.digest,
+        "ETag": f'"{found.digest}"',
+        "Content-Type": "application/octet-stream",
+    }
+    return web.Response(status=200, body=found.data, headers=headers)
 
 
 def _manifest_response(
