@@ -23,11 +23,11 @@ from proxy.cache.spool import Spool, spool_location
 from proxy.cache.upkeep.diskfull import DiskFullAlarm
 from proxy.cache.upkeep.housekeeping import Housekeeper
 from proxy.cache.upkeep.janitor import Janitor
-from proxy.cache.upkeep.lastuse import LastUse, UseRecords, new_instance_id
+from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.cache.upkeep.pins import BlobPins
 from proxy.cache.upkeep.usage import BlobUsage
 from proxy.config import DOCKER_HUB_HOST, Settings
-from proxy.ops.fleet import Fleet
+from proxy.ops.fleet import Fleet, new_instance_id
 from proxy.ops.metrics import Metrics
 from proxy.registry.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
@@ -122,7 +122,8 @@ async def open_services(
             on_full=disk_full.report,
         )
         spool.open()
-        last_use = LastUse(UseRecords(safe_storage, new_instance_id()))
+        instance_id = new_instance_id()  # one process, one identity: its records and its page
+        last_use = LastUse(UseRecords(safe_storage, instance_id))
         last_use.enabled = settings.cache.record_access
         pins = BlobPins()
         janitor = Janitor(
@@ -182,6 +183,7 @@ async def open_services(
             safe_storage,
             metrics.activity,
             lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
+            instance_id=instance_id,
         )
         if housekeeping:
             janitor.start()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import ProxyFactory
+from support.fakehub import FakeHub
+
+from proxy.http.routes import SERVICES
 from proxy.ops.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
 from proxy.ops.fleet import new_instance_id, total
 from proxy.ops.status_page import ago, human_bytes, human_count, percent
@@ -80,3 +84,11 @@ def test_figures_for_people() -> None:
     assert ago(now - 7200, now) == "2 h ago"
     assert ago(now - 3 * 86400, now) == "3 days ago"
     assert ago(None, now) == "never"
+
+
+async def test_one_process_has_one_instance_id(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    """The fleet record and the last-use records of an instance carry the same id."""
+    client = await make_proxy(fakehub)
+    services = client.app[SERVICES]
+    assert services.fleet.instance_id == services.janitor.last_use.records.instance
+    assert KEY_RE.fullmatch(f"access/0000000000-{services.fleet.instance_id}-1")
