@@ -2,6 +2,11 @@
 
 Each parser turns the text of a variable into a value, or raises ValueError saying what it
 accepts; ``proxy.config`` names the variable. The types here are what ``Settings`` holds.
+
+Sizes are binary (IEC) units everywhere, 1 KiB = 1024 bytes: a setting is written ``4MiB`` or
+``2GiB`` (``size``), a message that names a setting shows its value the same way
+(``written_size``), and whatever people read (the status page, the ``cache`` and ``warm``
+commands, start-up messages) is rounded to three figures (``human_bytes``: ``1.23 GiB``).
 """
 
 from __future__ import annotations
@@ -156,6 +161,34 @@ def size(value: str) -> int:
     if not number.isdigit() or unit not in units or int(number) == 0:
         raise ValueError("expected a size in bytes, e.g. 4194304, 4MiB or 2GiB")
     return int(number) * units[unit]
+
+
+def written_size(count: int) -> str:
+    """``count`` bytes as a setting is written, exactly: ``35GiB``, ``3328MiB``, ``1000``."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count and count % factor == 0:
+            return f"{count // factor}{unit}"
+    return str(count)
+
+
+_IEC_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+NO_SIZE = "\u2013"  # an en dash: a size not known (yet)
+
+
+def human_bytes(count: float | None) -> str:
+    """``1.23 GiB``, ``512 MiB``, ``0 B``: binary units, three significant figures at most."""
+    if count is None:
+        return NO_SIZE
+    value = float(count)
+    for unit in _IEC_UNITS:
+        # Below 1023.5 a unit still reads as three figures; above, the next one does.
+        if abs(value) < 1023.5 or unit == _IEC_UNITS[-1]:
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)} B"
+    figures = f"{value:.3g}" if abs(value) < 999.5 else f"{value:.0f}"
+    return f"{figures} {unit}"
 
 
 _BINARY_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
+from proxy.config_values import human_bytes
 from proxy.http.routes import SERVICES
 from proxy.ops.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
 from proxy.ops.fleet import new_instance_id, total
-from proxy.ops.status_page import ago, human_bytes, human_count, percent
+from proxy.ops.status_page import ago, human_count, percent
 from proxy.storage.base import KEY_RE
 
 
@@ -72,8 +73,8 @@ def test_instance_ids_are_storage_keys() -> None:
 def test_figures_for_people() -> None:
     assert human_bytes(0) == "0 B"
     assert human_bytes(999) == "999 B"
-    assert human_bytes(1234) == "1.23 kB"
-    assert human_bytes(1_200_000_000) == "1.2 GB"
+    assert human_bytes(1234) == "1.21 KiB"
+    assert human_bytes(1_200_000_000) == "1.12 GiB"
     assert human_bytes(None) == "\u2013"
     assert human_count(1234567) == "1\u202f234\u202f567"
     assert percent(0.538) == "53.8 %"

@@ -66,7 +66,10 @@ def test_fetches_must_fit_in_memory() -> None:
     with pytest.raises(StartupError) as info:
         check_memory(settings_with(location=s3, memory_limit=limit, max_fetches=64))
     message = str(info.value)
-    assert message.startswith("PROXY_MAX_UPSTREAM_FETCHES=64 needs about 3328MiB")
+    assert message.startswith(
+        "PROXY_MAX_UPSTREAM_FETCHES=64 needs about 3.25 GiB of memory (256 MiB plus 48 MiB per "
+        "fetch), more than PROXY_MEMORY_LIMIT=2GiB"
+    )
     assert "PROXY_MEMORY_LIMIT=2GiB" in message
     assert f"lower PROXY_MAX_UPSTREAM_FETCHES to {fitting} " in message
     # a local cache writes straight to disk: 64 fetches fit easily
@@ -82,7 +85,7 @@ def test_spool_budget_must_fit_on_its_filesystem(tmp_path: Path) -> None:
     with pytest.raises(StartupError) as info:
         check_spool_size(settings, location, lambda _: filesystem(20 * GiB))
     assert str(info.value) == (
-        "PROXY_SPOOL_MAX_SIZE=35GiB plus PROXY_SPOOL_MIN_FREE=1GiB do not fit on the 20GiB "
+        "PROXY_SPOOL_MAX_SIZE=35GiB plus PROXY_SPOOL_MIN_FREE=1GiB do not fit on the 20 GiB "
         f"filesystem of PROXY_SPOOL_DIR={tmp_path}: lower them or give the spool a larger disk"
     )
     unbounded = settings_with(spool_dir=tmp_path, spool_min_free=30 * GiB)

@@ -22,8 +22,9 @@ from support.browser import Browser
 from support.fakehub import FakeHub
 
 from proxy.config import StorageLocation
+from proxy.config_values import human_bytes
 from proxy.http.routes import SERVICES
-from proxy.ops.status_page import human_bytes, human_count, percent
+from proxy.ops.status_page import human_count, percent
 from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}

@@ -26,6 +26,7 @@ from proxy.cache.manifests import TagRecord
 from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
 from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, tag_parts
 from proxy.config import Settings
+from proxy.config_values import human_bytes
 from proxy.registry.reference import Digest
 from proxy.services import create_storage, housekeeper
 from proxy.storage import ObjectNotFound, StorageError
@@ -375,17 +376,6 @@ async def _check(storage: FailSafeStorage, key: str, report: VerifyReport) -> st
 
 
 # --- formatting -----------------------------------------------------------------------------
-
-
-def human_bytes(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def age(seconds: float) -> str:

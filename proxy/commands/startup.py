@@ -17,9 +17,9 @@ from pathlib import Path
 from proxy.cache.inflight import MEMORY_WINDOW
 from proxy.cache.spool import SpoolLocation, probe_writable, spool_location
 from proxy.config import Settings
+from proxy.config_values import human_bytes, written_size
 
 MiB = 1024**2
-GiB = 1024**3
 
 # Memory the proxy needs with no fetch in progress (interpreter, libraries, the bounded
 # in-memory manifest and tag caches) and for each upstream fetch in progress. An S3 upload
@@ -74,8 +74,9 @@ def check_memory(settings: Settings) -> None:
         fitting = max(0, (settings.upstream.memory_limit - BASE_MEMORY) // per_fetch)
         raise StartupError(
             f"PROXY_MAX_UPSTREAM_FETCHES={settings.upstream.max_fetches} needs about "
-            f"{_mib(needed)} of memory ({_mib(BASE_MEMORY)} plus {_mib(per_fetch)} per fetch), "
-            f"more than PROXY_MEMORY_LIMIT={_mib(settings.upstream.memory_limit)}: lower "
+            f"{human_bytes(needed)} of memory ({human_bytes(BASE_MEMORY)} plus "
+            f"{human_bytes(per_fetch)} per fetch), more than "
+            f"PROXY_MEMORY_LIMIT={written_size(settings.upstream.memory_limit)}: lower "
             f"PROXY_MAX_UPSTREAM_FETCHES to {fitting} or raise the memory"
         )
 
@@ -88,14 +89,14 @@ def check_spool_size(settings: Settings, spool: SpoolLocation, statvfs: StatVfs)
     if wanted < capacity:
         return
     budget = (
-        f"PROXY_SPOOL_MAX_SIZE={_mib(settings.storage.spool_max_size)} plus "
+        f"PROXY_SPOOL_MAX_SIZE={written_size(settings.storage.spool_max_size)} plus "
         if settings.storage.spool_max_size is not None
         else ""
     )
     raise StartupError(
-        f"{budget}PROXY_SPOOL_MIN_FREE={_mib(settings.storage.spool_min_free)} do not fit on the "
-        f"{_mib(capacity)} filesystem of {spool.describe()}: lower them or give the spool a "
-        "larger disk"
+        f"{budget}PROXY_SPOOL_MIN_FREE={written_size(settings.storage.spool_min_free)} do not fit "
+        f"on the {human_bytes(capacity)} filesystem of {spool.describe()}: lower them or give "
+        "the spool a larger disk"
     )
 
 
@@ -104,9 +105,3 @@ def _os_error(exc: OSError) -> str:
     if exc.errno is None:
         return str(exc)
     return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
-
-
-def _mib(size: int) -> str:
-    if size >= GiB and size % GiB == 0:
-        return f"{size // GiB}GiB"
-    return f"{size // MiB}MiB"
