@@ -25,7 +25,6 @@ The health endpoints stay open for load balancer checks.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import ipaddress
@@ -40,6 +39,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from proxy.config import Network
 from proxy.http.errors import HttpError
+from proxy.registry.credentials import basic_credentials
 from proxy.registry.errors import ErrorCode, RegistryError
 
 log = structlog.get_logger(__name__)
@@ -124,16 +124,10 @@ class AccessPolicy:
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "bearer":
             return self._token_ok(credentials.strip())
-        if scheme.lower() != "basic":
+        basic = basic_credentials(header)
+        if basic is None:
             return False
-        try:
-            user, sep, password = (
-                base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
-            )
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
+        user, password = basic
         if self._token_ok(password):
             return True
         hashed = self.users.get(user)
