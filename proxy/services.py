@@ -27,8 +27,11 @@ from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.cache.upkeep.pins import BlobPins
 from proxy.cache.upkeep.usage import BlobUsage
 from proxy.config import DOCKER_HUB_HOST, Settings
+from proxy.ops.activity import Activity
 from proxy.ops.fleet import Fleet, new_instance_id
 from proxy.ops.metrics import Metrics
+from proxy.ops.observers import Observers
+from proxy.ops.quota import QuotaTracker
 from proxy.registry.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
@@ -50,6 +53,9 @@ class Services:
     manifests: ManifestCache
     referrers: ReferrersCache
     metrics: Metrics
+    quotas: QuotaTracker
+    activity: Activity
+    observers: Observers  # tells metrics, quotas and activity what happened
     policy: RepositoryPolicy
     fleet: Fleet
     janitor: Janitor
@@ -92,7 +98,10 @@ async def open_services(
     end). Raises StorageError when the storage cannot be opened (start-up fails loudly rather
     than caching nothing).
     """
-    metrics = Metrics(quota_warn_remaining=settings.operations.quota_warn_remaining)
+    metrics = Metrics()
+    quotas = QuotaTracker(warn_remaining=settings.operations.quota_warn_remaining)
+    activity = Activity()
+    observers = Observers(metrics, quotas, activity)
     disk_full = DiskFullAlarm(
         on_event=lambda where: metrics.housekeeping.disk_full.labels(where).inc()
     )
@@ -111,7 +120,7 @@ async def open_services(
                 connect_timeout=settings.upstream.connect_timeout,
                 read_timeout=settings.upstream.read_timeout,
                 retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
-                observer=metrics,
+                observer=observers,
             )
             for upstream in settings.upstreams
         ]
@@ -181,7 +190,7 @@ async def open_services(
         )
         fleet = Fleet(
             safe_storage,
-            metrics.activity,
+            activity,
             lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
             instance_id=instance_id,
         )
@@ -196,6 +205,9 @@ async def open_services(
                 manifests,
                 referrers,
                 metrics,
+                quotas,
+                activity,
+                observers,
                 policy,
                 fleet,
                 janitor,

@@ -11,6 +11,7 @@ from proxy.ops.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
 from proxy.ops.fleet import new_instance_id, total
 from proxy.ops.status_page import ago, human_count, percent
 from proxy.storage.base import KEY_RE
+from proxy.upstream.client import RateLimit
 
 
 class Clock:
@@ -29,9 +30,9 @@ def test_totals_add_counters_and_keep_the_latest_reading() -> None:
     two.cache_result("stale")
     one.counted_pull("docker.io")
     two.counted_pull("docker.io")
-    one.rate_limit("docker.io", 100, 90, 21600, "1.2.3.4")
+    one.rate_limit("docker.io", RateLimit(100, 90, 21600, "1.2.3.4"), counted=False)
     clock.now += 30
-    two.rate_limit("docker.io", 100, 80, 21600, "1.2.3.4")
+    two.rate_limit("docker.io", RateLimit(100, 80, 21600, "1.2.3.4"), counted=False)
     one.pulled("library/golang")
     two.pulled("library/golang")
     two.pulled("library/alpine")

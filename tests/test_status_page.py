@@ -159,7 +159,7 @@ async def test_the_page_obeys_the_access_rules(fakehub: FakeHub, make_proxy: Pro
 async def test_page_escapes_what_clients_sent(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     client = await make_proxy(fakehub)
     services = client.app[SERVICES]
-    services.metrics.activity.pulled("library/<script>alert(1)</script>")
+    services.activity.pulled("library/<script>alert(1)</script>")
     page = await (await client.get("/ui")).text()
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

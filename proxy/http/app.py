@@ -177,7 +177,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         route = api_path.endpoint.value if api_path is not None else _route_name(request)
         services = request.app.get(routes.SERVICES)
         if services is not None:
-            services.metrics.observe_request(
+            services.observers.observe_request(
                 route,
                 request.method,
                 status,

@@ -251,7 +251,7 @@ async def _send_blob(
             request.transport.abort()
         return response
     finally:
-        services.metrics.served_bytes(content.from_cache, response.body_length)
+        services.observers.served_bytes(content.from_cache, response.body_length)
     return response
 
 
@@ -264,7 +264,7 @@ def _small_blob_response(
     else:
         body = data[byte_range.start : byte_range.end + 1]
         headers = {**headers, "Content-Range": byte_range.content_range(len(data))}
-    services.metrics.served_bytes(True, len(body))
+    services.observers.served_bytes(True, len(body))
     return web.Response(status=206 if byte_range else 200, headers=headers, body=body)
 
 
@@ -419,7 +419,7 @@ async def status(request: web.Request) -> web.Response:
 async def status_document(services: Services) -> dict[str, Any]:
     upstreams = {}
     for client in services.upstreams:
-        quota = services.metrics.quotas.get(client.host)
+        quota = services.quotas.get(client.host)
         upstreams[client.host] = {
             "url": client.settings.url,
             "account": client.settings.username or "anonymous",

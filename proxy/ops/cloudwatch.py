@@ -102,16 +102,26 @@ class EmfReporter:
         return self._document(values, units, dimensions=None)
 
     def _upstream_documents(self) -> list[Document]:
+        """One line per upstream that answered a manifest request (its pulls sample exists)."""
+        pulls = self._per_upstream("registry_proxy_upstream_pulls_total")
+        remaining = self._per_upstream("registry_proxy_upstream_quota_remaining")
         documents = []
-        for upstream, quota in sorted(self.metrics.quotas.items()):
-            key = f"CountedPulls/{upstream}"
-            values = {"CountedPulls": self._delta(key, float(quota.counted_pulls))}
+        for upstream, counted in sorted(pulls.items()):
+            values = {"CountedPulls": self._delta(f"CountedPulls/{upstream}", counted)}
             units = {"CountedPulls": "Count"}
-            if quota.rate_limit is not None and quota.rate_limit.remaining is not None:
-                values["QuotaRemaining"] = float(quota.rate_limit.remaining)
+            if upstream in remaining:
+                values["QuotaRemaining"] = remaining[upstream]
                 units["QuotaRemaining"] = "Count"
             documents.append(self._document(values, units, dimensions={"Upstream": upstream}))
         return documents
+
+    def _per_upstream(self, sample_name: str) -> dict[str, float]:
+        return {
+            sample.labels["upstream"]: sample.value
+            for family in self.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == sample_name and "upstream" in sample.labels
+        }
 
     def _document(
         self, values: dict[str, float], units: dict[str, str], dimensions: dict[str, str] | None

@@ -128,7 +128,7 @@ class BlobStream:
 
 
 class UpstreamObserver(Protocol):
-    """Hears about upstream traffic (the metrics implement it)."""
+    """Hears about upstream traffic (proxy.ops.observers passes it to metrics, quotas, page)."""
 
     def upstream_request(self, upstream: str, method: str, status: int | str) -> None: ...
 
