@@ -86,3 +86,27 @@ def message_pattern(quoted: str) -> re.Pattern[str]:
     """A quoted message as a pattern of the message itself: ``...`` stands for any text, and
     the quote may be the start of a longer line."""
     return re.compile(".*".join(re.escape(part) for part in quoted.split("...")), re.DOTALL)
+
+
+def bullets(text: str) -> list[str]:
+    """The items of ``text``'s top-level bullet lists ("- " at the start of a line), each with
+    its continuation lines (indented) joined."""
+    items: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("- "):
+            current = [line[2:].strip()]
+            items.append(current)
+        elif current is not None and line.startswith("  ") and line.strip():
+            current.append(line.strip())
+        else:
+            current = None
+    return [" ".join(item) for item in items]
+
+
+def entry_for(text: str, message: str) -> str | None:
+    """The bullet of ``text`` that quotes ``message`` (a line a program printed), if any."""
+    for item in bullets(text):
+        if any(message_pattern(quoted).match(message) for quoted in quoted_messages(item)):
+            return item
+    return None
