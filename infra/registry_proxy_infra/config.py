@@ -391,7 +391,8 @@ class ProxyStackConfig:
     client_revocation_list_file: str | None = setting(
         "clientRevocationListFile", text, None,
         "with `internetFacing`: path, relative to `infra/`, of a PEM certificate revocation list "
-        "issued by that CA; revoked client certificates are refused",
+        "issued by that CA; revoked client certificates are refused (a list that revokes nothing "
+        "is left out of the trust store)",
     )  # fmt: skip
     internet_allowed_cidrs: tuple[str, ...] = setting(
         "internetAllowedCidrs", strings, (),

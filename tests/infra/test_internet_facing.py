@@ -5,12 +5,14 @@ to the tasks that skips the client certificate check."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cfnlint.api import ManualArgs, lint  # type: ignore[import-untyped]
 from cryptography import x509
+from registry_proxy_infra.application import INFRA_DIR
 
 from proxy.commands.cli import main as certs_main
 
@@ -328,3 +330,18 @@ def test_internet_facing_is_off_by_default(default_synth: Synthesized) -> None:
 @pytest.mark.parametrize("fixture", ["client-ca.pem", "client-ca.crl.pem"])
 def test_fixtures_hold_no_key(fixture: str) -> None:
     assert "PRIVATE KEY" not in (FIXTURES / fixture).read_text()
+
+
+def test_the_outputs_the_guides_name_are_the_stacks(internet_synth: Synthesized) -> None:
+    """infra/README.md's list of outputs is the stack's (with the internet-facing load
+    balancer on), and every output docs/codebuild.md reads or names exists."""
+    outputs = set(internet_synth.json["Outputs"])
+    readme = (INFRA_DIR / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| outputs |"))
+    assert {name for name in re.findall(r"`(\w+)`", row) if name[0].isupper()} == outputs
+    guide = (INFRA_DIR.parent / "docs" / "codebuild.md").read_text()
+    read = set(re.findall(r"OutputKey=='(\w+)'", guide))
+    named = set(re.findall(r"`([A-Z][a-z][A-Za-z]*)`", guide))  # CamelCase: outputs
+    assert read == {"MirrorUrl", "InternetMirrorUrl"}
+    assert named >= read
+    assert named <= outputs, named - outputs
