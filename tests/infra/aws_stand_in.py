@@ -44,6 +44,11 @@ def _response_class() -> Any:
 AWSResponse = _response_class()
 
 ACCOUNT = "123456789012"
+# the deployed stack's VPC, its subnets, and the security group made for the builds
+STACK_VPC = "vpc-0a1b2c3d4e5f60718"
+STACK_PUBLIC_SUBNETS = ("subnet-0ddddddddddddddd4", "subnet-0eeeeeeeeeeeeeee5")
+STACK_PRIVATE_SUBNETS = ("subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2")
+BUILDS_GROUP = "sg-0123456789abcdef0"
 Answer = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
@@ -64,7 +69,7 @@ class Account:
         loaded: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.data: dict[str, dict[str, Any]] = {
             key: loaded.get(key, {})
-            for key in ("certificates", "records", "secrets", "projects", "policies")
+            for key in ("certificates", "records", "secrets", "projects", "policies", "groups")
         }
 
     def save(self) -> None:
@@ -237,6 +242,48 @@ class Account:
         ]
         stack = {"StackName": name, "StackStatus": "UPDATE_COMPLETE", "Outputs": listed}
         return {"Stacks": [stack]}
+
+    def _deployed_stack(self, name: str) -> bool:
+        deploys = self.directory / "deploys"
+        return deploys.is_dir() and any(
+            (kept / f"{name}.template.json").exists() for kept in deploys.iterdir()
+        )
+
+    def describe_vpcs(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        """The stack's VPC, found by the tag CloudFormation puts on what it creates."""
+        filters = {item["Name"]: item["Values"] for item in params.get("Filters", [])}
+        stacks = filters.get("tag:aws:cloudformation:stack-name", [])
+        found = [name for name in stacks if self._deployed_stack(name)]
+        vpcs = [{"VpcId": STACK_VPC, "CidrBlock": "10.80.0.0/16", "State": "available"}]
+        return {"Vpcs": vpcs if found else []}
+
+    def describe_subnets(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        """The stack's VPC's subnets, two a kind, tagged as the CDK tags them."""
+        filters = {item["Name"]: item["Values"] for item in params.get("Filters", [])}
+        subnets = []
+        for kind, ids in (("Public", STACK_PUBLIC_SUBNETS), ("Private", STACK_PRIVATE_SUBNETS)):
+            for subnet_id in ids:
+                tags = {"aws-cdk:subnet-type": kind}
+                if filters.get("vpc-id", [STACK_VPC]) != [STACK_VPC]:
+                    continue
+                if filters.get("tag:aws-cdk:subnet-type", [kind]) != [kind]:
+                    continue
+                subnets.append(
+                    {
+                        "SubnetId": subnet_id,
+                        "VpcId": STACK_VPC,
+                        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                    }
+                )
+        return {"Subnets": subnets}
+
+    def create_security_group(self, params: dict[str, Any], region: str) -> dict[str, Any]:
+        if params.get("VpcId") != STACK_VPC:
+            raise Refused(
+                "InvalidVpcID.NotFound", f"The vpc ID {params.get('VpcId')!r} does not exist"
+            )
+        self.data["groups"][params["GroupName"]] = params
+        return {"GroupId": BUILDS_GROUP}
 
     def update_service(self, params: dict[str, Any], region: str) -> dict[str, Any]:
         return {"service": {"serviceName": params["service"], "status": "ACTIVE"}}

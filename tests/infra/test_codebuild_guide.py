@@ -51,6 +51,7 @@ ACCOUNT = "123456789012"  # the aws stand-in's
 DOMAIN = "registry.build.example.com"
 INTERNET_DOMAIN = "registry-ext.build.example.com"
 PROJECT, NAME = "my-service-build", "my-service"
+# what the aws stand-in answers for the stack's VPC: its private subnets, the builds' group
 BUILD_SG = "sg-0123456789abcdef0"
 SUBNETS = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
 
@@ -410,6 +411,8 @@ def test_inside_a_vpc_the_project_is_in_the_subnets_with_the_permissions(walk: W
     assert vpc_updates == [
         {"vpcId": "vpc-0a1b2c3d4e5f60718", "subnets": SUBNETS, "securityGroupIds": [BUILD_SG]}
     ]
+    (group,) = walk.shell.aws_state()["groups"].values()
+    assert group["VpcId"] == "vpc-0a1b2c3d4e5f60718" and group["GroupName"] == f"{PROJECT}-builds"
     policy = walk.shell.aws_state()["policies"][f"codebuild-{PROJECT}-role/codebuild-vpc-builds"]
     interfaces, permission = policy["Statement"]
     assert "ec2:CreateNetworkInterface" in interfaces["Action"]
