@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from support import markdown
 
+from .conftest import missing
 from .guide_shell import Deploy, GuideShell
 from .scenarios import FIXTURES
 
@@ -117,6 +118,9 @@ class Walk:
 
 @pytest.fixture(scope="module")
 def walk(tmp_path_factory: pytest.TempPathFactory, npx: str, aws_python: str) -> Walk:
+    for program in ("jq", "git"):
+        if shutil.which(program) is None:
+            missing(f"{program} is not installed (Debian package: {program}); the guide uses it")
     root = tmp_path_factory.mktemp("guide")
     shell = GuideShell(root / "shell", npx=npx, aws_python=aws_python)
     repo = repository_copy(root / "repo")
