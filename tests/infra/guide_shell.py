@@ -83,12 +83,17 @@ class Deploy:
 
     def staged_file(self, stack_name: str, object_key: str) -> Path:
         """The file this deploy would have uploaded as the asset ``object_key``."""
-        assets = json.loads((self.assembly / f"{stack_name}.assets.json").read_text())
-        for asset in assets["files"].values():
-            keys = {destination["objectKey"] for destination in asset["destinations"].values()}
-            if object_key in keys:
-                return self.assembly / str(asset["source"]["path"])
-        raise AssertionError(f"no file asset uploaded as {object_key}")
+        return staged_file(self.assembly, stack_name, object_key)
+
+
+def staged_file(assembly: Path, stack_name: str, object_key: str) -> Path:
+    """The file of cloud assembly ``assembly`` that a deploy uploads as ``object_key``."""
+    assets = json.loads((assembly / f"{stack_name}.assets.json").read_text())
+    for asset in assets["files"].values():
+        keys = {destination["objectKey"] for destination in asset["destinations"].values()}
+        if object_key in keys:
+            return assembly / str(asset["source"]["path"])
+    raise AssertionError(f"no file asset uploaded as {object_key}")
 
 
 class GuideShell:

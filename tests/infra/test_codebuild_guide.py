@@ -176,6 +176,17 @@ def resources(template: dict[str, Any], resource_type: str) -> dict[str, dict[st
     }
 
 
+def security_group(template: dict[str, Any], described: str) -> dict[str, Any]:
+    """The properties of the one security group whose description says ``described``."""
+    groups: list[dict[str, Any]] = [
+        resource["Properties"]
+        for resource in resources(template, "AWS::EC2::SecurityGroup").values()
+        if described in resource["Properties"]["GroupDescription"]
+    ]
+    (group,) = groups
+    return group
+
+
 def listener_of(template: dict[str, Any], scheme: str) -> dict[str, Any]:
     (balancer,) = [
         logical_id
@@ -303,12 +314,7 @@ def test_an_empty_revocation_list_stays_out_of_the_trust_store(walk: Walk) -> No
 
 def test_internet_facing_load_balancer_admits_codebuild_ranges_of_the_region(walk: Walk) -> None:
     template = walk.template(1)
-    internet_groups = [
-        resource["Properties"]
-        for resource in resources(template, "AWS::EC2::SecurityGroup").values()
-        if "internet-facing" in resource["Properties"]["GroupDescription"]
-    ]
-    (group,) = internet_groups
+    group = security_group(template, "internet-facing")
     allowed = sorted(rule["CidrIp"] for rule in group["SecurityGroupIngress"])
     assert allowed == codebuild_ranges_of_the_region()
     assert all(ipaddress.ip_network(cidr).version == 4 for cidr in allowed)
@@ -391,12 +397,7 @@ def test_a_revoke_puts_the_list_as_written_in_the_trust_store(walk: Walk) -> Non
 
 def test_inside_a_vpc_the_builds_security_group_is_admitted(walk: Walk) -> None:
     template = walk.template(3)
-    internal_groups = [
-        resource["Properties"]
-        for resource in resources(template, "AWS::EC2::SecurityGroup").values()
-        if "allowed build networks" in resource["Properties"]["GroupDescription"]
-    ]
-    (group,) = internal_groups
+    group = security_group(template, "allowed build networks")
     assert [
         (rule.get("SourceSecurityGroupId"), rule["FromPort"])
         for rule in group["SecurityGroupIngress"]

@@ -16,6 +16,7 @@ from registry_proxy_infra.application import INFRA_DIR
 
 from proxy.commands.cli import main as certs_main
 
+from .guide_shell import staged_file
 from .scenarios import (
     CUSTOM_CONTEXT,
     DOMAIN_NAME,
@@ -108,12 +109,7 @@ def test_the_internal_balancer_is_as_before(internet_synth: Synthesized) -> None
 
 def staged_asset(synth: Synthesized, object_key: str) -> Path:
     """The file synthesis staged for the file asset uploaded as ``object_key``."""
-    assets = json.loads((synth.outdir / f"{synth.stack.stack_name}.assets.json").read_text())
-    for asset in assets["files"].values():
-        keys = {destination["objectKey"] for destination in asset["destinations"].values()}
-        if object_key in keys:
-            return synth.outdir / str(asset["source"]["path"])
-    raise AssertionError(f"no file asset uploaded as {object_key}")
+    return staged_file(synth.outdir, synth.stack.stack_name, object_key)
 
 
 def test_the_trust_store_holds_the_ca_bundle_given(internet_synth: Synthesized) -> None:
