@@ -25,7 +25,7 @@ REPO = "library/golang"
 
 def stored_manifest(client: TestClient[web.Request, web.Application], digest: str) -> Path:
     """Where the filesystem cache keeps a manifest (``data/manifests/sha256/<2>/<64>``)."""
-    root = client.app[SERVICES].settings.storage.path
+    root = client.app[SERVICES].settings.storage.location.path
     assert root is not None
     hex_digest = digest.removeprefix("sha256:")
     return root / "data" / "manifests" / "sha256" / hex_digest[:2] / hex_digest
@@ -51,7 +51,9 @@ async def test_a_corrupt_stored_manifest_is_fetched_again_never_served(
 
     # A process that has not got the manifest in memory reads the corrupt file.
     fakehub.reset_counts()
-    second = await make_proxy(fakehub, tag_ttl=3600, storage=first.app[SERVICES].settings.storage)
+    second = await make_proxy(
+        fakehub, tag_ttl=3600, location=first.app[SERVICES].settings.storage.location
+    )
     response = await second.get(path, headers=ACCEPT_ALL)
     assert response.status == 200
     body = await response.read()
@@ -69,7 +71,7 @@ BIG = random.Random(8).randbytes(300 * 1024)  # past the small blobs kept (and h
 
 
 def stored_blob(client: TestClient[web.Request, web.Application], digest: str) -> Path:
-    root = client.app[SERVICES].settings.storage.path
+    root = client.app[SERVICES].settings.storage.location.path
     assert root is not None
     hex_digest = digest.removeprefix("sha256:")
     return root / "data" / "blobs" / "sha256" / hex_digest[:2] / hex_digest
@@ -124,7 +126,7 @@ async def test_the_scrub_removes_a_blob_whose_bytes_changed(
     bytes per second) and removes what does not match; the next pull fetches it again."""
     digest = fakehub.add_blob(BIG, repo=REPO)
     good = fakehub.add_blob(BIG[::-1], repo=REPO)
-    client = await make_proxy(fakehub, cache_scrub_rate=64 * 1024 * 1024)
+    client = await make_proxy(fakehub, scrub_rate=64 * 1024 * 1024)
     for blob, data in ((digest, BIG), (good, BIG[::-1])):
         assert await (await client.get(f"/v2/{REPO}/blobs/{blob}")).read() == data
     stored = stored_blob(client, digest)

@@ -47,11 +47,11 @@ async def test_a_pull_larger_than_the_free_space(
     digests = [fakehub.add_blob(data, repo="library/golang") for data in (*early, huge, later)]
     client = await make_proxy(
         fakehub,
-        storage=StorageLocation(path=small_disk / "cache"),
+        location=StorageLocation(path=small_disk / "cache"),
         # No size limit: under one, a blob this large (over a quarter of it) would only be
         # streamed, never written to the cache (tests/test_prefetch.py); here the write must
         # meet the full disk itself.
-        cache_limit=None,
+        limit=None,
         spool_min_free=1,  # spool until the disk really fills (no room at all is test_spool)
     )
     services = client.app[SERVICES]

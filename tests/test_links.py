@@ -20,7 +20,7 @@ from support.moto import MotoServer
 from proxy.config import StorageLocation, UpstreamSettings
 from proxy.http.routes import SERVICES
 from proxy.registry.manifest import MANIFEST_TYPES
-from proxy.registry.policy import RepositoryRules, parse_repository_patterns
+from proxy.registry.policy import parse_repository_patterns
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 SHARED = b"a base layer both images have"
@@ -35,7 +35,7 @@ async def get(client: Client, path: str) -> tuple[int, bytes]:
 
 
 def cache_root(client: Client) -> Path:
-    path = client.app[SERVICES].settings.storage.path
+    path = client.app[SERVICES].settings.storage.location.path
     assert path is not None
     return path
 
@@ -110,7 +110,7 @@ async def test_links_are_shared_through_storage(
     assert await get(one, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
     hub.reset_counts()
     # Another instance on the same storage knows both links without asking anyone.
-    two = await make_proxy(hub, storage=one.app[SERVICES].settings.storage)
+    two = await make_proxy(hub, location=one.app[SERVICES].settings.storage.location)
     assert await get(two, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
     assert await get(two, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
     assert hub.count(server=None) == 0
@@ -123,7 +123,7 @@ async def test_links_are_shared_by_instances_on_one_s3_bucket(
     first = hub.add_image("library/golang", "1.0", [SHARED])
     hub.add_image("myorg/app", "1.0", [SHARED, b"app layer"])
     s3 = {
-        "storage": StorageLocation(bucket=moto_endpoint.create_bucket(), prefix="cache"),
+        "location": StorageLocation(bucket=moto_endpoint.create_bucket(), prefix="cache"),
         "s3_endpoint_url": moto_endpoint.endpoint_url,
     }
     one = await make_proxy(hub, **s3)
@@ -153,7 +153,7 @@ async def test_a_private_upstreams_blob_is_not_readable_under_a_public_name(
     image = private.add_image("company/secret", "1.0", [b"private bytes"])
     client = await make_proxy(
         public,
-        extra_upstreams=(UpstreamSettings("ghcr.io", private.url, "bot", "pw"),),
+        extra=(UpstreamSettings("ghcr.io", private.url, "bot", "pw"),),
     )
     layer = image.layer_digests[0]
     assert await get(client, f"/v2/ghcr.io/company/secret/blobs/{layer}") == (
@@ -235,7 +235,9 @@ async def test_a_cache_without_links_serves_its_tags_offline_and_confirms_blobs_
     shutil.rmtree(cache_root(first) / "data" / "links")
     down = hub.inject_status(503)
 
-    second = await make_proxy(hub, tag_ttl=3600, storage=first.app[SERVICES].settings.storage)
+    second = await make_proxy(
+        hub, tag_ttl=3600, location=first.app[SERVICES].settings.storage.location
+    )
     assert await get(second, "/v2/library/golang/manifests/1.0") == (200, image.manifest)
     for blob in image.blob_digests:
         assert (await get(second, f"/v2/library/golang/blobs/{blob}"))[0] == 503
@@ -267,8 +269,6 @@ async def test_a_client_of_another_repository_does_not_join_a_manifest_fetch(
 
 
 # --- issue 21, item 1: a manifest's contents never grant access --------------------------------
-
-DENY_SECRET = RepositoryRules(deny=parse_repository_patterns("secret/*"))
 
 
 def smuggling_manifest(hub: FakeHub, victims: list[tuple[str, int]], media_type: str) -> bytes:
@@ -304,7 +304,7 @@ async def test_content_named_in_a_manifest_is_not_served_under_its_repository(
     secret = hub.add_image("secret/app", "1.0", [b"secret layer"])
     hidden = private.add_image("company/hidden", "1.0", [b"private layer"])
     extra = (UpstreamSettings("ghcr.io", private.url, "bot", "pw"),)
-    owner = await make_proxy(hub, extra_upstreams=extra)
+    owner = await make_proxy(hub, extra=extra)
     for path in (
         "/v2/secret/app/manifests/1.0",
         *(f"/v2/secret/app/blobs/{d}" for d in secret.blob_digests),
@@ -320,9 +320,9 @@ async def test_content_named_in_a_manifest_is_not_served_under_its_repository(
     # Another instance on the same cache, where secret/* is refused outright.
     client = await make_proxy(
         hub,
-        extra_upstreams=extra,
-        storage=owner.app[SERVICES].settings.storage,
-        upstream=UpstreamSettings("docker.io", hub.url, repository_rules=DENY_SECRET),
+        extra=extra,
+        location=owner.app[SERVICES].settings.storage.location,
+        deny_repositories=parse_repository_patterns("secret/*"),
     )
     assert await get(client, "/v2/attacker/leak/manifests/evil") == (200, evil)
     assert (await get(client, "/v2/secret/app/manifests/1.0"))[0] == 403
@@ -356,7 +356,7 @@ async def test_a_repositorys_own_layers_cached_elsewhere_cost_one_head_for_the_f
     assert hub.count("HEAD", f"library/alpine/blobs/{shared}", status=200) == 1
     assert hub.blob_gets() == hub.cdn_gets() == hub.manifest_gets() == 0
     hub.reset_counts()
-    two = await make_proxy(hub, storage=one.app[SERVICES].settings.storage)
+    two = await make_proxy(hub, location=one.app[SERVICES].settings.storage.location)
     assert await get(two, f"/v2/library/alpine/blobs/{shared}") == (200, SHARED)
     assert hub.count(server=None) == 0
 

@@ -230,7 +230,7 @@ async def test_prefetches_obey_their_cap_and_a_client_does_not_wait_behind_them(
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
     # 4 fetch slots: prefetches get one of them.
-    client = await make_proxy(fakehub, prefetch=True, max_upstream_fetches=4)
+    client = await make_proxy(fakehub, prefetch=True, max_fetches=4)
     services = client.app[SERVICES]
     stall = fakehub.inject_pause_mid_blob(server="cdn")
     await get_manifest(client, "1.22")
@@ -300,7 +300,7 @@ async def test_a_queued_prefetch_asks_nothing_once_the_upstream_said_429(
     the manifest was served (issue 21: 4 CDN GETs instead of 1 with one slot)."""
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
     other = fakehub.add_image("library/golang", "1.23")
-    client = await make_proxy(fakehub, prefetch=True, max_upstream_fetches=4)  # one prefetch slot
+    client = await make_proxy(fakehub, prefetch=True, max_fetches=4)  # one prefetch slot
     services = client.app[SERVICES]
     stall = fakehub.inject_pause_mid_blob(server="cdn", times=1)
     await get_manifest(client, "1.22")
@@ -400,7 +400,7 @@ async def test_prefetch_never_evicts_what_clients_used(
     the cap, and at most a share of it."""
     alpine = image_with(fakehub, "library/alpine", [200 * KiB, 200 * KiB])
     big = image_with(fakehub, "library/big", [512 * KiB, 512 * KiB, 512 * KiB])
-    client = await make_proxy(fakehub, prefetch=True, cache_limit=CacheLimit(max_bytes=1536 * KiB))
+    client = await make_proxy(fakehub, prefetch=True, limit=CacheLimit(max_bytes=1536 * KiB))
     services = client.app[SERVICES]
     services.prefetch.enabled = False
     await pull_everything(client, alpine)
@@ -425,7 +425,7 @@ async def test_prefetch_takes_at_most_a_share_of_the_cap(
     """Room enough for the whole image, but prefetched bytes no client asked for yet stay
     within a tenth of the cap."""
     big = image_with(fakehub, "library/big", [400 * KiB] * 4)
-    client = await make_proxy(fakehub, prefetch=True, cache_limit=CacheLimit(max_bytes=10 * MiB))
+    client = await make_proxy(fakehub, prefetch=True, limit=CacheLimit(max_bytes=10 * MiB))
     await settled(client)
     await get_manifest_of(client, big)
     await settled(client)
@@ -444,7 +444,7 @@ async def test_a_blob_larger_than_a_quarter_of_the_cap_is_streamed_not_cached(
     data = random.Random(9).randbytes(600 * KiB)
     digest = fakehub.add_blob(data, repo="library/golang")
     kept = fakehub.add_blob(b"small and cached" * 1000, repo="library/golang")
-    client = await make_proxy(fakehub, cache_limit=CacheLimit(max_bytes=2 * MiB))
+    client = await make_proxy(fakehub, limit=CacheLimit(max_bytes=2 * MiB))
     await settled(client)
     for _ in range(2):
         assert await get_blob(client, digest) == data

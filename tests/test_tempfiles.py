@@ -9,7 +9,6 @@ whose lock it can take, and never anything outside the directories the proxy own
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.settings import settings_with
 from test_cache_commands import cache_command
 
 from proxy.cache.spool import Spool, SpoolRefused, spool_location
@@ -87,7 +87,7 @@ def test_a_cleaner_takes_only_plain_files(tmp_path: Path) -> None:
 
 
 def settings_with_spool(tmp_path: Path, spool: Path) -> Settings:
-    return Settings(storage=StorageLocation(path=tmp_path / "cache"), spool_dir=spool)
+    return settings_with(location=StorageLocation(path=tmp_path / "cache"), spool_dir=spool)
 
 
 def test_a_spool_directory_with_foreign_files_is_refused_at_start_up(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_spool_files_of_an_earlier_version_are_taken_over(tmp_path: Path) -> Non
     (spool / f"7-probe-{'b' * 32}").write_bytes(b"")
     (spool / "lost+found").mkdir()  # a filesystem's own, at the root of a mounted volume
     check_startup(
-        dataclasses.replace(settings_with_spool(tmp_path, spool), spool_min_free=0),
+        settings_with(settings_with_spool(tmp_path, spool), spool_min_free=0),
         statvfs=lambda _: os.statvfs(tmp_path),
     )
     assert sorted(p.name for p in spool.iterdir()) == ["lost+found", "registry-proxy-spool"]
@@ -170,7 +170,7 @@ async def test_a_download_whose_partial_write_vanishes_completes_and_caches_noth
     digest = fakehub.add_blob(data, repo="library/golang")
     client = await make_proxy(fakehub, fetch_pieces=1)
     services = client.app[SERVICES]
-    root = services.settings.storage.path
+    root = services.settings.storage.location.path
     assert root is not None
     paused = fakehub.inject_pause_mid_blob(digest, server="cdn", times=1)
     async with client.get(f"/v2/library/golang/blobs/{digest}") as response:

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy.registry.errors import RegistryError
+from proxy.http.errors import HttpError
+from proxy.registry.errors import ErrorCode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,9 +44,9 @@ class ClientCap:
         async def client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
             if self.active >= self.limit and request.path not in ALWAYS_SERVED:
                 self.refused += 1
-                raise RegistryError(
-                    "UNAVAILABLE",
-                    detail=f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
+                raise HttpError(
+                    ErrorCode.UNAVAILABLE,
+                    f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
                     headers={"Retry-After": RETRY_AFTER_SECONDS},
                 )
             self.active += 1

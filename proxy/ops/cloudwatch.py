@@ -7,10 +7,13 @@ shutdown) each instance writes what happened since its previous report as JSON l
 which the awslogs driver ships to CloudWatch Logs; CloudWatch turns them into metrics, summed
 over the fleet by the statistic ``Sum``. No agent, no API call, no extra permission.
 
-Each report is one line of fleet metrics without dimensions, plus one line per upstream
-(dimension ``Upstream``) with its counted pulls and, when the upstream reported it, the quota
-left. Counters are deltas since the previous report; gauges are the value at report time (use
-``Maximum`` or ``Minimum`` across the fleet).
+Each report is one line of fleet metrics without dimensions (one empty DimensionSet, ``[[]]``:
+the EMF specification requires ``Dimensions`` with at least one set, and CloudWatch drops a
+document without), plus one line per upstream (dimension ``Upstream``) with its counted pulls
+and, when the upstream reported it, the quota left. Counters are deltas since the previous
+report; gauges are the value at report time (use ``Maximum`` or ``Minimum`` across the fleet);
+``ConcurrentRequests`` is this instance's average over the interval (``Average`` across the
+fleet: the requests one task serves at once, which the stack scales on).
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from proxy.ops.metrics import Metrics
 
@@ -42,9 +43,18 @@ COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "BytesFromUpstream": ("registry_proxy_served_bytes_total", {"source": "upstream"}),
     "CountedPulls": ("registry_proxy_upstream_pulls_total", {}),
     "StorageErrors": ("registry_proxy_storage_errors_total", {}),
+    # the token service refused the upstream account (an expired or revoked token)
+    "UpstreamAuthFailures": ("registry_proxy_upstream_auth_failures_total", {"stage": "token"}),
 }
 UNITS = {"BytesFromCache": "Bytes", "BytesFromUpstream": "Bytes"}
 SERVER_ERRORS = "ServerErrors"  # requests answered 5xx
+# Client requests served at once, on average over the report interval: the seconds spent
+# answering requests (finished in the interval) per second. The stack scales on it.
+CONCURRENT_REQUESTS = "ConcurrentRequests"
+REQUEST_SECONDS = "registry_proxy_request_duration_seconds_sum"
+# A document with no dimension still names one DimensionSet, an empty one: the EMF
+# specification requires Dimensions, with at least one set.
+NO_DIMENSIONS: list[list[str]] = [[]]
 
 
 def _write_stderr(line: str) -> None:
@@ -62,6 +72,10 @@ class EmfReporter:
     write: Writer = _write_stderr
     clock: Callable[[], float] = time.time
     _previous: dict[str, float] = field(default_factory=dict)
+    _reported_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._reported_at = self.clock()
 
     def report(self) -> list[Document]:
         """Write (and return) the documents for what happened since the previous report."""
@@ -76,6 +90,7 @@ class EmfReporter:
             for name, (sample, labels) in COUNTERS.items()
         }
         values[SERVER_ERRORS] = self._delta(SERVER_ERRORS, self._server_errors())
+        values[CONCURRENT_REQUESTS] = self._concurrency()
         units = {name: UNITS.get(name, "Count") for name in values}
         gauge = self.metrics.registry.get_sample_value("registry_proxy_inflight_fetches")
         values["InFlightFetches"] = gauge or 0.0
@@ -87,16 +102,26 @@ class EmfReporter:
         return self._document(values, units, dimensions=None)
 
     def _upstream_documents(self) -> list[Document]:
+        """One line per upstream that answered a manifest request (its pulls sample exists)."""
+        pulls = self._per_upstream("registry_proxy_upstream_pulls_total")
+        remaining = self._per_upstream("registry_proxy_upstream_quota_remaining")
         documents = []
-        for upstream, quota in sorted(self.metrics.quotas.items()):
-            key = f"CountedPulls/{upstream}"
-            values = {"CountedPulls": self._delta(key, float(quota.counted_pulls))}
+        for upstream, counted in sorted(pulls.items()):
+            values = {"CountedPulls": self._delta(f"CountedPulls/{upstream}", counted)}
             units = {"CountedPulls": "Count"}
-            if quota.rate_limit is not None and quota.rate_limit.remaining is not None:
-                values["QuotaRemaining"] = float(quota.rate_limit.remaining)
+            if upstream in remaining:
+                values["QuotaRemaining"] = remaining[upstream]
                 units["QuotaRemaining"] = "Count"
             documents.append(self._document(values, units, dimensions={"Upstream": upstream}))
         return documents
+
+    def _per_upstream(self, sample_name: str) -> dict[str, float]:
+        return {
+            sample.labels["upstream"]: sample.value
+            for family in self.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == sample_name and "upstream" in sample.labels
+        }
 
     def _document(
         self, values: dict[str, float], units: dict[str, str], dimensions: dict[str, str] | None
@@ -105,14 +130,20 @@ class EmfReporter:
             "Namespace": self.namespace,
             "Metrics": [{"Name": name, "Unit": units[name]} for name in values],
         }
-        if dimensions:
-            directive["Dimensions"] = [sorted(dimensions)]
+        directive["Dimensions"] = [sorted(dimensions)] if dimensions else NO_DIMENSIONS
         return {
             "_aws": {"Timestamp": int(self.clock() * 1000), "CloudWatchMetrics": [directive]},
             "event": "metrics",
             **(dimensions or {}),
             **values,
         }
+
+    def _concurrency(self) -> float:
+        now = self.clock()
+        elapsed = now - (self._reported_at if self._reported_at is not None else now)
+        self._reported_at = now
+        busy = self._delta(CONCURRENT_REQUESTS, self._sum(REQUEST_SECONDS, {}))
+        return round(busy / elapsed, 3) if elapsed > 0 else 0.0
 
     def _delta(self, key: str, total: float) -> float:
         previous = self._previous.get(key, 0.0)
@@ -157,11 +188,12 @@ def emf_reporting(
     interval: float,
     metrics: Callable[[], Metrics],
     spool_dir: Path | None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry: report every ``interval`` seconds while the app runs, and once
-    more when it stops (so a task that scales in does not take its last counts with it)."""
+) -> Callable[[object], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry (it takes the app, and needs nothing of it): report every
+    ``interval`` seconds while the app runs, and once more when it stops (so a task that scales
+    in does not take its last counts with it)."""
 
-    async def reporting(app: web.Application) -> AsyncIterator[None]:
+    async def reporting(app: object) -> AsyncIterator[None]:
         reporter = EmfReporter(metrics(), namespace, spool_dir)
 
         async def loop() -> None:

@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from html import escape
 from typing import Any
 
+from proxy.config_values import NO_SIZE, human_bytes
+
 REFRESH_SECONDS = 5
-NO_VALUE = "\u2013"  # an en dash: a figure not known (yet)
+NO_VALUE = NO_SIZE  # an en dash: a figure not known (yet)
 CHART_MINUTES = 6 * 60
 CHART_BUCKET_MINUTES = 10
 
@@ -101,20 +103,6 @@ PAGE_HEADERS = {
 # --- formatting for people ----------------------------------------------------------------------
 
 
-def human_bytes(count: float | None) -> str:
-    """``1.2 GB``: decimal units, three significant figures at most."""
-    if count is None:
-        return NO_VALUE
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.3g} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def human_count(count: float | None) -> str:
     if count is None:
         return NO_VALUE
@@ -175,7 +163,10 @@ def render_fragment(status: dict[str, Any], now: float | None = None) -> str:
     """The refreshable part of the page (everything under the header)."""
     now = time.time() if now is None else now
     fleet = status["fleet"]
-    parts = [_quota(name, figures, now) for name, figures in sorted(fleet["upstreams"].items())]
+    parts = [
+        _quota(name, figures, now, (status["upstreams"].get(name) or {}).get("account"))
+        for name, figures in sorted(fleet["upstreams"].items())
+    ]
     if not parts:
         parts.append(
             '<section aria-labelledby="quota"><h2 id="quota">Upstream quota</h2>'
@@ -202,7 +193,9 @@ def _figure(label: str, value: str, *, klass: str = "") -> str:
     return f"<div><dt>{escape(label)}</dt><dd{attribute}>{escape(value)}</dd></div>"
 
 
-def _quota(upstream: str, figures: dict[str, Any], now: float) -> str:
+def _quota(upstream: str, figures: dict[str, Any], now: float, account: str | None) -> str:
+    """``account``: whom this instance pulls from ``upstream`` as (a user name, "anonymous"),
+    from /status; None for an upstream this instance has no client for (no figure then)."""
     reading = figures.get("ratelimit") or {}
     remaining, limit = reading.get("remaining"), reading.get("limit")
     low = remaining is not None and limit and remaining < max(1, limit // 10)
@@ -219,6 +212,7 @@ def _quota(upstream: str, figures: dict[str, Any], now: float) -> str:
     return f"""<section aria-labelledby="{ident}">
 <h2 id="{ident}">Upstream quota: {escape(upstream)}</h2>
 <dl>
+{_figure("Pulls as", account) if account is not None else ""}
 {_figure("Pulls remaining", human_count(remaining), klass="bad" if low else "")}
 {_figure("Limit per window", human_count(limit))}
 {_figure("Counted pulls (fleet)", human_count(figures.get("counted_pulls")))}

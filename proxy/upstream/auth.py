@@ -9,15 +9,16 @@ realm is remembered so that later scopes skip the first 401 round trip.
 
 from __future__ import annotations
 
-import base64
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import count_upstream_request
+from proxy.registry.credentials import basic_authorization
 from proxy.upstream.errors import UpstreamDenied, UpstreamInvalid, UpstreamUnavailable
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -50,10 +51,6 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
-def basic_authorization(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-
-
 @dataclass(slots=True)
 class _Token:
     value: str
@@ -69,8 +66,12 @@ class TokenAuth:
         username: str | None,
         password: str,
         timeout: aiohttp.ClientTimeout,
+        *,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self._session = session
+        # Hears the token service's 401/403: the account itself was refused.
+        self._on_refused = on_refused
         self._username = username
         self._password = password
         self._timeout = timeout
@@ -139,6 +140,8 @@ class TokenAuth:
                 realm, params=query, headers=headers, timeout=self._timeout
             ) as response:
                 if response.status in (401, 403):
+                    if self._on_refused is not None:
+                        self._on_refused(response.status)
                     raise UpstreamDenied(
                         f"token service refused the proxy's credentials ({response.status})",
                         status=401,

@@ -128,11 +128,15 @@ class BlobStream:
 
 
 class UpstreamObserver(Protocol):
-    """Hears about upstream traffic (the metrics implement it)."""
+    """Hears about upstream traffic (proxy.ops.observers passes it to metrics, quotas, page)."""
 
     def upstream_request(self, upstream: str, method: str, status: int | str) -> None: ...
 
     def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None: ...
+
+    def upstream_refused(self, upstream: str, stage: str, status: int) -> None:
+        """A 401/403 to the proxy's account: ``stage`` "token" (the token service refused the
+        credentials) or "registry" (a request refused although it carried them)."""
 
 
 class RegistryClient:
@@ -159,8 +163,14 @@ class RegistryClient:
             sock_connect=connect_timeout,
             sock_read=read_timeout,
         )
-        self._auth = TokenAuth(session, settings.username, settings.password, self._timeout)
         self._observer = observer
+        self._auth = TokenAuth(
+            session,
+            settings.username,
+            settings.password,
+            self._timeout,
+            on_refused=lambda status: self._refused("token", status),
+        )
         self._retry_delays = retry_delays
         self._ping_at = -PING_CACHE_SECONDS
         # Every call's failures are recorded here, after its retries.
@@ -178,7 +188,7 @@ class RegistryClient:
     async def head_manifest(self, name: str, reference: str) -> ManifestHead:
         """Resolve a tag or digest without spending a pull (Docker Hub does not count HEADs)."""
         async with self._request(
-            "HEAD", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
+            "HEAD", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}
         ) as response:
             self._report_rate_limit(response, counted=False)
             digest_header = response.headers.get("Docker-Content-Digest")
@@ -195,7 +205,7 @@ class RegistryClient:
     async def get_manifest(self, name: str, reference: str, max_bytes: int) -> Manifest:
         """Fetch manifest bytes (a counted pull on Docker Hub), verified when fetched by digest."""
         async with self._request(
-            "GET", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
+            "GET", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}
         ) as response:
             self._report_rate_limit(response, counted=True)
             if response.content_length is not None and response.content_length > max_bytes:
@@ -223,14 +233,14 @@ class RegistryClient:
     async def get_referrers(self, name: str, path: str, max_bytes: int) -> tuple[bytes, str | None]:
         """One page of an OCI 1.1 referrers list (``path``: ``/referrers/<digest>[?query]``):
         its body and Link header. Not a pull: Docker Hub counts manifest GETs only."""
-        async with self._request("GET", name, path, {"Accept": OCI_INDEX}, "NOT_FOUND") as response:
+        async with self._request("GET", name, path, {"Accept": OCI_INDEX}) as response:
             body = await self._read_limited(response, max_bytes)
             return body, response.headers.get("Link")
 
     # --- blobs ----------------------------------------------------------------------------------
 
     async def head_blob(self, name: str, digest: Digest) -> int | None:
-        async with self._request("HEAD", name, f"/blobs/{digest}", {}, "BLOB_UNKNOWN") as response:
+        async with self._request("HEAD", name, f"/blobs/{digest}", {}) as response:
             return response.content_length
 
     @asynccontextmanager
@@ -253,9 +263,7 @@ class RegistryClient:
         headers = {}
         if first is not None:
             headers["Range"] = f"bytes={first}-{'' if last is None else last}"
-        async with self._request(
-            "GET", name, f"/blobs/{digest}", headers, "BLOB_UNKNOWN", url=url
-        ) as response:
+        async with self._request("GET", name, f"/blobs/{digest}", headers, url=url) as response:
             content_range = None
             if response.status == 206:
                 content_range = ContentRange.parse(response.headers.get("Content-Range"))
@@ -297,7 +305,7 @@ class RegistryClient:
         path = "/tags/list" + (
             "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
         )
-        async with self._request("GET", name, path, {}, "NAME_UNKNOWN") as response:
+        async with self._request("GET", name, path, {}) as response:
             body = await self._read_limited(response, 16 * 1024 * 1024)
             return body, response.headers.get("Link")
 
@@ -334,7 +342,6 @@ class RegistryClient:
         name: str,
         path: str,
         headers: dict[str, str],
-        not_found_code: str,
         *,
         url: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -344,7 +351,7 @@ class RegistryClient:
                 method, name, url or f"{self._base}/v2/{name}{path}", headers
             )
             try:
-                await _raise_for_status(response, method, f"{name}{path}", not_found_code)
+                await _raise_for_status(response, method, f"{name}{path}")
                 yield response
             finally:
                 response.release()
@@ -386,6 +393,8 @@ class RegistryClient:
             authorization = await self._auth.authorize(scope, None)
         response = await self._send(method, url, headers, authorization)
         if response.status != 401:
+            if response.status == 403 and authorization is not None:
+                self._refused("registry", 403)
             return response
         # The token is missing, expired or for another scope: take the challenge and try once more.
         challenge = response.headers.get("WWW-Authenticate")
@@ -399,7 +408,12 @@ class RegistryClient:
                 status=401,
                 code="UNAUTHORIZED",
             )
-        return await self._send(method, url, headers, authorization)
+        response = await self._send(method, url, headers, authorization)
+        if response.status in (401, 403):
+            # Refused with a fresh token: the account may not pull this (or it does not exist:
+            # Docker Hub answers 401 for a repository that is not there).
+            self._refused("registry", response.status)
+        return response
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], authorization: str | None
@@ -433,6 +447,10 @@ class RegistryClient:
                 method = "GET"
         raise UpstreamInvalid(f"more than {MAX_REDIRECTS} redirects")
 
+    def _refused(self, stage: str, status: int) -> None:
+        if self._observer is not None:
+            self._observer.upstream_refused(self.host, stage, status)
+
     def _observe(self, method: str, status: int | str) -> None:
         if self._observer is not None:
             self._observer.upstream_request(self.host, method, status)
@@ -442,9 +460,7 @@ class RegistryClient:
             self._observer.rate_limit(self.host, RateLimit.from_headers(response.headers), counted)
 
 
-async def _raise_for_status(
-    response: aiohttp.ClientResponse, method: str, what: str, not_found_code: str
-) -> None:
+async def _raise_for_status(response: aiohttp.ClientResponse, method: str, what: str) -> None:
     status = response.status
     if 200 <= status < 300:
         return
@@ -453,7 +469,7 @@ async def _raise_for_status(
     if status == 429:
         raise UpstreamRateLimited(detail, retry_after=response.headers.get("Retry-After"))
     if status == 404:
-        raise UpstreamNotFound(detail, status=status, code=code or not_found_code)
+        raise UpstreamNotFound(detail, status=status, code=code)
     if status in (401, 403):
         raise UpstreamDenied(detail, status=status, code=code)
     if status >= 500:
