@@ -13,6 +13,7 @@ upstream the in-process fake hub, whose CDN holds the download half-way until th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -36,15 +37,27 @@ class NamespacedProxy(ProxyProcess):
         return [*NAMESPACE, *super().command()]
 
 
-def partial_files(root: Path) -> list[Path]:
-    return sorted((root / "tmp").iterdir())
+def downloading(root: Path) -> list[Path]:
+    """The blob's partial cache write (``tmp/``) and its spool file, each holding at least half
+    of the MiB sent so far (other writes pass through ``tmp/`` too: links, records)."""
+    found = []
+    for area in (root / "tmp", root / "spool"):
+        found += [
+            path
+            for path in sorted(area.rglob("*"))
+            if path.is_file() and path.stat().st_size >= MiB // 2
+        ]
+    return found
 
 
-def spool_files(root: Path) -> list[Path]:
-    """Downloads in the spool (in its own subdirectory; not its marker)."""
-    return sorted(
-        p for p in (root / "spool").rglob("*") if p.is_file() and p.name != ".registry-proxy"
-    )
+async def until_downloading(root: Path) -> list[Path]:
+    for _ in range(1000):  # 10 s
+        with contextlib.suppress(FileNotFoundError):
+            found = downloading(root)
+            if len(found) == 2:
+                return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no partial write and spool file in {root}")
 
 
 async def test_cache_commands_in_another_pid_namespace_leave_a_download_alone(
@@ -66,7 +79,7 @@ async def test_cache_commands_in_another_pid_namespace_leave_a_download_alone(
                 async with session.get(url) as response:
                     assert response.status == 200
                     await paused.wait_hit(timeout=30)
-                    assert len(partial_files(root)) == 1 and len(spool_files(root)) == 1
+                    partial, spooled = await until_downloading(root)
                     environment = {
                         k: v for k, v in os.environ.items() if not k.startswith("PROXY_")
                     }
@@ -82,7 +95,7 @@ async def test_cache_commands_in_another_pid_namespace_leave_a_download_alone(
                             check=False,
                         )
                         assert done.returncode == 0, done.stderr
-                    assert len(partial_files(root)) == 1 and len(spool_files(root)) == 1
+                    assert partial.exists() and spooled.exists()  # still the server's
                     paused.release()
                     body = await asyncio.wait_for(response.read(), 60)
             assert body == data
