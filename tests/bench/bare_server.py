@@ -9,7 +9,7 @@ What registry-proxy does on a warm request costs the difference between its figu
 
 The content is a ``skopeo copy --all ... dir:DIR`` of the image: ``manifest.json`` (what the tag
 names), ``<hex>.manifest.json`` for each platform manifest, and one file per blob named by its
-hex digest.  Run as ``python -m tests.bench.bare_server --port P --content DIR`` (by
+hex digest.  Run as ``python -m bench.bare_server --port P --content DIR`` (by
 :class:`BareServer`).
 """
 
@@ -90,11 +90,11 @@ class BareServer(ModuleServer):
         self, workdir: Path, content: Path, repository: str, tag: str, *, port: int | None = None
     ) -> None:
         args = ["--content", str(content), "--repository", repository, "--tag", tag]
-        super().__init__("tests.bench.bare_server", args, workdir, port=port)
+        super().__init__("bench.bare_server", args, workdir, port=port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.bare_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_server", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--content", type=Path, required=True, help="a skopeo dir: copy")
     parser.add_argument("--repository", default="library/golang")

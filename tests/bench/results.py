@@ -6,7 +6,7 @@ server, the framework's limit) and ``direct`` (no cache: the pull straight from 
 through the WAN).  Each round adds one value per server; the summary gives the median, the range,
 and ours divided by each of the others (the issue targets are written as such ratios).
 
-``python -m tests.bench.results .bench/latest.json`` prints a run's Markdown table again.
+``python -m bench.results .bench/latest.json`` prints a run's Markdown table again.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.results", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.results", description=__doc__)
     parser.add_argument("results", type=Path, help="a run's JSON (.bench/latest.json)")
     args = parser.parse_args(argv)
     print(markdown_table(json.loads(args.results.read_text())["figures"]))

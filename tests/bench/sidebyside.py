@@ -23,8 +23,7 @@ s3          the same from S3 on moto: bytes through the server, and answered wit
 idle        1 000 clients that ask for the biggest blob and then read nothing: peak RSS.
 ttl         the manifest requests of 100 warm pulls, once the tag's TTL has passed: upstream
             manifest GETs (what Docker Hub counts as pulls) and HEADs.
-eviction    issue 11: a cache sweep over 10 000 blobs, hits/s with access recording on and off
-            (skipped until ``registry-proxy cache`` exists).
+eviction    a cache sweep over 10 000 blobs, hits/s with access recording on and off.
 """
 
 from __future__ import annotations
