@@ -7,6 +7,7 @@ the upstream, nothing wrong is cached, and readiness reports the failure.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
@@ -223,6 +224,23 @@ async def test_readiness_check_always_reaches_the_backend(tmp_path: Path) -> Non
     storage.failing = set()
     await safe.check()  # reaches the backend although the breaker is open
     assert not safe.is_open
+
+
+async def test_readiness_check_answers_within_its_deadline(tmp_path: Path) -> None:
+    """A backend that does not answer (S3 retrying a vanished endpoint) fails the check in time."""
+    released = asyncio.Event()
+
+    class Silent(FaultyStorage):
+        async def check(self) -> None:
+            await released.wait()
+
+    safe = FailSafeStorage(Silent(tmp_path), cooldown=10, check_deadline=0.05)
+    try:
+        with pytest.raises(StorageError, match=r"no answer within 0\.05 s"):
+            await safe.check()
+        assert safe.is_open and safe.last_error == "no answer within 0.05 s"
+    finally:
+        released.set()
 
 
 async def test_recent_error_window_and_throttled_log(faulty: FaultyStorage) -> None:

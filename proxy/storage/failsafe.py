@@ -37,6 +37,7 @@ from typing import TypeVar
 
 import structlog
 
+from proxy.concurrency.waits import wait_at_most
 from proxy.storage.base import (
     BlobWriter,
     DiscardingWriter,
@@ -57,6 +58,9 @@ DEFAULT_COOLDOWN = 15.0
 RECENT_ERROR_WINDOW = 30.0
 # A dead S3 endpoint must not write a warning per request.
 LOG_INTERVAL = 30.0
+# Readiness (`check`) answers within this many seconds: load balancers and orchestrators give
+# up on a probe after a few seconds and would then count a slow "no" as a dead instance.
+CHECK_DEADLINE = 3.0
 
 
 class FailSafeStorage:
@@ -68,8 +72,10 @@ class FailSafeStorage:
         on_error: Callable[[], None] | None = None,
         on_full: Callable[[StorageFull], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        check_deadline: float = CHECK_DEADLINE,
     ) -> None:
         self.inner = inner
+        self.check_deadline = check_deadline
         self.cooldown = cooldown
         self.on_error = on_error
         self.on_full = on_full
@@ -136,9 +142,15 @@ class FailSafeStorage:
         await self.inner.close()
 
     async def check(self) -> None:
-        """Raise StorageError unless the backend answers now (readiness)."""
+        """Raise StorageError unless the backend answers now (readiness), within a deadline.
+
+        A backend that is gone can take its client's whole retry budget to say so (S3: five
+        attempts with back-off, 15 s and more); readiness must answer sooner than its checker
+        gives up, so no answer within ``check_deadline`` seconds is a failure like any other.
+        """
         try:
-            await self.inner.check()
+            if not await wait_at_most(self.check_deadline, self.inner.check()):
+                raise StorageError(f"no answer within {self.check_deadline:g} s")
         except StorageError as exc:
             self.record(exc, "check")
             raise
