@@ -126,7 +126,7 @@ class AccessPolicy:
 
     async def check(self, request: web.Request) -> None:
         """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on."""
-        address = self.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+        address = self.client_address(request.remote, forwarded_for(request))
         if self.operators and request.path in OPERATOR_PATHS:
             await self._check_operator(address, request.headers.get("Authorization"))
             return
@@ -184,6 +184,19 @@ class AccessPolicy:
 
     def _token_ok(self, candidate: str) -> bool:
         return any(hmac.compare_digest(candidate.encode(), t.encode()) for t in self.tokens)
+
+
+def forwarded_for(request: web.BaseRequest) -> str | None:
+    """Every ``X-Forwarded-For`` line of the request, joined in order into one list.
+
+    A header sent on several lines is one list (RFC 9110, section 5.3). Some fronts append to the
+    client's line (the ALB), others add a line of their own (HAProxy's ``option forwardfor``):
+    reading only the first line would take the client's own claim for the balancer's entry.
+    """
+    lines = request.headers.getall("X-Forwarded-For", ())
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ", ".join(lines)
 
 
 def _address(value: str | None) -> Address | None:
