@@ -9,7 +9,8 @@ a stall or an out-of-memory kill that would end every transfer of the task.
 
 Idle keep-alive connections are not counted: they hold no buffers, and close after
 ``PROXY_CLIENT_IDLE_TIMEOUT``. Health, readiness and metrics requests are never refused, so a
-busy instance is not mistaken for a dead one and restarted, dropping every transfer.
+busy instance is not mistaken for a dead one and restarted, dropping every transfer; nor are
+``/status`` and the status page, which operators need most when the instance is full.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from proxy.registry.errors import RegistryError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Cheap and needed most when the instance is busy.
-ALWAYS_SERVED = frozenset({"/healthz", "/healthz/local", "/readyz", "/metrics", "/status"})
+# Cheap and needed most when the instance is busy: the probes, and what operators look at.
+ALWAYS_SERVED = frozenset(
+    {"/healthz", "/healthz/local", "/readyz", "/metrics", "/status", "/", "/ui"}
+)
 RETRY_AFTER_SECONDS = "1"
 
 
