@@ -318,7 +318,8 @@ def expected_page(status: dict[str, Any], now: float) -> dict[str, dict[str, Any
         "notes": [f"Cache size {size_text}."],
         "chart": [],
     }
-    download_rows, download_bars = [], []
+    download_rows: list[list[str]] = []
+    download_bars: list[tuple[str | None, str | None, str]] = []
     for download in fleet["downloads"]:
         done, size = human_bytes(download["bytes"]), download["size"]
         label = f"{download['repository']} {download['digest'][7:19]}: {done}"

@@ -37,7 +37,6 @@ import bcrypt
 import cachetools
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from proxy.registry.errors import RegistryError
 
@@ -46,8 +45,6 @@ log = structlog.get_logger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-OPEN_PATHS = frozenset({"/healthz", "/healthz/local", "/readyz"})
-OPERATOR_PATHS = frozenset({"/metrics", "/status", "/", "/ui"})
 REALM = "registry-proxy"
 # bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
 # verified (user, password) pair is remembered for a while (by hash, never in clear).
@@ -124,10 +121,11 @@ class AccessPolicy:
         hops = [hop.strip() for hop in forwarded_for.split(",")]
         return _address(hops[-min(self.trusted_hops, len(hops))])
 
-    async def check(self, request: web.Request) -> None:
-        """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on."""
+    async def check(self, request: web.BaseRequest, *, operator: bool = False) -> None:
+        """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on. ``operator``:
+        the request is for an operator endpoint (``PROXY_OPERATOR_CIDRS`` applies)."""
         address = self.client_address(request.remote, forwarded_for(request))
-        if self.operators and request.path in OPERATOR_PATHS:
+        if self.operators and operator:
             await self._check_operator(address, request.headers.get("Authorization"))
             return
         if self.allow and (address is None or not _within(address, self.allow)):
@@ -210,18 +208,6 @@ def _address(value: str | None) -> Address | None:
 
 def _within(address: Address, networks: Iterable[Network]) -> bool:
     return any(address.version == n.version and address in n for n in networks)
-
-
-def access_middleware(
-    policy: AccessPolicy,
-) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            await policy.check(request)
-        return await handler(request)
-
-    return middleware
 
 
 def codebuild_ranges(ip_ranges: dict[str, object], region: str) -> list[str]:

@@ -19,6 +19,7 @@ from aiohttp import web
 from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
 from proxy.http.sendfile import SendfileResponse
+from proxy.ops.logs import request_stats
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry.errors import RegistryError
 from proxy.registry.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
@@ -40,10 +41,6 @@ from proxy.upstream.errors import UpstreamError, UpstreamInvalid, registry_error
 log = structlog.get_logger(__name__)
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-API_PATH: web.RequestKey[ApiPath] = web.RequestKey("api_path", ApiPath)
-ABORTED: web.RequestKey[str] = web.RequestKey("aborted", str)
-# Set when the client disconnected before its response was complete (logged as 499).
-CLIENT_CLOSED: web.RequestKey[bool] = web.RequestKey("client_closed", bool)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
@@ -60,7 +57,10 @@ _parse_digest = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Digest.parse)
 async def api(request: web.Request) -> web.StreamResponse:
     """Every ``/v2/...`` request: dispatch on the parsed path."""
     path = _parse_api_path(request.rel_url.raw_path)
-    request[API_PATH] = path
+    stats = request_stats()
+    if stats is not None:  # for the access line and the metrics
+        stats.route, stats.repository = path.endpoint.value, path.name
+        stats.reference = path.reference
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
     services = request.app[SERVICES]
@@ -217,19 +217,27 @@ async def _send_blob(
     except ConnectionError:
         # The client went away: not a server fault. Returning (instead of raising) keeps aiohttp
         # from logging an error with a traceback for every build that is cancelled mid-pull.
-        request[CLIENT_CLOSED] = True
+        _note(client_closed=True)
         return response
     except Exception as exc:
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
         log.warning("blob.stream_aborted", digest=str(content.digest), reason=str(exc))
-        request[ABORTED] = str(exc)
+        _note(aborted=str(exc))
         if request.transport is not None:
             request.transport.abort()
         return response
     finally:
         services.metrics.served_bytes(content.from_cache, response.body_length)
     return response
+
+
+def _note(*, client_closed: bool = False, aborted: str | None = None) -> None:
+    """Tell the access line how a response that had begun ended."""
+    stats = request_stats()
+    if stats is not None:
+        stats.client_closed = stats.client_closed or client_closed
+        stats.aborted = aborted or stats.aborted
 
 
 def _small_blob_response(

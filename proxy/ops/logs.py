@@ -34,6 +34,14 @@ class RequestStats:
     request_id: str | None = None
     upstream_requests: int = 0
     cache: str = "-"  # "hit", "miss", "stale", or "-" when no cache was involved
+    # Set by the registry API's handler: the endpoint (the metrics' route) and what was asked.
+    route: str | None = None
+    repository: str | None = None
+    reference: str | None = None
+    # Why the server broke off a response it had begun (headers sent), if it did.
+    aborted: str | None = None
+    # The client went away before its response was complete (logged as 499).
+    client_closed: bool = False
 
 
 _stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar(
@@ -45,6 +53,11 @@ def begin_request(request_id: str | None = None) -> RequestStats:
     stats = RequestStats(request_id)
     _stats.set(stats)
     return stats
+
+
+def request_stats() -> RequestStats | None:
+    """The statistics of the request being served, if any."""
+    return _stats.get()
 
 
 def new_request_id() -> str:
@@ -85,13 +98,16 @@ class _Context:
         if stats is not None and stats.request_id is not None:
             event.setdefault("request_id", stats.request_id)
         event["level"] = _LEVEL_NAMES.get(method, method)
+        event["timestamp"] = self.timestamp()
+        return event
+
+    def timestamp(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        return event
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
 # Logger methods whose level has another name (as structlog's add_log_level maps them).
@@ -209,24 +225,170 @@ class _StdlibBridge(logging.Handler):
         )
 
 
-def log_processors(log_format: str, *, colors: bool = False) -> list[structlog.types.Processor]:
+def log_processors(
+    log_format: str, *, colors: bool = False, context: _Context | None = None
+) -> list[structlog.types.Processor]:
     """The processor chain of every log line, renderer last: ``json`` or ``console``."""
-    processors: list[structlog.types.Processor] = [_Context(), _redact, _escape_control_characters]
+    processors: list[structlog.types.Processor] = [
+        context or _Context(),
+        _redact,
+        _escape_control_characters,
+    ]
     if log_format == "json":
         return [*processors, _JsonRenderer()]
     return [*processors, structlog.dev.ConsoleRenderer(colors=colors)]
 
 
 def configure_logging(log_format: str, level: str = "info") -> None:
+    global _fast_access
     writer = _LineWriter(sys.stderr)
+    context = _Context()
+    colors = sys.stderr.isatty()
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=log_processors(log_format, colors=sys.stderr.isatty()),
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=log_processors(log_format, colors=colors, context=context),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
+    # The access line's own renderer, where it makes the same text (coloured console lines are
+    # left to structlog), and only when info lines are written at all.
+    fast = threshold <= logging.INFO and not (colors and log_format != "json")
+    _fast_access = _AccessLine(log_format, context, writer) if fast else None
     root = logging.getLogger()
     root.handlers = [_StdlibBridge()]
     root.setLevel(logging.WARNING)
+
+
+def reset_logging() -> None:
+    """Back to structlog's defaults (tests that configured logging undo it with this)."""
+    global _fast_access
+    _fast_access = None
+    structlog.reset_defaults()
+
+
+# --- the access log ------------------------------------------------------------------------
+
+_access = structlog.get_logger("proxy.access")
+_fast_access: _AccessLine | None = None
+
+
+def access_log(
+    method: str,
+    path: str,
+    status: int,
+    sent: int,
+    duration_ms: float,
+    remote: str | None,
+    stats: RequestStats,
+) -> None:
+    """The one line per request: what was asked, the answer, and what the cache and the
+    upstream did for it.
+
+    Its fields, in this order: ``method``, ``path``, ``repository``, ``reference``, ``status``,
+    ``bytes``, ``cache``, ``upstream_requests``, ``duration_ms``, ``aborted``, ``request_id``,
+    ``remote``, then ``event`` ("request"), ``level`` and ``timestamp`` as on every line.
+    Once ``configure_logging`` has run, the line is rendered by :class:`_AccessLine` (the same
+    text structlog's processors would make, made without them); otherwise (tests that configure
+    structlog themselves) it goes through structlog like any other event.
+    """
+    fast = _fast_access
+    if fast is not None:
+        fast.write(method, path, status, sent, duration_ms, remote, stats)
+        return
+    _access.info(
+        "request",
+        method=method,
+        path=path,
+        repository=stats.repository or None,
+        reference=stats.reference or None,
+        status=status,
+        bytes=sent,
+        cache=stats.cache,
+        upstream_requests=stats.upstream_requests,
+        duration_ms=duration_ms,
+        aborted=stats.aborted,
+        request_id=stats.request_id,
+        remote=remote,
+    )
+
+
+def _escaped(value: str) -> str:
+    """``value`` as _escape_control_characters leaves it."""
+    if value.isprintable():
+        return value
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in value
+    )
+
+
+_json_string = json.encoder.encode_basestring_ascii  # the C encoder json.dumps uses
+
+
+class _AccessLine:
+    """The access line rendered straight into its text, JSON or console.
+
+    A request's line is most of what logging costs on a warm request: structlog copies the event
+    into a dictionary, runs four processors over it and encodes it with the general JSON encoder.
+    The fields of this line are fixed and their types known, so the text is put together from
+    them directly: strings through the C JSON string encoder after the same escaping of control
+    characters, numbers as ``json`` writes them. No key can be a secret, so no redaction is
+    needed. ``tests/test_logs.py`` checks the text against structlog's for the same fields.
+    """
+
+    def __init__(self, log_format: str, context: _Context, writer: _LineWriter) -> None:
+        self._json = log_format == "json"
+        self._context = context
+        self._writer = writer
+
+    def write(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        sent: int,
+        duration_ms: float,
+        remote: str | None,
+        stats: RequestStats,
+    ) -> None:
+        timestamp = self._context.timestamp()
+        repository, reference = stats.repository or None, stats.reference or None
+        if self._json:
+            line = (
+                f'{{"method": {_json(method)}, "path": {_json(path)}, '
+                f'"repository": {_json(repository)}, "reference": {_json(reference)}, '
+                f'"status": {status}, "bytes": {sent}, "cache": {_json(stats.cache)}, '
+                f'"upstream_requests": {stats.upstream_requests}, '
+                f'"duration_ms": {float(duration_ms)!r}, "aborted": {_json(stats.aborted)}, '
+                f'"request_id": {_json(stats.request_id)}, "remote": {_json(remote)}, '
+                f'"event": "request", "level": "info", "timestamp": "{timestamp}"}}'
+            )
+        else:
+            # structlog's ConsoleRenderer without colours: the time, the level padded to the
+            # longest name, the event padded to 30, then the other keys in alphabetical order.
+            line = (
+                f"{timestamp} [info     ] request                        "
+                f"aborted={_text(stats.aborted)} bytes={sent} cache={_text(stats.cache)} "
+                f"duration_ms={float(duration_ms)!r} method={_text(method)} path={_text(path)} "
+                f"reference={_text(reference)} remote={_text(remote)} "
+                f"repository={_text(repository)} request_id={_text(stats.request_id)} "
+                f"status={status} upstream_requests={stats.upstream_requests}"
+            )
+        self._writer.msg(line)
+
+
+def _json(value: str | None) -> str:
+    return "null" if value is None else _json_string(_escaped(value))
+
+
+_QUOTED = frozenset(' \t=\r\n"\'')
+
+
+def _text(value: str | None) -> str:
+    """A value as structlog's ConsoleRenderer writes it: as is, or its repr when it holds a
+    space, a quote, ``=`` or a line break."""
+    if value is None:
+        return "None"
+    value = _escaped(value)
+    return repr(value) if not _QUOTED.isdisjoint(value) else value
