@@ -12,7 +12,7 @@ from support.fakehub import FakeHub, ImageInfo
 from test_blob_cache import blob_path, cached_blobs
 
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES, image_blobs
+from proxy.registry.manifest import MANIFEST_TYPES, BlobDescriptor, image_blobs
 from proxy.registry.reference import Digest
 from proxy.storage import StorageError
 from proxy.upstream.errors import UpstreamRateLimited
@@ -286,3 +286,32 @@ def test_image_blobs_lists_config_and_layers_once_with_their_sizes() -> None:
     assert image_blobs(b"not json") == []
     assert image_blobs(b'{"layers": "nope"}') == []
     assert Digest.parse(config).hex == "a" * 64
+
+
+async def test_a_warm_manifest_served_again_is_not_looked_at_again(
+    fakehub: FakeHub, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every blob of an image was found or brought in, serving its manifest again (a GET
+    or a HEAD by digest, as every warm pull does) parses nothing and starts no task: this was
+    why requests by digest were slower than by tag."""
+    image = fakehub.add_image("library/golang", "1.22", LAYERS)
+    client = await make_proxy(fakehub, prefetch=True)
+    prefetcher = client.app[SERVICES].prefetch
+    await get_manifest(client, image.digest)
+    await prefetcher.wait_idle()
+    await get_manifest(client, image.digest)  # every blob is recent now: the manifest is noted
+    await prefetcher.wait_idle()
+
+    looked: list[bytes] = []
+
+    def spy(data: bytes) -> list[BlobDescriptor]:
+        looked.append(data)
+        return image_blobs(data)
+
+    monkeypatch.setattr("proxy.cache.prefetch.image_blobs", spy)
+    for _ in range(3):
+        await get_manifest(client, image.digest)
+        head = await client.head(f"/v2/library/golang/manifests/{image.digest}")
+        assert head.status == 200
+    assert looked == []
+    assert not prefetcher._tasks
