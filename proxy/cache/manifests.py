@@ -40,7 +40,7 @@ from proxy.cache.links import ContentLinks
 from proxy.cache.negative import NegativeCache
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import mark_cache
-from proxy.registry.manifest import Manifest
+from proxy.registry.manifest import Manifest, media_type_of
 from proxy.registry.policy import TagTtl
 from proxy.registry.reference import Digest, Reference
 from proxy.storage.failsafe import FailSafeStorage
@@ -364,7 +364,14 @@ class ManifestCache:
             log.error("manifest.corrupt", digest=str(digest))
             await self._storage.delete(manifest_key(digest))
             return None
-        manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
+        media_type = media_type_of(data, info.content_type)
+        if media_type is None:
+            # Stored by an older version, which kept any type the upstream declared: not a
+            # manifest to serve. Dropped like a corrupt entry; fetched (and judged) again.
+            log.error("manifest.unknown_type", digest=str(digest), media_type=info.content_type)
+            await self._storage.delete(manifest_key(digest))
+            return None
+        manifest = Manifest(data, media_type, digest)
         self._manifests[digest.hex] = manifest
         self._on_use(manifest_key(digest))
         return manifest

@@ -18,11 +18,18 @@ from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
+from proxy.http.edge import SECURITY_HEADERS
 from proxy.http.sendfile import SendfileResponse
 from proxy.ops.logs import request_stats
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry.errors import RegistryError
-from proxy.registry.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
+from proxy.registry.manifest import (
+    INDEX_TYPES,
+    KNOWN_MANIFEST_TYPES,
+    OCI_INDEX,
+    default_platform_digest,
+    parse_accept,
+)
 from proxy.registry.reference import (
     ApiPath,
     ByteRange,
@@ -52,6 +59,8 @@ PARSE_MEMO_SIZE = 4096
 _parse_api_path = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_api_path)
 _parse_reference = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Reference.from_url)
 _parse_digest = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Digest.parse)
+# Keyed by the Accept lines as sent: a client sends the same ones with every request.
+_parse_accept = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_accept)
 
 
 async def api(request: web.Request) -> web.StreamResponse:
@@ -97,7 +106,7 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
 
     found = await services.manifests.get(client, name, reference)
     if reference.tag is not None and found.media_type in INDEX_TYPES:
-        accepted = parse_accept(request.headers.getall("Accept", []))
+        accepted = _parse_accept(tuple(request.headers.getall("Accept", ())))
         if accepted is not None and found.media_type not in accepted:
             # A client that cannot read an index gets the linux/amd64 image, as from
             # distribution.
@@ -132,17 +141,27 @@ def _manifest_response(
     *,
     warning: str | None = None,
 ) -> web.Response:
-    headers = {
+    if media_type not in KNOWN_MANIFEST_TYPES:
+        # Never reached (the cache refuses other types); a page must never go out as one.
+        raise RegistryError("UNAVAILABLE", status=502, detail="not a manifest media type")
+    headers = _manifest_headers(media_type, digest)
+    if warning:
+        headers = {**headers, "Warning": warning.replace("\n", " ")[:500]}
+    if body is not None:
+        return web.Response(status=200, body=body, headers=headers)
+    return _headers_only(headers, size)
+
+
+@functools.lru_cache(maxsize=PARSE_MEMO_SIZE)
+def _manifest_headers(media_type: str, digest: Digest) -> dict[str, str]:
+    """A manifest's response headers, the same for every request (not to be modified)."""
+    return {
         **API_VERSION,
+        **SECURITY_HEADERS,
         "Content-Type": media_type,
         "Docker-Content-Digest": str(digest),
         "ETag": f'"{digest}"',
     }
-    if warning:
-        headers["Warning"] = warning.replace("\n", " ")[:500]
-    if body is not None:
-        return web.Response(status=200, body=body, headers=headers)
-    return _headers_only(headers, size)
 
 
 def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
@@ -159,6 +178,7 @@ async def blob(request: web.Request, services: Services, path: ApiPath) -> web.S
     digest = _parse_digest(path.reference)
     headers = {
         **API_VERSION,
+        **SECURITY_HEADERS,  # sent before the edge sees the response (prepared here)
         "Docker-Content-Digest": str(digest),
         "ETag": f'"{digest}"',
         "Accept-Ranges": "bytes",

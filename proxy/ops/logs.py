@@ -382,7 +382,7 @@ def _json(value: str | None) -> str:
     return "null" if value is None else _json_string(_escaped(value))
 
 
-_QUOTED = frozenset(' \t=\r\n"\'')
+_QUOTED = frozenset(" \t=\r\n\"'")
 
 
 def _text(value: str | None) -> str:

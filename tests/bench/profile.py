@@ -39,9 +39,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from support.distribution import MANIFEST_ACCEPT
-from support.fakehub import FakeHub
+from support.fakehub import FakeHub, IndexInfo
+from support.managed_process import ManagedProcess
 from support.proxy_process import ProxyProcess, proxy_executable
 
+from .bare_server import BareServer
 from .measure import ab_load
 
 REPOSITORY = "library/golang"
@@ -68,16 +70,12 @@ class HubThread:
         self._loop.close()
 
 
-class CallgrindProxy(ProxyProcess):
-    """``registry-proxy serve`` under callgrind, counting nothing until told to."""
+class UnderCallgrind(ManagedProcess):
+    """A server run under callgrind, counting nothing until told to (mixed into a server)."""
 
-    name = "registry-proxy under callgrind"
     start_timeout = 300.0
     stop_timeout = 60.0
-
-    def __init__(self, workdir: Path, upstream_url: str, out: Path) -> None:
-        super().__init__(workdir, upstream_url)
-        self.out = out
+    out: Path
 
     def command(self) -> list[str]:
         return [
@@ -85,10 +83,11 @@ class CallgrindProxy(ProxyProcess):
             "--tool=callgrind",
             "--instr-atstart=no",
             f"--callgrind-out-file={self.out}",
-            sys.executable,
-            str(proxy_executable()),
-            "serve",
+            *self._python_command(),
         ]
+
+    def _python_command(self) -> list[str]:
+        raise NotImplementedError
 
     def instrument(self, on: bool) -> None:
         subprocess.run(
@@ -97,6 +96,26 @@ class CallgrindProxy(ProxyProcess):
             capture_output=True,
             timeout=120,
         )
+
+
+class CallgrindProxy(UnderCallgrind, ProxyProcess):
+    def _python_command(self) -> list[str]:
+        return [sys.executable, str(proxy_executable()), "serve"]
+
+
+class CallgrindBare(UnderCallgrind, BareServer):
+    def _python_command(self) -> list[str]:
+        return BareServer.command(self)
+
+
+def bare_content(hub: FakeHub, index: IndexInfo, directory: Path) -> Path:
+    """The image as the bare server reads it (a skopeo ``dir:`` copy's manifests)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "manifest.json").write_bytes(index.manifest)
+    for image in index.images:
+        name = image.digest.removeprefix("sha256:") + ".manifest.json"
+        (directory / name).write_bytes(image.manifest)
+    return directory
 
 
 def warm(url: str, paths: Sequence[str]) -> None:
@@ -162,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", choices=("HEAD", "GET"), default="HEAD")
     parser.add_argument("--by", choices=("tag", "digest"), default="tag")
     parser.add_argument("--tool", choices=("pyspy", "callgrind"), default="pyspy")
+    parser.add_argument(
+        "--server", choices=("ours", "bare"), default="ours", help="bare: the framework's limit"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="pyspy: the ab run")
     parser.add_argument("--requests", type=int, default=3000, help="callgrind: requests")
     parser.add_argument("--connections", type=int, default=32)
@@ -178,17 +200,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             amd64 = index.images[0].digest
             paths = {"tag": f"/v2/{REPOSITORY}/manifests/{TAG}"}
             paths["digest"] = f"/v2/{REPOSITORY}/manifests/{amd64}"
-            proxy: ProxyProcess
+            proxy: ProxyProcess | BareServer
             figures: object
-            if args.tool == "callgrind":
-                proxy = CallgrindProxy(workdir / "proxy", hub.url, out)
+            if args.server == "bare":
+                content = bare_content(hub, index, workdir / "content")
+                bare_class = CallgrindBare if args.tool == "callgrind" else BareServer
+                proxy = bare_class(workdir / "bare", content, REPOSITORY, TAG)
+            elif args.tool == "callgrind":
+                proxy = CallgrindProxy(workdir / "proxy", hub.url)
             else:
                 proxy = ProxyProcess(workdir / "proxy", hub.url)
-            proxy.extra_env.update(extra)
+            if isinstance(proxy, UnderCallgrind):
+                proxy.out = out
+            if isinstance(proxy, ProxyProcess):
+                proxy.extra_env.update(extra)
             with proxy:
                 warm(proxy.url, list(paths.values()))
                 url = proxy.url + paths[args.by]
-                if isinstance(proxy, CallgrindProxy):
+                if isinstance(proxy, UnderCallgrind):
                     # A few hundred requests first: caches, memo tables and allocator pools
                     # settle before anything is counted.
                     ab(url, args.method == "HEAD", args.connections, 300, workdir)
@@ -208,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             workdir=workdir,
                         )
             print(f"{args.method} by {args.by}: {figures}; load average {os.getloadavg()}")
-            if isinstance(proxy, CallgrindProxy):
+            if isinstance(proxy, UnderCallgrind):
                 total = callgrind_total(out)
                 print(f"instructions: {total}, per request: {total / figures.requests:,.0f}")
             else:
