@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from proxy import __version__
 from proxy.config import ConfigError, Settings, load_settings
@@ -185,6 +184,7 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
 def serve(settings: Settings) -> int:
     from proxy.commands.startup import StartupError, check_startup
     from proxy.http.app import create_app
+    from proxy.http.server import HeaderGuard, serve_app
     from proxy.http.shutdown import CLOSE_SECONDS
     from proxy.storage import StorageError
 
@@ -203,16 +203,15 @@ def serve(settings: Settings) -> int:
         tag_ttl=settings.tag_ttl,
     )
     try:
-        web.run_app(
+        serve_app(
             app,
+            HeaderGuard(settings.max_clients),
             host=settings.listen_host,
             port=settings.listen_port,
             # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
             shutdown_timeout=CLOSE_SECONDS,
             keepalive_timeout=settings.client_idle_timeout,
             access_log=None,
-            print=None,
-            handle_signals=True,
         )
     except StorageError as exc:
         print(f"registry-proxy: storage error: {exc}", file=sys.stderr)

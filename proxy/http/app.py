@@ -14,14 +14,11 @@ from proxy.http import routes
 from proxy.http.access import AccessPolicy
 from proxy.http.clientcap import CLIENT_CAP, ClientCap
 from proxy.http.edge import Edge, RouteKind, not_found
+from proxy.http.server import MAX_FIELD_SIZE, MAX_HEADERS, MAX_LINE_SIZE
 from proxy.http.shutdown import InFlightRequests, drain
 from proxy.ops.cloudwatch import emf_reporting
 from proxy.services import open_services
 from proxy.storage import Storage
-
-# Largest request line / header field we accept from clients (registry requests are small).
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
 
 
 def create_app(
@@ -43,8 +40,14 @@ def create_app(
     requests = InFlightRequests()
     client_cap = ClientCap(settings.max_clients)
     edge = Edge(policy, client_cap, requests)
+    # Limits on a request's head, for any server the app runs on (``serve`` adds the rest of
+    # proxy/http/server.py's bounds).
     app = web.Application(
-        handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE},
+        handler_args={
+            "max_line_size": MAX_LINE_SIZE,
+            "max_field_size": MAX_FIELD_SIZE,
+            "max_headers": MAX_HEADERS,
+        },
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
