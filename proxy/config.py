@@ -360,7 +360,8 @@ ENV_VARS: dict[str, str] = {
     "PROXY_FETCH_PIECES": "Range requests a big blob is fetched in at once; 1: one stream "
     "(default 4)",
     "PROXY_FETCH_PIECE_THRESHOLD": "blobs larger than this are fetched in pieces (default 16MiB)",
-    "PROXY_CLIENT_IDLE_TIMEOUT": "seconds an idle keep-alive connection stays open (default 75)",
+    "PROXY_CLIENT_IDLE_TIMEOUT": "seconds a client connection may move no byte: an idle "
+    "keep-alive connection, or a transfer the client reads nothing of (default 75)",
     "PROXY_MAX_CLIENTS": "requests served at once; more get 503 with Retry-After (default 1024)",
     "PROXY_QUOTA_WARN_REMAINING": "log a warning when fewer upstream pulls remain (default 10)",
     "PROXY_CACHE_MAX_SIZE": "largest cache: a size (50GiB), a share of its disk (80%) or off "

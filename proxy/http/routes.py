@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
 from proxy.http.edge import SECURITY_HEADERS
-from proxy.http.sendfile import SendfileResponse
+from proxy.http.sendfile import SendfileResponse, StallWatch, cut_off
 from proxy.ops.logs import request_stats
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry.errors import RegistryError
@@ -223,8 +223,12 @@ async def _send_blob(
     else:
         response.content_length = content.size
         start, end = 0, None
+    watch: StallWatch | None = None
     try:
         await response.prepare(request)
+        if request.transport is not None:
+            timeout = services.settings.client_idle_timeout
+            watch = StallWatch(request.transport, timeout, functools.partial(_stalled, request))
         if content.file is not None and content.file.file is not None:
             # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
             assert content.size is not None
@@ -248,8 +252,19 @@ async def _send_blob(
             request.transport.abort()
         return response
     finally:
+        if watch is not None:
+            watch.stop()
         services.metrics.served_bytes(content.from_cache, response.body_length)
     return response
+
+
+def _stalled(request: web.Request) -> None:
+    """The client took nothing for PROXY_CLIENT_IDLE_TIMEOUT while bytes waited for it: its
+    connection is closed, which ends the transfer and frees its place under the client cap."""
+    timeout = request.app[SERVICES].settings.client_idle_timeout
+    _note(aborted=f"the client read nothing for {timeout:g} s (PROXY_CLIENT_IDLE_TIMEOUT)")
+    if request.transport is not None:
+        cut_off(request.transport)
 
 
 def _note(*, client_closed: bool = False, aborted: str | None = None) -> None:
