@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import ProxyFactory
+from jsonschema import Draft202012Validator
 from support.fakehub import FakeHub
 from test_metrics import ACCEPT_ALL
 
@@ -15,20 +16,43 @@ from proxy.ops.cloudwatch import EmfReporter
 from proxy.ops.metrics import Metrics
 from proxy.upstream.client import RateLimit
 
+# The EMF specification's schema (tests/fixtures: written from the specification's text).
+EMF_SCHEMA = json.loads(
+    (Path(__file__).parent / "fixtures" / "cloudwatch-emf.schema.json").read_text()
+)
+Draft202012Validator.check_schema(EMF_SCHEMA)
+EMF = Draft202012Validator(EMF_SCHEMA)
+
+
+def emf_violations(line: str) -> list[str]:
+    """Why CloudWatch would not extract metrics from this log line: the schema, and the rules of
+    the specification's text that a schema cannot state."""
+    document = json.loads(line)  # one JSON object, nothing before or after it
+    if not isinstance(document, dict):
+        return ["not a JSON object"]
+    found = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in EMF.iter_errors(document)]
+    if found:
+        return found
+    for directive in document["_aws"]["CloudWatchMetrics"]:
+        for dimension_set in directive["Dimensions"]:
+            for key in dimension_set:
+                if not isinstance(document.get(key), str):
+                    found.append(f"dimension {key}: the root has no string member of that name")
+        for metric in directive["Metrics"]:
+            value = document.get(metric["Name"])
+            numbers = value if isinstance(value, list) and len(value) <= 100 else [value]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+                found.append(f"metric {metric['Name']}: {value!r} is not a number")
+    return found
+
 
 def assert_valid_emf(document: dict[str, Any], namespace: str) -> None:
     """What CloudWatch requires of a log line before it extracts metrics from it."""
-    metadata = document["_aws"]
-    assert isinstance(metadata["Timestamp"], int)
-    [directive] = metadata["CloudWatchMetrics"]
+    assert emf_violations(json.dumps(document)) == []
+    [directive] = document["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == namespace
-    for dimension_set in directive.get("Dimensions", []):
-        for key in dimension_set:
-            assert isinstance(document[key], str)
     for metric in directive["Metrics"]:
         assert set(metric) == {"Name", "Unit"}
-        value = document[metric["Name"]]
-        assert isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def busy_metrics() -> Metrics:
@@ -61,7 +85,8 @@ def test_a_report_is_valid_emf_with_fleet_and_per_upstream_lines(tmp_path: Path)
         assert_valid_emf(document, "RegistryProxy/Test")
         assert document["_aws"]["Timestamp"] == 1_700_000_000_500
     fleet, hub, ghcr = documents
-    assert "Dimensions" not in fleet["_aws"]["CloudWatchMetrics"][0]
+    # no dimensions, said the way the specification requires: one empty DimensionSet
+    assert fleet["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [[]]
     assert fleet["Requests"] == 7 and fleet["ServerErrors"] == 2
     assert (fleet["CacheHits"], fleet["CacheStale"], fleet["CacheMisses"]) == (4, 1, 2)
     assert (fleet["BytesFromCache"], fleet["BytesFromUpstream"]) == (1000, 400)
@@ -99,12 +124,93 @@ async def test_the_app_reports_what_it_served_when_it_stops(
         assert response.status == 200
     capsys.readouterr()
     await client.close()  # a task that scales in reports its last counts on the way out
-    documents = [
-        json.loads(line)
-        for line in capsys.readouterr().err.splitlines()
-        if line.startswith('{"_aws"')
+    capsys_lines = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith('{"_aws"')
     ]
+    documents = [json.loads(line) for line in capsys_lines]
+    assert documents
     fleet = next(d for d in documents if "Upstream" not in d)
+    for line in capsys_lines:
+        assert emf_violations(line) == [], line
     assert_valid_emf(fleet, "RegistryProxy/Test")
     assert fleet["CountedPulls"] == 1  # the second GET was served from the cache
     assert fleet["Requests"] == 2 and fleet["CacheHits"] >= 1
+
+
+def test_the_schema_refuses_what_cloudwatch_refuses() -> None:
+    """The check can fail: the fleet line as it was written before (no Dimensions), an empty
+    Dimensions array, a metric whose value is missing or not a number, a missing dimension."""
+    good = {
+        "_aws": {
+            "Timestamp": 1,
+            "CloudWatchMetrics": [
+                {"Namespace": "N", "Dimensions": [["Upstream"]], "Metrics": [{"Name": "A"}]}
+            ],
+        },
+        "Upstream": "docker.io",
+        "A": 1,
+    }
+    assert emf_violations(json.dumps(good)) == []
+    directive = good["_aws"]["CloudWatchMetrics"][0]  # type: ignore[index]
+    for broken in (
+        {k: v for k, v in directive.items() if k != "Dimensions"},
+        {**directive, "Dimensions": []},
+        {**directive, "Metrics": [{"Name": "A", "Unit": "Requests"}]},
+        {**directive, "Metrics": [{"Name": "B"}]},
+        {**directive, "Dimensions": [["Host"]]},
+    ):
+        document = {**good, "_aws": {"Timestamp": 1, "CloudWatchMetrics": [broken]}}
+        assert emf_violations(json.dumps(document)) != [], broken
+    assert emf_violations(json.dumps({**good, "A": "1"})) != []
+    assert emf_violations(json.dumps({**good, "_aws": {"CloudWatchMetrics": []}})) != []
+
+
+def test_the_accounts_refusals_are_reported_from_the_token_service_only() -> None:
+    """An expired token shows as 401 from the token service; a repository that is not there
+    (Docker Hub: 401 with a valid token) is the registry's, and not the account's fault."""
+    metrics = Metrics()
+    reporter = EmfReporter(metrics, "RegistryProxy", None, lambda _: None)
+    metrics.upstream_refused("docker.io", "token", 401)
+    metrics.upstream_refused("docker.io", "token", 401)
+    metrics.upstream_refused("docker.io", "registry", 401)
+    [fleet, *_] = reporter.report()
+    assert fleet["UpstreamAuthFailures"] == 2
+    assert reporter.report()[0]["UpstreamAuthFailures"] == 0
+
+
+def test_concurrent_requests_are_the_seconds_spent_serving_per_second() -> None:
+    now = [1000.0]
+    metrics = Metrics()
+    reporter = EmfReporter(metrics, "RegistryProxy", None, lambda _: None, lambda: now[0])
+    for seconds in (30.0, 60.0, 30.0):  # three requests finished in the minute
+        metrics.observe_request("blob", "GET", 200, seconds, "hit", None, None, None)
+    now[0] += 60
+    assert reporter.report()[0]["ConcurrentRequests"] == 2.0
+    now[0] += 60
+    assert reporter.report()[0]["ConcurrentRequests"] == 0.0
+
+
+async def test_a_refused_account_is_counted_and_reported(
+    fakehub_factory: object, make_proxy: ProxyFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub: FakeHub = await fakehub_factory(users={"hubuser": "current-token"}, allow_anonymous=False)  # type: ignore[operator]
+    hub.add_image("library/golang", "a")
+    client = await make_proxy(
+        hub,
+        username="hubuser",
+        password="expired-token",
+        cloudwatch_namespace="RegistryProxy/Test",
+        cloudwatch_interval=3600,
+    )
+    response = await client.get("/v2/library/golang/manifests/a", headers=ACCEPT_ALL)
+    assert response.status in (401, 403, 502, 503)
+    text = await (await client.get("/metrics")).text()
+    assert (
+        'registry_proxy_upstream_auth_failures_total{stage="token",status="401",'
+        'upstream="docker.io"} 1.0' in text
+    )
+    capsys.readouterr()
+    await client.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('{"_aws"')]
+    fleet = next(json.loads(line) for line in lines if '"Upstream"' not in line)
+    assert fleet["UpstreamAuthFailures"] == 1

@@ -95,6 +95,8 @@ async def test_the_page_shows_what_status_says_and_refreshes_itself(
         fleet = status["fleet"]
         figures = await browser.evaluate(FIGURES_JS)
         hub = fleet["upstreams"]["docker.io"]
+        # whom the proxy pulls as: never a default, the account /status names
+        assert figures["Pulls as"] == status["upstreams"]["docker.io"]["account"] == "anonymous"
         assert figures["Counted pulls (fleet)"] == human_count(hub["counted_pulls"])
         assert figures["Pulls remaining"] == human_count(hub["ratelimit"]["remaining"])
         assert figures["Limit per window"] == human_count(100)
@@ -290,6 +292,7 @@ def expected_page(status: dict[str, Any], now: float) -> dict[str, dict[str, Any
         reading = hub["ratelimit"]
         sections[f"Upstream quota: {host}"] = {
             "figures": {
+                "Pulls as": status["upstreams"][host]["account"],
                 "Pulls remaining": human_count(reading["remaining"]),
                 "Limit per window": human_count(reading["limit"]),
                 "Counted pulls (fleet)": human_count(hub["counted_pulls"]),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
-import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from registry_proxy_infra.stack import RegistryProxyStack
 
 INFRA_DIR = Path(__file__).resolve().parent.parent
 CDK_JSON = INFRA_DIR / "cdk.json"
+# Context keys of the settings' shape; the CDK's own (feature flags "@aws-cdk/...", the CLI's
+# "aws:cdk:...", lookups "name:account=...") all hold a "@" or a ":".
+_SETTING_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 
 def cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
@@ -27,61 +31,63 @@ def cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
     return context
 
 
+def unknown_settings(context: Mapping[str, Any]) -> list[str]:
+    """Keys shaped like settings that no setting has: a misspelt key would keep its default."""
+    known = [row.key for _, row in ProxyStackConfig.rows()]
+    found = []
+    for key in context:
+        if _SETTING_SHAPE.match(key) and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            found.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    return found
+
+
 def build_app(
-    context: Mapping[str, Any] | None = None,
-    *,
-    outdir: str | None = None,
-    default_region: str | None = None,
+    context: Mapping[str, Any] | None = None, *, outdir: str | None = None
 ) -> tuple[cdk.App, RegistryProxyStack]:
     """Create the app and its one stack.
 
-    The app starts from cdk.json's context (defaults and feature flags) updated with
+    The app starts from cdk.json's context (settings and feature flags) updated with
     ``context``; when the CDK CLI runs the app, what it passes (cdk.json and ``-c``) wins over
-    both, so ``python app.py`` and ``cdk synth`` build the same template.  The region comes from the
-    ``region`` context key or ``default_region`` (``CDK_DEFAULT_REGION`` when run by the CLI);
-    the account is deliberately left open, so synthesis performs no lookups.
+    both, so ``python app.py`` and ``cdk synth`` build the same template.  The region is a
+    setting like any other; the account is deliberately left open, so synthesis performs no
+    lookups.
     """
     merged = cdk_json_context()
     merged.update(context or {})
     app = cdk.App(context=merged, outdir=outdir)
-    config = ProxyStackConfig.from_context(app.node.try_get_context, default_region=default_region)
-    if config.region is None:
+    # Everything the app sees: cdk.json, and when the CLI runs it, cdk.context.json,
+    # ~/.cdk.json and -c as well.
+    unknown = unknown_settings(app.node.get_all_context())
+    if unknown:
         raise ConfigError(
-            "no region: pass -c region=eu-west-1 (or set CDK_DEFAULT_REGION / an AWS profile "
-            "region); the load balancer's access logging needs to know it"
+            f"unknown setting {', '.join(unknown)}: the settings are listed in infra/README.md"
         )
-    if config.image_missing:
+    config = ProxyStackConfig.from_context(app.node.try_get_context)
+    missing = config.missing()
+    if missing:
         raise ConfigError(
-            "no image: pass -c imageTag=TAG (or -c imageDigest=sha256:...) for the image pushed "
-            f"to the ECR repository {config.image_repository_name!r}, or -c imageUri=... or "
-            "-c imageFromAsset=true"
+            "the deployment's settings go in the context of infra/cdk.json (every cdk synth and "
+            "cdk deploy reads them there), and these are missing:\n  " + "\n  ".join(missing)
         )
     stack = RegistryProxyStack(
         app,
         config.stack_name,
         config=config,
         env=cdk.Environment(region=config.region),
-        description="registry-proxy: pull-through cache for Docker Hub on Fargate (internal ALB)",
+        description="registry-proxy: pull-through cache for Docker Hub on Fargate",
     )
     cdk.Tags.of(stack).add("project", "registry-proxy")
-    if _flag(app.node.try_get_context("nag"), default=True):
+    if config.nag:
         cdk.Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return app, stack
 
 
 def main() -> int:
     try:
-        app, _ = build_app(default_region=os.environ.get("CDK_DEFAULT_REGION"))
+        app, _ = build_app()
     except ConfigError as exc:
         print(f"registry-proxy infra: {exc}")
         return 2
     app.synth()
     return 0
-
-
-def _flag(value: object, *, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() not in ("false", "0", "no", "off")
-    return bool(value)

@@ -7,16 +7,17 @@ here goes to one SNS topic (subscribe email addresses or an HTTPS endpoint with 
 ``alarmEmails`` / ``alarmHttpsEndpoints``, or point AWS Chatbot at the ``AlarmTopicArn`` output).
 
 Metrics come from three places: the load balancer and ECS (AWS's own), the proxy's embedded
-metric format lines (fleet totals: counted pulls, cache results, spool disk use; see
-``proxy/ops/cloudwatch.py``), and metric filters on the proxy's JSON log (low upstream quota,
-storage errors, failed blob fetches, stale serves, refused fetches).
+metric format lines (fleet totals: counted pulls, cache results, spool disk use, refusals of
+the upstream account, requests served at once; see ``proxy/ops/cloudwatch.py``), and metric
+filters on the proxy's JSON log (low upstream quota, storage errors, failed blob fetches, stale
+serves, fetches streamed through memory).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import Annotations, CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ecs as ecs
@@ -40,6 +41,9 @@ MEMORY_PERCENT = 85
 SPOOL_DISK_PERCENT = 85
 FAILED_FETCHES_PER_5_MIN = 5
 STALE_SERVES_PER_15_MIN = 10
+
+# The id of the synth-time warning given when no one is subscribed to the alarm topic.
+ALARMS_UNHEARD = "registry-proxy:alarmsUnheard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ LOG_METRICS = (
     LogMetric(
         "SpoolFull",
         '{ $.event = "spool.full" }',
-        "new upstream fetches refused with 503 because the spool disk is (nearly) full",
+        "upstream fetches that found no room on the spool disk and streamed through memory",
     ),
 )
 
@@ -143,6 +147,14 @@ class Monitoring(Construct):
             master_key=key,
             enforce_ssl=True,
         )
+        if not (config.alarm_emails or config.alarm_https_endpoints):
+            # Docker daemons fall back to Docker Hub silently: an alarm nobody hears is no alarm.
+            Annotations.of(self).add_warning_v2(
+                ALARMS_UNHEARD,
+                "No one is subscribed to the alarm topic: set alarmEmails or alarmHttpsEndpoints "
+                "in cdk.json, or subscribe to the AlarmTopicArn output (e.g. AWS Chatbot); "
+                "otherwise a broken proxy looks like Docker Hub's rate limit",
+            )
         for email in config.alarm_emails:
             topic.add_subscription(subscriptions.EmailSubscription(email))
         for url in config.alarm_https_endpoints:
@@ -263,8 +275,8 @@ class Monitoring(Construct):
             ),
             threshold=SERVER_ERRORS_PER_5_MIN,
             description=(
-                "The proxy answered 5xx: the upstream failing with nothing cached (503), a full "
-                "spool (503), or a fault; see the saved query 'server errors'."
+                "The proxy answered 5xx: the upstream failing with nothing cached (503), or a "
+                "fault; see the saved query 'server errors'."
             ),
         )
         self._alarm(
@@ -317,8 +329,9 @@ class Monitoring(Construct):
             threshold=SPOOL_DISK_PERCENT,
             periods=2,
             description=(
-                f"A task's ephemeral storage (the spool) is over {SPOOL_DISK_PERCENT}% full; new "
-                "fetches are refused with 503 near the end. Raise ephemeralStorageGiB."
+                f"A task's ephemeral storage (the spool) is over {SPOOL_DISK_PERCENT}% full; "
+                "fetches that find no room stream through memory, slower and without a disk copy "
+                "for late clients. Raise ephemeralStorageGiB."
             ),
         )
         metrics = self.log_metrics
@@ -362,7 +375,23 @@ class Monitoring(Construct):
             "SpoolFull",
             metrics["SpoolFull"],
             threshold=1,
-            description="Upstream fetches were refused with 503 for lack of spool disk.",
+            description=(
+                "An upstream fetch found no room on the spool disk and streamed to its clients "
+                "through memory instead (at most 8 MiB ahead of the slowest); nothing was "
+                "refused, but many such fetches at once slow every client. Raise "
+                "ephemeralStorageGiB, or spoolPerFetchMiB to plan fewer fetches at once."
+            ),
+        )
+        self._alarm(
+            "UpstreamAuthFailures",
+            self.emf("UpstreamAuthFailures"),
+            threshold=1,
+            description=(
+                "Docker Hub refused the proxy's account (401 or 403 from its token service): the "
+                "access token expired or was revoked, or the secret holds a wrong value. Uncached "
+                "images fail until a fresh token is in the secret and the tasks restart (see "
+                "infra/README.md, 'The Docker Hub account')."
+            ),
         )
 
     # ------------------------------------------------------------------ dashboard
@@ -403,7 +432,10 @@ class Monitoring(Construct):
             cw.GraphWidget(
                 title="Counted pulls (manifest GETs upstream, all tasks)",
                 left=[self.emf("CountedPulls")],
-                right=[self.emf("QuotaRemaining", statistic="Minimum", Upstream="docker.io")],
+                right=[
+                    self.emf("QuotaRemaining", statistic="Minimum", Upstream="docker.io"),
+                    self.emf("UpstreamAuthFailures"),
+                ],
                 width=8,
             ),
             cw.GraphWidget(
@@ -425,6 +457,12 @@ class Monitoring(Construct):
                     service.metric_cpu_utilization(period=FIVE_MINUTES),
                     service.metric_memory_utilization(period=FIVE_MINUTES),
                 ],
+                width=8,
+            ),
+            cw.GraphWidget(
+                title="Requests served at once per task (the scaling signal) and tasks",
+                left=[self.emf("ConcurrentRequests", statistic="Average")],
+                right=health,
                 width=8,
             ),
             cw.GraphWidget(

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.commands.cache import add_parser as add_cache_parser
 
     add_cache_parser(commands)
+    from proxy.commands.certs import add_parser as add_certs_parser
+
+    add_certs_parser(commands)
     return parser
 
 
@@ -96,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "codebuild-ranges":
         return print_codebuild_ranges(args)
+    if args.command == "certs":
+        from proxy.commands.certs import run as run_certs
+
+        return run_certs(args)
     try:
         settings = settings_from(args, dict(os.environ))
     except ConfigError as exc:
@@ -181,6 +188,19 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run(settings, args))
 
 
+def log_upstream_identities(settings: Settings) -> None:
+    """One ``upstream.identity`` line per upstream: whom it sees the proxy pull as, the user name
+    (never the token) or ``anonymous`` (sharing the anonymous rate limit of the address the
+    proxy pulls from)."""
+    for upstream in (settings.upstream, *settings.extra_upstreams):
+        log.info(
+            "upstream.identity",
+            upstream=upstream.host,
+            url=upstream.url,
+            account=upstream.username or "anonymous",
+        )
+
+
 def serve(settings: Settings) -> int:
     from proxy.commands.startup import StartupError, check_startup
     from proxy.http.app import create_app
@@ -202,6 +222,7 @@ def serve(settings: Settings) -> int:
         storage=str(settings.storage),
         tag_ttl=settings.tag_ttl,
     )
+    log_upstream_identities(settings)
     try:
         serve_app(
             app,

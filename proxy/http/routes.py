@@ -22,6 +22,7 @@ from proxy.http.edge import SECURITY_HEADERS
 from proxy.http.sendfile import SendfileResponse, StallWatch, cut_off
 from proxy.ops.logs import request_stats
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
+from proxy.registry import probe
 from proxy.registry.errors import RegistryError
 from proxy.registry.manifest import (
     INDEX_TYPES,
@@ -72,6 +73,10 @@ async def api(request: web.Request) -> web.StreamResponse:
         stats.reference = path.reference
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
+    if path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB) and probe.is_probe(
+        path.name, request.query.get("ns")
+    ):
+        return _probe(path)
     services = request.app[SERVICES]
     try:
         match path.endpoint:
@@ -131,6 +136,30 @@ async def manifest(request: web.Request, services: Services, path: ApiPath) -> w
     return _manifest_response(
         found.media_type, found.digest, len(found.data), found.data, warning=warning
     )
+
+
+def _probe(path: ApiPath) -> web.Response:
+    """The probe image (proxy.registry.probe): answered from constants, for any tag; nothing is
+    cached, counted as a hit or a miss, or asked of an upstream."""
+    if path.endpoint is Endpoint.MANIFEST:
+        reference = _parse_reference(path.reference)
+        digest = str(reference.digest) if reference.digest is not None else None
+        found = probe.manifest(reference.tag, digest)
+        if found is None:
+            raise RegistryError("MANIFEST_UNKNOWN")
+        return _manifest_response(
+            found.media_type, Digest.parse(found.digest), len(found.data), found.data
+        )
+    found = probe.blob(str(_parse_digest(path.reference)))
+    if found is None:
+        raise RegistryError("BLOB_UNKNOWN")
+    headers = {
+        **API_VERSION,
+        "Docker-Content-Digest": found.digest,
+        "ETag": f'"{found.digest}"',
+        "Content-Type": "application/octet-stream",
+    }
+    return web.Response(status=200, body=found.data, headers=headers)
 
 
 def _manifest_response(

@@ -7,10 +7,13 @@ shutdown) each instance writes what happened since its previous report as JSON l
 which the awslogs driver ships to CloudWatch Logs; CloudWatch turns them into metrics, summed
 over the fleet by the statistic ``Sum``. No agent, no API call, no extra permission.
 
-Each report is one line of fleet metrics without dimensions, plus one line per upstream
-(dimension ``Upstream``) with its counted pulls and, when the upstream reported it, the quota
-left. Counters are deltas since the previous report; gauges are the value at report time (use
-``Maximum`` or ``Minimum`` across the fleet).
+Each report is one line of fleet metrics without dimensions (one empty DimensionSet, ``[[]]``:
+the EMF specification requires ``Dimensions`` with at least one set, and CloudWatch drops a
+document without), plus one line per upstream (dimension ``Upstream``) with its counted pulls
+and, when the upstream reported it, the quota left. Counters are deltas since the previous
+report; gauges are the value at report time (use ``Maximum`` or ``Minimum`` across the fleet);
+``ConcurrentRequests`` is this instance's average over the interval (``Average`` across the
+fleet: the requests one task serves at once, which the stack scales on).
 """
 
 from __future__ import annotations
@@ -42,9 +45,18 @@ COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "BytesFromUpstream": ("registry_proxy_served_bytes_total", {"source": "upstream"}),
     "CountedPulls": ("registry_proxy_upstream_pulls_total", {}),
     "StorageErrors": ("registry_proxy_storage_errors_total", {}),
+    # the token service refused the upstream account (an expired or revoked token)
+    "UpstreamAuthFailures": ("registry_proxy_upstream_auth_failures_total", {"stage": "token"}),
 }
 UNITS = {"BytesFromCache": "Bytes", "BytesFromUpstream": "Bytes"}
 SERVER_ERRORS = "ServerErrors"  # requests answered 5xx
+# Client requests served at once, on average over the report interval: the seconds spent
+# answering requests (finished in the interval) per second. The stack scales on it.
+CONCURRENT_REQUESTS = "ConcurrentRequests"
+REQUEST_SECONDS = "registry_proxy_request_duration_seconds_sum"
+# A document with no dimension still names one DimensionSet, an empty one: the EMF
+# specification requires Dimensions, with at least one set.
+NO_DIMENSIONS: list[list[str]] = [[]]
 
 
 def _write_stderr(line: str) -> None:
@@ -62,6 +74,10 @@ class EmfReporter:
     write: Writer = _write_stderr
     clock: Callable[[], float] = time.time
     _previous: dict[str, float] = field(default_factory=dict)
+    _reported_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._reported_at = self.clock()
 
     def report(self) -> list[Document]:
         """Write (and return) the documents for what happened since the previous report."""
@@ -76,6 +92,7 @@ class EmfReporter:
             for name, (sample, labels) in COUNTERS.items()
         }
         values[SERVER_ERRORS] = self._delta(SERVER_ERRORS, self._server_errors())
+        values[CONCURRENT_REQUESTS] = self._concurrency()
         units = {name: UNITS.get(name, "Count") for name in values}
         gauge = self.metrics.registry.get_sample_value("registry_proxy_inflight_fetches")
         values["InFlightFetches"] = gauge or 0.0
@@ -105,14 +122,20 @@ class EmfReporter:
             "Namespace": self.namespace,
             "Metrics": [{"Name": name, "Unit": units[name]} for name in values],
         }
-        if dimensions:
-            directive["Dimensions"] = [sorted(dimensions)]
+        directive["Dimensions"] = [sorted(dimensions)] if dimensions else NO_DIMENSIONS
         return {
             "_aws": {"Timestamp": int(self.clock() * 1000), "CloudWatchMetrics": [directive]},
             "event": "metrics",
             **(dimensions or {}),
             **values,
         }
+
+    def _concurrency(self) -> float:
+        now = self.clock()
+        elapsed = now - (self._reported_at if self._reported_at is not None else now)
+        self._reported_at = now
+        busy = self._delta(CONCURRENT_REQUESTS, self._sum(REQUEST_SECONDS, {}))
+        return round(busy / elapsed, 3) if elapsed > 0 else 0.0
 
     def _delta(self, key: str, total: float) -> float:
         previous = self._previous.get(key, 0.0)

@@ -58,6 +58,13 @@ class Metrics:
             ["upstream", "method", "status"],
             registry=r,
         )
+        self.upstream_refusals = Counter(
+            "registry_proxy_upstream_auth_failures",
+            "Upstream 401/403 answers to the proxy's account: stage token (the token service "
+            "refused the credentials) or registry (a request refused with the proxy's token)",
+            ["upstream", "stage", "status"],
+            registry=r,
+        )
         self.upstream_pulls = Counter(
             "registry_proxy_upstream_pulls",
             "Counted pulls (manifest GETs) made upstream",
@@ -154,6 +161,9 @@ class Metrics:
         self.upstream_requests.labels(upstream, method, str(status)).inc()
         if status == "error" or (isinstance(status, int) and (status == 429 or status >= 500)):
             self.activity.upstream_failed(upstream, method, status)
+
+    def upstream_refused(self, upstream: str, stage: str, status: int) -> None:
+        self.upstream_refusals.labels(upstream, stage, str(status)).inc()
 
     def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None:
         quota = self.quotas.setdefault(upstream, UpstreamQuota())

@@ -179,7 +179,11 @@ def render_fragment(status: dict[str, Any], now: float | None = None) -> str:
     """The refreshable part of the page (everything under the header)."""
     now = time.time() if now is None else now
     fleet = status["fleet"]
-    parts = [_quota(name, figures, now) for name, figures in sorted(fleet["upstreams"].items())]
+    mine = status["upstreams"]  # this instance's: whom it pulls as
+    parts = [
+        _quota(name, figures, now, mine[name]["account"] if name in mine else None)
+        for name, figures in sorted(fleet["upstreams"].items())
+    ]
     if not parts:
         parts.append(
             '<section aria-labelledby="quota"><h2 id="quota">Upstream quota</h2>'
@@ -206,7 +210,9 @@ def _figure(label: str, value: str, *, klass: str = "") -> str:
     return f"<div><dt>{escape(label)}</dt><dd{attribute}>{escape(value)}</dd></div>"
 
 
-def _quota(upstream: str, figures: dict[str, Any], now: float) -> str:
+def _quota(upstream: str, figures: dict[str, Any], now: float, account: str | None) -> str:
+    """``account``: whom this instance pulls from ``upstream`` as (a user name, "anonymous"),
+    from /status; None for an upstream this instance has no client for (no figure then)."""
     reading = figures["ratelimit"] or {}  # a reading as an instance published it
     remaining, limit = reading.get("remaining"), reading.get("limit")
     low = remaining is not None and limit and remaining < max(1, limit // 10)
@@ -223,6 +229,7 @@ def _quota(upstream: str, figures: dict[str, Any], now: float) -> str:
     return f"""<section aria-labelledby="{ident}">
 <h2 id="{ident}">Upstream quota: {escape(upstream)}</h2>
 <dl>
+{_figure("Pulls as", account) if account is not None else ""}
 {_figure("Pulls remaining", human_count(remaining), klass="bad" if low else "")}
 {_figure("Limit per window", human_count(limit))}
 {_figure("Counted pulls (fleet)", human_count(figures["counted_pulls"]))}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -69,8 +70,12 @@ class TokenAuth:
         username: str | None,
         password: str,
         timeout: aiohttp.ClientTimeout,
+        *,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self._session = session
+        # Hears the token service's 401/403: the account itself was refused.
+        self._on_refused = on_refused
         self._username = username
         self._password = password
         self._timeout = timeout
@@ -139,6 +144,8 @@ class TokenAuth:
                 realm, params=query, headers=headers, timeout=self._timeout
             ) as response:
                 if response.status in (401, 403):
+                    if self._on_refused is not None:
+                        self._on_refused(response.status)
                     raise UpstreamDenied(
                         f"token service refused the proxy's credentials ({response.status})",
                         status=401,

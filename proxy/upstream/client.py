@@ -134,6 +134,10 @@ class UpstreamObserver(Protocol):
 
     def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None: ...
 
+    def upstream_refused(self, upstream: str, stage: str, status: int) -> None:
+        """A 401/403 to the proxy's account: ``stage`` "token" (the token service refused the
+        credentials) or "registry" (a request refused although it carried them)."""
+
 
 class RegistryClient:
     def __init__(
@@ -159,8 +163,14 @@ class RegistryClient:
             sock_connect=connect_timeout,
             sock_read=read_timeout,
         )
-        self._auth = TokenAuth(session, settings.username, settings.password, self._timeout)
         self._observer = observer
+        self._auth = TokenAuth(
+            session,
+            settings.username,
+            settings.password,
+            self._timeout,
+            on_refused=lambda status: self._refused("token", status),
+        )
         self._retry_delays = retry_delays
         self._ping_at = -PING_CACHE_SECONDS
         # Every call's failures are recorded here, after its retries.
@@ -390,6 +400,8 @@ class RegistryClient:
             authorization = await self._auth.authorize(scope, None)
         response = await self._send(method, url, headers, authorization)
         if response.status != 401:
+            if response.status == 403 and authorization is not None:
+                self._refused("registry", 403)
             return response
         # The token is missing, expired or for another scope: take the challenge and try once more.
         challenge = response.headers.get("WWW-Authenticate")
@@ -403,7 +415,12 @@ class RegistryClient:
                 status=401,
                 code="UNAUTHORIZED",
             )
-        return await self._send(method, url, headers, authorization)
+        response = await self._send(method, url, headers, authorization)
+        if response.status in (401, 403):
+            # Refused with a fresh token: the account may not pull this (or it does not exist:
+            # Docker Hub answers 401 for a repository that is not there).
+            self._refused("registry", response.status)
+        return response
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], authorization: str | None
@@ -436,6 +453,10 @@ class RegistryClient:
             if method != "HEAD" and response.status == 303:
                 method = "GET"
         raise UpstreamInvalid(f"more than {MAX_REDIRECTS} redirects")
+
+    def _refused(self, stage: str, status: int) -> None:
+        if self._observer is not None:
+            self._observer.upstream_refused(self.host, stage, status)
 
     def _observe(self, method: str, status: int | str) -> None:
         if self._observer is not None:

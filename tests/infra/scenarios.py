@@ -23,18 +23,30 @@ ACCOUNT = "123456789012"
 CERTIFICATE_ARN = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/5d0c2a9e-8f1b-4c3d-9e6f-1a2b3c4d5e6f"
 SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:registry-proxy/docker-hub-AbC123"
 
-# What a user gets from cdk.json with nothing but a region and the tag of the image to run.
+KMS_KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+DOMAIN_NAME = "registry.build.example.com"
+
+# What a user gets from cdk.json with nothing but the settings every deployment must state: the
+# region, the image to run, the mirror's name and certificate, the Docker Hub account.
 IMAGE_TAG = "3f2a9c1"
-DEFAULT_CONTEXT: dict[str, Any] = {"region": REGION, "imageTag": IMAGE_TAG}
+REQUIRED_CONTEXT: dict[str, Any] = {
+    "region": REGION,
+    "imageTag": IMAGE_TAG,
+    "domainName": DOMAIN_NAME,
+    "certificateArn": CERTIFICATE_ARN,
+    "dockerHubSecretArn": SECRET_ARN,
+}
+DEFAULT_CONTEXT: dict[str, Any] = dict(REQUIRED_CONTEXT)
 
 # Every optional feature at once: an existing VPC described by ids, explicit client networks,
-# a DNS name in a hosted zone, cache expiry, an existing secret, an image given by URI, alarm
-# subscribers, an operator network, ECS Exec on and Container Insights off.
+# a DNS record in a hosted zone, cache expiry, a secret under a customer-managed key, an image
+# given by URI, alarm subscribers, an operator network, ECS Exec on and Container Insights off.
 CUSTOM_CONTEXT: dict[str, Any] = {
     "region": REGION,
     "stackName": "RegistryProxyCustom",
     "vpcId": "vpc-0a1b2c3d4e5f60718",
-    "vpcCidr": "10.40.0.0/16",
+    "existingVpcCidr": "10.40.0.0/16",
+    "createS3GatewayEndpoint": "true",
     # as `-c key=a,b` passes lists: comma-separated strings
     "vpcAvailabilityZones": "eu-west-1a,eu-west-1b,eu-west-1c",
     "vpcPrivateSubnetIds": (
@@ -46,11 +58,12 @@ CUSTOM_CONTEXT: dict[str, Any] = {
     "allowedCidrs": ["10.50.0.0/16", "10.51.0.0/16"],
     "allowedSecurityGroupIds": ["sg-0123456789abcdef0"],
     "certificateArn": CERTIFICATE_ARN,
-    "domainName": "registry.build.example.com",
+    "domainName": DOMAIN_NAME,
     "hostedZoneId": "Z0123456789ABCDEFGHIJ",
     "hostedZoneName": "build.example.com",
     "imageUri": "public.ecr.aws/example/registry-proxy:1.2.3",
     "dockerHubSecretArn": SECRET_ARN,
+    "dockerHubSecretKmsKeyArn": KMS_KEY_ARN,
     "cacheExpirationDays": "30",
     "blobRedirect": "true",
     "logRetentionDays": 90,
@@ -66,6 +79,41 @@ CUSTOM_CONTEXT: dict[str, Any] = {
     "memoryMiB": 4096,
     "ephemeralStorageGiB": 100,
     "spoolPerFetchMiB": 2048,
+}
+
+
+# Builds outside any VPC too: the internet-facing load balancer with mutual TLS, beside the
+# internal one. The CA bundle and revocation list are fixtures made once with openssl (an EC
+# P-256 CA, "registry-proxy test builds CA", and an empty CRL it signed); the CA's key was
+# thrown away, as the stack never needs it.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CLIENT_CA_BUNDLE = "../tests/infra/fixtures/client-ca.pem"  # relative to infra/, as documented
+CLIENT_CRL = "../tests/infra/fixtures/client-ca.crl.pem"
+INTERNET_DOMAIN_NAME = "registry-ext.build.example.com"
+INTERNET_CONTEXT: dict[str, Any] = {
+    **REQUIRED_CONTEXT,
+    "internetFacing": True,
+    "internetDomainName": INTERNET_DOMAIN_NAME,
+    "clientCaBundleFile": CLIENT_CA_BUNDLE,
+    "clientRevocationListFile": CLIENT_CRL,
+    "hostedZoneId": "Z0123456789ABCDEFGHIJ",
+    "hostedZoneName": "build.example.com",
+}
+# The same in an existing VPC, with the sources narrowed to CodeBuild's ranges (examples).
+INTERNET_EXISTING_VPC_CONTEXT: dict[str, Any] = {
+    **{key: value for key, value in INTERNET_CONTEXT.items() if key != "clientRevocationListFile"},
+    "stackName": "RegistryProxyInternet",
+    "vpcId": CUSTOM_CONTEXT["vpcId"],
+    "existingVpcCidr": CUSTOM_CONTEXT["existingVpcCidr"],
+    "createS3GatewayEndpoint": False,
+    "vpcAvailabilityZones": CUSTOM_CONTEXT["vpcAvailabilityZones"],
+    "vpcPrivateSubnetIds": CUSTOM_CONTEXT["vpcPrivateSubnetIds"],
+    "vpcPrivateSubnetRouteTableIds": CUSTOM_CONTEXT["vpcPrivateSubnetRouteTableIds"],
+    "vpcPublicSubnetIds": (
+        "subnet-0ddddddddddddddd4,subnet-0eeeeeeeeeeeeeee5,subnet-0fffffffffffffff6"
+    ),
+    "internetAllowedCidrs": ["13.112.191.184/29", "15.152.81.48/28"],
+    "internetCertificateArn": CERTIFICATE_ARN.replace("5d0c2a9e", "6e1d3b0f"),
 }
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from registry_proxy_infra import application
+from registry_proxy_infra.application import cdk_json_context
 
-from .scenarios import IMAGE_TAG, REGION
+from .scenarios import REGION, REQUIRED_CONTEXT
 
 INFRA_DIR = Path(application.__file__).resolve().parents[1]
 
@@ -20,9 +21,9 @@ def test_app_py_synthesizes_without_credentials_or_network(tmp_path: Path) -> No
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env |= {
         "CDK_OUTDIR": str(tmp_path),  # what the CDK CLI sets
-        "CDK_DEFAULT_REGION": REGION,
-        # what `cdk synth -c imageTag=...` passes
-        "CDK_CONTEXT_JSON": json.dumps({"imageTag": IMAGE_TAG}),
+        "CDK_DEFAULT_REGION": "us-east-1",  # what the CLI sets when nothing says otherwise
+        # what the CLI passes: cdk.json's context, here with the deployment's settings
+        "CDK_CONTEXT_JSON": json.dumps({**cdk_json_context(), **REQUIRED_CONTEXT}),
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         # a tripwire: any attempt to reach the network through a proxy fails at once
@@ -42,31 +43,24 @@ def test_app_py_synthesizes_without_credentials_or_network(tmp_path: Path) -> No
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert "missing" not in manifest, manifest["missing"]
     template = json.loads((tmp_path / "RegistryProxy.template.json").read_text())
-    assert "MirrorUrl" in template["Outputs"]
+    assert template["Outputs"]["MirrorUrl"]["Value"] == f"https://{REQUIRED_CONTEXT['domainName']}"
+    assert manifest["artifacts"]["RegistryProxy"]["environment"].endswith(f"/{REGION}")
     # app.py applies cdk-nag itself, so `cdk synth` fails on a new unacknowledged finding
     reports = list(tmp_path.glob("AwsSolutions-*NagReport.csv"))
     assert reports
     assert "Non-Compliant" not in reports[0].read_text()
 
 
-def test_main_without_a_region_exits_with_advice(
+def test_main_without_the_settings_exits_with_advice(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("CDK_DEFAULT_REGION", raising=False)
-    monkeypatch.delenv("CDK_CONTEXT_JSON", raising=False)
-    assert application.main() == 2
-    assert "-c region=" in capsys.readouterr().out
-
-
-def test_main_without_an_image_exits_with_advice(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """No default image (a mutable latest would let each new task run another build)."""
-    monkeypatch.setenv("CDK_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("CDK_CONTEXT_JSON", raising=False)
     assert application.main() == 2
     out = capsys.readouterr().out
-    assert "-c imageTag=" in out and "imageDigest" in out
+    assert "infra/cdk.json" in out
+    for key in ("region", "imageTag", "domainName", "certificateArn", "dockerHubSecretArn"):
+        assert f'"{key}"' in out
 
 
 def test_readme_creates_the_image_repository_tag_immutable() -> None:

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_proxy_infra.application import build_app, cdk_json_context
+from registry_proxy_infra.application import INFRA_DIR, build_app, cdk_json_context
 from registry_proxy_infra.config import (
     LOG_RETENTION_DAYS,
     ConfigError,
     ExistingVpc,
     ProxyStackConfig,
+    settings_table,
 )
+from registry_proxy_infra.service import RETENTION
 from registry_proxy_infra.sizing import (
     BASE_MEMORY_MIB,
     S3_FETCH_MEMORY_MIB,
     SizingError,
     derive_sizes,
 )
-from registry_proxy_infra.stack import RETENTION
 
-from .scenarios import CERTIFICATE_ARN, SECRET_ARN
+from .scenarios import (
+    CERTIFICATE_ARN,
+    CLIENT_CA_BUNDLE,
+    CLIENT_CRL,
+    FIXTURES,
+    KMS_KEY_ARN,
+    REQUIRED_CONTEXT,
+    SECRET_ARN,
+)
 
 
 def read(context: Mapping[str, Any]) -> ProxyStackConfig:
@@ -33,7 +43,8 @@ EXISTING = {
     "vpcAvailabilityZones": ["eu-west-1a", "eu-west-1b"],
     "vpcPrivateSubnetIds": ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"],
     "vpcPrivateSubnetRouteTableIds": ["rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"],
-    "allowedCidrs": ["10.9.0.0/16"],
+    "existingVpcCidr": "10.9.0.0/16",
+    "createS3GatewayEndpoint": True,
 }
 
 
@@ -42,24 +53,67 @@ def test_cdk_json_defaults_match_the_code_defaults() -> None:
     assert read(cdk_json_context()) == ProxyStackConfig()
 
 
+def test_every_setting_in_cdk_json_is_a_row() -> None:
+    """A misspelt key in cdk.json would be ignored, its default silently used instead."""
+    keys = {row.key for _, row in ProxyStackConfig.rows()}
+    unknown = sorted(
+        key for key in cdk_json_context() if not key.startswith("@") and key not in keys
+    )
+    assert unknown == []
+
+
+def readme_settings_table() -> str:
+    readme = (INFRA_DIR / "README.md").read_text()
+    section = readme[readme.index("\n## Settings\n") :]
+    start = section.index("| key |")
+    return section[start : section.index("\n\n", start)]
+
+
+def test_readme_settings_table_is_made_of_the_rows() -> None:
+    """One row per setting in config.py; the README's table is what the rows give."""
+    assert readme_settings_table() == settings_table(), (
+        "infra/README.md's settings table differs from the rows of config.py; the rows give:\n"
+        + settings_table()
+    )
+
+
+def test_every_row_has_a_key_of_its_own_and_help() -> None:
+    rows = [row for _, row in ProxyStackConfig.rows()]
+    assert len({row.key for row in rows}) == len(rows)
+    assert all(len(row.help.split()) >= 2 for row in rows)
+
+
 def test_empty_context_gives_the_defaults() -> None:
     assert read({}) == ProxyStackConfig()
 
 
-def test_region_falls_back_to_the_cli_default() -> None:
-    empty: dict[str, Any] = {}
-    assert ProxyStackConfig.from_context(empty.get, default_region="us-east-2").region == (
-        "us-east-2"
-    )
-    context: dict[str, Any] = {"region": "eu-central-1"}
-    assert ProxyStackConfig.from_context(context.get, default_region="us-east-2").region == (
-        "eu-central-1"
-    )
+@pytest.mark.parametrize(
+    "setting", ["region", "imageTag", "domainName", "certificateArn", "dockerHubSecretArn"]
+)
+def test_build_app_names_every_setting_a_deployment_must_state(
+    setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No fallbacks for what differs per deployment: not the CLI's region (the operator's
+    profile, or us-east-1), not a MirrorUrl on the load balancer's own name (no certificate
+    covers it), not an empty Docker Hub secret (anonymous pulls nobody chose)."""
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "us-east-1")  # what the CLI always sets
+    with pytest.raises(ConfigError, match=f'(?s)infra/cdk.json.*"{setting}"'):
+        build_app({**REQUIRED_CONTEXT, setting: None})
 
 
-def test_build_app_without_a_region_says_how_to_give_one() -> None:
-    with pytest.raises(ConfigError, match="-c region="):
-        build_app({}, default_region=None)
+def test_anonymous_pulls_are_a_choice_not_a_default() -> None:
+    anonymous = read({**REQUIRED_CONTEXT, "dockerHubSecretArn": None, "anonymousPulls": "true"})
+    assert anonymous.missing() == []
+    assert read({**REQUIRED_CONTEXT, "dockerHubSecretArn": None}).missing() != []
+    with pytest.raises(ConfigError, match="anonymousPulls"):
+        read({**REQUIRED_CONTEXT, "anonymousPulls": "true"})
+    with pytest.raises(ConfigError, match="dockerHubSecretKmsKeyArn"):
+        read({"dockerHubSecretKmsKeyArn": KMS_KEY_ARN})
+
+
+def test_a_misspelt_setting_is_refused_with_the_likely_one() -> None:
+    with pytest.raises(ConfigError, match=r"domainname \(did you mean domainName\?\)"):
+        build_app({**REQUIRED_CONTEXT, "domainname": "registry.example.com"})
 
 
 @pytest.mark.parametrize(
@@ -96,14 +150,41 @@ def test_existing_vpc_from_ids() -> None:
         availability_zones=("eu-west-1a", "eu-west-1b"),
         private_subnet_ids=("subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"),
         private_subnet_route_table_ids=("rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"),
+        cidr="10.9.0.0/16",
     )
     assert read({**EXISTING, "createS3GatewayEndpoint": "false"}).existing_vpc == ExistingVpc(
         vpc_id="vpc-0a1b2c3d4e5f60718",
         availability_zones=("eu-west-1a", "eu-west-1b"),
         private_subnet_ids=("subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"),
         private_subnet_route_table_ids=("rtb-0aaaaaaaaaaaaaaa1", "rtb-0bbbbbbbbbbbbbbb2"),
+        cidr="10.9.0.0/16",
         create_s3_endpoint=False,
     )
+
+
+def test_existing_vpc_needs_its_own_range_never_the_new_vpcs_default() -> None:
+    """cdk.json gives vpcCidr (the range of a VPC the stack creates) a default, so it cannot
+    stand for an existing VPC's range: that one is a setting of its own, required with vpcId."""
+    without_range = {key: value for key, value in EXISTING.items() if key != "existingVpcCidr"}
+    for context in (without_range, {**cdk_json_context(), **without_range}):
+        with pytest.raises(ConfigError, match=r"vpcId=.* needs existingVpcCidr"):
+            read(context)
+    config = read({**cdk_json_context(), **EXISTING})
+    assert config.existing_vpc is not None and config.existing_vpc.cidr == "10.9.0.0/16"
+
+
+def test_existing_vpc_says_whether_it_has_an_s3_endpoint() -> None:
+    """AWS refuses a second S3 gateway endpoint on a route table: no default to trip over."""
+    without_choice = {
+        key: value for key, value in EXISTING.items() if key != "createS3GatewayEndpoint"
+    }
+    with pytest.raises(ConfigError, match="createS3GatewayEndpoint=false when the VPC has one"):
+        read(without_choice)
+
+
+def test_an_existing_vpcs_description_without_its_id_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"existingVpcCidr.* give its vpcId"):
+        read({"existingVpcCidr": "10.9.0.0/16"})
 
 
 def test_accepted_ids_and_arns() -> None:
@@ -186,7 +267,8 @@ def test_log_retention_choices_match_the_stack() -> None:
         ({"extraEnvironment": {"PROXY_AUTH_TOKENS": "x"}}, "extraEnvironment"),
         ({**EXISTING, "vpcPrivateSubnetIds": ["subnet-0aaaaaaaaaaaaaaa1"]}, "vpcPrivateSubnetIds"),
         ({**EXISTING, "vpcAvailabilityZones": ["eu-west-1a"]}, "vpcAvailabilityZones"),
-        ({**EXISTING, "allowedCidrs": []}, "allowedCidrs"),
+        ({**EXISTING, "existingVpcCidr": "10.9.0.0/33"}, "existingVpcCidr"),
+        ({"vpcAvailabilityZones": "eu-west-1a,eu-west-1b"}, "vpcAvailabilityZones"),
     ],
 )
 def test_invalid_settings_are_refused_naming_the_key(context: Mapping[str, Any], key: str) -> None:
@@ -201,8 +283,6 @@ def test_image_is_pinned_by_tag_digest_or_uri() -> None:
     assert read({"imageDigest": digest}).image_digest == digest
     assert not read({"imageUri": "public.ecr.aws/example/registry-proxy@" + digest}).image_missing
     assert not read({"imageFromAsset": True}).image_missing
-    with pytest.raises(ConfigError, match="-c imageTag="):
-        build_app({"region": "eu-west-1"})
 
 
 def test_operational_settings() -> None:
@@ -258,3 +338,50 @@ def test_a_task_too_small_for_one_fetch_is_refused() -> None:
 def test_extra_environment_may_lower_the_fetch_limit() -> None:
     config = read({"extraEnvironment": {"PROXY_MAX_UPSTREAM_FETCHES": "10"}})
     assert config.extra_environment["PROXY_MAX_UPSTREAM_FETCHES"] == "10"
+
+
+INTERNET = {
+    "internetFacing": True,
+    "internetDomainName": "registry-ext.example.com",
+    "clientCaBundleFile": CLIENT_CA_BUNDLE,
+}
+
+
+def test_internet_facing_settings_are_read() -> None:
+    config = read({**INTERNET, "internetAllowedCidrs": "13.112.191.184/29"})
+    assert config.internet_facing
+    assert config.internet_allowed_cidrs == ("13.112.191.184/29",)
+
+
+@pytest.mark.parametrize(
+    ("context", "key"),
+    [
+        ({"internetDomainName": "registry-ext.example.com"}, "internetFacing=true"),
+        ({"clientCaBundleFile": CLIENT_CA_BUNDLE}, "internetFacing=true"),
+        ({**INTERNET, "internetDomainName": None}, "internetDomainName"),
+        ({**INTERNET, "clientCaBundleFile": None}, "clientCaBundleFile"),
+        ({**INTERNET, "clientCaBundleFile": "no-such.pem"}, "clientCaBundleFile"),
+        ({**INTERNET, "clientCaBundleFile": CLIENT_CRL}, "clientCaBundleFile"),
+        ({**INTERNET, "clientRevocationListFile": CLIENT_CA_BUNDLE}, "clientRevocationListFile"),
+        ({**INTERNET, "internetAllowedCidrs": "0.0.0.0/0"}, "internetAllowedCidrs"),
+        ({**INTERNET, "domainName": "registry-ext.example.com"}, "a name each"),
+        (
+            {**EXISTING, **INTERNET, "vpcPublicSubnetIds": "subnet-0ddddddddddddddd4"},
+            "vpcPublicSubnetIds",
+        ),
+    ],
+)
+def test_invalid_internet_facing_settings_are_refused(context: Mapping[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        read(context)
+
+
+def test_a_bundle_with_a_private_key_is_refused(tmp_path: Path) -> None:
+    """The CA's key never goes into the stack (nor the repository)."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(
+        (FIXTURES / "client-ca.pem").read_text()
+        + "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n"
+    )
+    with pytest.raises(ConfigError, match="holds a private key"):
+        read({**INTERNET, "clientCaBundleFile": str(bundle)})

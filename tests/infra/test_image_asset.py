@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_proxy_infra import stack as stack_module
+from registry_proxy_infra import service as service_module
 
-from .scenarios import REGION, Synthesized, synthesize
+from .scenarios import REQUIRED_CONTEXT, Synthesized, synthesize
 
 CLUTTER = [
     ".git/objects/ab/cdef",
@@ -44,8 +44,8 @@ def asset_synth(
     tmp_path_factory: pytest.TempPathFactory, fake_checkout: Path
 ) -> Iterator[Synthesized]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stack_module, "REPOSITORY_ROOT", fake_checkout)
-        context = {"region": REGION, "imageFromAsset": True}
+        patch.setattr(service_module, "REPOSITORY_ROOT", fake_checkout)
+        context = {**REQUIRED_CONTEXT, "imageTag": None, "imageFromAsset": True}
         yield synthesize("asset", context, tmp_path_factory.mktemp("cdk-asset"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk.assertions import Annotations, Match
 from registry_proxy_infra.monitoring import LOG_METRICS
 
 from .scenarios import Synthesized
@@ -72,6 +74,17 @@ def test_subscribers_are_a_setting(any_synth: Synthesized) -> None:
         assert item["Properties"]["TopicArn"] == ref(topic_id(any_synth))
 
 
+def test_synth_warns_when_no_one_hears_the_alarms(any_synth: Synthesized) -> None:
+    warnings = Annotations.from_stack(any_synth.stack).find_warning(
+        "*", Match.string_like_regexp("No one is subscribed to the alarm topic")
+    )
+    if any_synth.name == "custom":  # subscribers set
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert "alarmEmails" in str(warnings[0].entry.data)
+
+
 def test_outputs_name_the_topic_and_the_dashboard(any_synth: Synthesized) -> None:
     assert {"AlarmTopicArn", "DashboardName"} <= set(any_synth.json["Outputs"])
 
@@ -101,6 +114,7 @@ def test_the_alarms_watch_what_the_issue_lists(any_synth: Synthesized) -> None:
         "BlobFetchFailures": (own, "BlobFetchFailures"),
         "StaleServes": (own, "StaleServes"),
         "SpoolFull": (own, "SpoolFull"),
+        "UpstreamAuthFailures": (own, "UpstreamAuthFailures"),
     }
     if any_synth.name == "custom":  # Container Insights off: no running-task metric exists
         del expected["RunningTasksBelowMinimum"]
@@ -214,9 +228,9 @@ def emf_names_used(synth: Synthesized) -> set[str]:
 
 
 def test_dashboard_and_alarms_use_metrics_the_proxy_reports(any_synth: Synthesized) -> None:
-    cloudwatch = pytest.importorskip("proxy.ops.cloudwatch")
-    metrics_module = pytest.importorskip("proxy.ops.metrics")
-    client = pytest.importorskip("proxy.upstream.client")
+    cloudwatch = importlib.import_module("proxy.ops.cloudwatch")
+    metrics_module = importlib.import_module("proxy.ops.metrics")
+    client = importlib.import_module("proxy.upstream.client")
     metrics = metrics_module.Metrics()
     metrics.rate_limit("docker.io", client.RateLimit(100, 50, 21600, None), counted=True)
     reporter = cloudwatch.EmfReporter(metrics, "x", Path("/"), lambda _: None)

@@ -11,18 +11,16 @@ from .scenarios import Synthesized
 # Every accepted finding: (rule, construct path below the stack).  Adding one is a decision to
 # review, so this list is spelled out rather than derived.
 EXPECTED_SUPPRESSIONS = {
-    ("AwsSolutions-SMG4", "DockerHubSecret/Resource"),
     ("AwsSolutions-IAM5", "TaskRole/DefaultPolicy/Resource"),
     ("AwsSolutions-IAM5", "TaskDefinition/ExecutionRole/DefaultPolicy/Resource"),
     ("AwsSolutions-ECS2", "TaskDefinition/Resource"),
     ("AwsSolutions-IAM5", "CacheGc/RunTaskRole/DefaultPolicy/Resource"),
 }
-# The custom scenario brings its own secret (no rotation finding) and a public image (no ECR
-# authorization token, so the execution role needs no wildcard).
-# It also turns Container Insights off (a setting, so acknowledged); its ECS Exec adds a wildcard
-# to the task role's policy, covered by that policy's IAM5 entry for exactly "Resource::*".
+# The custom scenario runs a public image (no ECR authorization token, so the execution role
+# needs no wildcard). It also turns Container Insights off (a setting, so acknowledged); its ECS
+# Exec adds a wildcard to the task role's policy, covered by that policy's IAM5 entry for exactly
+# "Resource::*".
 EXPECTED_SUPPRESSIONS_CUSTOM = EXPECTED_SUPPRESSIONS - {
-    ("AwsSolutions-SMG4", "DockerHubSecret/Resource"),
     ("AwsSolutions-IAM5", "TaskDefinition/ExecutionRole/DefaultPolicy/Resource"),
 } | {("AwsSolutions-ECS4", "Cluster/Resource")}
 

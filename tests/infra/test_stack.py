@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -11,13 +12,17 @@ from typing import Any
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
-from registry_proxy_infra.stack import S3_CACHE_ACTIONS, SPOOL_PATH
+from registry_proxy_infra.scaling import CONCURRENT_REQUESTS_PER_TASK
+from registry_proxy_infra.service import S3_CACHE_ACTIONS, SPOOL_PATH
 
 from .scenarios import (
     CERTIFICATE_ARN,
     CUSTOM_CONTEXT,
+    DOMAIN_NAME,
     IMAGE_TAG,
+    KMS_KEY_ARN,
     REGION,
+    REQUIRED_CONTEXT,
     SECRET_ARN,
     Synthesized,
     synthesize,
@@ -50,7 +55,7 @@ def arn_of(logical_id: str) -> dict[str, list[str]]:
 
 
 def cache_bucket_id(synth: Synthesized) -> str:
-    return synth.stack.resolve(synth.stack.cache_bucket.bucket_name)["Ref"]  # type: ignore[no-any-return]
+    return synth.stack.resolve(synth.stack.storage.bucket.bucket_name)["Ref"]  # type: ignore[no-any-return]
 
 
 def group_id(synth: Synthesized, group: ec2.ISecurityGroup) -> str:
@@ -211,7 +216,7 @@ def test_cache_gc_runs_daily_as_the_proxy_task(any_synth: Synthesized) -> None:
     network = parameters["NetworkConfiguration"]["AwsVpcConfiguration"]
     assert network["AssignPublicIp"] == "DISABLED"
     assert network["SecurityGroups"] == [
-        {"Fn::GetAtt": [group_id(any_synth, any_synth.stack.service_security_group), "GroupId"]}
+        {"Fn::GetAtt": [group_id(any_synth, any_synth.stack.proxy.security_group), "GroupId"]}
     ]
     overrides = json.loads(target["Input"])["containerOverrides"]
     assert overrides == [{"name": "proxy", "command": ["cache", "gc"]}]
@@ -224,25 +229,45 @@ def test_docker_hub_credentials_reach_the_task_only_as_ecs_secrets(
     any_synth: Synthesized,
 ) -> None:
     values = secrets(any_synth)
-    assert set(values) == {"PROXY_UPSTREAM_USERNAME", "PROXY_UPSTREAM_PASSWORD"}
-    if any_synth.name == "custom":
-        assert values["PROXY_UPSTREAM_USERNAME"] == f"{SECRET_ARN}:username::"
-        assert values["PROXY_UPSTREAM_PASSWORD"] == f"{SECRET_ARN}:token::"
-    else:
-        secret = ref(any_synth.logical_id("AWS::SecretsManager::Secret"))
-        assert values["PROXY_UPSTREAM_USERNAME"] == {"Fn::Join": ["", [secret, ":username::"]]}
-        assert values["PROXY_UPSTREAM_PASSWORD"] == {"Fn::Join": ["", [secret, ":token::"]]}
+    assert values == {
+        "PROXY_UPSTREAM_USERNAME": f"{SECRET_ARN}:username::",
+        "PROXY_UPSTREAM_PASSWORD": f"{SECRET_ARN}:token::",
+    }
     names = set(environment(any_synth))
     assert not names & {"PROXY_UPSTREAM_USERNAME", "PROXY_UPSTREAM_PASSWORD"}
 
 
-def test_new_secret_holds_no_credential_in_the_template(default_synth: Synthesized) -> None:
-    secret = default_synth.only("AWS::SecretsManager::Secret")
-    assert json.loads(secret["SecretString"]) == {"username": "", "token": ""}
+def test_the_stack_makes_no_secret_of_its_own(any_synth: Synthesized) -> None:
+    """One it made would start empty: anonymous pulls that nobody chose."""
+    any_synth.template.resource_count_is("AWS::SecretsManager::Secret", 0)
 
 
-def test_existing_secret_is_referenced_not_created(custom_synth: Synthesized) -> None:
-    custom_synth.template.resource_count_is("AWS::SecretsManager::Secret", 0)
+def test_anonymous_pulls_give_the_task_no_credentials(tmp_path: Path) -> None:
+    context = {**REQUIRED_CONTEXT, "dockerHubSecretArn": None, "anonymousPulls": True}
+    synth = synthesize("anonymous", context, tmp_path)
+    assert "Secrets" not in container(synth)
+    assert "secretsmanager" not in json.dumps(synth.resources("AWS::IAM::Policy"))
+
+
+def test_a_customer_managed_key_on_the_secret_is_granted_through_secrets_manager(
+    any_synth: Synthesized,
+) -> None:
+    execution = statements(any_synth, role_id(any_synth, "ExecutionRoleArn"))
+    decrypt = [statement for statement in execution if "kms:Decrypt" in statement["Action"]]
+    if any_synth.name == "default":
+        assert decrypt == []
+        return
+    assert decrypt == [
+        {
+            "Action": "kms:Decrypt",
+            "Condition": {
+                "StringEquals": {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
+            },
+            "Effect": "Allow",
+            "Resource": KMS_KEY_ARN,
+            "Sid": "DockerHubSecretKey",
+        }
+    ]
 
 
 def test_only_the_execution_role_reads_the_secret(any_synth: Synthesized) -> None:
@@ -290,19 +315,41 @@ def test_fargate_service_runs_at_least_two_tasks_with_rollback(any_synth: Synthe
     assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
 
 
-def test_service_scales_on_cpu(any_synth: Synthesized) -> None:
+def scaling_policies(synth: Synthesized) -> dict[str, dict[str, Any]]:
+    """Target tracking configurations by the metric they track."""
+    found = {}
+    for policy in synth.resources("AWS::ApplicationAutoScaling::ScalingPolicy").values():
+        properties = policy["Properties"]
+        assert properties["PolicyType"] == "TargetTrackingScaling"
+        tracking = properties["TargetTrackingScalingPolicyConfiguration"]
+        name = (
+            tracking.get("PredefinedMetricSpecification", {}).get("PredefinedMetricType")
+            or tracking["CustomizedMetricSpecification"]["MetricName"]
+        )
+        found[name] = tracking
+    return found
+
+
+def test_service_scales_on_requests_served_at_once(any_synth: Synthesized) -> None:
     target = any_synth.only("AWS::ApplicationAutoScaling::ScalableTarget")
     assert target["ScalableDimension"] == "ecs:service:DesiredCount"
     assert target["MinCapacity"] >= 2
     assert target["MaxCapacity"] > target["MinCapacity"]
-    policy = any_synth.only("AWS::ApplicationAutoScaling::ScalingPolicy")
-    assert policy["PolicyType"] == "TargetTrackingScaling"
-    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
-    assert tracking["PredefinedMetricSpecification"] == {
-        "PredefinedMetricType": "ECSServiceAverageCPUUtilization"
+    policies = scaling_policies(any_synth)
+    assert set(policies) == {"ConcurrentRequests", "ECSServiceAverageCPUUtilization"}
+    signal = policies["ConcurrentRequests"]
+    assert signal["CustomizedMetricSpecification"] == {
+        "MetricName": "ConcurrentRequests",
+        "Namespace": environment(any_synth)["PROXY_CLOUDWATCH_NAMESPACE"],
+        "Statistic": "Average",
     }
-    expected = 50 if any_synth.name == "custom" else 60
-    assert tracking["TargetValue"] == expected
+    assert signal["TargetValue"] == CONCURRENT_REQUESTS_PER_TASK
+
+
+def test_cpu_target_is_of_the_one_vcpu_the_event_loop_uses(tmp_path: Path) -> None:
+    """A single-process proxy on a 2-vCPU task reaches 50 % of the task's CPU at most."""
+    synth = synthesize("two-vcpu", {**REQUIRED_CONTEXT, "cpu": 2048, "memoryMiB": 4096}, tmp_path)
+    assert scaling_policies(synth)["ECSServiceAverageCPUUtilization"]["TargetValue"] == 30
 
 
 def test_custom_task_counts(custom_synth: Synthesized) -> None:
@@ -326,7 +373,7 @@ def test_container_listens_on_5000_with_the_spool_on_the_task_storage(
 def test_spool_mount_is_where_the_image_declares_its_owned_volume() -> None:
     """A Fargate bind mount is root's (0755) unless the image declares a VOLUME at that path,
     created with the proxy user's ownership: the stack and the Dockerfile must agree."""
-    from registry_proxy_infra.stack import REPOSITORY_ROOT
+    from registry_proxy_infra.service import REPOSITORY_ROOT
 
     dockerfile = (REPOSITORY_ROOT / "Dockerfile").read_text()
     final = dockerfile.split("\nFROM ", 2)[2]
@@ -339,7 +386,7 @@ def test_spool_mount_is_where_the_image_declares_its_owned_volume() -> None:
 def test_one_shutdown_deadline_shorter_than_the_stop_timeout(any_synth: Synthesized) -> None:
     """ECS sends SIGKILL stopTimeout seconds after SIGTERM; the proxy must be gone by then: its
     one deadline (the grace) plus aiohttp's closing (twice CLOSE_SECONDS) fit inside."""
-    shutdown = pytest.importorskip("proxy.http.shutdown")
+    shutdown = importlib.import_module("proxy.http.shutdown")
     grace = int(environment(any_synth)["PROXY_SHUTDOWN_GRACE"])
     stop_timeout = container(any_synth)["StopTimeout"]
     assert grace + 2 * shutdown.CLOSE_SECONDS < stop_timeout <= 120
@@ -398,8 +445,8 @@ def test_a_forged_forwarded_for_is_not_believed_with_the_stacks_settings(
 ) -> None:
     """The proxy, configured as the stack configures it, facing a client inside the VPC that
     claims an address from the operator network."""
-    config = pytest.importorskip("proxy.config")
-    access = pytest.importorskip("proxy.http.access")
+    config = importlib.import_module("proxy.config")
+    access = importlib.import_module("proxy.http.access")
     env = environment(any_synth)
     settings = config.load_settings(
         {name: env[name] for name in ("PROXY_TRUSTED_PROXIES", "PROXY_TRUSTED_HOPS")}
@@ -442,9 +489,9 @@ def test_fetch_limit_and_spool_budget_follow_from_the_task_size(any_synth: Synth
 def test_the_proxy_accepts_the_derived_sizes_on_the_task_it_gets(any_synth: Synthesized) -> None:
     """The proxy's own start-up checks pass with these sizes on a filesystem of the task's
     ephemeral storage, and would refuse the old fixed 64 fetches on the default task."""
-    config = pytest.importorskip("proxy.config")
-    startup = pytest.importorskip("proxy.commands.startup")
-    spool = pytest.importorskip("proxy.cache.spool")
+    config = importlib.import_module("proxy.config")
+    startup = importlib.import_module("proxy.commands.startup")
+    spool = importlib.import_module("proxy.cache.spool")
     env = {
         name: value
         for name, value in environment(any_synth).items()
@@ -466,7 +513,7 @@ def test_the_proxy_accepts_the_derived_sizes_on_the_task_it_gets(any_synth: Synt
 
 
 def test_sizing_figures_are_the_proxys() -> None:
-    startup = pytest.importorskip("proxy.commands.startup")
+    startup = importlib.import_module("proxy.commands.startup")
     from registry_proxy_infra import sizing
 
     assert sizing.BASE_MEMORY_MIB * 1024**2 == startup.BASE_MEMORY
@@ -475,7 +522,7 @@ def test_sizing_figures_are_the_proxys() -> None:
 
 def test_container_environment_is_understood_by_the_proxy(any_synth: Synthesized) -> None:
     """Every variable is one the proxy reads, and together they load as valid settings."""
-    config = pytest.importorskip("proxy.config")
+    config = importlib.import_module("proxy.config")
     env = environment(any_synth)
     names = set(env) | set(secrets(any_synth))
     unknown = {name for name in names if name.startswith("PROXY_")} - set(config.ENV_VARS)
@@ -508,7 +555,8 @@ def test_image_comes_from_ecr_by_the_tag_given(default_synth: Synthesized) -> No
 
 def test_image_comes_from_ecr_by_the_digest_given(tmp_path: Path) -> None:
     digest = "sha256:" + "0123456789abcdef" * 4
-    synth = synthesize("digest", {"region": REGION, "imageDigest": digest}, tmp_path)
+    context = {**REQUIRED_CONTEXT, "imageTag": None, "imageDigest": digest}
+    synth = synthesize("digest", context, tmp_path)
     rendered = json.dumps(container(synth)["Image"])
     assert rendered.endswith(f'/registry-proxy@{digest}"]]}}')
 
@@ -598,18 +646,17 @@ def test_load_balancer_is_internal_with_a_long_idle_timeout(any_synth: Synthesiz
     assert attributes["access_logs.s3.enabled"] == "true"
 
 
-def test_only_listener_is_https_with_the_certificate_parameter(any_synth: Synthesized) -> None:
+def test_only_listener_is_https_with_the_certificate_of_the_settings(
+    any_synth: Synthesized,
+) -> None:
+    """The certificate is a setting, not a CloudFormation parameter: the CLI would reuse a
+    parameter's previous value on redeploy, silently ignoring a changed setting."""
     listener = any_synth.only("AWS::ElasticLoadBalancingV2::Listener")
     assert listener["Protocol"] == "HTTPS"
     assert listener["Port"] == 443
-    assert listener["Certificates"] == [{"CertificateArn": ref("CertificateArn")}]
+    assert listener["Certificates"] == [{"CertificateArn": CERTIFICATE_ARN}]
     assert listener["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
-    parameter = any_synth.json["Parameters"]["CertificateArn"]
-    assert parameter["Type"] == "String"
-    if any_synth.name == "custom":
-        assert parameter["Default"] == CERTIFICATE_ARN
-    else:
-        assert "Default" not in parameter  # cdk deploy --parameters CertificateArn=...
+    assert "CertificateArn" not in any_synth.json.get("Parameters", {})
 
 
 def test_target_group_checks_the_tasks_own_ability_to_serve(any_synth: Synthesized) -> None:
@@ -634,7 +681,7 @@ def test_target_group_checks_the_tasks_own_ability_to_serve(any_synth: Synthesiz
 
 def test_default_ingress_is_the_vpc_only(default_synth: Synthesized) -> None:
     group = default_synth.resources("AWS::EC2::SecurityGroup")[
-        group_id(default_synth, default_synth.stack.load_balancer_security_group)
+        group_id(default_synth, default_synth.stack.load_balancer.security_group)
     ]
     assert group["Properties"]["SecurityGroupIngress"] == [
         {
@@ -648,7 +695,7 @@ def test_default_ingress_is_the_vpc_only(default_synth: Synthesized) -> None:
 
 
 def test_ingress_is_limited_to_the_given_networks(custom_synth: Synthesized) -> None:
-    balancer_group = group_id(custom_synth, custom_synth.stack.load_balancer_security_group)
+    balancer_group = group_id(custom_synth, custom_synth.stack.load_balancer.security_group)
     inline = custom_synth.resources("AWS::EC2::SecurityGroup")[balancer_group]["Properties"]
     sources = [
         (rule.get("CidrIp") or rule.get("SourceSecurityGroupId"), rule["FromPort"], rule["ToPort"])
@@ -682,8 +729,8 @@ def test_nothing_is_open_to_the_world(any_synth: Synthesized) -> None:
 
 
 def test_tasks_accept_traffic_only_from_the_load_balancer(any_synth: Synthesized) -> None:
-    service_group = group_id(any_synth, any_synth.stack.service_security_group)
-    balancer_group = group_id(any_synth, any_synth.stack.load_balancer_security_group)
+    service_group = group_id(any_synth, any_synth.stack.proxy.security_group)
+    balancer_group = group_id(any_synth, any_synth.stack.load_balancer.security_group)
     inline = any_synth.resources("AWS::EC2::SecurityGroup")[service_group]["Properties"]
     assert "SecurityGroupIngress" not in inline
     into_service = [
@@ -725,16 +772,15 @@ def test_log_group_has_retention_and_receives_container_logs(any_synth: Synthesi
     assert logging["Options"]["mode"] == "non-blocking"
 
 
-def test_mirror_url_output_uses_the_load_balancer_name(default_synth: Synthesized) -> None:
-    balancer = default_synth.logical_id("AWS::ElasticLoadBalancingV2::LoadBalancer")
-    default_synth.template.has_output(
-        "MirrorUrl",
-        {"Value": {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [balancer, "DNSName"]}]]}},
+def test_mirror_url_output_is_the_domain_name_never_the_load_balancers(
+    any_synth: Synthesized,
+) -> None:
+    """No certificate covers the load balancer's own name: a MirrorUrl on it fails every build."""
+    any_synth.template.has_output("MirrorUrl", {"Value": f"https://{DOMAIN_NAME}"})
+    balancer = any_synth.logical_id("AWS::ElasticLoadBalancingV2::LoadBalancer")
+    any_synth.template.has_output(
+        "LoadBalancerDnsName", {"Value": {"Fn::GetAtt": [balancer, "DNSName"]}}
     )
-
-
-def test_mirror_url_output_uses_the_domain_name(custom_synth: Synthesized) -> None:
-    custom_synth.template.has_output("MirrorUrl", {"Value": "https://registry.build.example.com"})
 
 
 def test_domain_name_gets_an_alias_record(custom_synth: Synthesized) -> None:
@@ -758,7 +804,6 @@ def test_outputs_name_what_operators_need(any_synth: Synthesized) -> None:
         "LoadBalancerDnsName",
         "LoadBalancerSecurityGroupId",
         "CacheBucketName",
-        "DockerHubSecretArn",
         "ClusterName",
         "ServiceName",
         "LogGroupName",

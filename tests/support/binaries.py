@@ -42,6 +42,9 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "debootstrap": "debootstrap",
     "docker-compose": "docker-compose",
     "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "ip": "iproute2",
+    "runc": "runc",
 }
 
 

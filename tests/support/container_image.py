@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from support.binaries import stop_process
+from support.cachedir import cache_dir
 
 BASE_IMAGE = "localhost/registry-proxy-test-base:bookworm"
 SUITE = "bookworm"
@@ -55,13 +56,6 @@ TRIMMED = (
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBOOTSTRAP_TIMEOUT = 900.0
 BUILD_TIMEOUT = 900.0
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get("PROXY_TEST_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "registry-proxy-tests"
 
 
 def _extra_certificates() -> list[Path]:
