@@ -73,8 +73,10 @@ async def api(request: web.Request) -> web.StreamResponse:
         stats.reference = path.reference
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
-    if path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB) and probe.is_probe(
-        path.name, request.query.get("ns")
+    if (
+        path.name == probe.REPOSITORY
+        and path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB)
+        and probe.is_probe(path.name, _namespace(request))
     ):
         return _probe(path)
     services = request.app[SERVICES]
@@ -100,8 +102,14 @@ async def api(request: web.Request) -> web.StreamResponse:
     raise RegistryError("NOT_FOUND")
 
 
+def _namespace(request: web.Request) -> str | None:
+    """The ``ns`` query parameter (containerd and BuildKit mirrors send it), without parsing a
+    query string that is not there (most requests have none)."""
+    return request.query.get("ns") if request.query_string else None
+
+
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     reference = _parse_reference(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
@@ -203,7 +211,7 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     digest = _parse_digest(path.reference)
     headers = {
         **API_VERSION,
@@ -324,7 +332,7 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
     includes ``last`` itself. One tag more than the page is asked for, so that the page is still
     full once ``last`` is dropped, and a tag left over says that another page follows.
     """
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     raw_n = request.query.get("n")
     # ASCII digits only, and few of them: str.isdigit() admits "²" and int() refuses huge inputs.
     if raw_n is not None and (
@@ -386,7 +394,7 @@ def _next_page_link(request: web.Request, **query: str) -> str:
 async def referrers(request: web.Request, services: Services, path: ApiPath) -> web.Response:
     """OCI 1.1 referrers of a manifest; 404 when the upstream has no such API (see
     proxy.cache.referrers), which tells clients to use the tag schema instead."""
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     subject = Digest.parse(path.reference)
     found = await services.referrers.get(
         client, name, subject, request.query.get("artifactType") or None
