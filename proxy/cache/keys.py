@@ -16,6 +16,8 @@ start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with
 
 from __future__ import annotations
 
+import functools
+
 from proxy.registry.reference import Digest
 
 BLOBS = "blobs/sha256/"
@@ -23,6 +25,8 @@ MANIFESTS = "manifests/sha256/"
 TAGS = "tags/"
 REFERRERS = "referrers/"
 LINKS = "links/"
+# Tag keys are built for every request by tag, from the same (memoized) name and tag strings.
+KEY_MEMO = 4096
 
 
 def blob_key(digest: Digest) -> str:
@@ -33,6 +37,7 @@ def manifest_key(digest: Digest) -> str:
     return f"{MANIFESTS}{digest.hex[:2]}/{digest.hex}"
 
 
+@functools.lru_cache(maxsize=KEY_MEMO)
 def tag_key(upstream_host: str, name: str, tag: str) -> str:
     host = upstream_host.replace(":", "_")
     return f"{TAGS}{host}/{name}/_tag/{tag}"

@@ -62,6 +62,11 @@ class ContentLinks:
         """Whether memory already knows the content belongs to the repository (no I/O)."""
         return link_key(upstream_host, name, digest) in self._known
 
+    def references_known(self, upstream_host: str, name: str, manifest: Digest) -> bool:
+        """Whether memory knows a manifest and everything it references are linked to the
+        repository (``link_references`` would do nothing; no I/O)."""
+        return references_key(upstream_host, name, manifest) in self._known
+
     async def is_linked(self, upstream_host: str, name: str, digest: Digest) -> bool:
         key = link_key(upstream_host, name, digest)
         if key in self._known:

@@ -150,7 +150,7 @@ class Edge:
                     request.path,
                     status,
                     _bytes_sent(request, response),
-                    round(duration * 1000, 1),
+                    round(duration * 10_000),
                     request.remote,
                     stats,
                 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
 import json
 import logging
 import random
@@ -63,7 +64,7 @@ def request_stats() -> RequestStats | None:
 def new_request_id() -> str:
     """32 hex digits. Unique, not secret: the random module's generator is much cheaper than
     uuid4 (a system call and an object per request) and is reseeded in forked children."""
-    return f"{random.getrandbits(128):032x}"
+    return random.getrandbits(128).to_bytes(16, "big").hex()
 
 
 def count_upstream_request() -> None:
@@ -102,12 +103,12 @@ class _Context:
         return event
 
     def timestamp(self) -> str:
-        now = time.time()
-        second = int(now)
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
         if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        # Six digits of microseconds, zero-padded, without a format specification (cheaper).
+        return self._prefix + str(1_000_000 + nanoseconds // 1000)[1:] + "Z"
 
 
 # Logger methods whose level has another name (as structlog's add_log_level maps them).
@@ -180,6 +181,14 @@ class _LineWriter:
 
     # structlog calls the method named like the level.
     log = debug = info = warning = error = critical = exception = msg
+
+    def msg_on_loop(self, message: str, loop: asyncio.AbstractEventLoop) -> None:
+        """``msg`` for a caller on ``loop``'s thread (the access line): no lock needed, since
+        only a flush (on this thread too) takes the queue away, and no loop lookup."""
+        queued = self._queued
+        queued.append(message)
+        if len(queued) == 1:  # the first line of this iteration: nobody scheduled a flush
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self._lock:
@@ -269,7 +278,6 @@ def reset_logging() -> None:
 
 # --- the access log ------------------------------------------------------------------------
 
-_access = structlog.get_logger("proxy.access")
 _fast_access: _AccessLine | None = None
 
 
@@ -278,13 +286,14 @@ def access_log(
     path: str,
     status: int,
     sent: int,
-    duration_ms: float,
+    tenths_ms: int,
     remote: str | None,
     stats: RequestStats,
 ) -> None:
     """The one line per request: what was asked, the answer, and what the cache and the
     upstream did for it.
 
+    ``tenths_ms``: the duration in tenths of a millisecond (``duration_ms`` in the line).
     Its fields, in this order: ``method``, ``path``, ``repository``, ``reference``, ``status``,
     ``bytes``, ``cache``, ``upstream_requests``, ``duration_ms``, ``aborted``, ``request_id``,
     ``remote``, then ``event`` ("request"), ``level`` and ``timestamp`` as on every line.
@@ -294,9 +303,11 @@ def access_log(
     """
     fast = _fast_access
     if fast is not None:
-        fast.write(method, path, status, sent, duration_ms, remote, stats)
+        fast.write(method, path, status, sent, tenths_ms, remote, stats)
         return
-    _access.info(
+    # A logger got each time: structlog caches a bound logger on its proxy at first use, and
+    # this path serves whatever configuration is current (tests change it).
+    structlog.get_logger("proxy.access").info(
         "request",
         method=method,
         path=path,
@@ -306,7 +317,7 @@ def access_log(
         bytes=sent,
         cache=stats.cache,
         upstream_requests=stats.upstream_requests,
-        duration_ms=duration_ms,
+        duration_ms=tenths_ms / 10,
         aborted=stats.aborted,
         request_id=stats.request_id,
         remote=remote,
@@ -341,6 +352,7 @@ class _AccessLine:
         self._json = log_format == "json"
         self._context = context
         self._writer = writer
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once seen
 
     def write(
         self,
@@ -348,19 +360,23 @@ class _AccessLine:
         path: str,
         status: int,
         sent: int,
-        duration_ms: float,
+        tenths_ms: int,
         remote: str | None,
         stats: RequestStats,
     ) -> None:
         timestamp = self._context.timestamp()
+        # As json and structlog write the float tenths_ms / 10 (its shortest repr), without
+        # formatting a float.
+        duration_ms = f"{tenths_ms // 10}.{tenths_ms % 10}"
         repository, reference = stats.repository or None, stats.reference or None
         if self._json:
+            # The method is an HTTP token and cache one of a few words: JSON as they are.
             line = (
-                f'{{"method": {_json(method)}, "path": {_json(path)}, '
+                f'{{"method": "{method}", "path": {_json(path)}, '
                 f'"repository": {_json(repository)}, "reference": {_json(reference)}, '
-                f'"status": {status}, "bytes": {sent}, "cache": {_json(stats.cache)}, '
+                f'"status": {status}, "bytes": {sent}, "cache": "{stats.cache}", '
                 f'"upstream_requests": {stats.upstream_requests}, '
-                f'"duration_ms": {float(duration_ms)!r}, "aborted": {_json(stats.aborted)}, '
+                f'"duration_ms": {duration_ms}, "aborted": {_json(stats.aborted)}, '
                 f'"request_id": {_json(stats.request_id)}, "remote": {_json(remote)}, '
                 f'"event": "request", "level": "info", "timestamp": "{timestamp}"}}'
             )
@@ -369,17 +385,35 @@ class _AccessLine:
             # longest name, the event padded to 30, then the other keys in alphabetical order.
             line = (
                 f"{timestamp} [info     ] request                        "
-                f"aborted={_text(stats.aborted)} bytes={sent} cache={_text(stats.cache)} "
-                f"duration_ms={float(duration_ms)!r} method={_text(method)} path={_text(path)} "
+                f"aborted={_text(stats.aborted)} bytes={sent} cache={stats.cache} "
+                f"duration_ms={duration_ms} method={method} path={_text(path)} "
                 f"reference={_text(reference)} remote={_text(remote)} "
                 f"repository={_text(repository)} request_id={_text(stats.request_id)} "
                 f"status={status} upstream_requests={stats.upstream_requests}"
             )
-        self._writer.msg(line)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on a loop (a test): at once
+                self._writer.msg(line)
+                return
+        self._writer.msg_on_loop(line, loop)
 
 
 def _json(value: str | None) -> str:
-    return "null" if value is None else _json_string(_escaped(value))
+    if value is None:
+        return "null"
+    if value.isalnum() and value.isascii():  # a generated request id, an address: as it is
+        return '"' + value + '"'
+    return _json_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_text(value: str) -> str:
+    """A string as a JSON value, after the escaping of control characters. Remembered: the
+    same paths and names come back request after request."""
+    return _json_string(_escaped(value))
 
 
 _QUOTED = frozenset(" \t=\r\n\"'")
