@@ -25,7 +25,8 @@ MANIFESTS = "manifests/sha256/"
 TAGS = "tags/"
 REFERRERS = "referrers/"
 LINKS = "links/"
-# Tag keys are built for every request by tag, from the same (memoized) name and tag strings.
+# The keys of a warm request are built again and again from the same strings (names and tags
+# memoized by the route, digests held by cached manifests): remembered instead.
 KEY_MEMO = 4096
 
 
@@ -34,7 +35,12 @@ def blob_key(digest: Digest) -> str:
 
 
 def manifest_key(digest: Digest) -> str:
-    return f"{MANIFESTS}{digest.hex[:2]}/{digest.hex}"
+    return _manifest_key(digest.hex)
+
+
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _manifest_key(hex_digest: str) -> str:
+    return f"{MANIFESTS}{hex_digest[:2]}/{hex_digest}"
 
 
 @functools.lru_cache(maxsize=KEY_MEMO)
@@ -49,10 +55,20 @@ def referrers_key(upstream_host: str, name: str, subject: Digest) -> str:
 
 
 def link_key(upstream_host: str, name: str, digest: Digest) -> str:
+    return _link_key(upstream_host, name, digest.hex)
+
+
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _link_key(upstream_host: str, name: str, hex_digest: str) -> str:
     host = upstream_host.replace(":", "_")
-    return f"{LINKS}{host}/{name}/_link/{digest.hex}"
+    return f"{LINKS}{host}/{name}/_link/{hex_digest}"
 
 
 def references_key(upstream_host: str, name: str, manifest: Digest) -> str:
+    return _references_key(upstream_host, name, manifest.hex)
+
+
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _references_key(upstream_host: str, name: str, hex_digest: str) -> str:
     host = upstream_host.replace(":", "_")
-    return f"{LINKS}{host}/{name}/_refs/{manifest.hex}"
+    return f"{LINKS}{host}/{name}/_refs/{hex_digest}"

@@ -181,7 +181,7 @@ def _manifest_response(
     if media_type not in KNOWN_MANIFEST_TYPES:
         # Never reached (the cache refuses other types); a page must never go out as one.
         raise RegistryError("UNAVAILABLE", status=502, detail="not a manifest media type")
-    headers = _manifest_headers(media_type, digest)
+    headers = _manifest_headers(media_type, digest.hex)
     if warning:
         headers = {**headers, "Warning": warning.replace("\n", " ")[:500]}
     if body is not None:
@@ -190,14 +190,14 @@ def _manifest_response(
 
 
 @functools.lru_cache(maxsize=PARSE_MEMO_SIZE)
-def _manifest_headers(media_type: str, digest: Digest) -> dict[str, str]:
+def _manifest_headers(media_type: str, hex_digest: str) -> dict[str, str]:
     """A manifest's response headers, the same for every request (not to be modified)."""
     return {
         **API_VERSION,
         **SECURITY_HEADERS,
         "Content-Type": media_type,
-        "Docker-Content-Digest": str(digest),
-        "ETag": f'"{digest}"',
+        "Docker-Content-Digest": f"sha256:{hex_digest}",
+        "ETag": f'"sha256:{hex_digest}"',
     }
 
 
