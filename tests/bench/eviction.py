@@ -55,6 +55,7 @@ async def _measure(config: Config, workdir: Path, results: Results, executable: 
         settings = {**filler.environment(), EXPIRE_SETTING: "30d"}
         for label, args in (("gc --dry-run", ["--dry-run"]), ("gc", [])):
             argv = [str(executable), "cache", "gc", *args]
+            results.start_measuring()
             wall, peak_mb = await asyncio.to_thread(_run_measured, argv, settings, workdir)
             key = label.replace(" --", "_").replace("-", "_")
             what = f"registry-proxy cache {label} over {count} cached blobs"
@@ -72,6 +73,7 @@ async def _measure(config: Config, workdir: Path, results: Results, executable: 
             )
             await asyncio.to_thread(proxy.start)
             try:
+                results.start_measuring()
                 figures = await asyncio.to_thread(
                     ab_load,
                     proxy.url + url_path,

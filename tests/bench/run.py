@@ -232,6 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text_table(summary))
         (RESULTS_DIR / "latest.md").write_text(markdown_table(summary) + "\n")
         _draw(summary, report, args.chart or RESULTS_DIR / f"bench-{stamp}.png", args.note)
+    for row in summary:
+        if row["title"].endswith("latency"):
+            continue  # measured with the rate above it: the same rounds
+        disturbed = {
+            name: figure["disturbed_rounds"]
+            for name, figure in row["figures"].items()
+            if figure["disturbed_rounds"]
+        }
+        if disturbed:
+            print(f"disturbed (other work on the machine): {row['title']}: {disturbed}")
     for note in results.notes:
         print(f"note: {note}")
     for section, reason in results.skipped.items():
