@@ -49,4 +49,5 @@ def test_disturbed_rounds_are_reported_with_the_spread() -> None:
     assert "1.1 (1-1.2)!" in markdown_table([row])
     [_, line] = load_lines([row])
     assert line[:3] == ["warm pull, skopeo", "ours", "18 %"]
+    assert line[4] == ""  # no other server measured
     assert "3-4, 1.2!" in line[3]

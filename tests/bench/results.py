@@ -94,6 +94,16 @@ class Results:
                 for other in OTHERS
                 if "ours" in medians and medians.get(other)
             }
+            # Round by round (the servers of a round ran one after the other): a target such as
+            # "warm pull <= 1.0x distribution in every round" is read here.
+            by_round = {
+                f"ours/{other}": [
+                    round(mine / theirs, 2) if theirs else None
+                    for mine, theirs in zip(measured["ours"], measured[other], strict=False)
+                ]
+                for other in OTHERS
+                if "ours" in measured and other in measured
+            }
             out.append(
                 {
                     "key": key,
@@ -103,6 +113,7 @@ class Results:
                     "chart": row.chart,
                     "figures": figures,
                     "ratios": ratios,
+                    "ratios_by_round": by_round,
                 }
             )
         return out
@@ -179,7 +190,9 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
 def load_lines(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
     """Per figure and server: the spread over the rounds, then each round's load average
     before and after and the cores other work used (``!``: disturbed)."""
-    lines = [["figure", "server", "spread", "rounds: load before-after, other cores"]]
+    lines = [
+        ["figure", "server", "spread", "rounds: load before-after, other cores", "ours/X by round"]
+    ]
     for row in summary:
         if row["title"].endswith("latency"):
             continue  # measured with the rate above it: the same rounds
@@ -191,12 +204,14 @@ def load_lines(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
                 for w in rounds
             ]
             spread = figure.get("spread")
+            by_round = (row.get("ratios_by_round") or {}).get(f"ours/{name}")
             lines.append(
                 [
                     row["title"],
                     name,
                     "" if spread is None else f"{spread * 100:.0f} %",
                     "; ".join(cells),
+                    ", ".join(f"{r:g}x" for r in by_round if r is not None) if by_round else "",
                 ]
             )
     return lines

@@ -12,7 +12,7 @@ Sections (``--only``; all but ``memory`` and ``load`` by default):
 pulls       cold pull with skopeo through each proxy (empty cache) and straight from the upstream
             through the WAN; then the warm pull through each proxy and from the bare server.
 concurrent  8 skopeo processes pull the same image at once through a fresh proxy: wall time,
-            upstream bytes per image, peak RSS.
+            upstream bytes per image, peak RSS; then the same 8 pulls again, warm (the floor).
 docker      the Docker daemon pulls the image through its registry mirror: registry-proxy,
             distribution, or a relay straight to the upstream (the direct pull).
 manifests   warm manifest HEAD and GET, by tag and by digest: ``ab -k -c 32``, requests/s, p50,
@@ -176,6 +176,13 @@ class SideBySide:
             "conc": Row(
                 "concurrent",
                 f"{n.concurrent_pulls} concurrent cold pulls, skopeo",
+                "s",
+                "lower",
+                chart=True,
+            ),
+            "conc_warm": Row(
+                "concurrent_warm",
+                f"{n.concurrent_pulls} concurrent warm pulls, skopeo (the clients' floor)",
                 "s",
                 "lower",
                 chart=True,
@@ -514,6 +521,18 @@ class SideBySide:
                 self.results.add(self.rows["conc_rss"], name, peak_rss_mb(pid_of(server)))
                 self._record_traffic(self.rows["conc_up"], name, mark)
                 print(f"  {count} concurrent cold pulls, {name}: {wall:.2f} s", flush=True)
+                # The same pulls again, everything cached: what the clients themselves need on
+                # this machine, the floor under the cold figure.
+                self.results.start_measuring()
+                warm = skopeo_pulls(
+                    self.skopeo,
+                    f"{server.host}/{REPOSITORY}:{TAG}",
+                    self.workdir / "pulls",
+                    self.image.pushed,
+                    count,
+                )
+                self.results.add(self.rows["conc_warm"], name, warm)
+                print(f"  {count} concurrent warm pulls, {name}: {warm:.2f} s", flush=True)
 
     # ----------------------------------------------------------------- the Docker daemon
 
