@@ -64,7 +64,7 @@ def busy_metrics() -> Metrics:
         ("manifest", 503, "stale", 1),
     ):
         for _ in range(count):
-            metrics.observe_request(route, "GET", status, 0.01, cache, None, None, None)
+            metrics.observe_request(route, "GET", status, 0.01, cache)
     metrics.bytes_served.labels("cache").inc(1000)
     metrics.bytes_served.labels("upstream").inc(400)
     quota = RateLimit(limit=100, remaining=42, window=21600, source="203.0.113.9")
@@ -106,7 +106,7 @@ def test_counters_are_reported_as_deltas() -> None:
     assert quiet["Requests"] == 0 and quiet["CacheHits"] == 0 and quiet["CountedPulls"] == 0
     assert hub["CountedPulls"] == 0 and hub["QuotaRemaining"] == 42  # a gauge stays
     assert "SpoolDiskUsedPercent" not in quiet  # no spool directory given
-    metrics.observe_request("blob", "GET", 200, 0.01, "miss", None, None, None)
+    metrics.observe_request("blob", "GET", 200, 0.01, "miss")
     metrics.rate_limit("docker.io", None, counted=True)
     busy, hub, _ = reporter.report()
     assert busy["CacheMisses"] == 1 and busy["CountedPulls"] == 1 and hub["CountedPulls"] == 1
@@ -183,7 +183,7 @@ def test_concurrent_requests_are_the_seconds_spent_serving_per_second() -> None:
     metrics = Metrics()
     reporter = EmfReporter(metrics, "RegistryProxy", None, lambda _: None, lambda: now[0])
     for seconds in (30.0, 60.0, 30.0):  # three requests finished in the minute
-        metrics.observe_request("blob", "GET", 200, seconds, "hit", None, None, None)
+        metrics.observe_request("blob", "GET", 200, seconds, "hit")
     now[0] += 60
     assert reporter.report()[0]["ConcurrentRequests"] == 2.0
     now[0] += 60

@@ -17,8 +17,9 @@ import pytest
 from aiohttp import web
 from support.fakehub import FakeHub
 from support.proxy_process import ProxyProcess
+from support.settings import settings_with
 
-from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.config import StorageLocation
 from proxy.http.app import create_app
 from proxy.http.server import MAX_HEADER_BYTES, GuardedRunner, HeaderGuard
 
@@ -117,11 +118,8 @@ async def test_too_many_header_lines_are_a_client_error(proxy: ProxyProcess) -> 
 
 @contextlib.asynccontextmanager
 async def served(hub: FakeHub, tmp_path: Path, guard: HeaderGuard) -> AsyncIterator[int]:
-    settings = Settings(
-        upstream=UpstreamSettings("docker.io", hub.url, None, ""),
-        storage=StorageLocation(path=tmp_path / "cache"),
-        cache_limit=None,
-        prefetch=False,
+    settings = settings_with(
+        url=hub.url, location=StorageLocation(path=tmp_path / "cache"), limit=None, prefetch=False
     )
     runner = GuardedRunner(create_app(settings), guard, access_log=None)
     await runner.setup()

@@ -14,8 +14,14 @@ from proxy.http import routes
 from proxy.http.access import AccessPolicy
 from proxy.http.clientcap import CLIENT_CAP, ClientCap
 from proxy.http.edge import Edge, RouteKind, not_found
-from proxy.http.server import MAX_FIELD_SIZE, MAX_HEADERS, MAX_LINE_SIZE
-from proxy.http.shutdown import InFlightRequests, drain
+from proxy.http.server import (
+    MAX_FIELD_SIZE,
+    MAX_HEADERS,
+    MAX_LINE_SIZE,
+    HeaderGuard,
+    serve_app,
+)
+from proxy.http.shutdown import CLOSE_SECONDS, InFlightRequests, drain
 from proxy.ops.cloudwatch import emf_reporting
 from proxy.services import open_services
 from proxy.storage import Storage
@@ -29,16 +35,16 @@ def create_app(
 ) -> web.Application:
     """Build the app. ``storage`` and ``retry_delays`` let tests swap parts in."""
     policy = AccessPolicy(
-        allow=settings.allow_cidrs,
-        anonymous=settings.anonymous_cidrs,
-        trusted_proxies=settings.trusted_proxies,
-        trusted_hops=settings.trusted_hops,
-        operators=settings.operator_cidrs,
-        users=settings.htpasswd_users,
-        tokens=settings.auth_tokens,
+        allow=settings.access.allow_cidrs,
+        anonymous=settings.access.anonymous_cidrs,
+        trusted_proxies=settings.access.trusted_proxies,
+        trusted_hops=settings.access.trusted_hops,
+        operators=settings.access.operator_cidrs,
+        users=settings.access.htpasswd_users,
+        tokens=settings.access.auth_tokens,
     )
     requests = InFlightRequests()
-    client_cap = ClientCap(settings.max_clients)
+    client_cap = ClientCap(settings.listen.max_clients)
     edge = Edge(policy, client_cap, requests)
     # Limits on a request's head, for any server the app runs on (``serve`` adds the rest of
     # proxy/http/server.py's bounds).
@@ -55,13 +61,13 @@ def create_app(
             settings, storage=storage, retry_delays=retry_delays, housekeeping=True
         ) as services:
             app[routes.SERVICES] = services
-            edge.metrics = services.metrics
+            edge.observers = services.observers
             # This instance's figures, published for the fleet's status page (proxy/ops/fleet.py).
             publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")
             try:
                 yield
             finally:
-                edge.metrics = None
+                edge.observers = None
                 publisher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await publisher
@@ -73,15 +79,15 @@ def create_app(
         services = app.get(routes.SERVICES)
         if services is not None:
             await services.prefetch.close()  # no new downloads now
-            await drain(settings.shutdown_grace, services.blobs, requests)
+            await drain(settings.listen.shutdown_grace, services.blobs, requests)
 
     app[CLIENT_CAP] = client_cap
     app.cleanup_ctx.append(resources)
-    if settings.cloudwatch_namespace is not None:
+    if settings.operations.cloudwatch_namespace is not None:
         app.cleanup_ctx.append(
             emf_reporting(
-                settings.cloudwatch_namespace,
-                settings.cloudwatch_interval,
+                settings.operations.cloudwatch_namespace,
+                settings.operations.cloudwatch_interval,
                 lambda: app[routes.SERVICES].metrics,
                 spool_location(settings).path,
             )
@@ -104,3 +110,18 @@ def create_app(
     # Everything else: a registry error (404, or 405 for a path above with another method).
     router.add_route("*", r"/{tail:[\s\S]*}", edge.route("other", not_found))
     return app
+
+
+def run_app(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` on ``PROXY_LISTEN`` until SIGTERM or SIGINT, then drain and close, with
+    the bounds on requests' heads of proxy/http/server.py."""
+    serve_app(
+        app,
+        HeaderGuard(settings.listen.max_clients),
+        host=settings.listen.host,
+        port=settings.listen.port,
+        # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
+        shutdown_timeout=CLOSE_SECONDS,
+        keepalive_timeout=settings.listen.client_idle_timeout,
+        access_log=None,
+    )

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.registry.errors import RegistryError
+from proxy.http.errors import HttpError
+from proxy.registry.errors import ErrorCode
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -40,9 +41,9 @@ class ClientCap:
         """Count one request in, or raise 503 UNAVAILABLE when the cap is reached."""
         if self.active >= self.limit:
             self.refused += 1
-            raise RegistryError(
-                "UNAVAILABLE",
-                detail=f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
+            raise HttpError(
+                ErrorCode.UNAVAILABLE,
+                f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
         self.active += 1

@@ -35,11 +35,12 @@ from aiohttp import web
 
 from proxy.http.access import AccessPolicy
 from proxy.http.clientcap import ClientCap
+from proxy.http.errors import error_response, respond
 from proxy.http.shutdown import InFlightRequests
 from proxy.ops.logs import access_log, begin_request, new_request_id
-from proxy.ops.metrics import Metrics
-from proxy.registry.errors import RegistryError
-from proxy.storage import StorageError
+from proxy.ops.observers import Observers
+from proxy.registry.errors import ErrorCode, NotFound, RegistryError
+from proxy.registry.reference import Endpoint
 
 log = structlog.get_logger("proxy.access")
 
@@ -50,6 +51,9 @@ EdgeHandler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 # (nginx's "client closed request"), so that a 5xx means a server fault and nothing else.
 CLIENT_CLOSED_REQUEST: Final = 499
 REQUEST_ID_MAX = 64
+# aiohttp's own answers for paths and methods no route takes, as registry errors.
+ROUTING_ERRORS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.UNSUPPORTED}
+ENDPOINTS = frozenset(endpoint.value for endpoint in Endpoint)
 
 # Every response: the body is what its Content-Type says, never sniffed into something a browser
 # would run, and a page that should never have been one (registry answers are JSON and bytes) runs
@@ -76,7 +80,7 @@ class Edge:
         self.cap = cap
         self.requests = requests
         # Set once the services are open (the app's start-up); requests come only after it.
-        self.metrics: Metrics | None = None
+        self.observers: Observers | None = None
 
     def route(self, label: str, handler: Handler, kind: RouteKind = RouteKind.API) -> EdgeHandler:
         """``handler`` behind the edge. ``label`` names the route in the metrics (the registry
@@ -114,13 +118,14 @@ class Edge:
                         status = CLIENT_CLOSED_REQUEST
                     raise
                 except web.HTTPException as exc:
-                    if exc.status not in (404, 405):
+                    if exc.status not in ROUTING_ERRORS:
                         status = exc.status
                         raise
-                    code = "NOT_FOUND" if exc.status == 404 else "UNSUPPORTED"
-                    response = RegistryError(code).to_response()
+                    response = respond(ROUTING_ERRORS[exc.status])
                 except Exception as exc:
-                    response = _error_response(exc)
+                    # The one place a failure becomes an error response (proxy/http/errors.py).
+                    endpoint = Endpoint(stats.route) if stats.route in ENDPOINTS else None
+                    response = error_response(exc, endpoint)
                 status = CLIENT_CLOSED_REQUEST if stats.client_closed else response.status
                 if not response.prepared:
                     headers = response.headers
@@ -133,9 +138,9 @@ class Edge:
             finally:
                 requests.leave()
                 duration = time.perf_counter() - started
-                metrics = self.metrics
-                if metrics is not None:
-                    metrics.observe_request(
+                observers = self.observers
+                if observers is not None:
+                    observers.observe_request(
                         stats.route or label,
                         request.method,
                         status,
@@ -156,17 +161,6 @@ class Edge:
                 )
 
         return edge
-
-
-def _error_response(exc: Exception) -> web.Response:
-    """The registry error response for a failure the handler did not answer itself."""
-    if isinstance(exc, RegistryError):
-        return exc.to_response()
-    if isinstance(exc, StorageError):
-        log.error("storage.failed", detail=str(exc))
-        return RegistryError("UNAVAILABLE", detail=f"cache storage: {exc}").to_response()
-    log.exception("request.failed", error=repr(exc))
-    return RegistryError("UNKNOWN", detail="internal error").to_response()
 
 
 def _client_went_away(request: web.Request) -> bool:
@@ -194,5 +188,5 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     """Every path no route has: 404, or 405 for a path that exists for other methods."""
     for resource in request.app.router.resources():
         if resource.get_info().get("path") == request.path:
-            raise RegistryError("UNSUPPORTED")
-    raise RegistryError("NOT_FOUND")
+            raise RegistryError(ErrorCode.UNSUPPORTED)
+    raise NotFound()

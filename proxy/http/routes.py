@@ -19,11 +19,12 @@ from aiohttp import web
 from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
 from proxy.http.edge import SECURITY_HEADERS
+from proxy.http.errors import API_VERSION, HttpError
 from proxy.http.sendfile import SendfileResponse, StallWatch, cut_off
 from proxy.ops.logs import request_stats
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry import probe
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, NotFound, RegistryError
 from proxy.registry.manifest import (
     INDEX_TYPES,
     KNOWN_MANIFEST_TYPES,
@@ -44,12 +45,11 @@ from proxy.registry.reference import (
 )
 from proxy.services import Services
 from proxy.storage import StorageError
-from proxy.upstream.errors import UpstreamError, UpstreamInvalid, registry_error
+from proxy.upstream.errors import UpstreamError, UpstreamInvalid
 
 log = structlog.get_logger(__name__)
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
 
@@ -72,7 +72,9 @@ async def api(request: web.Request) -> web.StreamResponse:
         stats.route, stats.repository = path.endpoint.value, path.name
         stats.reference = path.reference
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
-        raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, "this registry is a read-only pull-through cache"
+        )
     if (
         path.name == probe.REPOSITORY
         and path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB)
@@ -80,26 +82,18 @@ async def api(request: web.Request) -> web.StreamResponse:
     ):
         return _probe(path)
     services = request.app[SERVICES]
-    try:
-        match path.endpoint:
-            case Endpoint.BASE:
-                return web.json_response({}, headers=API_VERSION)
-            case Endpoint.MANIFEST:
-                return await manifest(request, services, path)
-            case Endpoint.BLOB:
-                return await blob(request, services, path)
-            case Endpoint.TAGS:
-                return await tags_list(request, services, path)
-            case Endpoint.REFERRERS:
-                return await referrers(request, services, path)
-    except UpstreamError as exc:
-        not_found = {
-            Endpoint.MANIFEST: "MANIFEST_UNKNOWN",
-            Endpoint.BLOB: "BLOB_UNKNOWN",
-            Endpoint.REFERRERS: "NOT_FOUND",
-        }.get(path.endpoint, "NAME_UNKNOWN")
-        raise registry_error(exc, not_found_code=not_found) from exc
-    raise RegistryError("NOT_FOUND")
+    match path.endpoint:
+        case Endpoint.BASE:
+            return web.json_response({}, headers=API_VERSION)
+        case Endpoint.MANIFEST:
+            return await manifest(request, services, path)
+        case Endpoint.BLOB:
+            return await blob(request, services, path)
+        case Endpoint.TAGS:
+            return await tags_list(request, services, path)
+        case Endpoint.REFERRERS:
+            return await referrers(request, services, path)
+    raise NotFound()
 
 
 def _namespace(request: web.Request) -> str | None:
@@ -154,13 +148,13 @@ def _probe(path: ApiPath) -> web.Response:
         digest = str(reference.digest) if reference.digest is not None else None
         found = probe.manifest(reference.tag, digest)
         if found is None:
-            raise RegistryError("MANIFEST_UNKNOWN")
+            raise NotFound()  # MANIFEST_UNKNOWN (the edge names what is missing)
         return _manifest_response(
             found.media_type, Digest.parse(found.digest), len(found.data), found.data
         )
     found = probe.blob(str(_parse_digest(path.reference)))
     if found is None:
-        raise RegistryError("BLOB_UNKNOWN")
+        raise NotFound()  # BLOB_UNKNOWN
     headers = {
         **API_VERSION,
         "Docker-Content-Digest": found.digest,
@@ -180,7 +174,7 @@ def _manifest_response(
 ) -> web.Response:
     if media_type not in KNOWN_MANIFEST_TYPES:
         # Never reached (the cache refuses other types); a page must never go out as one.
-        raise RegistryError("UNAVAILABLE", status=502, detail="not a manifest media type")
+        raise UpstreamInvalid("not a manifest media type")
     headers = _manifest_headers(media_type, digest.hex)
     if warning:
         headers = {**headers, "Warning": warning.replace("\n", " ")[:500]}
@@ -244,9 +238,9 @@ async def _send_blob(
         try:
             byte_range = parse_range(request.headers.get("Range"), content.size)
         except RangeNotSatisfiable:
-            raise RegistryError(
-                "RANGE_INVALID",
-                detail=f"blob is {content.size} bytes",
+            raise HttpError(
+                ErrorCode.RANGE_INVALID,
+                f"blob is {content.size} bytes",
                 headers={"Content-Range": f"bytes */{content.size}"},
             ) from None
     if content.data is not None:
@@ -264,7 +258,7 @@ async def _send_blob(
     try:
         await response.prepare(request)
         if request.transport is not None:
-            timeout = services.settings.client_idle_timeout
+            timeout = services.settings.listen.client_idle_timeout
             watch = StallWatch(request.transport, timeout, functools.partial(_stalled, request))
         if content.file is not None and content.file.file is not None:
             # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
@@ -291,14 +285,14 @@ async def _send_blob(
     finally:
         if watch is not None:
             watch.stop()
-        services.metrics.served_bytes(content.from_cache, response.body_length)
+        services.observers.served_bytes(content.from_cache, response.body_length)
     return response
 
 
 def _stalled(request: web.Request) -> None:
     """The client took nothing for PROXY_CLIENT_IDLE_TIMEOUT while bytes waited for it: its
     connection is closed, which ends the transfer and frees its place under the client cap."""
-    timeout = request.app[SERVICES].settings.client_idle_timeout
+    timeout = request.app[SERVICES].settings.listen.client_idle_timeout
     _note(aborted=f"the client read nothing for {timeout:g} s (PROXY_CLIENT_IDLE_TIMEOUT)")
     if request.transport is not None:
         cut_off(request.transport)
@@ -321,7 +315,7 @@ def _small_blob_response(
     else:
         body = data[byte_range.start : byte_range.end + 1]
         headers = {**headers, "Content-Range": byte_range.content_range(len(data))}
-    services.metrics.served_bytes(True, len(body))
+    services.observers.served_bytes(True, len(body))
     return web.Response(status=206 if byte_range else 200, headers=headers, body=body)
 
 
@@ -339,7 +333,7 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
         not re.fullmatch(r"[0-9]{1,5}", raw_n) or not 0 < int(raw_n) <= MAX_TAGS_PAGE
     ):
         raise RegistryError(
-            "PAGINATION_NUMBER_INVALID", detail=f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
+            ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
         )
     n = int(raw_n) if raw_n is not None else None
     last = request.query.get("last") or None
@@ -476,7 +470,7 @@ async def status(request: web.Request) -> web.Response:
 async def status_document(services: Services) -> dict[str, Any]:
     upstreams = {}
     for client in services.upstreams:
-        quota = services.metrics.quotas.get(client.host)
+        quota = services.quotas.get(client.host)
         upstreams[client.host] = {
             "url": client.settings.url,
             "account": client.settings.username or "anonymous",
@@ -486,7 +480,7 @@ async def status_document(services: Services) -> dict[str, Any]:
     return {
         "instance": services.fleet.instance_id,
         "upstreams": upstreams,
-        "storage": str(services.settings.storage),
+        "storage": str(services.settings.storage.location),
         "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
         "storage_errors": services.storage.errors,
         "cache": services.janitor.status(),
