@@ -168,7 +168,8 @@ class ListenSection:
         default="1024")
     client_idle_timeout: float = setting(
         "PROXY_CLIENT_IDLE_TIMEOUT", values.positive_seconds,
-        "seconds an idle client keep-alive connection stays open (set above the load balancer's "
+        "seconds a client connection may move no byte: an idle keep-alive connection, or a "
+        "transfer the client reads nothing of, is then closed (set above the load balancer's "
         "idle timeout)",
         default="75")
     shutdown_grace: float = setting(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -42,6 +42,7 @@ from proxy.upstream.client import RETRY_DELAYS, RegistryClient
 from proxy.upstream.registry import Upstreams
 
 CONNECTION_POOL_SIZE = 100
+RESOLVED_MEMO = 4096
 # Lifetime of presigned S3 URLs handed to clients with PROXY_BLOB_REDIRECT=true.
 BLOB_REDIRECT_SECONDS = 300
 
@@ -64,12 +65,24 @@ class Services:
     prefetch: Prefetcher
     tag_lists: TagLists
 
+    # Names resolved and allowed already: every warm request resolves the same few again.
+    # (Only allowed names are kept: a refusal is raised, and checked again, every time.)
+    _resolved: dict[tuple[str, str | None], tuple[RegistryClient, str]] = field(
+        default_factory=dict
+    )
+
     def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
         """(client, upstream repository name) for a request, refused (403) by the repository
         rules before anything is asked upstream. Every route and tool resolves names here."""
-        client, upstream_name = self.upstreams.resolve(name, ns)
-        self.policy.check(client.host, upstream_name)
-        return client, upstream_name
+        key = (name, ns)
+        found = self._resolved.get(key)
+        if found is None:
+            client, upstream_name = self.upstreams.resolve(name, ns)
+            self.policy.check(client.host, upstream_name)
+            if len(self._resolved) >= RESOLVED_MEMO:
+                self._resolved.clear()
+            found = self._resolved[key] = (client, upstream_name)
+        return found
 
 
 def create_storage(settings: Settings) -> Storage:

@@ -17,7 +17,7 @@ from test_blob_cache import blob_path, cached_blobs
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES, image_blobs
+from proxy.registry.manifest import MANIFEST_TYPES, BlobDescriptor, image_blobs
 from proxy.registry.reference import Digest
 from proxy.storage import ObjectInfo, StorageError
 from proxy.storage.filesystem import FilesystemStorage
@@ -483,3 +483,32 @@ async def test_a_prefetched_blob_is_speculative_until_a_client_asks(
     assert [k for k in pending if k.startswith("blobs/")] == [
         blob_key(Digest.parse(image.layer_digests[0]))
     ]
+
+
+async def test_a_warm_manifest_served_again_is_not_looked_at_again(
+    fakehub: FakeHub, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every blob of an image was found or brought in, serving its manifest again (a GET
+    or a HEAD by digest, as every warm pull does) parses nothing and starts no task: this was
+    why requests by digest were slower than by tag."""
+    image = fakehub.add_image("library/golang", "1.22", LAYERS)
+    client = await make_proxy(fakehub, prefetch=True)
+    prefetcher = client.app[SERVICES].prefetch
+    await get_manifest(client, image.digest)
+    await prefetcher.wait_idle()
+    await get_manifest(client, image.digest)  # every blob is recent now: the manifest is noted
+    await prefetcher.wait_idle()
+
+    looked: list[bytes] = []
+
+    def spy(data: bytes) -> list[BlobDescriptor]:
+        looked.append(data)
+        return image_blobs(data)
+
+    monkeypatch.setattr("proxy.cache.prefetch.image_blobs", spy)
+    for _ in range(3):
+        await get_manifest(client, image.digest)
+        head = await client.head(f"/v2/library/golang/manifests/{image.digest}")
+        assert head.status == 200
+    assert looked == []
+    assert not prefetcher._tasks

@@ -15,6 +15,8 @@ start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with
 
 from __future__ import annotations
 
+import functools
+
 from proxy.registry.reference import Digest
 
 BLOBS = "blobs/sha256/"
@@ -22,6 +24,9 @@ MANIFESTS = "manifests/sha256/"
 TAGS = "tags/"
 REFERRERS = "referrers/"
 LINKS = "links/"
+# The keys of a warm request are built again and again from the same strings (names and tags
+# memoized by the route, digests held by cached manifests): remembered instead.
+KEY_MEMO = 4096
 
 
 def blob_key(digest: Digest) -> str:
@@ -29,9 +34,15 @@ def blob_key(digest: Digest) -> str:
 
 
 def manifest_key(digest: Digest) -> str:
-    return f"{MANIFESTS}{digest.hex[:2]}/{digest.hex}"
+    return _manifest_key(digest.hex)
 
 
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _manifest_key(hex_digest: str) -> str:
+    return f"{MANIFESTS}{hex_digest[:2]}/{hex_digest}"
+
+
+@functools.lru_cache(maxsize=KEY_MEMO)
 def tag_key(upstream_host: str, name: str, tag: str) -> str:
     host = upstream_host.replace(":", "_")
     return f"{TAGS}{host}/{name}/_tag/{tag}"
@@ -43,5 +54,10 @@ def referrers_key(upstream_host: str, name: str, subject: Digest) -> str:
 
 
 def link_key(upstream_host: str, name: str, digest: Digest) -> str:
+    return _link_key(upstream_host, name, digest.hex)
+
+
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _link_key(upstream_host: str, name: str, hex_digest: str) -> str:
     host = upstream_host.replace(":", "_")
-    return f"{LINKS}{host}/{name}/_link/{digest.hex}"
+    return f"{LINKS}{host}/{name}/_link/{hex_digest}"

@@ -40,7 +40,7 @@ from proxy.cache.links import ContentLinks
 from proxy.cache.negative import NegativeCache
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import mark_cache
-from proxy.registry.manifest import Manifest
+from proxy.registry.manifest import Manifest, media_type_of
 from proxy.registry.policy import TagTtl
 from proxy.registry.reference import Digest, Reference
 from proxy.storage.failsafe import FailSafeStorage
@@ -142,6 +142,10 @@ class ManifestCache:
         self, client: RegistryClient, name: str, digest: Digest
     ) -> ManifestHead:
         """Media type and size of a manifest by digest, without spending a pull on a miss."""
+        warm = self._warm_digest(client, name, digest)
+        if warm is not None:
+            mark_cache("hit")
+            return ManifestHead(digest, warm.media_type, len(warm.data))
         cached = await self._load(digest)
         if cached is not None:
             await self._admit(client, name, cached)
@@ -165,6 +169,10 @@ class ManifestCache:
 
     async def by_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest:
         """The manifest, served under ``name`` only when it belongs to that repository."""
+        warm = self._warm_digest(client, name, digest)
+        if warm is not None:
+            mark_cache("hit")
+            return warm
         cached = await self._load(digest)
         if cached is not None:
             await self._admit(client, name, cached)
@@ -232,6 +240,14 @@ class ManifestCache:
         key = tag_key(client.host, name, tag)
         self._on_use(key)
         ttl = self._tag_ttl.seconds(client.host, name, tag)
+        # A warm pull, answered from memory without a coroutine (this is _tag_answer's first
+        # step and _recorded's when the manifest is in memory and linked to ``name``).
+        record = self._tags.get(key)
+        if record is not None and self._is_fresh(record, ttl):
+            manifest = self._in_memory(record.digest)
+            if manifest is not None and self._links.known(client.host, name, manifest.digest):
+                mark_cache("hit")
+                return manifest
         try:
             answer = await self._tag_answer(client, name, tag, key, ttl)
         except TagDeleted:
@@ -352,11 +368,24 @@ class ManifestCache:
 
     # --- storage (fail-safe: a failing backend is a miss, a write that did not happen) ----------
 
-    async def _load(self, digest: Digest) -> Manifest | None:
-        """The cached manifest (from memory or storage), counted as used: callers serve it."""
+    def _in_memory(self, digest: Digest) -> Manifest | None:
+        """The manifest if memory has it, counted as used: callers serve it."""
         cached = self._manifests.get(digest.hex)
         if cached is not None:
             self._on_use(manifest_key(digest))
+        return cached
+
+    def _warm_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest | None:
+        """A manifest by digest that memory has and knows belongs to ``name`` (what _admit would
+        confirm without I/O), else None."""
+        if not self._links.known(client.host, name, digest):
+            return None
+        return self._in_memory(digest)
+
+    async def _load(self, digest: Digest) -> Manifest | None:
+        """The cached manifest (from memory or storage), counted as used: callers serve it."""
+        cached = self._in_memory(digest)
+        if cached is not None:
             return cached
         found = await self._storage.get(manifest_key(digest))
         if found is None:
@@ -367,7 +396,14 @@ class ManifestCache:
             log.error("manifest.corrupt", digest=str(digest))
             await self._storage.delete(manifest_key(digest))
             return None
-        manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
+        media_type = media_type_of(data, info.content_type)
+        if media_type is None:
+            # Stored by an older version, which kept any type the upstream declared: not a
+            # manifest to serve. Dropped like a corrupt entry; fetched (and judged) again.
+            log.error("manifest.unknown_type", digest=str(digest), media_type=info.content_type)
+            await self._storage.delete(manifest_key(digest))
+            return None
+        manifest = Manifest(data, media_type, digest)
         self._manifests[digest.hex] = manifest
         self._on_use(manifest_key(digest))
         return manifest

@@ -100,6 +100,12 @@ class Prefetcher:
         self._recent: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
             RECENT_BLOBS, RECENT_SECONDS
         )
+        # Image manifests every blob of which was recent when it was last served: served again
+        # within RECENT_SECONDS, nothing is looked at (no JSON parse, no task). Warm pulls ask
+        # for the same platform manifests over and over.
+        self._recent_manifests: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
+            RECENT_BLOBS // 10, RECENT_SECONDS
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -110,10 +116,17 @@ class Prefetcher:
         """A client was sent this manifest: prefetch its blobs if it is an image's."""
         if not self.enabled or manifest.media_type not in IMAGE_TYPES:
             return
+        if manifest.digest.hex in self._recent_manifests:
+            return
         if client.backoff_reason(name) is not None:
             return  # the upstream said no (429, failing): only what clients ask for goes there
+        pending = False
         for blob in image_blobs(manifest.data):
-            self._queue(client, name, blob)
+            if blob.digest.hex not in self._recent:
+                pending = True
+                self._queue(client, name, blob)
+        if not pending:
+            self._recent_manifests[manifest.digest.hex] = True
 
     async def wait_idle(self) -> None:
         """Wait until every prefetch queued so far has finished (its download included)."""
