@@ -81,7 +81,9 @@ async def test_a_client_that_leaves_mid_blob_is_499_not_a_server_error(
 ) -> None:
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     # The upstream sends 1 MiB, then waits: the client is gone before the proxy writes again.
-    paused = fakehub.inject_pause_mid_blob(digest, after_bytes=1024 * 1024, server="cdn")
+    paused = fakehub.inject(
+        "pause_mid_blob", path_contains=digest, after_bytes=1024 * 1024, server="cdn"
+    )
     path = f"/v2/library/golang/blobs/{digest}"
     app = create_app(settings_for(fakehub, tmp_path / "cache"), retry_delays=(0.01, 0.01))
     with watch_logs() as logs:

@@ -103,7 +103,9 @@ async def test_concurrent_misses_share_one_streaming_fetch(
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     client = await make_proxy(fakehub)
     # The upstream sends the first MiB, then stalls until released.
-    fault = fakehub.inject_pause_mid_blob(digest, after_bytes=1024 * 1024, server="cdn")
+    fault = fakehub.inject(
+        "pause_mid_blob", path_contains=digest, after_bytes=1024 * 1024, server="cdn"
+    )
     first_bytes = [asyncio.Event() for _ in range(8)]
 
     async def pull(index: int) -> bytes:
@@ -147,9 +149,15 @@ async def test_broken_upstream_is_never_cached_and_client_sees_failure(
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     client = await make_proxy(fakehub)
     if fault == "drop":
-        fakehub.inject_drop_mid_blob(digest, after_bytes=2 * 1024 * 1024, times=1, server="cdn")
+        fakehub.inject(
+            "drop_mid_blob",
+            path_contains=digest,
+            after_bytes=2 * 1024 * 1024,
+            times=1,
+            server="cdn",
+        )
     else:
-        fakehub.inject_wrong_bytes(digest, times=1, server="cdn")
+        fakehub.inject("wrong_bytes", path_contains=digest, times=1, server="cdn")
     with pytest.raises(aiohttp.ClientPayloadError):
         async with client.get(blob_path(digest)) as response:
             assert response.status == 200  # headers were sent before the failure showed
@@ -168,7 +176,7 @@ async def test_ranged_reader_of_a_bad_fetch_does_not_complete(
 ) -> None:
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     client = await make_proxy(fakehub)
-    fakehub.inject_wrong_bytes(digest, times=1, server="cdn")
+    fakehub.inject("wrong_bytes", path_contains=digest, times=1, server="cdn")
     with pytest.raises(aiohttp.ClientPayloadError):
         async with client.get(blob_path(digest), headers={"Range": "bytes=0-99"}) as response:
             await response.read()
@@ -177,12 +185,12 @@ async def test_ranged_reader_of_a_bad_fetch_does_not_complete(
 async def test_upstream_errors_before_any_byte(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     client = await make_proxy(fakehub)
-    fakehub.inject_status(429, retry_after=42, path_contains="/blobs/", times=1)
+    fakehub.inject("status", status=429, retry_after=42, path_contains="/blobs/", times=1)
     limited = await client.get(blob_path(digest))
     assert limited.status == 429
     assert limited.headers["Retry-After"] == "42"
     assert (await limited.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
-    fakehub.inject_status(500, path_contains="/blobs/", times=1)
+    fakehub.inject("status", status=500, path_contains="/blobs/", times=1)
     failed = await client.get(blob_path(digest))
     assert failed.status == 503
     assert (await failed.json())["errors"][0]["code"] == "UNAVAILABLE"

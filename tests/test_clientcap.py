@@ -119,7 +119,9 @@ async def test_a_stalled_reader_holds_neither_the_download_nor_other_clients(
     download ends and is cached, and the reader gets every byte, whatever the stalled one does."""
     digest = fakehub.add_blob(BIG_LAYER, repo="library/golang")
     client = await make_proxy(fakehub, client_idle_timeout=300.0, fetch_pieces=1)
-    paused = fakehub.inject_pause_mid_blob(digest, after_bytes=1_000_000, server="cdn")
+    paused = fakehub.inject(
+        "pause_mid_blob", path_contains=digest, after_bytes=1_000_000, server="cdn"
+    )
     stalled = await client.get(blob_path(digest))  # headers only: it reads nothing after them
     await paused.wait_hit()
     reader = asyncio.create_task(client.get(blob_path(digest)))

@@ -1,4 +1,4 @@
-"""Self-tests of the fake Docker Hub (tests/support/fakehub.py), driven with a plain client."""
+"""Self-tests of the fake Docker Hub (tests/support/fakehub/), driven with a plain client."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ async def test_token_endpoint_checks_configured_credentials(
     async with session.get(manifest_url(hub, "1.22"), headers=bearer(token)) as resp:
         assert resp.status == 200
         assert resp.headers["docker-ratelimit-source"] == "alice"
-    assert hub.tokens[token].username == "alice"
+    assert hub.registry.tokens[token].username == "alice"
 
 
 async def test_token_endpoint_insists_on_the_service(
@@ -208,7 +208,7 @@ async def test_tokens_expire_by_the_hub_clock_and_on_demand(
     fresh = await authed(session, hub)
     async with session.head(manifest_url(hub, "1.22"), headers=fresh) as resp:
         assert resp.status == 200
-    hub.expire_tokens()
+    hub.registry.expire_tokens()
     async with session.head(manifest_url(hub, "1.22"), headers=fresh) as resp:
         assert resp.status == 401
 
@@ -492,7 +492,7 @@ async def test_status_faults_replace_the_answer(
     code: str,
 ) -> None:
     headers = await authed(session, fakehub)
-    fault = fakehub.inject_status(status, path_contains="/manifests/", times=1)
+    fault = fakehub.inject("status", status=status, path_contains="/manifests/", times=1)
     async with session.get(manifest_url(fakehub, "1.22"), headers=headers) as resp:
         assert resp.status == status
         assert await error_code(resp) == code
@@ -511,7 +511,7 @@ async def test_injected_401_challenges_again(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     headers = await authed(session, fakehub)
-    fakehub.inject_status(401, times=1)
+    fakehub.inject("status", status=401, times=1)
     async with session.head(manifest_url(fakehub, "1.22"), headers=headers) as resp:
         assert resp.status == 401
         challenge = parse_challenge(resp.headers["WWW-Authenticate"])
@@ -523,8 +523,13 @@ async def test_status_faults_skip_the_auth_challenge_and_respect_scope(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     fakehub.add_image(REPO, "other")
-    fault = fakehub.inject_status(
-        503, retry_after=7, path_contains="/manifests/1.22", method="GET", times=2
+    fault = fakehub.inject(
+        "status",
+        status=503,
+        retry_after=7,
+        path_contains="/manifests/1.22",
+        method="GET",
+        times=2,
     )
     async with session.get(manifest_url(fakehub, "1.22")) as resp:
         assert resp.status == 401  # the challenge does not use up the fault
@@ -546,7 +551,7 @@ async def test_status_faults_skip_the_auth_challenge_and_respect_scope(
 async def test_status_fault_on_the_token_endpoint(
     fakehub: FakeHub, session: aiohttp.ClientSession
 ) -> None:
-    fakehub.inject_status(503, path_contains="/token", times=1)
+    fakehub.inject("status", status=503, path_contains="/token", times=1)
     params = {"service": SERVICE, "scope": f"repository:{REPO}:pull"}
     async with session.get(fakehub.token_url, params=params) as resp:
         assert resp.status == 503
@@ -557,7 +562,7 @@ async def test_drop_mid_blob_cuts_the_body_short(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     digest = image.layer_digests[1]
-    fault = fakehub.inject_drop_mid_blob(digest, after_bytes=100, times=1)
+    fault = fakehub.inject("drop_mid_blob", path_contains=digest, after_bytes=100, times=1)
     location = fakehub.cdn_blob_url(digest)
     async with session.get(location) as resp:
         assert resp.status == 200
@@ -577,7 +582,7 @@ async def test_drop_mid_blob_on_the_registry_when_redirects_are_off(
 ) -> None:
     fakehub.redirect_blobs = False
     digest = image.layer_digests[1]
-    fakehub.inject_drop_mid_blob(digest)
+    fakehub.inject("drop_mid_blob", path_contains=digest)
     headers = await authed(session, fakehub)
     async with session.get(blob_url(fakehub, digest), headers=headers) as resp:
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -588,13 +593,13 @@ async def test_wrong_bytes_keep_length_and_headers(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     digest = image.layer_digests[1]
-    fakehub.inject_wrong_bytes(digest, times=1)
+    fakehub.inject("wrong_bytes", path_contains=digest, times=1)
     async with session.get(fakehub.cdn_blob_url(digest)) as resp:
         body = await resp.read()
     assert len(body) == len(BIG_LAYER)
     assert body != BIG_LAYER
 
-    fakehub.inject_wrong_bytes(path_contains="/manifests/", times=1)
+    fakehub.inject("wrong_bytes", path_contains="/manifests/", times=1)
     headers = await authed(session, fakehub)
     async with session.get(manifest_url(fakehub, "1.22"), headers=headers) as resp:
         body = await resp.read()
@@ -608,7 +613,7 @@ async def test_ranges_are_recorded_and_faults_scope_to_one_piece(
 ) -> None:
     digest = image.layer_digests[1]
     location = fakehub.cdn_blob_url(digest)
-    fakehub.inject_wrong_bytes(digest, range_start=1024, times=1)
+    fakehub.inject("wrong_bytes", path_contains=digest, range_start=1024, times=1)
     async with session.get(location, headers={"Range": "bytes=0-1023"}) as resp:
         assert resp.status == 206
         assert await resp.read() == BIG_LAYER[:1024]
@@ -626,7 +631,7 @@ async def test_ignore_range_answers_200_with_the_whole_blob(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     digest = image.layer_digests[1]
-    fault = fakehub.inject_ignore_range(digest, range_start=100)
+    fault = fakehub.inject("ignore_range", path_contains=digest, range_start=100)
     for _ in range(2):
         async with session.get(
             fakehub.cdn_blob_url(digest), headers={"Range": "bytes=100-199"}
@@ -643,7 +648,7 @@ async def test_slow_first_byte_holds_until_the_gate_opens(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     digest = image.layer_digests[1]
-    fault = fakehub.inject_slow_first_byte(path_contains=digest, server="cdn")
+    fault = fakehub.inject("slow_first_byte", path_contains=digest, server="cdn")
 
     async def fetch() -> bytes:
         async with session.get(fakehub.cdn_blob_url(digest)) as resp:
@@ -661,7 +666,7 @@ async def test_slow_first_byte_holds_until_the_gate_opens(
 async def test_slow_first_byte_with_a_delay(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
-    fakehub.inject_slow_first_byte(delay=0.05, server="cdn")
+    fakehub.inject("slow_first_byte", delay=0.05, server="cdn")
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with session.get(fakehub.cdn_blob_url(image.config_digest)) as resp:
@@ -673,7 +678,7 @@ async def test_pause_mid_blob_sends_part_then_waits(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     digest = image.layer_digests[1]
-    fault = fakehub.inject_pause_mid_blob(digest, after_bytes=10)
+    fault = fakehub.inject("pause_mid_blob", path_contains=digest, after_bytes=10)
     async with session.get(fakehub.cdn_blob_url(digest)) as resp:
         assert resp.status == 200
         assert await asyncio.wait_for(resp.content.readexactly(10), 5) == BIG_LAYER[:10]
@@ -690,7 +695,7 @@ async def test_hang_never_answers_until_close(
     try:
         hub.add_image(REPO, "1.22")
         headers = await authed(session, hub)
-        fault = hub.inject_hang(path_contains="/manifests/")
+        fault = hub.inject("hang", path_contains="/manifests/")
 
         async def pull() -> int:
             async with session.get(manifest_url(hub, "1.22"), headers=headers) as resp:
@@ -710,7 +715,7 @@ async def test_hang_never_answers_until_close(
 async def test_hang_is_seen_by_client_timeouts(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
-    fakehub.inject_hang(server="cdn", times=1)
+    fakehub.inject("hang", server="cdn", times=1)
     with pytest.raises(asyncio.TimeoutError):
         async with session.get(
             fakehub.cdn_blob_url(image.config_digest),
@@ -725,7 +730,7 @@ async def test_no_digest_header_on_head(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
     headers = await authed(session, fakehub)
-    fakehub.inject_no_digest_header(times=1)
+    fakehub.inject("no_digest_header", method="HEAD", times=1)
     async with session.get(manifest_url(fakehub, "1.22"), headers=headers) as resp:
         assert resp.headers["Docker-Content-Digest"] == image.digest
     async with session.head(manifest_url(fakehub, "1.22"), headers=headers) as resp:
@@ -738,7 +743,7 @@ async def test_no_digest_header_on_head(
 async def test_clear_faults_releases_held_requests(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
-    fault = fakehub.inject_slow_first_byte(server="cdn")
+    fault = fakehub.inject("slow_first_byte", server="cdn")
 
     async def fetch() -> int:
         async with session.get(fakehub.cdn_blob_url(image.config_digest)) as resp:
@@ -755,7 +760,7 @@ async def test_clear_faults_releases_held_requests(
 async def test_fault_scopes_by_server_and_method(
     fakehub: FakeHub, session: aiohttp.ClientSession, image: ImageInfo
 ) -> None:
-    fault = fakehub.inject_status(500, server="cdn", method="HEAD")
+    fault = fakehub.inject("status", status=500, server="cdn", method="HEAD")
     headers = await authed(session, fakehub)
     async with session.get(blob_url(fakehub, image.config_digest), headers=headers) as resp:
         assert resp.status == 200
@@ -787,3 +792,16 @@ def test_fixture_options_are_keyword_only() -> None:
     assert hub.users == {"u": "p"}
     with pytest.raises(RuntimeError):
         _ = hub.url
+
+
+def test_a_fault_refuses_parameters_its_kind_does_not_read() -> None:
+    hub = FakeHub()
+    with pytest.raises(TypeError, match="after_bytes"):
+        hub.inject("status", status=503, after_bytes=10)
+    with pytest.raises(TypeError, match="its status"):
+        hub.inject("status")
+    with pytest.raises(TypeError, match="gate"):
+        hub.inject("drop_mid_blob", gate=asyncio.Event())
+    assert hub.faults == []
+    held = hub.inject("pause_mid_blob", after_bytes=10)
+    assert held.gate is not None, "a held fault without a delay gets a gate to release"

@@ -211,7 +211,7 @@ async def test_a_client_of_another_repository_does_not_join_a_download_in_flight
     hub.add_image("library/golang", "1.0")
     client = await make_proxy(hub)
     layer = image.layer_digests[0]
-    pause = hub.inject_pause_mid_blob(layer, server="cdn")
+    pause = hub.inject("pause_mid_blob", path_contains=layer, server="cdn")
     owner = asyncio.create_task(get(client, f"/v2/myorg/private/blobs/{layer}"))
     await pause.wait_hit()
     status, body = await get(client, f"/v2/library/golang/blobs/{layer}")
@@ -233,7 +233,7 @@ async def test_a_cache_without_links_serves_its_tags_offline_and_confirms_blobs_
     for blob in image.blob_digests:
         assert (await get(first, f"/v2/library/golang/blobs/{blob}"))[0] == 200
     shutil.rmtree(cache_root(first) / "data" / "links")
-    down = hub.inject_status(503)
+    down = hub.inject("status", status=503)
 
     second = await make_proxy(
         hub, tag_ttl=3600, location=first.app[SERVICES].settings.storage.location
@@ -257,7 +257,7 @@ async def test_a_client_of_another_repository_does_not_join_a_manifest_fetch(
     image = hub.add_image("myorg/private", "1.0")
     hub.add_image("library/golang", "1.0")
     client = await make_proxy(hub)
-    gate = hub.inject_slow_first_byte(method="GET", path_contains=f"/manifests/{image.digest}")
+    gate = hub.inject("slow_first_byte", method="GET", path_contains=f"/manifests/{image.digest}")
     owner = asyncio.create_task(get(client, f"/v2/myorg/private/manifests/{image.digest}"))
     await gate.wait_hit()
     other = asyncio.create_task(get(client, f"/v2/library/golang/manifests/{image.digest}"))

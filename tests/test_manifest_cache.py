@@ -99,7 +99,7 @@ async def test_concurrent_revalidation_is_one_head(
     await pull(client)
     clock.now += 61
     fakehub.reset_counts()
-    gate = fakehub.inject_slow_first_byte(method="HEAD", path_contains="/manifests/", times=1)
+    gate = fakehub.inject("slow_first_byte", method="HEAD", path_contains="/manifests/", times=1)
     pulls = [asyncio.create_task(pull(client)) for _ in range(20)]
     await gate.wait_hit()
     gate.release()
@@ -113,7 +113,7 @@ async def test_concurrent_cold_misses_are_one_get(
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub)
-    gate = fakehub.inject_slow_first_byte(method="GET", path_contains="/manifests/", times=1)
+    gate = fakehub.inject("slow_first_byte", method="GET", path_contains="/manifests/", times=1)
     pulls = [
         asyncio.create_task(pull(client, f"/v2/library/golang/manifests/{image.digest}"))
         for _ in range(10)
@@ -131,7 +131,7 @@ async def test_upstream_failure_serves_stale(
     image = fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, tag_ttl=0)
     await pull(client)
-    fakehub.inject_status(status, retry_after=30)
+    fakehub.inject("status", status=status, retry_after=30)
     response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
     assert response.status == 200
     assert await response.read() == image.manifest
@@ -172,7 +172,7 @@ async def test_hanging_upstream_gives_a_timely_503(
 ) -> None:
     fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, read_timeout=0.5)
-    fakehub.inject_hang(path_contains="/manifests/")
+    fakehub.inject("hang", path_contains="/manifests/")
     response = await asyncio.wait_for(client.get(TAG_PATH, headers=ACCEPT_ALL), timeout=15)
     assert response.status == 503
 
@@ -182,7 +182,7 @@ async def test_manifest_with_wrong_bytes_is_refused_and_not_cached(
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub)
-    fakehub.inject_wrong_bytes(path_contains="/manifests/", times=1)
+    fakehub.inject("wrong_bytes", path_contains="/manifests/", times=1)
     bad = await client.get(f"/v2/library/golang/manifests/{image.digest}", headers=ACCEPT_ALL)
     assert bad.status == 502
     good = await client.get(f"/v2/library/golang/manifests/{image.digest}", headers=ACCEPT_ALL)
@@ -205,7 +205,7 @@ async def test_tag_record_survives_restart(fakehub: FakeHub, make_proxy: ProxyFa
 async def test_timeouts_are_not_retried(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, read_timeout=0.3)
-    hang = fakehub.inject_hang(method="HEAD", path_contains="/manifests/")
+    hang = fakehub.inject("hang", method="HEAD", path_contains="/manifests/")
     response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
     assert response.status == 503
     assert hang.hits == 1  # one attempt: a second would double the client's wait
@@ -217,7 +217,9 @@ async def test_after_a_failure_stale_tags_do_not_ask_again_at_once(
     image = fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, tag_ttl=0)
     await pull(client)
-    fakehub.inject_status(429, retry_after=120, method="HEAD", path_contains="/manifests/")
+    fakehub.inject(
+        "status", status=429, retry_after=120, method="HEAD", path_contains="/manifests/"
+    )
     fakehub.reset_counts()
     for _ in range(5):
         response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
@@ -267,11 +269,11 @@ async def test_moved_tag_whose_new_manifest_fails_serves_the_old_digest(
     if failure == "quota":
         fakehub.set_rate_limit(100, remaining=0)
     elif failure == "503":
-        fakehub.inject_status(503, method="GET", path_contains="/manifests/")
+        fakehub.inject("status", status=503, method="GET", path_contains="/manifests/")
     elif failure == "timeout":
-        fakehub.inject_hang(method="GET", path_contains="/manifests/")
+        fakehub.inject("hang", method="GET", path_contains="/manifests/")
     else:
-        fakehub.inject_drop_mid_blob(path_contains="/manifests/", server="registry")
+        fakehub.inject("drop_mid_blob", path_contains="/manifests/", server="registry")
     clock.now += 61
     fakehub.reset_counts()
 
@@ -333,7 +335,7 @@ async def test_one_repository_failing_does_not_stall_the_others(
     clock = use_clock(client)
     await pull(client)
     new = fakehub.add_image("library/golang", "1.22", [b"new"])
-    fakehub.inject_status(500, path_contains="library/broken")
+    fakehub.inject("status", status=500, path_contains="library/broken")
     broken = await client.get("/v2/library/broken/manifests/1", headers=ACCEPT_ALL)
     assert broken.status == 503
     clock.now += 61
@@ -348,7 +350,7 @@ async def test_upstream_wide_failures_back_off_every_repository(
     client = await make_proxy(fakehub, tag_ttl=0)  # every request would revalidate
     use_clock(client)
     await pull(client)
-    fault = fakehub.inject_status(500, path_contains="library/missing")
+    fault = fakehub.inject("status", status=500, path_contains="library/missing")
     for name in ("missing-a", "missing-b"):  # 5xx for two repositories: the upstream is unwell
         response = await client.get(f"/v2/library/{name}/manifests/1", headers=ACCEPT_ALL)
         assert response.status == 503

@@ -73,5 +73,5 @@ async def test_credentials_never_logged(fakehub_factory: object, make_proxy: Pro
         assert response.status == 200
     text = repr(logs)
     assert "s3cr3t-token" not in text
-    for token in hub.tokens:
+    for token in hub.registry.tokens:
         assert token not in text

@@ -37,7 +37,7 @@ async def test_fifty_concurrent_heads_of_a_missing_tag_make_one_upstream_request
     fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, negative_ttl=30)
     clock = use_clock(client)
-    gate = fakehub.inject_slow_first_byte(method="HEAD", path_contains="/manifests/missing")
+    gate = fakehub.inject("slow_first_byte", method="HEAD", path_contains="/manifests/missing")
 
     async def head() -> int:
         response = await client.head(MISSING, headers=ACCEPT_ALL)
@@ -112,7 +112,9 @@ async def test_failures_are_not_remembered_as_missing(
     image = fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, negative_ttl=30)
     clock = use_clock(client)
-    fakehub.inject_status(503, path_contains="/manifests/1.22", times=3)  # every retry fails
+    fakehub.inject(
+        "status", status=503, path_contains="/manifests/1.22", times=3
+    )  # every retry fails
     assert (await client.get("/v2/golang/manifests/1.22", headers=ACCEPT_ALL)).status == 503
     clock.advance(10)  # past the back-off, well within the negative TTL
     response = await client.get("/v2/golang/manifests/1.22", headers=ACCEPT_ALL)

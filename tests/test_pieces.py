@@ -144,8 +144,13 @@ async def test_big_blob_comes_in_pieces_to_eight_concurrent_clients(
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
     # The head stalls after 64 KiB: the later pieces land first, and the clients must be given
     # the blob in order all the same.
-    head = fakehub.inject_pause_mid_blob(
-        DIGEST, after_bytes=64 * 1024, range_start=0, server=server, times=1
+    head = fakehub.inject(
+        "pause_mid_blob",
+        path_contains=DIGEST,
+        after_bytes=64 * 1024,
+        range_start=0,
+        server=server,
+        times=1,
     )
     pulls = [asyncio.create_task(read_all(client, headers)) for headers, _ in CLIENT_RANGES]
     await head.wait_hit()
@@ -192,7 +197,7 @@ async def test_an_upstream_that_ignores_range_sends_one_stream(
 ) -> None:
     fakehub.add_blob(BLOB, repo="library/golang")
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
-    fakehub.inject_ignore_range(DIGEST)
+    fakehub.inject("ignore_range", path_contains=DIGEST)
     results = await asyncio.gather(*(read_all(client, h) for h, _ in CLIENT_RANGES))
     assert [body for _, body in results] == [expected for _, expected in CLIENT_RANGES]
     assert fakehub.blob_ranges(DIGEST) == [PIECES[0]]  # answered with the whole blob
@@ -208,7 +213,7 @@ async def test_a_piece_answered_with_the_whole_blob_falls_back_to_one_stream(
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
     # Every request from the third piece's offset gets the whole blob (a CDN node without
     # Range support): the fallback stream skips what the client already has.
-    fakehub.inject_ignore_range(DIGEST, range_start=THIRD_PIECE)
+    fakehub.inject("ignore_range", path_contains=DIGEST, range_start=THIRD_PIECE)
     assert await read_all(client) == (200, BLOB)
     # The piece, then one stream from its start to the end of the blob.
     assert fakehub.blob_ranges(DIGEST)[4:] == [REST_FROM_THIRD]
@@ -223,8 +228,13 @@ async def test_a_broken_piece_is_asked_for_again_from_where_it_stopped(
     fakehub.add_blob(BLOB, repo="library/golang")
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
     cut = MiB + 12345
-    fakehub.inject_drop_mid_blob(
-        DIGEST, after_bytes=cut, range_start=THIRD_PIECE, server="cdn", times=1
+    fakehub.inject(
+        "drop_mid_blob",
+        path_contains=DIGEST,
+        after_bytes=cut,
+        range_start=THIRD_PIECE,
+        server="cdn",
+        times=1,
     )
     assert await read_all(client) == (200, BLOB)
     resumed = f"bytes={THIRD_PIECE + cut}-{5 * MiB - 1}"
@@ -240,7 +250,7 @@ async def test_a_piece_failing_twice_falls_back_to_one_stream(
 ) -> None:
     fakehub.add_blob(BLOB, repo="library/golang")
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
-    failing = fakehub.inject_status(500, range_start=THIRD_PIECE, server="cdn", times=2)
+    failing = fakehub.inject("status", status=500, range_start=THIRD_PIECE, server="cdn", times=2)
     assert await read_all(client) == (200, BLOB)
     assert failing.hits == 2  # the piece, its retry (through the registry)
     assert fakehub.blob_ranges(DIGEST)[-1] == REST_FROM_THIRD
@@ -254,7 +264,9 @@ async def test_a_wrong_piece_aborts_every_client_and_caches_nothing(
 ) -> None:
     fakehub.add_blob(BLOB, repo="library/golang")
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
-    fakehub.inject_wrong_bytes(DIGEST, range_start=THIRD_PIECE, server="cdn", times=1)
+    fakehub.inject(
+        "wrong_bytes", path_contains=DIGEST, range_start=THIRD_PIECE, server="cdn", times=1
+    )
 
     async def aborted(headers: dict[str, str]) -> None:
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -291,7 +303,7 @@ async def test_a_head_range_refused_with_416_falls_back_to_a_plain_get(
 ) -> None:
     fakehub.add_blob(BLOB, repo="library/golang")
     client = await make_proxy(fakehub, **PIECE_SETTINGS)
-    fakehub.inject_status(416, range_start=0, server="cdn", times=1)
+    fakehub.inject("status", status=416, range_start=0, server="cdn", times=1)
     assert await read_all(client) == (200, BLOB)
     assert fakehub.blob_ranges(DIGEST) == [PIECES[0], None]
     assert counter(client, "fetch_fallbacks") == 1

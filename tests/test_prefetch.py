@@ -69,7 +69,7 @@ async def test_one_manifest_get_fetches_every_blob_once_even_with_concurrent_cli
     client = await make_proxy(fakehub, prefetch=True)
     # Every blob's download stalls half-way until released: the clients below arrive while
     # the prefetches are in flight and must follow them, not start their own.
-    stall = fakehub.inject_pause_mid_blob(server="cdn")
+    stall = fakehub.inject("pause_mid_blob", server="cdn")
     await get_manifest(client, "1.22")
     await stall.wait_hit(len(image.blob_digests))
 
@@ -211,8 +211,8 @@ async def test_a_failed_prefetch_is_only_logged_and_the_client_fetches_on_its_ow
     monkeypatch.setattr(metrics, "prefetch_hit", hit)
     layer = image.layer_digests[0]
     # The prefetch's request is held, then fails; the client asks meanwhile and joins it.
-    held = fakehub.inject_slow_first_byte(path_contains=layer, server="registry", times=1)
-    fakehub.inject_status(500, path_contains=layer, server="registry", times=1)
+    held = fakehub.inject("slow_first_byte", path_contains=layer, server="registry", times=1)
+    fakehub.inject("status", status=500, path_contains=layer, server="registry", times=1)
     await get_manifest(client, "1.22")
     await held.wait_hit()
     pull = asyncio.create_task(get_blob(client, layer))
@@ -232,7 +232,7 @@ async def test_prefetches_obey_their_cap_and_a_client_does_not_wait_behind_them(
     # 4 fetch slots: prefetches get one of them.
     client = await make_proxy(fakehub, prefetch=True, max_fetches=4)
     services = client.app[SERVICES]
-    stall = fakehub.inject_pause_mid_blob(server="cdn")
+    stall = fakehub.inject("pause_mid_blob", server="cdn")
     await get_manifest(client, "1.22")
     await stall.wait_hit()
     # The config's download is stalled and holds the one prefetch slot; the layers wait.
@@ -302,12 +302,12 @@ async def test_a_queued_prefetch_asks_nothing_once_the_upstream_said_429(
     other = fakehub.add_image("library/golang", "1.23")
     client = await make_proxy(fakehub, prefetch=True, max_fetches=4)  # one prefetch slot
     services = client.app[SERVICES]
-    stall = fakehub.inject_pause_mid_blob(server="cdn", times=1)
+    stall = fakehub.inject("pause_mid_blob", server="cdn", times=1)
     await get_manifest(client, "1.22")
     await stall.wait_hit()
     assert services.prefetch.queued == len(image.blob_digests)
     # The upstream says 429 to a client's request meanwhile.
-    fakehub.inject_status(429, path_contains="/manifests/1.23", times=1)
+    fakehub.inject("status", status=429, path_contains="/manifests/1.23", times=1)
     refused = await client.get("/v2/library/golang/manifests/1.23", headers=ACCEPT_ALL)
     assert refused.status == 429 and other.tag == "1.23"
     stall.release()
@@ -344,7 +344,7 @@ async def test_a_client_starting_the_download_while_the_prefetch_looks_in_storag
     await get_manifest(client, "1.22")
     await asyncio.wait_for(storage.held.wait(), 10)  # the layer's prefetch is in its lookup
     # A client asks meanwhile; its download is held half-way until the prefetch has decided.
-    paused = fakehub.inject_pause_mid_blob(layer, server="cdn", times=1)
+    paused = fakehub.inject("pause_mid_blob", path_contains=layer, server="cdn", times=1)
     pull = asyncio.create_task(get_blob(client, layer))
     await paused.wait_hit()
     storage.gate.set()

@@ -119,7 +119,7 @@ async def test_stale_referrers_on_upstream_failure(
     path = f"/v2/library/golang/referrers/{image.digest}"
     _, _, first = await referrers(client, path)
     clock.advance(61)
-    hub.inject_status(503, path_contains="/referrers/")
+    hub.inject("status", status=503, path_contains="/referrers/")
     status, headers, body = await referrers(client, path)
     assert status == 200 and body == first
     assert headers["Warning"] == '110 registry-proxy "served from cache: upstream answered 503"'

@@ -44,7 +44,9 @@ async def start_transfer(
 
 async def test_sigterm_lets_a_transfer_finish(fakehub: FakeHub, tmp_path: Path) -> None:
     digest = fakehub.add_blob(LAYER, repo="library/golang")
-    gate = fakehub.inject_pause_mid_blob(digest, after_bytes=1024 * 1024, server="cdn")
+    gate = fakehub.inject(
+        "pause_mid_blob", path_contains=digest, after_bytes=1024 * 1024, server="cdn"
+    )
     proxy = ProxyProcess(tmp_path, fakehub.url, extra_env={"PROXY_SHUTDOWN_GRACE": "20"})
     await asyncio.to_thread(proxy.start)
     try:
@@ -73,7 +75,9 @@ async def test_sigterm_lets_a_transfer_finish(fakehub: FakeHub, tmp_path: Path) 
 
 async def test_sigterm_aborts_what_cannot_finish(fakehub: FakeHub, tmp_path: Path) -> None:
     digest = fakehub.add_blob(LAYER, repo="library/golang")
-    gate = fakehub.inject_pause_mid_blob(digest, after_bytes=1024 * 1024, server="cdn")
+    gate = fakehub.inject(
+        "pause_mid_blob", path_contains=digest, after_bytes=1024 * 1024, server="cdn"
+    )
     proxy = ProxyProcess(tmp_path, fakehub.url, extra_env={"PROXY_SHUTDOWN_GRACE": "0.5"})
     await asyncio.to_thread(proxy.start)
     try:

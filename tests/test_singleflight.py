@@ -31,8 +31,11 @@ async def test_a_client_that_leaves_does_not_cancel_the_shared_fetch(
     client = await make_proxy(fakehub)
     path = f"/v2/{REPO}/manifests/{image.digest if by == 'digest' else '1.22'}"
     # A cold tag is resolved with a HEAD, a digest fetched with a GET: hold whichever comes first.
-    held = fakehub.inject_slow_first_byte(
-        method="GET" if by == "digest" else "HEAD", path_contains="/manifests/", times=1
+    held = fakehub.inject(
+        "slow_first_byte",
+        method="GET" if by == "digest" else "HEAD",
+        path_contains="/manifests/",
+        times=1,
     )
     with watch_logs() as logs:
         leaving = asyncio.create_task(client.get(path, headers=ACCEPT_ALL))

@@ -148,7 +148,7 @@ async def test_a_page_is_cut_from_the_ordered_list_whatever_the_upstream_order(
         # Unordered, and with last itself, as distribution's filesystem driver may list them.
         return web.json_response({"name": "library/golang", "tags": ["latest", "1.20", "1.22"]})
 
-    monkeypatch.setattr(fakehub, "_tags", unordered)
+    monkeypatch.setattr(fakehub.registry, "_tags", unordered)
     assert (await tags_page(client, "last=1.20"))[0] == ["1.22", "latest"]
     assert (await tags_page(client, "n=2"))[0] == ["1.20", "1.22"]
 
@@ -163,7 +163,7 @@ async def test_an_upstream_tag_list_that_is_not_one_is_a_bad_gateway(
     def not_a_list(request: web.Request, record: object) -> web.Response:
         return web.json_response({"name": "library/golang", "tags": "1.22"})
 
-    monkeypatch.setattr(fakehub, "_tags", not_a_list)
+    monkeypatch.setattr(fakehub.registry, "_tags", not_a_list)
     response = await client.get("/v2/golang/tags/list?last=1.0")
     assert response.status == 502
     assert await error_of(response) == "UNAVAILABLE"

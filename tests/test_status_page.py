@@ -74,14 +74,16 @@ async def test_the_page_shows_what_status_says_and_refreshes_itself(
     for _ in range(3):  # one cold pull, then warm ones
         await pull(client, "library/alpine", "3.20", alpine.blob_digests)
     await pull(client, "library/golang", "1.22", golang.blob_digests)
-    fakehub.inject_status(429, method="HEAD", path_contains="library/golang", times=1)
+    fakehub.inject("status", status=429, method="HEAD", path_contains="library/golang", times=1)
     stale = await client.get("/v2/library/golang/manifests/1.22", headers=ACCEPT_ALL)
     assert "Warning" in stale.headers
 
     # A slow download in flight: the upstream holds it before its first byte, then mid-way.
     [slow_digest] = slow.layer_digests
-    first_byte = fakehub.inject_slow_first_byte(path_contains=slow_digest, server="cdn")
-    mid_way = fakehub.inject_pause_mid_blob(slow_digest, after_bytes=1_000_000, server="cdn")
+    first_byte = fakehub.inject("slow_first_byte", path_contains=slow_digest, server="cdn")
+    mid_way = fakehub.inject(
+        "pause_mid_blob", path_contains=slow_digest, after_bytes=1_000_000, server="cdn"
+    )
     download = asyncio.create_task(client.get(f"/v2/library/slow/blobs/{slow_digest}"))
     await first_byte.wait_hit()
 
@@ -413,10 +415,10 @@ async def test_every_figure_on_the_page_is_the_one_status_has(
     for _ in range(2):
         await pull(client, "library/alpine", "3.20", alpine.blob_digests)
     await pull(client, "library/golang", "1.22", golang.blob_digests)
-    fakehub.inject_status(429, method="HEAD", path_contains="library/golang", times=1)
+    fakehub.inject("status", status=429, method="HEAD", path_contains="library/golang", times=1)
     assert "Warning" in (await client.get("/v2/library/golang/manifests/1.22")).headers
     [slow_digest] = slow.layer_digests
-    held = fakehub.inject_slow_first_byte(path_contains=slow_digest, server="cdn")
+    held = fakehub.inject("slow_first_byte", path_contains=slow_digest, server="cdn")
     download = asyncio.create_task(client.get(f"/v2/library/slow/blobs/{slow_digest}"))
     await held.wait_hit()
     janitor = client.app[SERVICES].janitor

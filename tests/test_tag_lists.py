@@ -40,7 +40,7 @@ async def test_concurrent_requests_share_one_upstream_request(
 ) -> None:
     fakehub.add_image("library/golang", "1.22")
     client = await make_proxy(fakehub, negative_ttl=30)
-    held = fakehub.inject_slow_first_byte(path_contains="/tags/list", times=1)
+    held = fakehub.inject("slow_first_byte", path_contains="/tags/list", times=1)
     requests = [asyncio.create_task(client.get("/v2/golang/tags/list")) for _ in range(20)]
     await held.wait_hit()
     held.release()
@@ -57,7 +57,7 @@ async def test_a_new_tag_shows_after_the_ttl_and_errors_are_not_kept(
     tag_lists: TagLists = client.app[SERVICES].tag_lists
     now = 1000.0
     tag_lists.clock = lambda: now
-    fakehub.inject_status(404, code="NAME_UNKNOWN", path_contains="/tags/list", times=1)
+    fakehub.inject("status", status=404, code="NAME_UNKNOWN", path_contains="/tags/list", times=1)
     failed = await client.get("/v2/golang/tags/list")
     assert failed.status == 404
     first = await client.get("/v2/golang/tags/list")  # the failure was not remembered

@@ -172,7 +172,7 @@ async def test_a_download_whose_partial_write_vanishes_completes_and_caches_noth
     services = client.app[SERVICES]
     root = services.settings.storage.location.path
     assert root is not None
-    paused = fakehub.inject_pause_mid_blob(digest, server="cdn", times=1)
+    paused = fakehub.inject("pause_mid_blob", path_contains=digest, server="cdn", times=1)
     async with client.get(f"/v2/library/golang/blobs/{digest}") as response:
         assert response.status == 200
         await paused.wait_hit()

@@ -117,7 +117,7 @@ async def test_status_becomes_one_kind_of_error(
     code: str,
 ) -> None:
     image = fakehub.add_image(REPO, "1.22")
-    fakehub.inject_status(status, path_contains="/manifests/")
+    fakehub.inject("status", status=status, path_contains="/manifests/")
     with pytest.raises(UpstreamError) as caught:
         await get_manifest(client, REPO, image.digest)
     assert type(caught.value) is error
@@ -127,7 +127,7 @@ async def test_status_becomes_one_kind_of_error(
 
 async def test_429_carries_retry_after(fakehub: FakeHub, client: RegistryClient) -> None:
     fakehub.add_image(REPO, "1.22")
-    fakehub.inject_status(429, retry_after=42, path_contains="/manifests/")
+    fakehub.inject("status", status=429, retry_after=42, path_contains="/manifests/")
     for call in (get_manifest, head_manifest):
         with pytest.raises(UpstreamRateLimited) as caught:
             await call(client, REPO, "1.22")
@@ -158,7 +158,7 @@ async def test_a_manifest_by_digest_must_hash_to_it(
     fakehub: FakeHub, client: RegistryClient
 ) -> None:
     image = fakehub.add_image(REPO, "1.22")
-    fakehub.inject_wrong_bytes(path_contains="/manifests/", times=1)
+    fakehub.inject("wrong_bytes", path_contains="/manifests/", times=1)
     with pytest.raises(UpstreamInvalid, match="hash"):
         await get_manifest(client, REPO, image.digest)
     assert await get_manifest(client, REPO, image.digest) == (image.manifest, image.digest)
@@ -180,7 +180,7 @@ async def test_gateway_errors_are_retried(
     fakehub: FakeHub, client: RegistryClient, status: int
 ) -> None:
     image = fakehub.add_image(REPO, "1.22")
-    fakehub.inject_status(status, path_contains="/manifests/", times=ATTEMPTS - 1)
+    fakehub.inject("status", status=status, path_contains="/manifests/", times=ATTEMPTS - 1)
     assert await get_manifest(client, REPO, "1.22") == (image.manifest, image.digest)
     assert [r.status for r in authorized(fakehub, "GET", "manifest")] == [status] * (
         ATTEMPTS - 1
@@ -190,7 +190,7 @@ async def test_gateway_errors_are_retried(
 @pytest.mark.parametrize("status", [502, 503, 504])
 async def test_retries_are_bounded(fakehub: FakeHub, client: RegistryClient, status: int) -> None:
     fakehub.add_image(REPO, "1.22")
-    fakehub.inject_status(status, path_contains="/manifests/")
+    fakehub.inject("status", status=status, path_contains="/manifests/")
     with pytest.raises(UpstreamUnavailable):
         await get_manifest(client, REPO, "1.22")
     assert len(authorized(fakehub, "GET", "manifest")) == ATTEMPTS
@@ -201,7 +201,7 @@ async def test_other_answers_are_not_retried(
     fakehub: FakeHub, client: RegistryClient, status: int
 ) -> None:
     fakehub.add_image(REPO, "1.22")
-    fakehub.inject_status(status, path_contains="/manifests/")
+    fakehub.inject("status", status=status, path_contains="/manifests/")
     with pytest.raises(UpstreamError):
         await get_manifest(client, REPO, "1.22")
     assert len(authorized(fakehub, "GET", "manifest")) == 1
@@ -247,7 +247,7 @@ async def test_a_connection_that_fails_is_retried() -> None:
 
 async def test_a_timeout_is_not_retried(fakehub: FakeHub) -> None:
     fakehub.add_image(REPO, "1.22")
-    hang = fakehub.inject_hang(method="GET", path_contains="/manifests/")
+    hang = fakehub.inject("hang", method="GET", path_contains="/manifests/")
     async with upstream_client(fakehub.url, read_timeout=0.3) as client:
         with pytest.raises(UpstreamUnavailable) as caught:
             await get_manifest(client, REPO, "1.22")
@@ -259,7 +259,7 @@ async def test_nothing_is_retried_after_a_blob_byte(
     fakehub: FakeHub, client: RegistryClient
 ) -> None:
     digest = fakehub.add_blob(LAYER, repo=REPO)
-    fakehub.inject_drop_mid_blob(digest, after_bytes=300_000, server="cdn")
+    fakehub.inject("drop_mid_blob", path_contains=digest, after_bytes=300_000, server="cdn")
     with pytest.raises(UpstreamUnavailable, match="stream broken"):
         await get_blob(client, REPO, digest)
     assert fakehub.cdn_gets(digest) == 1
@@ -270,7 +270,7 @@ async def test_nothing_is_retried_after_a_manifest_byte(
     fakehub: FakeHub, client: RegistryClient
 ) -> None:
     image = fakehub.add_image(REPO, "1.22")
-    fakehub.inject_drop_mid_blob(path_contains="/manifests/", server="registry", after_bytes=10)
+    fakehub.inject("drop_mid_blob", path_contains="/manifests/", server="registry", after_bytes=10)
     with pytest.raises(UpstreamUnavailable, match="body broken"):
         await get_manifest(client, REPO, image.digest)
     assert len(authorized(fakehub, "GET", "manifest")) == 1
@@ -377,7 +377,8 @@ async def test_one_token_per_scope_reused_until_refused(
     # Only the very first request met a challenge: the realm is remembered, and every request
     # carried the token of its own scope.
     assert fakehub.count(status=401) == 1
-    fakehub.expire_tokens()  # the registry refuses them now: one new token, request succeeds
+    # the registry refuses them now: one new token, request succeeds
+    fakehub.registry.expire_tokens()
     await get_manifest(client, REPO, "1.22")
     assert fakehub.token_requests() == 3
     assert fakehub.count(status=401) == 2
@@ -389,7 +390,7 @@ async def test_concurrent_requests_share_one_token_request(
     fakehub: FakeHub, client: RegistryClient
 ) -> None:
     fakehub.add_image(REPO, "1.22")
-    gate = fakehub.inject_slow_first_byte(path_contains="/token", times=1)
+    gate = fakehub.inject("slow_first_byte", path_contains="/token", times=1)
     calls = [asyncio.create_task(get_manifest(client, REPO, "1.22")) for _ in range(10)]
     await gate.wait_hit()
     gate.release()

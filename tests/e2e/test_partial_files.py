@@ -67,7 +67,9 @@ async def test_cache_commands_in_another_pid_namespace_leave_a_download_alone(
     data = os.urandom(4 * MiB)
     async with FakeHub(require_auth=False) as hub:
         digest = hub.add_blob(data, repo="library/golang")
-        paused = hub.inject_pause_mid_blob(digest, after_bytes=MiB, server="cdn", times=1)
+        paused = hub.inject(
+            "pause_mid_blob", path_contains=digest, after_bytes=MiB, server="cdn", times=1
+        )
         root = tmp_path / "cache"
         proxy = NamespacedProxy(
             tmp_path / "proxy", hub.url, extra_env={"PROXY_FETCH_PIECES": "1"}, storage=root
