@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory
 from support.settings import settings_with
 
 from proxy.config import StorageLocation
@@ -39,8 +40,6 @@ async def fakehub_factory() -> AsyncIterator[Callable[..., Awaitable[FakeHub]]]:
 
 
 # --- the proxy under test, in process, against a fake upstream ----------------------------------
-
-ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import ProxyFactory
 from multidict import CIMultiDict
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory
 
 from proxy.config import ConfigError, load_settings, parse_networks
 from proxy.http.access import AccessPolicy, codebuild_ranges

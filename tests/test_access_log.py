@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
+from support.proxy_app import ProxyFactory
 from support.settings import settings_with
 
 from proxy.config import Settings, StorageLocation

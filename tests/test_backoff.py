@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from support.clock import Clock
+
 from proxy.upstream.backoff import (
     FAILURE_SECONDS,
     RATE_LIMIT_DEFAULT_SECONDS,
@@ -17,13 +19,6 @@ from proxy.upstream.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-
-
-class Clock:
-    now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def backoff() -> tuple[Backoff, Clock]:

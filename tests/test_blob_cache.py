@@ -8,29 +8,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory, blob_path, cached_blobs
 
 from proxy.http.routes import SERVICES
-from proxy.storage.filesystem import FilesystemStorage
 
 LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: several upstream chunks
-
-
-def cache_root(client: TestClient[web.Request, web.Application]) -> Path:
-    storage = client.app[SERVICES].storage.inner
-    assert isinstance(storage, FilesystemStorage)
-    return storage.root
-
-
-def cached_blobs(client: TestClient[web.Request, web.Application]) -> list[Path]:
-    return [p for p in (cache_root(client) / "data" / "blobs").rglob("*") if p.is_file()]
-
-
-def blob_path(digest: str) -> str:
-    return f"/v2/library/golang/blobs/{digest}"
 
 
 async def test_miss_then_hit(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:

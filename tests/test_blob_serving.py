@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.moto import MotoServer
+from support.proxy_app import Client, ProxyFactory, blob_path
 
 from proxy.cache.keys import blob_key
 from proxy.http.routes import SERVICES
@@ -27,17 +25,12 @@ from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.storage.s3 import S3Storage
 
-Client = TestClient[web.Request, web.Application]
 WarmProxy = Callable[[bytes], Awaitable[tuple[Client, str]]]
 
 LAYER = os.urandom(3 * 1024 * 1024 + 12_345)  # not a multiple of any chunk or part size
 # Bigger than what the kernel buffers on loopback, so a transfer is still running while a test
 # does something to it.
 BIG_LAYER = os.urandom(48 * 1024 * 1024)
-
-
-def blob_path(digest: str) -> str:
-    return f"/v2/library/golang/blobs/{digest}"
 
 
 @pytest.fixture(params=["filesystem", "s3"])

@@ -12,15 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo, IndexInfo
+from support.proxy_app import Client, ProxyFactory, cache_command
 from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key
-from proxy.commands.cache import Output, run, verify
-from proxy.commands.cli import build_parser, main
+from proxy.commands.cache import Output, verify
+from proxy.commands.cli import main
 from proxy.config import Settings
 from proxy.http.routes import SERVICES
 from proxy.registry.reference import Digest
@@ -33,7 +31,6 @@ ACCEPT = {
     "Accept": "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.docker.distribution.manifest.v2+json"
 }
-Client = TestClient[web.Request, web.Application]
 
 
 async def pull(client: Client, repo: str, reference: str) -> None:
@@ -47,17 +44,6 @@ async def pull(client: Client, repo: str, reference: str) -> None:
             blob = await client.get(f"/v2/{repo}/blobs/{described['digest']}")
             assert blob.status == 200
             await blob.read()
-
-
-async def cache_command(
-    settings: Settings, *argv: str, clock: float | None = None
-) -> tuple[int, str]:
-    args = build_parser().parse_args(["cache", *argv])
-    out, err = io.StringIO(), io.StringIO()
-    status = await run(
-        settings, args, output=Output(out, err), clock=(lambda: clock) if clock else time.time
-    )
-    return status, out.getvalue() + err.getvalue()
 
 
 @pytest.fixture

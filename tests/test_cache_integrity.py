@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 REPO = "library/golang"
 
 

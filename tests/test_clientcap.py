@@ -8,19 +8,15 @@ import os
 from collections.abc import Callable
 
 import pytest
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
+from support.proxy_app import ProxyFactory, blob_path
 
 from proxy.http.clientcap import CLIENT_CAP, ClientCap
 from proxy.http.routes import SERVICES
 
 # Bigger than the loopback buffers: a client that stops reading holds its transfer open.
 BIG_LAYER = os.urandom(48 * 1024 * 1024)
-
-
-def blob_path(digest: str) -> str:
-    return f"/v2/library/golang/blobs/{digest}"
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:

@@ -7,19 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ProxyFactory
 from jsonschema import Draft202012Validator
 from support.fakehub import FakeHub
-from test_metrics import ACCEPT_ALL
+from support.paths import TESTS
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.ops.cloudwatch import EmfReporter
 from proxy.ops.metrics import Metrics
 from proxy.upstream.client import RateLimit
 
 # The EMF specification's schema (tests/fixtures: written from the specification's text).
-EMF_SCHEMA = json.loads(
-    (Path(__file__).parent / "fixtures" / "cloudwatch-emf.schema.json").read_text()
-)
+EMF_SCHEMA = json.loads((TESTS / "fixtures" / "cloudwatch-emf.schema.json").read_text())
 Draft202012Validator.check_schema(EMF_SCHEMA)
 EMF = Draft202012Validator(EMF_SCHEMA)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import PROXY, REPO
 
 from proxy.commands.cli import build_parser, plain, settings_from
 from proxy.config import (
@@ -244,7 +245,7 @@ def test_bad_extra_upstreams(env: dict[str, str], variable: str) -> None:
 
 # --- the rows: README, --help, sections ---------------------------------------------------------
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 TABLES_START = "<!-- settings tables: python -m proxy.config -->"
 TABLES_END = "<!-- end of settings tables -->"
 
@@ -285,7 +286,7 @@ def test_every_variable_the_proxy_names_has_one_row() -> None:
     per_upstream = re.compile(
         r"PROXY_UPSTREAM_[A-Z0-9_]+_(USERNAME|PASSWORD|ALLOW_REPOSITORIES|DENY_REPOSITORIES)"
     )
-    source = Path(__file__).resolve().parent.parent / "proxy"
+    source = PROXY
     named = {
         (path.name, name)
         for path in source.rglob("*.py")

@@ -16,21 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.browser import Browser
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.cache.keys import manifest_key
 from proxy.http.clientcap import CLIENT_CAP
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.registry.reference import Digest
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 BIG = bytes(range(256)) * 4096 * 48  # 48 MiB: more than the loopback buffers hold
-Client = TestClient[web.Request, web.Application]
 
 PAGE = b"""<!doctype html><html><head><title>innocent</title></head><body>
 <script>

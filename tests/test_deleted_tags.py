@@ -7,14 +7,12 @@ import re
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.clock import use_clock
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 TAG = "/v2/library/golang/manifests/1.22"
 
 

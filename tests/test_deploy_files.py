@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support.paths import REPO
 
 from proxy.config import ENV_VARS, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def compose() -> dict[str, Any]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import ProxyFactory
 from support.cache_scan import scan_directory
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory
 from support.tmpfs import mounted_tmpfs
 
 from proxy.config import StorageLocation

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from support import markdown
 from support.codebuild import TROUBLESHOOTING, script_error, troubleshooting
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 CLIENTS = DOCS / "clients"
 MIRROR_SCRIPT = CLIENTS / "use-registry-mirror.sh"

@@ -16,11 +16,9 @@ import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
 from support.logwatch import watch_logs
+from support.proxy_app import Client, ProxyFactory
 
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
@@ -29,7 +27,6 @@ from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 
 KiB = 1024
-Client = TestClient[web.Request, web.Application]
 
 
 async def wait_until(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:

@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
 from support.moto import MotoServer
+from support.proxy_app import Client, ProxyFactory
 from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key, tag_key
@@ -31,7 +29,6 @@ from proxy.registry.reference import Digest
 DAY = 86400.0
 PREFIX = "cache"
 ACCEPT = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
-Client = TestClient[web.Request, web.Application]
 
 
 async def pull(client: Client, image: ImageInfo) -> None:

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import ProxyFactory
+from support.clock import Clock
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory, cache_command
 from support.settings import settings_with
-from test_cache_commands import cache_command
 
 from proxy.cache.upkeep.housekeeping import Housekeeper
 from proxy.cache.upkeep.lastuse import UseRecords
@@ -26,15 +26,8 @@ from proxy.storage.filesystem import FilesystemStorage
 from proxy.upstream.client import RateLimit
 
 
-class Clock:
-    now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_totals_add_counters_and_keep_the_latest_reading() -> None:
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     one, two = Activity(clock=clock), Activity(clock=clock)
     one.cache_result("hit")
     one.cache_result("miss")
@@ -65,7 +58,7 @@ def test_totals_add_counters_and_keep_the_latest_reading() -> None:
 
 
 def test_activity_stays_bounded() -> None:
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     activity = Activity(clock=clock)
     for number in range(MAX_REPOSITORIES * 3):
         activity.pulled(f"scan/name{number}")

@@ -42,9 +42,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ProxyFactory
 from support.cache_scan import ScanReport, scan_directory
 from support.fakehub import FakeHub, ImageInfo, IndexInfo, RecordedRequest
+from support.proxy_app import ProxyFactory
 from support.settings import settings_with
 
 from proxy.config import Settings, StorageLocation

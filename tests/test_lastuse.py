@@ -9,16 +9,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from support.clock import Clock
+
 from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
-
-
-class Clock:
-    now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_touches_are_written_once_per_flush(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-PROXY = Path(__file__).resolve().parent.parent / "proxy"
+from support.paths import PROXY
 
 
 def _is_web(module: str) -> bool:

@@ -11,21 +11,16 @@ import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, FakeHub
 from support.moto import MotoServer
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
 
 from proxy.config import StorageLocation, UpstreamSettings
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.registry.policy import parse_repository_patterns
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 SHARED = b"a base layer both images have"
 
-Client = TestClient[web.Request, web.Application]
 HubFactory = Callable[..., Awaitable[FakeHub]]
 
 

@@ -7,33 +7,14 @@ import asyncio
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
+from support.clock import use_clock
 from support.fakehub import FakeHub, ImageInfo
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES
-from proxy.upstream.backoff import RATE_LIMIT_MAX_SECONDS, Backoff
+from proxy.upstream.backoff import RATE_LIMIT_MAX_SECONDS
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 TAG_PATH = "/v2/library/golang/manifests/1.22"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def use_clock(client: TestClient[web.Request, web.Application]) -> Clock:
-    """Drive the tag TTL and every upstream's back-off from one fake clock."""
-    clock = Clock()
-    services = client.app[SERVICES]
-    services.manifests.clock = clock
-    for upstream in services.upstreams:
-        upstream.backoff = Backoff(clock=clock, wall_clock=clock)
-    return clock
 
 
 async def pull(client: TestClient[web.Request, web.Application], path: str = TAG_PATH) -> str:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import structlog
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
-
-from proxy.registry.manifest import MANIFEST_TYPES
-
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 
 async def test_status_reports_counted_pulls_and_quota(

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import ProxyFactory
 from support.clock import use_clock
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.cache.negative import NegativeCache
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 MISSING = "/v2/library/golang/manifests/missing"
 
 

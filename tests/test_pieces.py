@@ -17,11 +17,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub, ServerName
-from test_blob_cache import blob_path, cached_blobs
+from support.proxy_app import Client, ProxyFactory, blob_path, cached_blobs
 
 from proxy.cache.pieces import (
     EMPTY_BLOB,
@@ -44,8 +41,6 @@ PIECES.append("bytes=5242880-7340031")
 THIRD_PIECE = 3 * MiB
 REST_FROM_THIRD = f"bytes={THIRD_PIECE}-{len(BLOB) - 1}"
 PIECE_SETTINGS = {"fetch_pieces": 4, "fetch_piece_threshold": MiB, "prefetch": False}
-
-Client = TestClient[web.Request, web.Application]
 
 
 # --- planning ----------------------------------------------------------------------------------

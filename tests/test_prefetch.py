@@ -8,26 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
-from test_blob_cache import blob_path, cached_blobs
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory, blob_path, cached_blobs
 
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
 from proxy.http.routes import SERVICES
-from proxy.registry.manifest import MANIFEST_TYPES, BlobDescriptor, image_blobs
+from proxy.registry.manifest import BlobDescriptor, image_blobs
 from proxy.registry.reference import Digest
 from proxy.storage import ObjectInfo, StorageError
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.upstream.errors import UpstreamRateLimited
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 LAYERS = [bytes([n]) * (512 * 1024 + n) for n in range(1, 4)]
 MiB = 1024 * 1024
-
-Client = TestClient[web.Request, web.Application]
 
 
 def counter(client: Client, name: str) -> float:

@@ -9,14 +9,12 @@ import io
 import json
 import tarfile
 
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
 from proxy.registry import probe
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.registry.policy import parse_repository_patterns
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 # The index every instance of every version serves: change the bytes and fleets that run two
 # versions during a deploy would disagree on the digest a tag names.
 INDEX_DIGEST = "sha256:1ceecbfb3539e415872a1fdc47b6e2802c5c50fc336098d8b2a243713a4f3d2c"

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.storage import ObjectInfo, StorageError
 from proxy.storage.filesystem import FilesystemStorage
-
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 
 
 class UncheckableStorage(FilesystemStorage):

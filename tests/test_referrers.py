@@ -8,21 +8,17 @@ import json
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.clock import use_clock
 from support.fakehub import OCI_INDEX, FakeHub
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
 
 from proxy.cache.referrers import _next_page, filter_index
-from proxy.registry.manifest import MANIFEST_TYPES, OCI_ARTIFACT_MANIFEST
+from proxy.registry.manifest import OCI_ARTIFACT_MANIFEST
 from proxy.registry.policy import parse_tag_ttl_rules
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SBOM = "application/spdx+json"
 
-Client = TestClient[web.Request, web.Application]
 HubFactory = Callable[..., Awaitable[FakeHub]]
 
 

@@ -8,18 +8,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
 from support.settings import settings_with
 
 from proxy.commands.warm import warm
 from proxy.config import StorageLocation, UpstreamSettings
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.registry.policy import RepositoryRules, parse_repository_patterns
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 # Docker Hub's (PROXY_ALLOW_REPOSITORIES, PROXY_DENY_REPOSITORIES)
 HUB_RULES = {
     "allow_repositories": parse_repository_patterns("library/*,myorg/*"),
@@ -30,8 +26,6 @@ GHCR_RULES = RepositoryRules(
     allow_variable="PROXY_UPSTREAM_GHCR_IO_ALLOW_REPOSITORIES",
     deny_variable="PROXY_UPSTREAM_GHCR_IO_DENY_REPOSITORIES",
 )
-
-Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import DOCKER_MANIFEST, FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
-from proxy.registry.manifest import MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+from proxy.registry.manifest import OCI_INDEX, OCI_MANIFEST
 from proxy.storage import StorageError
 from proxy.storage.filesystem import FilesystemStorage
-
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 
 
 async def error_code(response: object) -> str:

@@ -12,14 +12,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.storage.filesystem import FilesystemStorage
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 REPO = "library/golang"
 
 

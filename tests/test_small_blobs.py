@@ -11,11 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.moto import MotoServer
+from support.proxy_app import Client, ProxyFactory
 
 from proxy.cache.blobs import SMALL_BLOB
 from proxy.cache.keys import blob_key
@@ -23,8 +21,6 @@ from proxy.http.routes import SERVICES
 from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 from proxy.storage.s3 import S3Storage
-
-Client = TestClient[web.Request, web.Application]
 
 SMALL = os.urandom(SMALL_BLOB - 123)
 RANGES: list[tuple[str, slice]] = [

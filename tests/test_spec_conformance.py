@@ -13,16 +13,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
 
-from proxy.registry.manifest import MANIFEST_TYPES
-
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 TAGS = ["1.20", "1.21", "1.22", "bookworm", "latest"]  # lexical order, as registries list them
-
-Client = TestClient[web.Request, web.Application]
 
 
 async def error_of(response: Any) -> str:

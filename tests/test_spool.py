@@ -11,14 +11,15 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory, blob_path, cache_root, cached_blobs
 from support.settings import settings_with
-from test_blob_cache import LAYER, blob_path, cache_root, cached_blobs
 
 from proxy.cache.spool import Spool, probe_writable, spool_location
 from proxy.config import StorageLocation
 from proxy.http.routes import SERVICES
+
+LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: several upstream chunks
 
 MiB = 1024**2
 

@@ -17,23 +17,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from conftest import ProxyFactory
 from support.browser import Browser
 from support.fakehub import FakeHub
+from support.paths import DOCS
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
 
 from proxy.config import CacheLimit, StorageLocation
 from proxy.config_values import human_bytes
 from proxy.http.routes import SERVICES
 from proxy.ops.status_page import ago, human_count, percent
-from proxy.registry.manifest import MANIFEST_TYPES
 
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
-SCREENSHOT = Path(__file__).parent.parent / "docs" / "status-page.png"
+SCREENSHOT = DOCS / "status-page.png"
 SCREEN = (1280, 1000)
 
-Client = TestClient[web.Request, web.Application]
 
 # Every figure on the page as {label: text}.
 FIGURES_JS = """

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 import structlog
-from conftest import ProxyFactory
 from support.cache_scan import scan_directory
+from support.clock import Clock
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory
 
 from proxy.config import StorageLocation
 from proxy.http.routes import SERVICES
@@ -115,13 +116,6 @@ class FaultyStorage(FilesystemStorage):
         return await super().open_local(key)
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def faulty(tmp_path: Path) -> FaultyStorage:
     storage = FaultyStorage(tmp_path / "cache")
@@ -191,7 +185,7 @@ async def test_failing_commit_is_not_stored(faulty: FaultyStorage) -> None:
 
 
 async def test_fails_fast_after_an_error_then_probes(faulty: FaultyStorage) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     safe = FailSafeStorage(faulty, cooldown=10, clock=clock)
     assert await safe.stat("blobs/x") is None
     faulty.failing = {"stat"}
@@ -214,7 +208,7 @@ async def test_readiness_check_always_reaches_the_backend(tmp_path: Path) -> Non
             self._enter("check")
 
     storage = Unusable(tmp_path)
-    clock = Clock()
+    clock = Clock(1000.0)
     safe = FailSafeStorage(storage, cooldown=10, clock=clock)
     storage.failing = {"check"}
     with pytest.raises(StorageError):
@@ -243,7 +237,7 @@ async def test_readiness_check_answers_within_its_deadline(tmp_path: Path) -> No
 
 
 async def test_recent_error_window_and_throttled_log(faulty: FaultyStorage) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     safe = FailSafeStorage(faulty, cooldown=0, clock=clock)
     faulty.failing = {"stat"}
     with structlog.testing.capture_logs() as logs:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory
 
 from proxy.cache.taglists import TagLists
 from proxy.http.routes import SERVICES

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import ProxyFactory
 from support.clock import use_clock
 from support.fakehub import FakeHub
+from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
-from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.registry.policy import parse_tag_ttl_rules
-
-ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 
 
 async def test_two_tags_of_one_repository_revalidate_on_their_own_schedules(

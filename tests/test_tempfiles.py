@@ -16,10 +16,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.proxy_app import ProxyFactory, cache_command
 from support.settings import settings_with
-from test_cache_commands import cache_command
 
 from proxy.cache.spool import Spool, SpoolRefused, spool_location
 from proxy.commands.startup import StartupError, check_startup

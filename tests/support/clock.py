@@ -10,8 +10,10 @@ from proxy.upstream.backoff import Backoff
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
+    """``clock()`` is ``clock.now``, which only the test moves."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
