@@ -9,6 +9,8 @@ whose lock it can take, and never anything outside the directories the proxy own
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -159,6 +161,19 @@ async def test_a_partial_write_that_vanishes_is_a_storage_failure(tmp_path: Path
         await writer.commit()
 
 
+async def blob_write_under_way(root: Path) -> Path:
+    """The blob's partial write in ``tmp/``: the file holding at least half of the MiB sent so
+    far (link and record writes pass through ``tmp/`` too, at any moment)."""
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                found = [p for p in (root / "tmp").iterdir() if p.stat().st_size >= 512 * 1024]
+                if found:
+                    [partial] = found
+                    return partial
+            await asyncio.sleep(0.01)
+
+
 async def test_a_download_whose_partial_write_vanishes_completes_and_caches_nothing(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
@@ -175,9 +190,7 @@ async def test_a_download_whose_partial_write_vanishes_completes_and_caches_noth
     async with client.get(f"/v2/library/golang/blobs/{digest}") as response:
         assert response.status == 200
         await paused.wait_hit()
-        partials = list((root / "tmp").iterdir())
-        assert len(partials) == 1
-        partials[0].unlink()
+        (await blob_write_under_way(root)).unlink()
         paused.release()
         assert await response.read() == data
     assert not (root / "data" / "blobs" / "sha256" / digest[7:9] / digest[7:]).exists()
