@@ -15,7 +15,7 @@ from proxy.cache.spool import spool_location
 from proxy.config import Settings
 from proxy.http import routes
 from proxy.http.access import AccessPolicy, access_middleware
-from proxy.http.clientcap import CLIENT_CAP, ClientCap
+from proxy.http.clientcap import CLIENT_CAP, ClientCap, InProgressGauge
 from proxy.http.shutdown import InFlightRequests, drain
 from proxy.ops.cloudwatch import emf_reporting
 from proxy.ops.logs import begin_request, new_request_id
@@ -73,6 +73,7 @@ def create_app(
             app[routes.SERVICES] = services
             # This instance's figures, published for the fleet's status page (proxy/ops/fleet.py).
             publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")
+            services.metrics.registry.register(InProgressGauge(client_cap))
             try:
                 yield
             finally:
@@ -98,6 +99,7 @@ def create_app(
                 settings.cloudwatch_interval,
                 lambda: app[routes.SERVICES].metrics,
                 spool_location(settings).path,
+                lambda: client_cap.active,
             )
         )
     app.on_shutdown.append(on_shutdown)
