@@ -1,0 +1,1229 @@
+"""Capacity of one task (``--only capacity``): what saturates first, and how many pulls it carries.
+
+One ``registry-proxy serve`` process with the limits of the stack's task, warm image pulls by
+real clients in steps of 10, 25 and 50 at once, and a cold burst; every figure the scaling of
+the service needs: throughput, manifest latency, errors, and, beside them, each resource that
+could be the first to run out.
+
+The arrangement
+    * The task: the proxy pinned to core 0 (the task's one vCPU: ``cpu`` 1024 in infra/cdk.json;
+      the proxy is one process with one event loop), with the environment the stack derives
+      (``infra/registry_proxy_infra/sizing.py`` on infra/cdk.json's context:
+      ``PROXY_MAX_UPSTREAM_FETCHES``, ``PROXY_SPOOL_*``, ``PROXY_MEMORY_LIMIT``; the tag TTL, the
+      log level and the blob redirect of the stack's defaults; the client cap at its default),
+      S3 storage on moto, and its metric lines every 5 s (``PROXY_CLOUDWATCH_*``).
+    * The test bed on the other cores: moto, the upstream (distribution with token auth behind
+      the WAN relay, :mod:`.testbed`), the clients, this harness.  Every process the harness
+      starts inherits its core; the proxy alone is started from core 0.
+    * The clients: ``skopeo copy docker://PROXY/library/golang:bench docker-archive:/dev/null``
+      (skopeo verifies every blob's digest; nothing is written to disk), each client pulling
+      again as soon as its pull ends, for ``step_seconds``; in the full run also one
+      ``docker pull`` through dockerd's mirror in the middle of each step.
+    * A probe process on the proxy's core: ``HEAD /healthz/local`` (event-loop lag) and ``HEAD``
+      of the manifest by tag, five times a second, on idle keep-alive connections.
+
+Per step: pulls per second and MB/s (each pull counted by the part of it inside the step), pull
+wall times, manifest latency (the proxy's access log for the clients' requests, the probe for
+a client arriving at an idle moment), errors (failed pulls, 5xx), the proxy's CPU, its RSS and
+open connections (clients, S3), the fetch slots in use, each core's load, moto's CPU, the load
+average before and after, and which resource saturated.  Then the cost model: CPU seconds per
+GB served from S3 and per manifest request, from calibration runs (curl and ab) and from the
+steps, and the capacity of one vCPU it implies.  The cold burst: clients pulling images the
+proxy has never seen, all at once through the WAN: wall time, upstream bytes per image, fetch
+slots, memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from support.binaries import missing_binaries
+from support.moto import CREDENTIALS, MotoServer
+from support.oci_image import AMD64, Skopeo, build_oci_layout, push_image
+from support.proxy_process import ProxyProcess
+
+from . import hoststat
+from .docker_pull import DockerPuller, docker_unavailable
+from .measure import MeasureError, ab_load, curl_throughput
+from .procstat import MB, MiB, open_files, proc_status
+from .testbed import (
+    FULL_IMAGE,
+    HUB_PASSWORD,
+    HUB_USER,
+    QUICK_IMAGE,
+    REPOSITORY,
+    TAG,
+    BenchImage,
+    ImageShape,
+    Upstream,
+    moto_unavailable,
+    on_a_free_port,
+)
+from .text import table
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INFRA_DIR = REPO_ROOT / "infra"
+PROBE_SCRIPT = Path(__file__).with_name("capacity_probe.py")
+PROXY_CORE = 0
+EMF_INTERVAL = 5  # seconds between the proxy's metric lines here (60 in the stack)
+PULL_TIMEOUT = 600.0
+CURL_TIMED_OUT = 28
+SETTLE_TIMEOUT = 120.0
+# A resource counts as saturated at this share of its limit, averaged over a step.
+SATURATED = 0.9
+# A step's figures are noisy when the proxy's event loop, ready to run, waited this share of
+# the time (percent) for its core: other processes had it.
+NOISE = 5.0
+COLD_IMAGE = ImageShape(24 * MiB, (16 * MiB, 6 * MiB, 3 * MiB, MiB))
+QUICK_COLD_IMAGE = ImageShape(6 * MiB, (4 * MiB, MiB))
+
+
+@dataclass(frozen=True)
+class CapacityConfig:
+    steps: tuple[int, ...]
+    step_seconds: float
+    image: ImageShape
+    cold_clients: int
+    cold_images: int
+    cold_image: ImageShape
+    calibration_seconds: float
+    calibration_gets: int
+    docker: bool
+    slow_seconds: float
+    slow_clients: int = 80  # more than the S3 pool (64)
+    slow_rate: str = "1M"  # bytes per second each slow client reads (curl --limit-rate)
+    sample_every: float = 1.0
+    probe_every: float = 0.2
+
+    @classmethod
+    def full(cls) -> CapacityConfig:
+        return cls(
+            steps=(10, 25, 50),
+            step_seconds=60.0,
+            image=FULL_IMAGE,
+            cold_clients=50,
+            cold_images=5,
+            cold_image=COLD_IMAGE,
+            calibration_seconds=5.0,
+            calibration_gets=3,
+            docker=True,
+            slow_seconds=30.0,
+        )
+
+    @classmethod
+    def quick(cls) -> CapacityConfig:
+        """About a minute: a 24 MB image, 8 s per step, 10 clients in the cold burst."""
+        return cls(
+            steps=(10, 25, 50),
+            step_seconds=8.0,
+            image=QUICK_IMAGE,
+            cold_clients=10,
+            cold_images=2,
+            cold_image=QUICK_COLD_IMAGE,
+            calibration_seconds=1.5,
+            calibration_gets=1,
+            docker=False,
+            slow_seconds=8.0,
+        )
+
+
+def unavailable() -> str | None:
+    """Why the section cannot run here, or None."""
+    missing = missing_binaries("docker-registry", "skopeo", "curl", "ab")
+    if missing:
+        return (
+            f"missing programs: {', '.join(missing)} "
+            "(apt-get install docker-registry skopeo curl apache2-utils)"
+        )
+    if (reason := moto_unavailable()) is not None:
+        return reason
+    cores = os.sched_getaffinity(0)
+    if PROXY_CORE not in cores or len(cores) < 2:
+        return f"needs core {PROXY_CORE} and one more (this process may use {sorted(cores)})"
+    return None
+
+
+@contextlib.contextmanager
+def on_cores(cores: set[int]) -> Iterator[None]:
+    """Run this process (and so every process it starts meanwhile) on ``cores``."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+# --------------------------------------------------------------------- the task
+
+
+def _sizing_module() -> ModuleType:
+    """infra/registry_proxy_infra/sizing.py alone (the package would load the CDK)."""
+    name = "registry_proxy_infra_sizing"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, INFRA_DIR / "registry_proxy_infra" / "sizing.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Task:
+    """The stack's task, as infra/cdk.json and the sizing rules make it."""
+
+    cpu_units: int
+    memory_mib: int
+    environment: dict[str, str]
+    notes: tuple[str, ...]
+
+    @property
+    def max_fetches(self) -> int:
+        return int(self.environment["PROXY_MAX_UPSTREAM_FETCHES"])
+
+
+def stack_task(spool_dir: Path) -> Task:
+    context: dict[str, Any] = json.loads((INFRA_DIR / "cdk.json").read_text())["context"]
+    sizing = _sizing_module()
+    sizes = sizing.derive_sizes(
+        int(context["memoryMiB"]),
+        int(context["ephemeralStorageGiB"]),
+        int(context["spoolPerFetchMiB"]),
+    )
+    environment: dict[str, str] = dict(sizes.environment)
+    notes = []
+    # The proxy checks at start-up that the spool's budget fits its filesystem.
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(spool_dir)
+    free = stats.f_bavail * stats.f_frsize
+    wanted = sizes.spool_max_bytes + sizes.spool_min_free_bytes
+    if free < wanted:
+        fitting = max(1, (free - sizes.spool_min_free_bytes) // MiB - 1024)
+        environment["PROXY_SPOOL_MAX_SIZE"] = f"{fitting}MiB"
+        notes.append(
+            f"PROXY_SPOOL_MAX_SIZE lowered to {fitting} MiB: the disk here has "
+            f"{free // MiB} MiB free (the task: {sizes.spool_max_bytes // MiB} MiB)"
+        )
+    environment.update(
+        {
+            "PROXY_TAG_TTL": str(context["tagTtlSeconds"]),
+            "PROXY_BLOB_REDIRECT": "true" if context["blobRedirect"] else "false",
+            "PROXY_LOG_LEVEL": str(context["logLevel"]),
+            "PROXY_CLIENT_IDLE_TIMEOUT": str(int(context["idleTimeoutSeconds"]) + 30),
+            "PROXY_SPOOL_DIR": str(spool_dir),
+            "PROXY_CLOUDWATCH_NAMESPACE": "RegistryProxy/Capacity",
+            "PROXY_CLOUDWATCH_INTERVAL": str(EMF_INTERVAL),
+        }
+    )
+    return Task(int(context["cpu"]), int(context["memoryMiB"]), environment, tuple(notes))
+
+
+# --------------------------------------------------------------------- what is read while it runs
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The proxy's /metrics as {sample with labels: value} (one GET, a few ms)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return values
+
+
+def metric(values: Mapping[str, float], name: str) -> float:
+    """The sum of every sample of ``name`` (any labels)."""
+    return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
+
+
+IN_PROGRESS_METRIC = "registry_proxy_requests_in_progress"
+FETCHES_METRIC = "registry_proxy_inflight_fetches"
+
+
+@dataclass
+class Sample:
+    at: float
+    cpu: float  # the proxy's CPU seconds so far
+    rss: int
+    fds: int
+    clients: int  # established client connections
+    s3: int  # established connections to S3 (the storage client's pool)
+    upstream: int
+    fetches: float
+    in_progress: float | None  # requests in progress (the client cap's count), if reported
+
+
+class Watcher:
+    """Samples the proxy every ``interval`` seconds in a thread of its own."""
+
+    def __init__(self, proxy: ProxyProcess, ports: Mapping[str, int], interval: float) -> None:
+        self.proxy = proxy
+        self.ports = dict(ports)
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> Sample:
+        pid = self.proxy.pid
+        assert pid is not None
+        values = scrape(self.proxy.url)
+        connections = hoststat.connections(pid, self.proxy.port, self.ports)
+        progress = values.get(IN_PROGRESS_METRIC)
+        return Sample(
+            at=time.monotonic(),
+            cpu=hoststat.process_cpu_seconds(pid),
+            rss=proc_status(pid)["VmRSS"],
+            fds=open_files(pid),
+            clients=connections["clients"],
+            s3=connections.get("s3", 0),
+            upstream=connections.get("upstream", 0),
+            fetches=values.get(FETCHES_METRIC, 0.0),
+            in_progress=progress,
+        )
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(await asyncio.to_thread(self.sample))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        return [s for s in self.samples if start <= s.at <= end]
+
+
+class Probe:
+    """capacity_probe.py on the proxy's core, its lines in a file."""
+
+    def __init__(self, workdir: Path, port: int, interval: float, blob_path: str) -> None:
+        self.out = workdir / "probe.txt"
+        self.port = port
+        self.interval = interval
+        # /healthz: the event loop alone; /healthz/local: the load balancer's check (it also
+        # writes to the spool in a worker thread); the manifest by tag, as a pull's first
+        # request (answered from memory); a layer's HEAD (a HeadObject on S3: the S3 pool).
+        self.paths = {
+            "lag": "/healthz",
+            "health": "/healthz/local",
+            "manifest": f"/v2/{REPOSITORY}/manifests/{TAG}",
+            "blob": blob_path,
+        }
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, str(PROBE_SCRIPT), "--port", str(self.port)]
+        argv += ["--interval", str(self.interval), *self.paths.values()]
+        with on_cores({PROXY_CORE}), self.out.open("wb") as out:
+            self._proc = subprocess.Popen(argv, stdout=out, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+            self._proc = None
+
+    def figures(self, start: float, end: float) -> dict[str, Any]:
+        """p50 and p99 in ms of each probe between ``start`` and ``end``, and its failures."""
+        names = list(self.paths)
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        failures = 0
+        for line in self.out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 4 or not start <= float(parts[0]) <= end:
+                continue
+            if parts[3] != "200":
+                failures += 1
+            else:
+                latencies[names[int(parts[1])]].append(float(parts[2]))
+        out: dict[str, Any] = {"probe_failures": failures}
+        for name, values in latencies.items():
+            out[f"probe_{name}_p50_ms"] = r(percentile(values, 50), 2)
+            out[f"probe_{name}_p99_ms"] = r(percentile(values, 99), 2)
+            out[f"probe_{name}_max_ms"] = r(max(values, default=0.0), 2)
+        return out
+
+
+class AccessLog:
+    """The proxy's JSON log: request lines and metric lines written between two offsets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def offset(self) -> int:
+        return self.path.stat().st_size
+
+    def lines(self, start: int, end: int | None = None) -> list[dict[str, Any]]:
+        with self.path.open("rb") as f:
+            f.seek(start)
+            data = f.read() if end is None else f.read(end - start)
+        records = []
+        for line in data.splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
+
+
+MANIFEST_PATH = re.compile(r"^/v2/.+/manifests/[^/]+$")
+
+
+def manifest_requests(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in records
+        if r.get("event") == "request"
+        and MANIFEST_PATH.match(str(r.get("path", "")))
+        and r.get("method") in ("GET", "HEAD")
+    ]
+
+
+def server_errors(records: Sequence[dict[str, Any]]) -> list[str]:
+    return [
+        f"{r.get('method')} {r.get('path')}: {r.get('status')}"
+        for r in records
+        if r.get("event") == "request" and int(r.get("status", 0)) >= 500
+    ]
+
+
+def emf_values(records: Sequence[dict[str, Any]], name: str) -> list[float]:
+    return [
+        float(r[name])
+        for r in records
+        if r.get("event") == "metrics" and "_aws" in r and isinstance(r.get(name), int | float)
+    ]
+
+
+# --------------------------------------------------------------------- the clients
+
+
+@dataclass(frozen=True)
+class Pull:
+    started: float
+    ended: float
+    ok: bool
+    error: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+    def share(self, start: float, end: float) -> float:
+        """The part of this pull inside [start, end], as a fraction of the pull."""
+        overlap = min(end, self.ended) - max(start, self.started)
+        return max(0.0, overlap) / self.seconds if self.seconds > 0 else 0.0
+
+
+async def skopeo_pull(skopeo: Skopeo, reference: str) -> Pull:
+    """One ``skopeo copy`` of ``reference`` (over plain http) to nowhere; skopeo checks each
+    blob against its digest, so a pull that exits 0 got the right bytes."""
+    argv = skopeo.command(
+        "copy", "--src-tls-verify=false", "--src-no-creds", f"docker://{reference}",
+        "docker-archive:/dev/null",
+    )  # fmt: skip
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=skopeo.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(PULL_TIMEOUT):
+            _, stderr = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    ended = time.monotonic()
+    if proc.returncode != 0:
+        return Pull(started, ended, False, stderr.decode(errors="replace")[-500:])
+    return Pull(started, ended, True)
+
+
+async def pull_loop(skopeo: Skopeo, reference: str, deadline: float, pulls: list[Pull]) -> None:
+    while time.monotonic() < deadline:
+        pulls.append(await skopeo_pull(skopeo, reference))
+
+
+# --------------------------------------------------------------------- figures
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def r(value: float, digits: int = 1) -> float:
+    return round(value, digits)
+
+
+@dataclass
+class Window:
+    """What the kernel and the proxy said at one moment, to subtract from a later one."""
+
+    at: float
+    proxy_cpu: float
+    proxy_waited: float  # seconds its event loop waited for a CPU
+    moto_cpu: float
+    cores: dict[int, hoststat.CoreTime]
+    children_cpu: float
+    metrics: dict[str, float]
+    log_offset: int
+    load1: float
+
+    @classmethod
+    def now(cls, proxy: ProxyProcess, moto: MotoServer, log: AccessLog) -> Window:
+        assert proxy.pid is not None and moto.pid is not None
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(
+            at=time.monotonic(),
+            proxy_cpu=hoststat.process_cpu_seconds(proxy.pid),
+            proxy_waited=hoststat.run_queue_seconds(proxy.pid),
+            moto_cpu=hoststat.process_cpu_seconds(moto.pid),
+            cores=hoststat.core_times(),
+            children_cpu=usage.ru_utime + usage.ru_stime,
+            metrics=scrape(proxy.url),
+            log_offset=log.offset(),
+            load1=r(os.getloadavg()[0], 2),
+        )
+
+
+def saturation(figures: Mapping[str, Any], task: Task, s3_pool: int) -> list[str]:
+    """The resources at ``SATURATED`` or more of their limit over the step, first the proxy's."""
+    found = []
+    if figures["proxy_cpu_percent"] >= 100 * SATURATED:
+        found.append("proxy CPU (its one core)")
+    if figures["s3_connections_max"] >= SATURATED * s3_pool:
+        found.append(f"S3 connection pool ({s3_pool})")
+    if figures["fetches_max"] >= SATURATED * task.max_fetches:
+        found.append(f"upstream fetch slots ({task.max_fetches})")
+    if figures["rss_max_mb"] * MB >= SATURATED * task.memory_mib * MiB:
+        found.append("memory")
+    bed = [c for c in figures["core_busy_percent"] if c != PROXY_CORE]
+    if bed and min(figures["core_busy_percent"][c] for c in bed) >= 100 * SATURATED:
+        found.append("test bed: the clients' and moto's core")
+    if figures["cpu_wait_percent"] >= NOISE:
+        found.append(
+            f"noisy: the proxy's event loop waited for its core {figures['cpu_wait_percent']} % "
+            "of the time"
+        )
+    return found
+
+
+def window_figures(
+    start: Window,
+    end: Window,
+    samples: Sequence[Sample],
+    records: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """The proxy's and the machine's figures between two windows."""
+    seconds = end.at - start.at
+    cores = hoststat.busy_percent(start.cores, end.cores)
+    proxy_cpu = 100 * (end.proxy_cpu - start.proxy_cpu) / seconds
+    manifests = manifest_requests(records)
+    durations = [float(m.get("duration_ms", 0.0)) for m in manifests]
+    progress = [s.in_progress for s in samples if s.in_progress is not None]
+    per_second_cpu = [
+        100 * (b.cpu - a.cpu) / (b.at - a.at) for a, b in itertools.pairwise(samples) if b.at > a.at
+    ]
+    served = metric(end.metrics, "registry_proxy_served_bytes_total") - metric(
+        start.metrics, "registry_proxy_served_bytes_total"
+    )
+    requests = metric(end.metrics, "registry_proxy_requests_total") - metric(
+        start.metrics, "registry_proxy_requests_total"
+    )
+    return {
+        "seconds": r(seconds),
+        "proxy_cpu_seconds": r(end.proxy_cpu - start.proxy_cpu, 2),
+        "proxy_cpu_percent": r(proxy_cpu),
+        "proxy_cpu_percent_max_1s": r(max(per_second_cpu, default=0.0)),
+        "moto_cpu_percent": r(100 * (end.moto_cpu - start.moto_cpu) / seconds),
+        "core_busy_percent": cores,
+        "cpu_wait_percent": r(100 * (end.proxy_waited - start.proxy_waited) / seconds),
+        "served_mb": r(served / MB),
+        "requests": int(requests),
+        "manifest_requests": len(manifests),
+        "manifest_p50_ms": r(percentile(durations, 50), 2),
+        "manifest_p99_ms": r(percentile(durations, 99), 2),
+        "server_errors": server_errors(records),
+        "rss_max_mb": r(max((s.rss for s in samples), default=0) / MB),
+        "open_files_max": max((s.fds for s in samples), default=0),
+        "client_connections_max": max((s.clients for s in samples), default=0),
+        "s3_connections_max": max((s.s3 for s in samples), default=0),
+        "s3_connections_mean": r(statistics.fmean([s.s3 for s in samples]) if samples else 0.0),
+        "upstream_connections_max": max((s.upstream for s in samples), default=0),
+        "fetches_max": int(max((s.fetches for s in samples), default=0)),
+        "in_progress_mean": r(statistics.fmean(progress), 2) if progress else None,
+        "in_progress_max": int(max(progress)) if progress else None,
+        "emf_concurrent_requests": emf_values(records, "ConcurrentRequests"),
+        # each sample: seconds into the step, S3 connections, requests in progress, fetches
+        "samples": [[r(x.at - start.at), x.s3, x.in_progress, int(x.fetches)] for x in samples],
+        "load_before": start.load1,
+        "load_after": end.load1,
+    }
+
+
+# --------------------------------------------------------------------- the section
+
+
+class Capacity:
+    def __init__(self, config: CapacityConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.skopeo = Skopeo(workdir / "skopeo")
+        self.bed_cores = os.sched_getaffinity(0) - {PROXY_CORE}
+        self.notes: list[str] = []
+        self.task = Task(0, 0, {}, ())  # the stack's, once read
+
+    async def run(self) -> dict[str, Any]:
+        with on_cores(self.bed_cores), contextlib.ExitStack() as stack:
+            upstream = stack.enter_context(Upstream(self.workdir / "upstream"))
+            print(f"capacity: building and pushing the images ({self._mb()} MB) ...", flush=True)
+            image = await asyncio.to_thread(upstream.push, self.config.image, self.skopeo)
+            cold = await asyncio.to_thread(self._push_cold_images, upstream)
+            moto = stack.enter_context(MotoServer(workdir=self.workdir / "moto"))
+            docker = self._docker(stack)
+            task = self.task = stack_task(self.workdir / "spool")
+            self.notes += task.notes
+            proxy = self._start_proxy(stack, moto, upstream, task, docker)
+            log = AccessLog(proxy.log_path)
+            ports = {"s3": moto.port, "upstream": int(upstream.far_host.rsplit(":", 1)[1])}
+            watcher = Watcher(proxy, ports, self.config.sample_every)
+            reference = f"{proxy.host}/{REPOSITORY}:{TAG}"
+            fill = await skopeo_pull(self.skopeo, reference)  # cold, through the WAN
+            if not fill.ok:
+                raise MeasureError(f"the first pull failed: {fill.error}")
+            await self._settle(proxy)
+            small = smallest_layer(proxy.url, image)
+            probe = Probe(self.workdir, proxy.port, self.config.probe_every, small.path)
+            probe.start()
+            stack.callback(probe.stop)
+            watcher.start()
+            try:
+                calibration = await self._calibrate(proxy, moto, log, image, small)
+                steps = []
+                for clients in self.config.steps:
+                    steps.append(
+                        await self._step(clients, proxy, moto, log, watcher, image, probe, docker)
+                    )
+                slow = await self._slow_clients(proxy, moto, log, watcher, probe, image)
+                burst = await self._cold_burst(proxy, moto, log, watcher, probe, upstream, cold)
+            finally:
+                await watcher.stop()
+            idle_rss = min((s.rss for s in watcher.samples), default=0)
+        layers = len(image.pushed.platform(str(AMD64)).layer_digests)
+        model = cost_model(calibration, steps, ImageFacts(image.size, layers))
+        return {
+            "config": {
+                **{
+                    k: v for k, v in asdict(self.config).items() if k not in ("image", "cold_image")
+                },
+                "image_mb": r(image.size / MB),
+                "image_blobs": len(image.pushed.platform(str(AMD64)).layer_digests) + 1,
+                "cold_image_mb": r(cold.size / MB / self.config.cold_images),
+            },
+            "task": {
+                "cpu_units": task.cpu_units,
+                "memory_mib": task.memory_mib,
+                "environment": {k: v for k, v in task.environment.items() if "SPOOL_DIR" not in k},
+                "s3_pool": S3_POOL,
+                "proxy_core": PROXY_CORE,
+                "bed_cores": sorted(self.bed_cores),
+            },
+            "first_pull_seconds": r(fill.seconds, 2),
+            "idle_rss_mb": r(idle_rss / MB),
+            "calibration": calibration,
+            "steps": steps,
+            "slow_clients": slow,
+            "cold_burst": burst,
+            "model": model,
+            "notes": self.notes,
+        }
+
+    def _mb(self) -> int:
+        shape = self.config.image
+        return round((shape.base_layer + sum(shape.other_layers)) / MB)
+
+    # -- set-up
+
+    def _push_cold_images(self, upstream: Upstream) -> ColdImages:
+        references, sizes, blobs = [], 0, 0
+        for i in range(self.config.cold_images):
+            shape = self.config.cold_image
+            layout = build_oci_layout(
+                self.workdir / f"cold-layout-{i}",
+                seed=1000 + i,
+                base_layer_size=shape.base_layer,
+                platform_layer_sizes=shape.other_layers,
+                platforms=(AMD64,),
+            )
+            repository = f"library/cold{i}"
+            push_image(
+                self.skopeo, layout, upstream.near.host, repository, "burst",
+                username=HUB_USER, password=HUB_PASSWORD,
+            )  # fmt: skip
+            shutil.rmtree(layout.path)
+            references.append(f"{repository}:burst")
+            sizes += layout.total_size
+            (only,) = layout.images
+            blobs += len(only.layers) + 1
+        return ColdImages(tuple(references), sizes, blobs)
+
+    def _docker(self, stack: contextlib.ExitStack) -> DockerPuller | None:
+        if not self.config.docker:
+            return None
+        reason = docker_unavailable()
+        if reason is not None:
+            self.notes.append(f"no docker pulls: {reason}")
+            return None
+        return stack.enter_context(DockerPuller(self.workdir / "docker"))
+
+    def _start_proxy(
+        self,
+        stack: contextlib.ExitStack,
+        moto: MotoServer,
+        upstream: Upstream,
+        task: Task,
+        docker: DockerPuller | None,
+    ) -> ProxyProcess:
+        bucket = moto.create_bucket()
+        env = {
+            **CREDENTIALS,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PROXY_STORAGE": f"s3://{bucket}/cache",
+            "PROXY_S3_ENDPOINT_URL": moto.endpoint_url,
+            **task.environment,
+        }
+
+        def start() -> ProxyProcess:
+            proxy = ProxyProcess(
+                self.workdir / "proxy",
+                upstream.far_url,
+                username=HUB_USER,
+                password=HUB_PASSWORD,
+                port=docker.port if docker is not None else None,
+                extra_env=env,
+            )
+            with on_cores({PROXY_CORE}):  # its threads too: they inherit it
+                proxy.start()
+            return proxy
+
+        proxy = on_a_free_port(start) if docker is None else start()
+        stack.callback(proxy.stop)
+        return proxy
+
+    async def _settle(self, proxy: ProxyProcess) -> None:
+        """Wait until no upstream fetch is in progress (the cache has the whole image)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while scrape(proxy.url).get(FETCHES_METRIC, 0.0) > 0:
+            if time.monotonic() > deadline:
+                raise MeasureError("the proxy's fetches did not end")
+            await asyncio.sleep(0.2)
+
+    # -- calibration: the cost of one kind of work at a time
+
+    async def _calibrate(
+        self,
+        proxy: ProxyProcess,
+        moto: MotoServer,
+        log: AccessLog,
+        image: BenchImage,
+        small: Layer,
+    ) -> dict[str, Any]:
+        """One kind of request at a time, from clients on the test bed's cores: the proxy's CPU
+        per request.  Two blob sizes separate the cost of a request to S3 from the cost per
+        byte."""
+        ab_runs = (
+            ("manifest HEAD by tag", image.tag_path, True),
+            ("manifest GET by digest", image.digest_path, False),
+            ("small blob GET from S3", small.path, False),
+        )
+        out: dict[str, Any] = {}
+        for name, path, head in ab_runs:
+            start = Window.now(proxy, moto, log)
+            figures = await asyncio.to_thread(
+                ab_load,
+                proxy.url + path,
+                head=head,
+                connections=16,
+                seconds=self.config.calibration_seconds,
+                workdir=self.workdir / "ab",
+            )
+            end = Window.now(proxy, moto, log)
+            cpu = end.proxy_cpu - start.proxy_cpu
+            out[name] = {
+                "requests": figures.requests,
+                "failures": figures.failures,
+                "per_second": figures.per_second,
+                "p50_ms": figures.p50_ms,
+                "p99_ms": figures.p99_ms,
+                "bytes": small.size if "blob" in name else 0,
+                "proxy_cpu_percent": r(100 * cpu / (end.at - start.at)),
+                "cpu_ms_per_request": r(1000 * cpu / max(1, figures.requests), 3),
+                "core_busy_percent": hoststat.busy_percent(start.cores, end.cores),
+            }
+            print(f"  calibration, {name}: {out[name]}", flush=True)
+        start = Window.now(proxy, moto, log)
+        clients, gets = 4, self.config.calibration_gets
+        rate = await asyncio.to_thread(
+            curl_throughput,
+            proxy.url + image.blob_path,
+            clients=clients,
+            gets=gets,
+            expected_size=image.biggest_size,
+        )
+        end = Window.now(proxy, moto, log)
+        cpu = end.proxy_cpu - start.proxy_cpu
+        out["big blob GET from S3"] = {
+            "requests": clients * gets,
+            "mb_per_s": rate,
+            "bytes": image.biggest_size,
+            "proxy_cpu_percent": r(100 * cpu / (end.at - start.at)),
+            "cpu_ms_per_request": r(1000 * cpu / (clients * gets), 3),
+            "moto_cpu_s_per_gb": r(
+                (end.moto_cpu - start.moto_cpu) / (clients * gets * image.biggest_size / 1e9), 3
+            ),
+            "core_busy_percent": hoststat.busy_percent(start.cores, end.cores),
+        }
+        print(f"  calibration, big blob GET from S3: {out['big blob GET from S3']}", flush=True)
+        return out
+
+    # -- the steps: warm pulls by N clients at once
+
+    async def _step(
+        self,
+        clients: int,
+        proxy: ProxyProcess,
+        moto: MotoServer,
+        log: AccessLog,
+        watcher: Watcher,
+        image: BenchImage,
+        probe: Probe,
+        docker: DockerPuller | None,
+    ) -> dict[str, Any]:
+        print(f"  {clients} clients for {self.config.step_seconds} s ...", flush=True)
+        reference = f"{proxy.host}/{REPOSITORY}:{TAG}"
+        pulls: list[list[Pull]] = [[] for _ in range(clients)]
+        start = Window.now(proxy, moto, log)
+        deadline = start.at + self.config.step_seconds
+        loops = [
+            asyncio.create_task(pull_loop(self.skopeo, reference, deadline, mine)) for mine in pulls
+        ]
+        docker_pull = None
+        if docker is not None:
+            await asyncio.sleep(self.config.step_seconds / 3)
+            docker_pull = asyncio.create_task(asyncio.to_thread(self._docker_pull, docker, image))
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        end = Window.now(proxy, moto, log)
+        await asyncio.gather(*loops)
+        docker_seconds = await docker_pull if docker_pull is not None else None
+        every = [p for mine in pulls for p in mine]
+        done = [p for p in every if p.ok and start.at <= p.ended <= end.at]
+        started = [p.seconds for p in every if p.ok and p.started <= end.at]
+        failed = [p for p in every if not p.ok]
+        pulls_in_window = sum(p.share(start.at, end.at) for p in every if p.ok)
+        seconds = end.at - start.at
+        records = log.lines(start.log_offset, end.log_offset)
+        figures = window_figures(start, end, watcher.between(start.at, end.at), records)
+        pulls_per_s = pulls_in_window / seconds
+        cpu_per_pull = figures["proxy_cpu_seconds"] / pulls_in_window if pulls_in_window else 0.0
+        step = {
+            "clients": clients,
+            "pulls_completed": len(done),
+            "pulls_per_s": r(pulls_per_s, 2),
+            "mb_per_s": r(pulls_per_s * image.size / MB),
+            "pull_p50_s": r(percentile(started, 50), 2),
+            "pull_p99_s": r(percentile(started, 99), 2),
+            "failed_pulls": len(failed),
+            "errors": [p.error for p in failed[:5]],
+            **probe.figures(start.at, end.at),
+            "proxy_cpu_s_per_pull": r(cpu_per_pull, 3),
+            "proxy_cpu_s_per_gb": r(cpu_per_pull / (image.size / 1e9), 3) if cpu_per_pull else 0,
+            "docker_pull_s": r(docker_seconds, 2) if docker_seconds is not None else None,
+            **figures,
+        }
+        step["saturated"] = saturation(step, self.task, S3_POOL)
+        print(f"  {clients} clients: {brief(step)}", flush=True)
+        return step
+
+    def _docker_pull(self, docker: DockerPuller, image: BenchImage) -> float | None:
+        config_digest = image.pushed.platform("linux/amd64").config_digest
+        try:
+            return docker.cold_pull(f"{REPOSITORY.removeprefix('library/')}:{TAG}", config_digest)
+        except (MeasureError, RuntimeError, subprocess.SubprocessError) as exc:
+            self.notes.append(f"docker pull failed: {exc}"[:1000])
+            return None
+
+    # -- slow clients: more blob downloads at once than the S3 pool has connections
+
+    async def _slow_clients(
+        self,
+        proxy: ProxyProcess,
+        moto: MotoServer,
+        log: AccessLog,
+        watcher: Watcher,
+        probe: Probe,
+        image: BenchImage,
+    ) -> dict[str, Any]:
+        """``slow_clients`` curl processes GET the biggest layer at ``slow_rate`` each and
+        stop after ``slow_seconds`` (curl's --max-time: exit 28, expected; the transfer is
+        longer).  Each download holds an S3 connection while its client reads: past the pool's
+        size, the rest wait, and so does every other request that needs S3 (the probe's layer
+        HEAD), while the proxy's CPU stays low."""
+        count, seconds = self.config.slow_clients, self.config.slow_seconds
+        print(
+            f"  {count} slow clients ({self.config.slow_rate}/s each) for {seconds} s", flush=True
+        )
+        argv = [
+            "curl", "--silent", "--show-error", "--output", "/dev/null",
+            "--limit-rate", self.config.slow_rate, "--max-time", str(seconds),
+            proxy.url + image.blob_path,
+        ]  # fmt: skip
+        start = Window.now(proxy, moto, log)
+        procs = [
+            await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            for _ in range(count)
+        ]
+        results = await asyncio.gather(*(proc.communicate() for proc in procs))
+        end = Window.now(proxy, moto, log)
+        errors = [
+            f"curl exit {proc.returncode}: {err.decode(errors='replace')[-300:]}"
+            for proc, (_, err) in zip(procs, results, strict=True)
+            if proc.returncode not in (0, CURL_TIMED_OUT)
+        ]
+        records = log.lines(start.log_offset, end.log_offset)
+        figures = window_figures(start, end, watcher.between(start.at, end.at), records)
+        slow = {
+            "clients": count,
+            "rate": self.config.slow_rate,
+            "failed_pulls": len(errors),
+            "errors": errors[:5],
+            **probe.figures(start.at, end.at),
+            **figures,
+        }
+        slow["saturated"] = saturation(slow, self.task, S3_POOL)
+        print(f"  slow clients: {brief(slow)}", flush=True)
+        return slow
+
+    # -- the cold burst
+
+    async def _cold_burst(
+        self,
+        proxy: ProxyProcess,
+        moto: MotoServer,
+        log: AccessLog,
+        watcher: Watcher,
+        probe: Probe,
+        upstream: Upstream,
+        cold: ColdImages,
+    ) -> dict[str, Any]:
+        count = self.config.cold_clients
+        print(f"  cold burst: {count} clients, {len(cold.references)} new images ...", flush=True)
+        mark = upstream.mark()
+        watcher.interval = 0.25  # the fetch slots' peak is brief
+        start = Window.now(proxy, moto, log)
+        pulls = await asyncio.gather(
+            *(
+                skopeo_pull(
+                    self.skopeo, f"{proxy.host}/{cold.references[i % len(cold.references)]}"
+                )
+                for i in range(count)
+            )
+        )
+        end = Window.now(proxy, moto, log)
+        await self._settle(proxy)
+        watcher.interval = self.config.sample_every
+        traffic = await asyncio.to_thread(upstream.traffic, mark)
+        records = log.lines(start.log_offset, end.log_offset)
+        figures = window_figures(start, end, watcher.between(start.at, end.at), records)
+        failed = [p for p in pulls if not p.ok]
+        burst = {
+            "clients": count,
+            "images": len(cold.references),
+            "image_mb": r(cold.size / MB / len(cold.references)),
+            "wall_s": r(max(p.ended for p in pulls) - start.at, 2),
+            "pull_p50_s": r(percentile([p.seconds for p in pulls], 50), 2),
+            "pull_p99_s": r(percentile([p.seconds for p in pulls], 99), 2),
+            "failed_pulls": len(failed),
+            "errors": [p.error for p in failed[:5]],
+            "upstream_bytes_per_image_set": r(traffic.bytes / cold.size, 2),
+            "upstream_blob_gets": traffic.blob_gets,
+            "distinct_blobs": cold.blobs,
+            "upstream_manifest_gets": traffic.manifest_gets,
+            **probe.figures(start.at, end.at),
+            **figures,
+        }
+        burst["saturated"] = saturation(burst, self.task, S3_POOL)
+        print(f"  cold burst: {brief(burst)}", flush=True)
+        return burst
+
+
+@dataclass(frozen=True)
+class ColdImages:
+    references: tuple[str, ...]
+    size: int  # bytes of all of them
+    blobs: int  # distinct blobs (configs and layers)
+
+
+S3_POOL = 64  # proxy/storage/s3.py: max_pool_connections
+
+
+def brief(figures: Mapping[str, Any]) -> str:
+    keys = (
+        "pulls_per_s", "mb_per_s", "wall_s", "pull_p50_s", "pull_p99_s",
+        "probe_manifest_p50_ms", "probe_manifest_p99_ms", "probe_lag_p99_ms",
+        "probe_health_p99_ms", "manifest_p99_ms", "failed_pulls", "proxy_cpu_percent",
+        "core_busy_percent", "moto_cpu_percent", "rss_max_mb", "in_progress_mean",
+        "s3_connections_max", "fetches_max", "upstream_bytes_per_image_set", "saturated",
+    )  # fmt: skip
+    return ", ".join(f"{k} {figures[k]}" for k in keys if k in figures)
+
+
+# --------------------------------------------------------------------- the cost model
+
+
+def cost_model(
+    calibration: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], image: ImageFacts
+) -> dict[str, Any]:
+    """The proxy's CPU per manifest request, per blob request to S3 and per GB from S3 (the
+    calibration runs), what a pull of the image costs by that model and as the steps measured
+    it, and what one vCPU carries at that cost."""
+    small, big = calibration["small blob GET from S3"], calibration["big blob GET from S3"]
+    per_byte_ms = (big["cpu_ms_per_request"] - small["cpu_ms_per_request"]) / (
+        big["bytes"] - small["bytes"]
+    )
+    per_blob_ms = max(0.0, small["cpu_ms_per_request"] - per_byte_ms * small["bytes"])
+    manifest_ms = statistics.fmean(
+        (
+            calibration["manifest HEAD by tag"]["cpu_ms_per_request"],
+            calibration["manifest GET by digest"]["cpu_ms_per_request"],
+        )
+    )
+    # A pull: the tag, the platform manifest by digest, the config (from memory: counted as a
+    # manifest request), and each layer from S3.
+    predicted_ms = 3 * manifest_ms + image.layers * per_blob_ms + per_byte_ms * image.bytes
+    measured = [s["proxy_cpu_s_per_pull"] for s in steps if s["proxy_cpu_s_per_pull"]]
+    per_pull = statistics.median(measured) if measured else predicted_ms / 1000
+    return {
+        "cpu_ms_per_manifest_request": r(manifest_ms, 3),
+        "cpu_ms_per_blob_request": r(per_blob_ms, 3),
+        "cpu_s_per_gb_from_s3": r(per_byte_ms * 1e9 / 1000, 3),
+        "cpu_s_per_pull_predicted": r(predicted_ms / 1000, 3),
+        "cpu_s_per_pull_measured": r(per_pull, 3) if measured else None,
+        "pulls_per_s_per_vcpu": r(1 / per_pull, 2),
+        "mb_per_s_per_vcpu": r(image.bytes / MB / per_pull),
+        "manifest_requests_per_s_per_vcpu": round(1000 / manifest_ms) if manifest_ms else None,
+    }
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    bytes: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str
+    size: int
+
+    @property
+    def path(self) -> str:
+        return f"/v2/{REPOSITORY}/blobs/{self.digest}"
+
+
+def smallest_layer(base_url: str, image: BenchImage) -> Layer:
+    """The image's smallest layer (its size from a HEAD through the proxy)."""
+    sizes = {}
+    for digest in image.pushed.platform(str(AMD64)).layer_digests:
+        request = urllib.request.Request(
+            f"{base_url}/v2/{REPOSITORY}/blobs/{digest}", method="HEAD"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            sizes[digest] = int(response.headers["Content-Length"])
+    digest = min(sizes, key=lambda d: sizes[d])
+    return Layer(digest, sizes[digest])
+
+
+# --------------------------------------------------------------------- the report
+
+
+def capacity_section(config: CapacityConfig, workdir: Path) -> dict[str, Any]:
+    reason = unavailable()
+    if reason is not None:
+        return {"skipped": reason}
+    return asyncio.run(Capacity(config, workdir / "capacity").run())
+
+
+def step_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The steps, the slow clients and the cold burst as a table (docs/benchmarks.md's)."""
+    header = [
+        "step", "load 1 min before / after", "pulls/s", "MB/s", "pull p50 / p99 s",
+        "manifest p50 / p99 ms", "layer HEAD p50 / p99 ms", "/healthz/local p99 / max ms",
+        "errors", "proxy CPU %", "proxy CPU wait %", "test-bed core %", "RSS MB",
+        "requests in progress", "S3 conns", "fetches", "saturated",
+    ]  # fmt: skip
+    rows = []
+    slow, burst = result["slow_clients"], result["cold_burst"]
+    for s in [*result["steps"], slow, burst]:
+        cores = s["core_busy_percent"]
+        bed = [v for k, v in cores.items() if str(k) != str(PROXY_CORE)]
+        progress = s.get("in_progress_mean")
+        rate: Any
+        mb_per_s: Any
+        if s is slow:
+            name, rate = f"{s['clients']} slow ({s['rate']}/s)", "-"
+            mb_per_s, pulls = r(s["served_mb"] / s["seconds"]), "-"
+        elif s is burst:
+            name, rate = f"{s['clients']} cold", f"wall {s['wall_s']} s"
+            mb_per_s = f"{s['upstream_bytes_per_image_set']}x upstream"
+            pulls = f"{s['pull_p50_s']} / {s['pull_p99_s']}"
+        else:
+            name, rate, mb_per_s = f"{s['clients']} warm", s["pulls_per_s"], s["mb_per_s"]
+            pulls = f"{s['pull_p50_s']} / {s['pull_p99_s']}"
+        rows.append(
+            [
+                name,
+                f"{s['load_before']} / {s['load_after']}",
+                rate,
+                mb_per_s,
+                pulls,
+                f"{s['probe_manifest_p50_ms']} / {s['probe_manifest_p99_ms']}",
+                f"{s['probe_blob_p50_ms']} / {s['probe_blob_p99_ms']}",
+                f"{s['probe_health_p99_ms']} / {s['probe_health_max_ms']}",
+                s["failed_pulls"] + len(s["server_errors"]),
+                s["proxy_cpu_percent"],
+                s["cpu_wait_percent"],
+                r(statistics.fmean(bed)) if bed else "",
+                s["rss_max_mb"],
+                "" if progress is None else f"{progress} (max {s['in_progress_max']})",
+                s["s3_connections_max"],
+                s["fetches_max"],
+                "; ".join(s.get("saturated", [])) or "nothing",
+            ]
+        )
+    return header, rows
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_lines(result: Mapping[str, Any]) -> list[str]:
+    model, cal = result["model"], result["calibration"]
+    lines = [
+        f"{name}: "
+        + (f"{v['per_second']} req/s" if "per_second" in v else f"{v['mb_per_s']} MB/s")
+        + f", proxy CPU {v['proxy_cpu_percent']} %, {v['cpu_ms_per_request']} CPU-ms per request"
+        for name, v in cal.items()
+    ]
+    lines.append(
+        f"cost model: {model['cpu_ms_per_manifest_request']} CPU-ms per manifest request, "
+        f"{model['cpu_ms_per_blob_request']} CPU-ms per blob request to S3, "
+        f"{model['cpu_s_per_gb_from_s3']} CPU-s per GB from S3; a pull of the image: "
+        f"{model['cpu_s_per_pull_predicted']} CPU-s predicted, "
+        f"{model['cpu_s_per_pull_measured']} measured in the steps (median)"
+    )
+    lines.append(
+        f"one vCPU at 100 %: {model['pulls_per_s_per_vcpu']} pulls/s of the image, "
+        f"{model['mb_per_s_per_vcpu']} MB/s, or {model['manifest_requests_per_s_per_vcpu']} "
+        "manifest requests/s"
+    )
+    docker = [(s["clients"], s["docker_pull_s"]) for s in result["steps"] if s["docker_pull_s"]]
+    if docker:
+        lines.append(
+            "a docker pull during the step: "
+            + ", ".join(f"{clients} clients {seconds} s" for clients, seconds in docker)
+        )
+    return lines
+
+
+def report(result: Mapping[str, Any], results_dir: Path | None = None) -> list[str]:
+    """Print the figures (and write them as Markdown); return the failed "musts"."""
+    if "skipped" in result:
+        print(f"\ncapacity: skipped: {result['skipped']}")
+        return []
+    failed = []
+    burst = result["cold_burst"]
+    for s in [*result["steps"], result["slow_clients"], burst]:
+        if s["failed_pulls"] or s["server_errors"]:
+            failed.append(
+                f"capacity, {s['clients']} clients: {s['failed_pulls']} failed pulls, "
+                f"{len(s['server_errors'])} 5xx: {(s['errors'] + s['server_errors'])[:3]}"
+            )
+    if burst["upstream_bytes_per_image_set"] > 1.05:
+        failed.append(
+            f"capacity, cold burst: the upstream sent {burst['upstream_bytes_per_image_set']}x "
+            "the images"
+        )
+    config, task = result["config"], result["task"]
+    header, rows = step_rows(result)
+    title = (
+        f"Capacity: one proxy on core {task['proxy_core']} (the task: cpu {task['cpu_units']}, "
+        f"{task['memory_mib']} MiB, {task['environment']['PROXY_MAX_UPSTREAM_FETCHES']} "
+        f"fetches), S3 on moto, warm pulls of a {config['image_mb']} MB image "
+        f"({config['image_blobs']} blobs) by skopeo, {config['step_seconds']} s per step; "
+        f"cold: {burst['clients']} clients, {burst['images']} new images of "
+        f"{burst['image_mb']} MB through the WAN"
+    )
+    print(f"\n{title}")
+    print(table(header, rows))
+    lines = model_lines(result)
+    for line in lines:
+        print(line)
+    for note in result["notes"]:
+        print(f"capacity note: {note}")
+    if results_dir is not None:
+        results_dir.mkdir(exist_ok=True)
+        text = "\n".join([title, "", markdown(header, rows), "", *(f"- {x}" for x in lines)])
+        (results_dir / "capacity.md").write_text(text + "\n")
+    return failed
