@@ -23,12 +23,15 @@ from proxy.cache.spool import Spool, spool_location
 from proxy.cache.upkeep.diskfull import DiskFullAlarm
 from proxy.cache.upkeep.housekeeping import Housekeeper
 from proxy.cache.upkeep.janitor import Janitor
-from proxy.cache.upkeep.lastuse import LastUse, UseRecords, new_instance_id
+from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.cache.upkeep.pins import BlobPins
 from proxy.cache.upkeep.usage import BlobUsage
-from proxy.config import Settings
-from proxy.ops.fleet import Fleet
+from proxy.config import DOCKER_HUB_HOST, Settings
+from proxy.ops.activity import Activity
+from proxy.ops.fleet import Fleet, new_instance_id
 from proxy.ops.metrics import Metrics
+from proxy.ops.observers import Observers
+from proxy.ops.quota import QuotaTracker
 from proxy.registry.policy import RepositoryPolicy, TagTtl
 from proxy.storage import Storage
 from proxy.storage.failsafe import FailSafeStorage
@@ -50,6 +53,9 @@ class Services:
     manifests: ManifestCache
     referrers: ReferrersCache
     metrics: Metrics
+    quotas: QuotaTracker
+    activity: Activity
+    observers: Observers  # tells metrics, quotas and activity what happened
     policy: RepositoryPolicy
     fleet: Fleet
     janitor: Janitor
@@ -65,16 +71,16 @@ class Services:
 
 def create_storage(settings: Settings) -> Storage:
     """The storage backend ``PROXY_STORAGE`` names (not yet opened)."""
-    if settings.storage.is_s3:
+    if settings.storage.location.is_s3:
         from proxy.storage.s3 import S3Storage
 
         return S3Storage(
-            settings.storage.bucket or "",
-            settings.storage.prefix,
-            endpoint_url=settings.s3_endpoint_url,
+            settings.storage.location.bucket or "",
+            settings.storage.location.prefix,
+            endpoint_url=settings.storage.s3_endpoint_url,
         )
-    assert settings.storage.path is not None
-    return FilesystemStorage(settings.storage.path)
+    assert settings.storage.location.path is not None
+    return FilesystemStorage(settings.storage.location.path)
 
 
 @contextlib.asynccontextmanager
@@ -92,7 +98,10 @@ async def open_services(
     end). Raises StorageError when the storage cannot be opened (start-up fails loudly rather
     than caching nothing).
     """
-    metrics = Metrics(quota_warn_remaining=settings.quota_warn_remaining)
+    metrics = Metrics()
+    quotas = QuotaTracker(warn_remaining=settings.operations.quota_warn_remaining)
+    activity = Activity()
+    observers = Observers(metrics, quotas, activity)
     disk_full = DiskFullAlarm(
         on_event=lambda where: metrics.housekeeping.disk_full.labels(where).inc()
     )
@@ -108,78 +117,82 @@ async def open_services(
             RegistryClient(
                 upstream,
                 session,
-                connect_timeout=settings.upstream_connect_timeout,
-                read_timeout=settings.upstream_read_timeout,
+                connect_timeout=settings.upstream.connect_timeout,
+                read_timeout=settings.upstream.read_timeout,
                 retry_delays=RETRY_DELAYS if retry_delays is None else retry_delays,
-                observer=metrics,
+                observer=observers,
             )
-            for upstream in (settings.upstream, *settings.extra_upstreams)
+            for upstream in settings.upstreams
         ]
         spool = Spool(
             spool_location(settings).path,
-            max_size=settings.spool_max_size,
-            min_free=settings.spool_min_free,
+            max_size=settings.storage.spool_max_size,
+            min_free=settings.storage.spool_min_free,
             on_full=disk_full.report,
         )
         spool.open()
-        last_use = LastUse(UseRecords(safe_storage, new_instance_id()))
-        last_use.enabled = settings.cache_record_access
+        instance_id = new_instance_id()  # one process, one identity: its records and its page
+        last_use = LastUse(UseRecords(safe_storage, instance_id))
+        last_use.enabled = settings.cache.record_access
         pins = BlobPins()
         janitor = Janitor(
             housekeeper(settings, safe_storage, last_use, pins, spool),
             last_use,
-            sweep_interval=settings.cache_sweep_interval,
+            sweep_interval=settings.cache.sweep_interval,
             metrics=metrics.housekeeping,
         )
         disk_full.make_room = janitor.make_room
-        links = ContentLinks(safe_storage, negative_ttl=settings.negative_ttl)
+        links = ContentLinks(safe_storage, negative_ttl=settings.policy.negative_ttl)
         blobs = BlobCache(
             safe_storage,
             spool,
             links=links,
-            redirect_expires=BLOB_REDIRECT_SECONDS if settings.blob_redirect else None,
-            max_fetches=settings.max_upstream_fetches,
+            redirect_expires=BLOB_REDIRECT_SECONDS if settings.storage.blob_redirect else None,
+            max_fetches=settings.upstream.max_fetches,
             usage=BlobUsage(last_use, pins, janitor.stored),
-            pieces=PieceSettings(settings.fetch_pieces, settings.fetch_piece_threshold),
+            pieces=PieceSettings(
+                settings.upstream.fetch_pieces, settings.upstream.fetch_piece_threshold
+            ),
             observer=metrics,
         )
-        tag_ttl = TagTtl(settings.tag_ttl, settings.tag_ttl_rules, settings.upstream.host)
+        tag_ttl = TagTtl(settings.policy.tag_ttl, settings.policy.tag_ttl_rules, DOCKER_HUB_HOST)
         manifests = ManifestCache(
             safe_storage,
             tag_ttl=tag_ttl,
-            max_manifest_bytes=settings.max_manifest_bytes,
+            max_manifest_bytes=settings.upstream.max_manifest_bytes,
             links=links,
-            negative_ttl=settings.negative_ttl,
-            keep_deleted_tags=settings.keep_deleted_tags,
+            negative_ttl=settings.policy.negative_ttl,
+            keep_deleted_tags=settings.policy.keep_deleted_tags,
             on_deleted_tag=metrics.deleted_tag,
             on_use=last_use.touch,
         )
         referrers = ReferrersCache(
             safe_storage,
             tag_ttl=tag_ttl,
-            negative_ttl=settings.negative_ttl,
-            max_bytes=settings.max_manifest_bytes,
+            negative_ttl=settings.policy.negative_ttl,
+            max_bytes=settings.upstream.max_manifest_bytes,
         )
         prefetch = Prefetcher(
             blobs,
             manifests,
-            enabled=settings.prefetch,
+            enabled=settings.upstream.prefetch,
             # Client requests come first: prefetches get a quarter of the fetch slots.
-            max_fetches=max(1, settings.max_upstream_fetches // 4),
+            max_fetches=max(1, settings.upstream.max_fetches // 4),
             observer=metrics,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         policy = RepositoryPolicy(
-            {u.host: u.repository_rules for u in (settings.upstream, *settings.extra_upstreams)},
-            default_host=settings.upstream.host,
+            {u.host: u.repository_rules for u in settings.upstreams},
+            default_host=DOCKER_HUB_HOST,
         )
         metrics.in_flight.set_function(
             lambda: blobs.in_flight + manifests.in_flight + referrers.in_flight
         )
         fleet = Fleet(
             safe_storage,
-            metrics.activity,
+            activity,
             lambda: {"downloads": blobs.downloads(), "storage_errors": safe_storage.errors},
+            instance_id=instance_id,
         )
         if housekeeping:
             janitor.start()
@@ -192,6 +205,9 @@ async def open_services(
                 manifests,
                 referrers,
                 metrics,
+                quotas,
+                activity,
+                observers,
                 policy,
                 fleet,
                 janitor,
@@ -223,8 +239,8 @@ def housekeeper(
     return Housekeeper(
         storage,
         records,
-        limit=settings.cache_limit,
-        expire_unused=settings.cache_expire_unused,
+        limit=settings.cache.limit,
+        expire_unused=settings.cache.expire_unused,
         disk_path=root,
         temp_dirs=tuple(temp_dirs),
         pins=pins,

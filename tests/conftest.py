@@ -1,6 +1,5 @@
 """Shared fixtures."""
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -9,8 +8,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.fakehub import FakeHub
+from support.settings import settings_with
 
-from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.config import StorageLocation
 from proxy.http.app import create_app
 from proxy.storage import Storage
 
@@ -50,9 +50,10 @@ async def make_proxy(
 ) -> ProxyFactory:
     """``client = await make_proxy(hub, tag_ttl=0, ...)``: the app on a loopback port.
 
-    Keyword arguments override Settings fields; by default the cache lives in a fresh directory
-    under tmp_path (``client.app[SERVICES].settings.storage.path``), has no size limit, and
-    nothing is prefetched (``prefetch=True`` turns it on).
+    Keyword arguments override Settings fields by name, whatever their section
+    (``support.settings``); by default the cache lives in a fresh directory under tmp_path
+    (``client.app[SERVICES].settings.storage.location.path``), has no size limit, and nothing is
+    prefetched (``prefetch=True`` turns it on).
     """
     count = 0
 
@@ -66,20 +67,22 @@ async def make_proxy(
     ) -> TestClient[web.Request, web.Application]:
         nonlocal count
         count += 1
-        base = Settings(
-            upstream=UpstreamSettings("docker.io", hub.url, username, password),
-            storage=StorageLocation(path=tmp_path / f"cache{count}"),
-            upstream_connect_timeout=2.0,
-            upstream_read_timeout=5.0,
+        base = settings_with(
+            url=hub.url,
+            username=username,
+            password=password,
+            location=StorageLocation(path=tmp_path / f"cache{count}"),
+            connect_timeout=2.0,
+            read_timeout=5.0,
             # No size limit unless a test sets one: the default follows the free space of the
             # machine's disk, which a test must not depend on.
-            cache_limit=None,
+            limit=None,
             # No prefetch unless a test asks for it: its downloads run in the background after a
             # manifest is served and would race with every test that counts upstream requests
             # or cache hits. Prefetch has its own tests; the e2e suites run the shipped default.
             prefetch=False,
         )
-        settings = dataclasses.replace(base, **overrides)
+        settings = settings_with(base, **overrides)
         app = create_app(settings, storage=storage_backend, retry_delays=(0.01, 0.01))
         return await aiohttp_client(app)
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.config import ConfigError, load_settings
-from proxy.http.access import AccessPolicy, codebuild_ranges, parse_networks
+from proxy.config import ConfigError, load_settings, parse_networks
+from proxy.http.access import AccessPolicy, codebuild_ranges
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -35,7 +35,7 @@ async def test_login_required_when_users_are_configured(
     fakehub: FakeHub, make_proxy: ProxyFactory, htpasswd: Path
 ) -> None:
     image = fakehub.add_image("library/golang", "1")
-    users = load_settings({"PROXY_AUTH_HTPASSWD": str(htpasswd)}).htpasswd_users
+    users = load_settings({"PROXY_AUTH_HTPASSWD": str(htpasswd)}).access.htpasswd_users
     client = await make_proxy(fakehub, htpasswd_users=users, auth_tokens=frozenset({"tok-1"}))
     anonymous = await client.get("/v2/")
     assert anonymous.status == 401
@@ -216,4 +216,6 @@ def test_codebuild_ranges_command(tmp_path: Path) -> None:
         check=True,
     )
     assert result.stdout.strip() == "PROXY_ALLOW_CIDRS=34.228.4.208/28,2600:1f18::/36"
-    assert load_settings({"PROXY_ALLOW_CIDRS": result.stdout.strip().split("=", 1)[1]}).allow_cidrs
+    assert load_settings(
+        {"PROXY_ALLOW_CIDRS": result.stdout.strip().split("=", 1)[1]}
+    ).access.allow_cidrs

@@ -23,8 +23,9 @@ from aiohttp import web
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
+from support.settings import settings_with
 
-from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.config import Settings, StorageLocation
 from proxy.http.app import create_app
 from proxy.http.routes import SERVICES
 from proxy.ops.logs import log_processors
@@ -51,11 +52,11 @@ async def serve(app: web.Application, *, handler_cancellation: bool) -> AsyncIte
 
 
 def settings_for(hub: FakeHub, cache: Path) -> Settings:
-    return Settings(
-        upstream=UpstreamSettings("docker.io", hub.url, None, ""),
-        storage=StorageLocation(path=cache),
-        upstream_connect_timeout=2.0,
-        upstream_read_timeout=5.0,
+    return settings_with(
+        url=hub.url,
+        location=StorageLocation(path=cache),
+        connect_timeout=2.0,
+        read_timeout=5.0,
     )
 
 

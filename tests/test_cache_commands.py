@@ -5,7 +5,6 @@ S3 (two instances, expiry, ``gc --dry-run``) is in tests/test_expiry_s3.py.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
@@ -16,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo, IndexInfo
+from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key
 from proxy.commands.cache import Output, run
@@ -132,13 +132,13 @@ async def test_gc_expires_what_was_not_used(
     await pull(client, "library/golang", "1.22")
     await services.janitor.last_use.flush()
 
-    expiring = dataclasses.replace(settings, cache_expire_unused=30 * DAY)
+    expiring = settings_with(settings, expire_unused=30 * DAY)
     status, text = await cache_command(expiring, "gc", "--dry-run", clock=later + 15 * DAY)
     assert status == 0
     assert "would delete expired tag docker.io/chainguard/static:latest" in text
     assert f"would delete expired manifest {multi.digest}" in text
     assert "golang" not in text and single.digest not in text
-    root = settings.storage.path
+    root = settings.storage.location.path
     assert root is not None
     assert (root / "data" / manifest_key(Digest.parse(multi.digest))).exists()  # dry: kept
 
@@ -158,7 +158,7 @@ async def test_verify_removes_a_corrupt_blob_and_a_corrupt_manifest(
     filled: tuple[Client, Settings, ImageInfo, IndexInfo], fakehub: FakeHub
 ) -> None:
     client, settings, single, _ = filled
-    root = settings.storage.path
+    root = settings.storage.location.path
     assert root is not None
     blob = root / "data" / blob_key(Digest.parse(single.layer_digests[0]))
     manifest = root / "data" / manifest_key(Digest.parse(single.digest))

@@ -24,7 +24,7 @@ REPO = "library/golang"
 
 def stored_manifest(client: TestClient[web.Request, web.Application], digest: str) -> Path:
     """Where the filesystem cache keeps a manifest (``data/manifests/sha256/<2>/<64>``)."""
-    root = client.app[SERVICES].settings.storage.path
+    root = client.app[SERVICES].settings.storage.location.path
     assert root is not None
     hex_digest = digest.removeprefix("sha256:")
     return root / "data" / "manifests" / "sha256" / hex_digest[:2] / hex_digest
@@ -50,7 +50,9 @@ async def test_a_corrupt_stored_manifest_is_fetched_again_never_served(
 
     # A process that has not got the manifest in memory reads the corrupt file.
     fakehub.reset_counts()
-    second = await make_proxy(fakehub, tag_ttl=3600, storage=first.app[SERVICES].settings.storage)
+    second = await make_proxy(
+        fakehub, tag_ttl=3600, location=first.app[SERVICES].settings.storage.location
+    )
     response = await second.get(path, headers=ACCEPT_ALL)
     assert response.status == 200
     body = await response.read()

@@ -65,7 +65,7 @@ def busy_metrics() -> Metrics:
         ("manifest", 503, "stale", 1),
     ):
         for _ in range(count):
-            metrics.observe_request(route, "GET", status, 0.01, cache, None, None, None)
+            metrics.observe_request(route, "GET", status, 0.01, cache)
     metrics.bytes_served.labels("cache").inc(1000)
     metrics.bytes_served.labels("upstream").inc(400)
     quota = RateLimit(limit=100, remaining=42, window=21600, source="203.0.113.9")
@@ -107,7 +107,7 @@ def test_counters_are_reported_as_deltas() -> None:
     assert quiet["Requests"] == 0 and quiet["CacheHits"] == 0 and quiet["CountedPulls"] == 0
     assert hub["CountedPulls"] == 0 and hub["QuotaRemaining"] == 42  # a gauge stays
     assert "SpoolDiskUsedPercent" not in quiet  # no spool directory given
-    metrics.observe_request("blob", "GET", 200, 0.01, "miss", None, None, None)
+    metrics.observe_request("blob", "GET", 200, 0.01, "miss")
     metrics.rate_limit("docker.io", None, counted=True)
     busy, hub, _ = reporter.report()
     assert busy["CacheMisses"] == 1 and busy["CountedPulls"] == 1 and hub["CountedPulls"] == 1
@@ -204,7 +204,7 @@ def test_a_long_download_counts_in_every_interval_it_runs_in() -> None:
     readings = []
     for interval in range(4):
         if interval == 3:  # the download ended at the start of the fourth interval
-            metrics.observe_request("blob", "GET", 200, 180.0, "hit", None, None, None)
+            metrics.observe_request("blob", "GET", 200, 180.0, "hit")
             active[0] = 0
         for _ in range(60):
             reporter.sample()

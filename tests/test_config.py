@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from proxy.config import DOCKER_HUB_URL, CacheLimit, ConfigError, load_settings
+from proxy.commands.cli import build_parser, plain, settings_from
+from proxy.config import (
+    DOCKER_HUB_URL,
+    ROWS,
+    CacheLimit,
+    ConfigError,
+    Setting,
+    Settings,
+    load_settings,
+    markdown_tables,
+)
 
 
 def test_defaults() -> None:
     settings = load_settings({})
-    assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 5000)
+    assert (settings.listen.host, settings.listen.port) == ("0.0.0.0", 5000)
     assert settings.upstream.url == DOCKER_HUB_URL
     assert settings.upstream.username is None
-    assert settings.storage.path == Path("cache")
-    assert settings.log_format == "console"
-    assert settings.tag_ttl == 300
-    assert settings.prefetch is True
-    assert (settings.fetch_pieces, settings.fetch_piece_threshold) == (4, 16 * 1024 * 1024)
+    assert settings.storage.location.path == Path("cache")
+    assert settings.operations.log_format == "console"
+    assert settings.policy.tag_ttl == 300
+    assert settings.upstream.prefetch is True
+    assert (settings.upstream.fetch_pieces, settings.upstream.fetch_piece_threshold) == (
+        4,
+        16 * 1024 * 1024,
+    )
 
 
 def test_values_are_parsed() -> None:
@@ -40,15 +55,21 @@ def test_values_are_parsed() -> None:
             "PROXY_FETCH_PIECE_THRESHOLD": "32m",
         }
     )
-    assert settings.prefetch is False
-    assert (settings.fetch_pieces, settings.fetch_piece_threshold) == (8, 32 * 1024 * 1024)
-    assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 8080)
+    assert settings.upstream.prefetch is False
+    assert (settings.upstream.fetch_pieces, settings.upstream.fetch_piece_threshold) == (
+        8,
+        32 * 1024 * 1024,
+    )
+    assert (settings.listen.host, settings.listen.port) == ("127.0.0.1", 8080)
     assert settings.upstream.url == "http://127.0.0.1:5001"
-    assert settings.storage.bucket == "bucket" and settings.storage.prefix == "some/prefix"
-    assert settings.log_format == "json"
-    assert settings.tag_ttl == 0
-    assert settings.max_manifest_bytes == 1024 * 1024
-    assert settings.max_clients == 200
+    assert (
+        settings.storage.location.bucket == "bucket"
+        and settings.storage.location.prefix == "some/prefix"
+    )
+    assert settings.operations.log_format == "json"
+    assert settings.policy.tag_ttl == 0
+    assert settings.upstream.max_manifest_bytes == 1024 * 1024
+    assert settings.listen.max_clients == 200
     assert "dckr_pat_secret" not in repr(settings)
 
 
@@ -65,17 +86,17 @@ def test_production_settings_are_parsed() -> None:
             "PROXY_CLOUDWATCH_INTERVAL": "30",
         }
     )
-    assert len(settings.trusted_proxies) == 2 and settings.trusted_hops == 2
-    assert [str(n) for n in settings.operator_cidrs] == ["127.0.0.1/32"]
-    assert settings.spool_max_size == 35 * 1024**3
-    assert settings.spool_min_free == 512 * 1024**2
-    assert settings.memory_limit == 2 * 1024**3
-    assert settings.cloudwatch_namespace == "RegistryProxy/Prod"
-    assert settings.cloudwatch_interval == 30
+    assert len(settings.access.trusted_proxies) == 2 and settings.access.trusted_hops == 2
+    assert [str(n) for n in settings.access.operator_cidrs] == ["127.0.0.1/32"]
+    assert settings.storage.spool_max_size == 35 * 1024**3
+    assert settings.storage.spool_min_free == 512 * 1024**2
+    assert settings.upstream.memory_limit == 2 * 1024**3
+    assert settings.operations.cloudwatch_namespace == "RegistryProxy/Prod"
+    assert settings.operations.cloudwatch_interval == 30
     defaults = load_settings({})
-    assert (defaults.trusted_hops, defaults.operator_cidrs) == (1, ())
-    assert (defaults.spool_max_size, defaults.memory_limit) == (None, None)
-    assert defaults.cloudwatch_namespace is None
+    assert (defaults.access.trusted_hops, defaults.access.operator_cidrs) == (1, ())
+    assert (defaults.storage.spool_max_size, defaults.upstream.memory_limit) == (None, None)
+    assert defaults.operations.cloudwatch_namespace is None
 
 
 @pytest.mark.parametrize(
@@ -133,10 +154,10 @@ def test_errors_name_the_variable_and_what_is_accepted(
 
 def test_cache_size_and_expiry() -> None:
     directory = load_settings({})
-    assert directory.cache_limit == CacheLimit(min_free_fraction=0.10)  # the disk stays usable
-    assert directory.cache_expire_unused is None
-    assert directory.cache_sweep_interval == 3600
-    assert load_settings({"PROXY_STORAGE": "s3://b/p"}).cache_limit is None
+    assert directory.cache.limit == CacheLimit(min_free_fraction=0.10)  # the disk stays usable
+    assert directory.cache.expire_unused is None
+    assert directory.cache.sweep_interval == 3600
+    assert load_settings({"PROXY_STORAGE": "s3://b/p"}).cache.limit is None
     sizes = {
         "50GiB": 50 * 1024**3,
         "50G": 50 * 1024**3,
@@ -147,22 +168,22 @@ def test_cache_size_and_expiry() -> None:
         "2T": 2 * 1024**4,
     }
     for value, expected in sizes.items():
-        assert load_settings({"PROXY_CACHE_MAX_SIZE": value}).cache_limit == CacheLimit(
+        assert load_settings({"PROXY_CACHE_MAX_SIZE": value}).cache.limit == CacheLimit(
             max_bytes=expected
         )
     s3 = load_settings({"PROXY_STORAGE": "s3://b/p", "PROXY_CACHE_MAX_SIZE": "1TiB"})
-    assert s3.cache_limit == CacheLimit(max_bytes=1024**4)
-    assert load_settings({"PROXY_CACHE_MAX_SIZE": "80%"}).cache_limit == CacheLimit(
+    assert s3.cache.limit == CacheLimit(max_bytes=1024**4)
+    assert load_settings({"PROXY_CACHE_MAX_SIZE": "80%"}).cache.limit == CacheLimit(
         max_fraction=0.8
     )
-    assert load_settings({"PROXY_CACHE_MAX_SIZE": "off"}).cache_limit is None
+    assert load_settings({"PROXY_CACHE_MAX_SIZE": "off"}).cache.limit is None
     durations = {"30d": 30 * 86400.0, "12h": 43200.0, "90m": 5400.0, "45": 45.0, "2w": 1209600.0}
     for value, seconds in durations.items():
-        assert load_settings({"PROXY_CACHE_EXPIRE_UNUSED": value}).cache_expire_unused == seconds
-    assert load_settings({"PROXY_CACHE_EXPIRE_UNUSED": "off"}).cache_expire_unused is None
-    assert load_settings({"PROXY_CACHE_SWEEP_INTERVAL": "15m"}).cache_sweep_interval == 900
-    assert directory.cache_record_access is True
-    assert load_settings({"PROXY_CACHE_RECORD_ACCESS": "false"}).cache_record_access is False
+        assert load_settings({"PROXY_CACHE_EXPIRE_UNUSED": value}).cache.expire_unused == seconds
+    assert load_settings({"PROXY_CACHE_EXPIRE_UNUSED": "off"}).cache.expire_unused is None
+    assert load_settings({"PROXY_CACHE_SWEEP_INTERVAL": "15m"}).cache.sweep_interval == 900
+    assert directory.cache.record_access is True
+    assert load_settings({"PROXY_CACHE_RECORD_ACCESS": "false"}).cache.record_access is False
 
 
 def test_cli_reports_a_bad_setting_in_one_line_without_traceback() -> None:
@@ -189,7 +210,7 @@ def test_extra_upstreams_with_credentials() -> None:
             "PROXY_UPSTREAM_GHCR_IO_PASSWORD": "ghp_x",
         }
     )
-    ghcr, local = settings.extra_upstreams
+    ghcr, local = settings.upstream.extra
     assert (ghcr.host, ghcr.url, ghcr.username, ghcr.password) == (
         "ghcr.io",
         "https://ghcr.io",
@@ -219,3 +240,110 @@ def test_bad_extra_upstreams(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert variable in str(info.value)
+
+
+# --- the rows: README, --help, sections ---------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLES_START = "<!-- settings tables: python -m proxy.config -->"
+TABLES_END = "<!-- end of settings tables -->"
+
+
+def readme_tables() -> str:
+    text = README.read_text()
+    assert TABLES_START in text and TABLES_END in text, "README lost its settings-table markers"
+    return text.split(TABLES_START, 1)[1].split(TABLES_END, 1)[0].strip()
+
+
+def table_rows(markdown: str) -> list[tuple[str, str, str]]:
+    """(section, variable, default) of every row of the tables, in order."""
+    rows, section = [], ""
+    for line in markdown.splitlines():
+        if line.startswith("**"):
+            section = line.strip("*").split(":")[0]
+        elif line.startswith("| `"):
+            variable, default = (cell.strip() for cell in line.strip("|").split("|")[:2])
+            rows.append((section, variable.strip("`"), default))
+    return rows
+
+
+def test_the_readme_tables_are_the_settings_rows() -> None:
+    """Names, defaults, order and sections first (a readable difference), then every word."""
+    expected = [(row.section, row.variable, row.shown_default) for row in ROWS]
+    assert table_rows(readme_tables()) == expected
+    assert readme_tables() == markdown_tables(), (
+        "README's settings tables differ from proxy/config.py's rows: paste the output of "
+        "`python -m proxy.config` between the markers"
+    )
+
+
+def test_every_variable_the_proxy_names_has_one_row() -> None:
+    """Each ``PROXY_*`` name in proxy/'s source (messages, docstrings, readers) is a row's, or an
+    extra upstream's instance of one (``PROXY_UPSTREAM_GHCR_IO_USERNAME``)."""
+    variables = [row.variable for row in ROWS]
+    assert len(variables) == len(set(variables))
+    per_upstream = re.compile(
+        r"PROXY_UPSTREAM_[A-Z0-9_]+_(USERNAME|PASSWORD|ALLOW_REPOSITORIES|DENY_REPOSITORIES)"
+    )
+    source = Path(__file__).resolve().parent.parent / "proxy"
+    named = {
+        (path.name, name)
+        for path in source.rglob("*.py")
+        for name in re.findall(r"PROXY_[A-Z0-9_<>]*[A-Z0-9>]", path.read_text())
+    }
+    unknown = {
+        (file, name)
+        for file, name in named
+        if name not in variables and not per_upstream.fullmatch(name)
+    }
+    assert unknown <= {("config.py", "PROXY_UPSTREAM"), ("config.py", "PROXY_UPSTREAM_<HOST>")}
+    assert {row.section for row in ROWS} == {s.name for s in dataclasses.fields(Settings)}
+    for row in ROWS:
+        assert row.help and "\n" not in row.help and not row.help.endswith(".")
+
+
+def test_field_names_are_unique_across_sections() -> None:
+    """So a field name says its section (tests change settings by name: support.settings)."""
+    names = [
+        column.name
+        for section in dataclasses.fields(Settings)
+        for column in dataclasses.fields(getattr(Settings(), section.name))
+    ]
+    assert len(names) == len(set(names))
+
+
+def test_a_written_default_is_the_settings_default() -> None:
+    """Defaults are written once, as in the environment: the field's default is their parse,
+    and setting the variable to its default changes nothing."""
+    defaults = Settings()
+    for row in ROWS:
+        if row.default is not None:
+            assert load_settings({row.variable: row.default}) == load_settings({})
+    assert load_settings({}) == dataclasses.replace(defaults)
+    assert defaults.policy.tag_ttl == 300 and defaults.upstream.max_manifest_bytes == 4 * 1024**2
+
+
+def test_serve_help_lists_every_setting_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for row in ROWS:
+        assert row.variable in text
+        assert f"[default: {plain(row.shown_default)}]" in text, row.variable
+    # the flags' help is the rows' help too
+    assert f"--tag-ttl PROXY_TAG_TTL {plain(row_of('PROXY_TAG_TTL').help)}" in text
+
+
+def test_flags_override_their_variables() -> None:
+    args = build_parser().parse_args(["serve", "--tag-ttl", "5", "--listen", "127.0.0.1:81"])
+    settings = settings_from(args, {"PROXY_TAG_TTL": "60", "PROXY_NEGATIVE_TTL": "7"})
+    assert (settings.policy.tag_ttl, settings.policy.negative_ttl) == (5, 7)
+    assert (settings.listen.host, settings.listen.port) == ("127.0.0.1", 81)
+    gc = build_parser().parse_args(["cache", "gc", "--expire-unused", "30d"])
+    assert settings_from(gc, {}).cache.expire_unused == 30 * 86400
+
+
+def row_of(variable: str) -> Setting:
+    return next(row for row in ROWS if row.variable == variable)

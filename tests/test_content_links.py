@@ -110,21 +110,16 @@ async def test_admit_asks_once_and_remembers_a_404(tmp_path: Path) -> None:
         nonlocal calls
         calls += 1
         await gate.wait()
-        raise UpstreamNotFound("404", status=404, code="BLOB_UNKNOWN")
+        raise UpstreamNotFound("404", status=404)
 
-    waiters = [
-        asyncio.create_task(
-            links.admit(HOST, REPO, digest(7), missing, not_found_code="BLOB_UNKNOWN")
-        )
-        for _ in range(10)
-    ]
+    waiters = [asyncio.create_task(links.admit(HOST, REPO, digest(7), missing)) for _ in range(10)]
     await asyncio.sleep(0)  # let them all reach the flight
     gate.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(r, UpstreamNotFound) for r in results)
     with pytest.raises(UpstreamNotFound) as remembered:
-        await links.admit(HOST, REPO, digest(7), missing, not_found_code="BLOB_UNKNOWN")
-    assert remembered.value.code == "BLOB_UNKNOWN"
+        await links.admit(HOST, REPO, digest(7), missing)
+    assert remembered.value.status == 404
     assert calls == 1
 
 
@@ -139,7 +134,7 @@ async def test_admit_passes_failures_on_and_links_on_confirmation(tmp_path: Path
         return None
 
     with pytest.raises(UpstreamUnavailable):
-        await links.admit(HOST, REPO, digest(8), down, not_found_code="BLOB_UNKNOWN")
-    await links.admit(HOST, REPO, digest(8), there, not_found_code="BLOB_UNKNOWN")
-    await links.admit(HOST, REPO, digest(8), down, not_found_code="BLOB_UNKNOWN")  # linked now
+        await links.admit(HOST, REPO, digest(8), down)
+    await links.admit(HOST, REPO, digest(8), there)
+    await links.admit(HOST, REPO, digest(8), down)  # linked now
     assert await storage.stat(link_key(HOST, REPO, digest(8))) is not None

@@ -28,9 +28,9 @@ def test_compose_proxy_settings_are_known_and_valid() -> None:
     # Interpolated secrets default to empty, which the proxy reads as unset.
     resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
     settings = load_settings(resolved)
-    assert settings.storage.is_s3
-    assert settings.s3_endpoint_url == "http://minio:9000"
-    port = settings.listen_port
+    assert settings.storage.location.is_s3
+    assert settings.storage.s3_endpoint_url == "http://minio:9000"
+    port = settings.listen.port
     assert f"{port}:{port}" in proxy["ports"]
 
 
@@ -38,7 +38,7 @@ def test_compose_creates_the_bucket_the_proxy_uses() -> None:
     services = compose()["services"]
     bucket = load_settings(
         {"PROXY_STORAGE": services["proxy"]["environment"]["PROXY_STORAGE"]}
-    ).storage.bucket
+    ).storage.location.bucket
     script = " ".join(services["create-bucket"]["entrypoint"])
     assert f"mc mb --ignore-existing local/{bucket}" in script
     assert services["proxy"]["depends_on"]["create-bucket"]["condition"] == (

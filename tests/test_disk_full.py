@@ -47,8 +47,8 @@ async def test_a_pull_larger_than_the_free_space(
     digests = [fakehub.add_blob(data, repo="library/golang") for data in (*early, huge, later)]
     client = await make_proxy(
         fakehub,
-        storage=StorageLocation(path=small_disk / "cache"),
-        cache_limit=DIRECTORY_DEFAULT_LIMIT,  # the default: keep 10% of the disk free
+        location=StorageLocation(path=small_disk / "cache"),
+        limit=DIRECTORY_DEFAULT_LIMIT,  # the default: keep 10% of the disk free
         spool_min_free=1,  # spool until the disk really fills (no room at all is test_spool)
     )
     services = client.app[SERVICES]

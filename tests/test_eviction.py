@@ -79,7 +79,7 @@ async def test_lru_evicts_the_least_recently_pulled_image_first(
     a, b, c = (image_of(fakehub, name, 300 * KiB) for name in ("a", "b", "c"))
     # Room for two images, not three: C pushes the cache over, down to 90% of the cap.
     cap = 2 * a.blob_bytes + a.blob_bytes // 2
-    client = await make_proxy(fakehub, cache_limit=CacheLimit(max_bytes=cap))
+    client = await make_proxy(fakehub, limit=CacheLimit(max_bytes=cap))
     janitor = client.app[SERVICES].janitor
     await wait_until(lambda: janitor.estimated_bytes is not None, "the first inventory")
 

@@ -9,7 +9,6 @@ moto's own, and those are "now" at the start.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
 from support.moto import MotoServer
+from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key, tag_key
 from proxy.commands.cache import Output, run
@@ -75,10 +75,10 @@ async def test_hits_through_one_instance_keep_an_image_another_would_expire(
 
     def instance(name: str) -> dict[str, Any]:
         return {
-            "storage": StorageLocation(bucket=bucket, prefix=PREFIX),
+            "location": StorageLocation(bucket=bucket, prefix=PREFIX),
             "s3_endpoint_url": moto_endpoint.endpoint_url,
             "spool_dir": tmp_path / f"spool-{name}",
-            "cache_expire_unused": 30 * DAY,
+            "expire_unused": 30 * DAY,
         }
 
     a = await make_proxy(fakehub, **instance("a"))
@@ -98,7 +98,7 @@ async def test_hits_through_one_instance_keep_an_image_another_would_expire(
 
     # Thirty-five days on: unused for 35 days goes, used 15 days ago stays.
     sweep_time = start + 35 * DAY
-    settings: Settings = dataclasses.replace(a.app[SERVICES].settings, cache_limit=None)
+    settings: Settings = settings_with(a.app[SERVICES].settings, limit=None)
     args = build_parser().parse_args(["cache", "gc", "--dry-run"])
     out = io.StringIO()
     status = await run(settings, args, output=Output(out, io.StringIO()), clock=lambda: sweep_time)

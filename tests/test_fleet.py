@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from conftest import ProxyFactory
+from support.fakehub import FakeHub
+
+from proxy.config_values import human_bytes
+from proxy.http.routes import SERVICES
 from proxy.ops.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
 from proxy.ops.fleet import new_instance_id, total
-from proxy.ops.status_page import ago, human_bytes, human_count, percent
+from proxy.ops.status_page import ago, human_count, percent
 from proxy.storage.base import KEY_RE
+from proxy.upstream.client import RateLimit
 
 
 class Clock:
@@ -24,9 +30,9 @@ def test_totals_add_counters_and_keep_the_latest_reading() -> None:
     two.cache_result("stale")
     one.counted_pull("docker.io")
     two.counted_pull("docker.io")
-    one.rate_limit("docker.io", 100, 90, 21600, "1.2.3.4")
+    one.rate_limit("docker.io", RateLimit(100, 90, 21600, "1.2.3.4"), counted=False)
     clock.now += 30
-    two.rate_limit("docker.io", 100, 80, 21600, "1.2.3.4")
+    two.rate_limit("docker.io", RateLimit(100, 80, 21600, "1.2.3.4"), counted=False)
     one.pulled("library/golang")
     two.pulled("library/golang")
     two.pulled("library/alpine")
@@ -68,8 +74,8 @@ def test_instance_ids_are_storage_keys() -> None:
 def test_figures_for_people() -> None:
     assert human_bytes(0) == "0 B"
     assert human_bytes(999) == "999 B"
-    assert human_bytes(1234) == "1.23 kB"
-    assert human_bytes(1_200_000_000) == "1.2 GB"
+    assert human_bytes(1234) == "1.21 KiB"
+    assert human_bytes(1_200_000_000) == "1.12 GiB"
     assert human_bytes(None) == "\u2013"
     assert human_count(1234567) == "1\u202f234\u202f567"
     assert percent(0.538) == "53.8 %"
@@ -80,3 +86,11 @@ def test_figures_for_people() -> None:
     assert ago(now - 7200, now) == "2 h ago"
     assert ago(now - 3 * 86400, now) == "3 days ago"
     assert ago(None, now) == "never"
+
+
+async def test_one_process_has_one_instance_id(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
+    """The fleet record and the last-use records of an instance carry the same id."""
+    client = await make_proxy(fakehub)
+    services = client.app[SERVICES]
+    assert services.fleet.instance_id == services.janitor.last_use.records.instance
+    assert KEY_RE.fullmatch(f"access/0000000000-{services.fleet.instance_id}-1")

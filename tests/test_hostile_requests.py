@@ -45,8 +45,9 @@ from aiohttp import web
 from conftest import ProxyFactory
 from support.cache_scan import ScanReport, scan_directory
 from support.fakehub import FakeHub, ImageInfo, IndexInfo, RecordedRequest
+from support.settings import settings_with
 
-from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.config import Settings, StorageLocation
 from proxy.http.app import create_app
 from proxy.http.routes import SERVICES
 
@@ -961,11 +962,11 @@ class HostileRun:
 
 def proxy_settings(hub: FakeHub, cache_root: Path) -> Settings:
     """As tests/conftest.py's make_proxy sets it up, with tags trusted for the whole run."""
-    return Settings(
-        upstream=UpstreamSettings("docker.io", hub.url, None, ""),
-        storage=StorageLocation(path=cache_root),
-        upstream_connect_timeout=2.0,
-        upstream_read_timeout=5.0,
+    return settings_with(
+        url=hub.url,
+        location=StorageLocation(path=cache_root),
+        connect_timeout=2.0,
+        read_timeout=5.0,
         tag_ttl=3600,
     )
 

@@ -32,7 +32,7 @@ async def get(client: Client, path: str) -> tuple[int, bytes]:
 
 
 def cache_root(client: Client) -> Path:
-    path = client.app[SERVICES].settings.storage.path
+    path = client.app[SERVICES].settings.storage.location.path
     assert path is not None
     return path
 
@@ -104,7 +104,7 @@ async def test_links_are_shared_through_storage(
     assert await get(one, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
     hub.reset_counts()
     # Another instance on the same storage knows both links without asking anyone.
-    two = await make_proxy(hub, storage=one.app[SERVICES].settings.storage)
+    two = await make_proxy(hub, location=one.app[SERVICES].settings.storage.location)
     assert await get(two, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
     assert await get(two, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
     assert hub.count(server=None) == 0
@@ -117,7 +117,7 @@ async def test_links_are_shared_by_instances_on_one_s3_bucket(
     first = hub.add_image("library/golang", "1.0", [SHARED])
     hub.add_image("myorg/app", "1.0", [SHARED, b"app layer"])
     s3 = {
-        "storage": StorageLocation(bucket=moto_endpoint.create_bucket(), prefix="cache"),
+        "location": StorageLocation(bucket=moto_endpoint.create_bucket(), prefix="cache"),
         "s3_endpoint_url": moto_endpoint.endpoint_url,
     }
     one = await make_proxy(hub, **s3)
@@ -146,7 +146,7 @@ async def test_a_private_upstreams_blob_is_not_readable_under_a_public_name(
     image = private.add_image("company/secret", "1.0", [b"private bytes"])
     client = await make_proxy(
         public,
-        extra_upstreams=(UpstreamSettings("ghcr.io", private.url, "bot", "pw"),),
+        extra=(UpstreamSettings("ghcr.io", private.url, "bot", "pw"),),
     )
     layer = image.layer_digests[0]
     assert await get(client, f"/v2/ghcr.io/company/secret/blobs/{layer}") == (
@@ -227,7 +227,9 @@ async def test_a_cache_without_links_heals_from_its_tag_records_even_offline(
     shutil.rmtree(cache_root(first) / "data" / "links")
     await hub.close()  # and the upstream is gone too
 
-    second = await make_proxy(hub, tag_ttl=3600, storage=first.app[SERVICES].settings.storage)
+    second = await make_proxy(
+        hub, tag_ttl=3600, location=first.app[SERVICES].settings.storage.location
+    )
     assert await get(second, "/v2/library/golang/manifests/1.0") == (200, image.manifest)
     for blob, data in zip(image.blob_digests, (image.config, *image.layers), strict=True):
         assert await get(second, f"/v2/library/golang/blobs/{blob}") == (200, data)

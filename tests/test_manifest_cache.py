@@ -171,7 +171,7 @@ async def test_hanging_upstream_gives_a_timely_503(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
     fakehub.add_image("library/golang", "1.22")
-    client = await make_proxy(fakehub, upstream_read_timeout=0.5)
+    client = await make_proxy(fakehub, read_timeout=0.5)
     fakehub.inject_hang(path_contains="/manifests/")
     response = await asyncio.wait_for(client.get(TAG_PATH, headers=ACCEPT_ALL), timeout=15)
     assert response.status == 503
@@ -195,14 +195,16 @@ async def test_tag_record_survives_restart(fakehub: FakeHub, make_proxy: ProxyFa
     await pull(first)
     fakehub.reset_counts()
     # A new process on the same cache knows the tag and its manifest without asking upstream.
-    second = await make_proxy(fakehub, tag_ttl=300, storage=first.app[SERVICES].settings.storage)
+    second = await make_proxy(
+        fakehub, tag_ttl=300, location=first.app[SERVICES].settings.storage.location
+    )
     assert await pull(second) == image.digest
     assert fakehub.count(server=None) == 0
 
 
 async def test_timeouts_are_not_retried(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     fakehub.add_image("library/golang", "1.22")
-    client = await make_proxy(fakehub, upstream_read_timeout=0.3)
+    client = await make_proxy(fakehub, read_timeout=0.3)
     hang = fakehub.inject_hang(method="HEAD", path_contains="/manifests/")
     response = await client.get(TAG_PATH, headers=ACCEPT_ALL)
     assert response.status == 503
@@ -256,7 +258,7 @@ async def test_moved_tag_whose_new_manifest_fails_serves_the_old_digest(
     fakehub: FakeHub, make_proxy: ProxyFactory, failure: str
 ) -> None:
     old = fakehub.add_image("library/alpine", "x", [b"old layer"])
-    client = await make_proxy(fakehub, tag_ttl=60, upstream_read_timeout=0.5)
+    client = await make_proxy(fakehub, tag_ttl=60, read_timeout=0.5)
     clock = use_clock(client)
     path = "/v2/library/alpine/manifests/x"
     await pull_image(client, path, old)
@@ -311,7 +313,7 @@ async def test_moved_tag_with_nothing_cached_passes_the_refusal_on(
     # The old manifest is gone from the cache: nothing to serve stale.
     [record] = [r for r in services.manifests._tags.values()]
     services.manifests._manifests.clear()
-    root = services.settings.storage.path
+    root = services.settings.storage.location.path
     assert root is not None
     for stored in (root / "data" / "manifests").rglob(record.digest.hex):
         stored.unlink()

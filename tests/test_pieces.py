@@ -273,7 +273,7 @@ async def test_pieces_stay_within_the_shared_budget(
 ) -> None:
     """With 4 fetch slots the whole process has one extra connection for pieces."""
     fakehub.add_blob(BLOB, repo="library/golang")
-    client = await make_proxy(fakehub, **PIECE_SETTINGS, max_upstream_fetches=4)
+    client = await make_proxy(fakehub, **PIECE_SETTINGS, max_fetches=4)
     assert await read_all(client) == (200, BLOB)
     assert fakehub.blob_ranges(DIGEST) == [PIECES[0], f"bytes={MiB}-{len(BLOB) - 1}"]
 

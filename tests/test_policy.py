@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import ConfigError, load_settings
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, RegistryError
 from proxy.registry.policy import (
     Glob,
     RepositoryPolicy,
@@ -103,7 +103,7 @@ def test_policy_refusal_names_the_rule_in_the_message() -> None:
     policy.check("docker.io", "library/golang")
     with pytest.raises(RegistryError) as denied:
         policy.check("docker.io", "bitnami/redis")
-    assert denied.value.status == 403 and denied.value.code == "DENIED"
+    assert denied.value.code is ErrorCode.DENIED
     assert "bitnami/redis" in denied.value.message
     assert "PROXY_ALLOW_REPOSITORIES" in denied.value.message
     with pytest.raises(RegistryError) as extra:
@@ -163,27 +163,30 @@ def test_policy_settings_are_parsed() -> None:
             "PROXY_KEEP_DELETED_TAGS": "true",
         }
     )
-    rules = settings.upstream.repository_rules
+    rules = settings.policy.repository_rules
     assert [str(p) for p in rules.allow] == ["library/*", "myorg/*"]
     assert [str(p) for p in rules.deny] == ["library/ubuntu"]
-    ghcr, quay = settings.extra_upstreams
+    ghcr, quay = settings.upstream.extra
     assert [str(p) for p in ghcr.repository_rules.allow] == ["myorg/*"]
     assert ghcr.repository_rules.allow_variable == "PROXY_UPSTREAM_GHCR_IO_ALLOW_REPOSITORIES"
     assert quay.repository_rules == type(quay.repository_rules)(
         allow_variable="PROXY_UPSTREAM_QUAY_IO_ALLOW_REPOSITORIES",
         deny_variable="PROXY_UPSTREAM_QUAY_IO_DENY_REPOSITORIES",
     )
-    assert [str(r) for r in settings.tag_ttl_rules] == ["*:latest=60", "library/*:[0-9]*=86400"]
-    assert settings.negative_ttl == 10
-    assert settings.keep_deleted_tags is True
+    assert [str(r) for r in settings.policy.tag_ttl_rules] == [
+        "*:latest=60",
+        "library/*:[0-9]*=86400",
+    ]
+    assert settings.policy.negative_ttl == 10
+    assert settings.policy.keep_deleted_tags is True
 
 
 def test_policy_defaults() -> None:
     settings = load_settings({})
-    assert settings.upstream.repository_rules == RepositoryRules()
-    assert settings.tag_ttl_rules == ()
-    assert settings.negative_ttl == 30
-    assert settings.keep_deleted_tags is False
+    assert settings.policy.repository_rules == RepositoryRules()
+    assert settings.policy.tag_ttl_rules == ()
+    assert settings.policy.negative_ttl == 30
+    assert settings.policy.keep_deleted_tags is False
 
 
 @pytest.mark.parametrize(

@@ -225,7 +225,7 @@ async def test_prefetches_obey_their_cap_and_a_client_does_not_wait_behind_them(
 ) -> None:
     image = fakehub.add_image("library/golang", "1.22", LAYERS)
     # 4 fetch slots: prefetches get one of them.
-    client = await make_proxy(fakehub, prefetch=True, max_upstream_fetches=4)
+    client = await make_proxy(fakehub, prefetch=True, max_fetches=4)
     services = client.app[SERVICES]
     stall = fakehub.inject_pause_mid_blob(server="cdn")
     await get_manifest(client, "1.22")

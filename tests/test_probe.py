@@ -12,10 +12,9 @@ import tarfile
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
 
-from proxy.config import UpstreamSettings
 from proxy.registry import probe
 from proxy.registry.manifest import MANIFEST_TYPES
-from proxy.registry.policy import RepositoryRules, parse_repository_patterns
+from proxy.registry.policy import parse_repository_patterns
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 # The index every instance of every version serves: change the bytes and fleets that run two
@@ -88,10 +87,7 @@ async def test_probe_is_served_for_any_tag_without_the_upstream(
 async def test_probe_ignores_repository_rules_but_only_stands_for_docker_hub(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
-    rules = RepositoryRules(allow=parse_repository_patterns("library/*"))
-    client = await make_proxy(
-        fakehub, upstream=UpstreamSettings("docker.io", fakehub.url, repository_rules=rules)
-    )
+    client = await make_proxy(fakehub, allow_repositories=parse_repository_patterns("library/*"))
     allowed = await client.head("/v2/registry-proxy/probe/manifests/x", headers=ACCEPT_ALL)
     assert allowed.status == 200  # a proxy that allows only library/* still proves itself
     other = await client.head("/v2/registry-proxy/probe/manifests/x?ns=ghcr.io", headers=ACCEPT_ALL)

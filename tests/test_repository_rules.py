@@ -12,17 +12,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.settings import settings_with
 
 from proxy.commands.warm import warm
-from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.config import StorageLocation, UpstreamSettings
 from proxy.registry.manifest import MANIFEST_TYPES
 from proxy.registry.policy import RepositoryRules, parse_repository_patterns
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
-HUB_RULES = RepositoryRules(
-    allow=parse_repository_patterns("library/*,myorg/*"),
-    deny=parse_repository_patterns("library/ubuntu"),
-)
+# Docker Hub's (PROXY_ALLOW_REPOSITORIES, PROXY_DENY_REPOSITORIES)
+HUB_RULES = {
+    "allow_repositories": parse_repository_patterns("library/*,myorg/*"),
+    "deny_repositories": parse_repository_patterns("library/ubuntu"),
+}
 GHCR_RULES = RepositoryRules(
     deny=parse_repository_patterns("owner/private*"),
     allow_variable="PROXY_UPSTREAM_GHCR_IO_ALLOW_REPOSITORIES",
@@ -49,8 +51,8 @@ async def make_client(make_proxy: ProxyFactory, hubs: tuple[FakeHub, FakeHub]) -
     docker_hub, ghcr = hubs
     return await make_proxy(
         docker_hub,
-        upstream=UpstreamSettings("docker.io", docker_hub.url, repository_rules=HUB_RULES),
-        extra_upstreams=(UpstreamSettings("ghcr.io", ghcr.url, repository_rules=GHCR_RULES),),
+        **HUB_RULES,
+        extra=(UpstreamSettings("ghcr.io", ghcr.url, repository_rules=GHCR_RULES),),
     )
 
 
@@ -184,10 +186,11 @@ async def test_a_cached_blob_is_refused_under_a_denied_repository(
 
 async def test_warm_obeys_the_rules(hubs: tuple[FakeHub, FakeHub], tmp_path: Path) -> None:
     docker_hub, _ = hubs
-    settings = Settings(
-        upstream=UpstreamSettings("docker.io", docker_hub.url, repository_rules=HUB_RULES),
-        storage=StorageLocation(path=tmp_path / "cache"),
-        upstream_read_timeout=5.0,
+    settings = settings_with(
+        url=docker_hub.url,
+        **HUB_RULES,
+        location=StorageLocation(path=tmp_path / "cache"),
+        read_timeout=5.0,
     )
     output = io.StringIO()
     assert await warm(settings, ["ubuntu:1.0", "bitnami/redis:1.0"], None, output) == 2

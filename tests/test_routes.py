@@ -207,9 +207,7 @@ async def test_extra_upstream_by_path_and_by_ns(
     other: FakeHub = await fakehub_factory()  # type: ignore[operator]
     hub_image = fakehub.add_image("library/golang", "1")
     other_image = other.add_image("owner/tool", "1", [b"from the other registry"])
-    client = await make_proxy(
-        fakehub, extra_upstreams=(UpstreamSettings("registry.test", other.url),)
-    )
+    client = await make_proxy(fakehub, extra=(UpstreamSettings("registry.test", other.url),))
     by_path = await client.get("/v2/registry.test/owner/tool/manifests/1", headers=ACCEPT_ALL)
     assert by_path.headers["Docker-Content-Digest"] == other_image.digest
     by_ns = await client.get("/v2/owner/tool/manifests/1?ns=registry.test", headers=ACCEPT_ALL)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.settings import settings_with
 from test_blob_cache import LAYER, blob_path, cache_root, cached_blobs
 
 from proxy.cache.spool import Spool, probe_writable, spool_location
-from proxy.config import Settings, StorageLocation
+from proxy.config import StorageLocation
 from proxy.http.routes import SERVICES
 
 MiB = 1024**2
@@ -30,12 +31,12 @@ def fake_statvfs(free: int, total: int = 100 * 1024**3) -> os.statvfs_result:
 
 
 def test_location_names_the_variable_that_chose_it(tmp_path: Path) -> None:
-    explicit = Settings(spool_dir=tmp_path / "spool")
+    explicit = settings_with(spool_dir=tmp_path / "spool")
     assert spool_location(explicit).describe() == f"PROXY_SPOOL_DIR={tmp_path / 'spool'}"
-    local = Settings(storage=StorageLocation(path=tmp_path / "cache"))
+    local = settings_with(location=StorageLocation(path=tmp_path / "cache"))
     assert spool_location(local).variable == "PROXY_STORAGE"
     assert spool_location(local).path == tmp_path / "cache" / "spool"
-    s3 = Settings(storage=StorageLocation(bucket="b"))
+    s3 = settings_with(location=StorageLocation(bucket="b"))
     assert spool_location(s3).variable == "PROXY_SPOOL_DIR"
     assert spool_location(s3).path.name == "registry-proxy-spool"
 
@@ -96,11 +97,11 @@ async def test_no_room_on_the_disk_streams_through_memory(
     cached = fakehub.add_blob(LAYER, repo="library/golang")
     missing = fakehub.add_blob(LAYER[::-1], repo="library/golang")
     storage = StorageLocation(path=tmp_path / "shared-cache")
-    warm = await make_proxy(fakehub, storage=storage)
+    warm = await make_proxy(fakehub, location=storage)
     assert await (await warm.get(blob_path(cached))).read() == LAYER
 
     # A floor no disk can keep: no new fetch may use the spool.
-    full = await make_proxy(fakehub, storage=storage, spool_min_free=2**62)
+    full = await make_proxy(fakehub, location=storage, spool_min_free=2**62)
     served = await full.get(blob_path(missing))
     assert served.status == 200
     assert await served.read() == LAYER[::-1]

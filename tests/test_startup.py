@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.proxy_process import proxy_executable
+from support.settings import settings_with
 
 from proxy.cache.spool import spool_location
 from proxy.commands.startup import (
@@ -19,7 +20,7 @@ from proxy.commands.startup import (
     check_spool_size,
     check_startup,
 )
-from proxy.config import Settings, StorageLocation, load_settings
+from proxy.config import StorageLocation, load_settings
 
 GiB = 1024**3
 
@@ -30,8 +31,8 @@ def filesystem(total: int) -> os.statvfs_result:
 
 
 def test_a_writable_setup_passes(tmp_path: Path) -> None:
-    settings = Settings(
-        storage=StorageLocation(path=tmp_path / "cache"), spool_dir=tmp_path / "spool"
+    settings = settings_with(
+        location=StorageLocation(path=tmp_path / "cache"), spool_dir=tmp_path / "spool"
     )
     check_startup(settings, statvfs=lambda _: filesystem(40 * GiB))
     assert list((tmp_path / "spool").iterdir()) == []
@@ -40,7 +41,7 @@ def test_a_writable_setup_passes(tmp_path: Path) -> None:
 def test_an_unwritable_spool_names_the_variable_the_path_and_the_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    settings = Settings(storage=StorageLocation(bucket="b"), spool_dir=blocker / "spool")
+    settings = settings_with(location=StorageLocation(bucket="b"), spool_dir=blocker / "spool")
     with pytest.raises(StartupError) as info:
         check_startup(settings)
     message = str(info.value)
@@ -51,7 +52,7 @@ def test_an_unwritable_spool_names_the_variable_the_path_and_the_error(tmp_path:
 def test_an_unwritable_cache_directory_names_proxy_storage(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    settings = Settings(storage=StorageLocation(path=blocker), spool_dir=tmp_path / "spool")
+    settings = settings_with(location=StorageLocation(path=blocker), spool_dir=tmp_path / "spool")
     expected = f"^PROXY_STORAGE={re.escape(str(blocker))} is not writable"
     with pytest.raises(StartupError, match=expected):
         check_startup(settings)
@@ -61,30 +62,33 @@ def test_fetches_must_fit_in_memory() -> None:
     limit = 2048 * 1024**2
     fitting = (limit - BASE_MEMORY) // S3_FETCH_MEMORY
     s3 = StorageLocation(bucket="b")
-    check_memory(Settings(storage=s3, memory_limit=limit, max_upstream_fetches=fitting))
+    check_memory(settings_with(location=s3, memory_limit=limit, max_fetches=fitting))
     with pytest.raises(StartupError) as info:
-        check_memory(Settings(storage=s3, memory_limit=limit, max_upstream_fetches=64))
+        check_memory(settings_with(location=s3, memory_limit=limit, max_fetches=64))
     message = str(info.value)
-    assert message.startswith("PROXY_MAX_UPSTREAM_FETCHES=64 needs about 3328MiB")
+    assert message.startswith(
+        "PROXY_MAX_UPSTREAM_FETCHES=64 needs about 3.25 GiB of memory (256 MiB plus 48 MiB per "
+        "fetch), more than PROXY_MEMORY_LIMIT=2GiB"
+    )
     assert "PROXY_MEMORY_LIMIT=2GiB" in message
     assert f"lower PROXY_MAX_UPSTREAM_FETCHES to {fitting} " in message
     # a local cache writes straight to disk: 64 fetches fit easily
-    check_memory(Settings(memory_limit=limit, max_upstream_fetches=64))
+    check_memory(settings_with(memory_limit=limit, max_fetches=64))
     # no limit given: nothing to check
-    check_memory(Settings(storage=s3, max_upstream_fetches=10_000))
+    check_memory(settings_with(location=s3, max_fetches=10_000))
 
 
 def test_spool_budget_must_fit_on_its_filesystem(tmp_path: Path) -> None:
-    settings = Settings(spool_dir=tmp_path, spool_max_size=35 * GiB, spool_min_free=GiB)
+    settings = settings_with(spool_dir=tmp_path, spool_max_size=35 * GiB, spool_min_free=GiB)
     location = spool_location(settings)
     check_spool_size(settings, location, lambda _: filesystem(40 * GiB))
     with pytest.raises(StartupError) as info:
         check_spool_size(settings, location, lambda _: filesystem(20 * GiB))
     assert str(info.value) == (
-        "PROXY_SPOOL_MAX_SIZE=35GiB plus PROXY_SPOOL_MIN_FREE=1GiB do not fit on the 20GiB "
+        "PROXY_SPOOL_MAX_SIZE=35GiB plus PROXY_SPOOL_MIN_FREE=1GiB do not fit on the 20 GiB "
         f"filesystem of PROXY_SPOOL_DIR={tmp_path}: lower them or give the spool a larger disk"
     )
-    unbounded = Settings(spool_dir=tmp_path, spool_min_free=30 * GiB)
+    unbounded = settings_with(spool_dir=tmp_path, spool_min_free=30 * GiB)
     with pytest.raises(StartupError, match=r"^PROXY_SPOOL_MIN_FREE=30GiB do not fit"):
         check_spool_size(unbounded, location, lambda _: filesystem(20 * GiB))
 

@@ -22,8 +22,9 @@ from support.browser import Browser
 from support.fakehub import FakeHub
 
 from proxy.config import StorageLocation
+from proxy.config_values import human_bytes
 from proxy.http.routes import SERVICES
-from proxy.ops.status_page import human_bytes, human_count, percent
+from proxy.ops.status_page import human_count, percent
 from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
@@ -67,7 +68,7 @@ async def test_the_page_shows_what_status_says_and_refreshes_itself(
     golang = fakehub.add_image("library/golang", "1.22", [b"g" * 200_000])
     slow_layer = os.urandom(3_000_000)
     slow = fakehub.add_image("library/slow", "1", [slow_layer])
-    client = await make_proxy(fakehub, tag_ttl=0, upstream_read_timeout=60)
+    client = await make_proxy(fakehub, tag_ttl=0, read_timeout=60)
     for _ in range(3):  # one cold pull, then warm ones
         await pull(client, "library/alpine", "3.20", alpine.blob_digests)
     await pull(client, "library/golang", "1.22", golang.blob_digests)
@@ -148,7 +149,7 @@ async def test_the_page_obeys_the_access_rules(fakehub: FakeHub, make_proxy: Pro
         assert ok.status == 200
     assert (await locked.get("/healthz")).status == 200
 
-    from proxy.http.access import parse_networks
+    from proxy.config import parse_networks
 
     elsewhere = await make_proxy(fakehub, allow_cidrs=parse_networks("10.0.0.0/8"))
     assert (await elsewhere.get("/")).status == 403
@@ -158,7 +159,7 @@ async def test_the_page_obeys_the_access_rules(fakehub: FakeHub, make_proxy: Pro
 async def test_page_escapes_what_clients_sent(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     client = await make_proxy(fakehub)
     services = client.app[SERVICES]
-    services.metrics.activity.pulled("library/<script>alert(1)</script>")
+    services.activity.pulled("library/<script>alert(1)</script>")
     page = await (await client.get("/ui")).text()
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -173,10 +174,10 @@ async def test_status_adds_up_the_fleet(
     bucket = moto_endpoint.create_bucket()
     location = StorageLocation(bucket=bucket, prefix="cache")
     first = await make_proxy(
-        fakehub, storage=location, s3_endpoint_url=moto_endpoint.endpoint_url, tag_ttl=0
+        fakehub, location=location, s3_endpoint_url=moto_endpoint.endpoint_url, tag_ttl=0
     )
     second = await make_proxy(
-        fakehub, storage=location, s3_endpoint_url=moto_endpoint.endpoint_url, tag_ttl=0
+        fakehub, location=location, s3_endpoint_url=moto_endpoint.endpoint_url, tag_ttl=0
     )
     alpine = fakehub.add_image("library/alpine", "3.20")
     golang = fakehub.add_image("library/golang", "1.22")
@@ -217,7 +218,7 @@ async def test_status_adds_up_the_fleet(
 
 
 async def test_the_page_is_an_operator_endpoint(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
-    from proxy.http.access import parse_networks
+    from proxy.config import parse_networks
 
     client = await make_proxy(fakehub, operator_cidrs=parse_networks("10.9.0.0/16"))
     for path in ("/", "/ui", "/status", "/metrics"):

@@ -8,7 +8,6 @@ the upstream, nothing wrong is cached, and readiness reports the failure.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -300,7 +299,7 @@ async def test_pulls_survive_each_storage_operation_failing(
     client = await make_proxy(
         fakehub,
         storage_backend=backend,
-        storage=StorageLocation(path=backend.root),
+        location=StorageLocation(path=backend.root),
         tag_ttl=0,
         **overrides,
     )
@@ -360,7 +359,7 @@ async def test_corrupt_manifest_is_refetched_never_served(
     services = client.app[SERVICES]
     path = f"/v2/library/alpine/manifests/{image.digest}"
     assert await (await client.get(path)).read() == image.manifest
-    root = dataclasses.replace(services.settings).storage.path
+    root = services.settings.storage.location.path
     assert root is not None
     [stored] = (root / "data" / "manifests").rglob(image.digest.split(":")[1])
     stored.write_bytes(image.manifest.replace(b"schemaVersion", b"schemaversion"))

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 
 import pytest
 from support.fakehub import FakeHub
+from support.settings import settings_with
 
 from proxy.commands.warm import parse_image, read_image_list, warm
-from proxy.config import Settings, StorageLocation, UpstreamSettings
+from proxy.config import Settings, StorageLocation
 from proxy.registry.errors import RegistryError
 from proxy.registry.reference import Reference
 
 
 def settings_for(hub: FakeHub, root: Path, **overrides: object) -> Settings:
-    base = Settings(
-        upstream=UpstreamSettings("docker.io", hub.url),
-        storage=StorageLocation(path=root),
-        upstream_read_timeout=5.0,
+    return settings_with(
+        url=hub.url, location=StorageLocation(path=root), read_timeout=5.0, **overrides
     )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

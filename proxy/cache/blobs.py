@@ -251,13 +251,7 @@ class BlobCache:
         """Raise UpstreamNotFound unless the blob may be served under ``name`` (ContentLinks)."""
         if self._fetched_for.get(digest.hex) == (client.host, name):
             return  # being fetched for this very repository: the upstream answered for it
-        await self._links.admit(
-            client.host,
-            name,
-            digest,
-            lambda: client.head_blob(name, digest),
-            not_found_code="BLOB_UNKNOWN",
-        )
+        await self._links.admit(client.host, name, digest, lambda: client.head_blob(name, digest))
 
     async def _from_cache(self, digest: Digest) -> BlobContent | None:
         """The cached blob, or None. On local disk it comes as an open file (for sendfile):

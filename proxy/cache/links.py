@@ -77,8 +77,6 @@ class ContentLinks:
         name: str,
         digest: Digest,
         confirm: Callable[[], Awaitable[object]],
-        *,
-        not_found_code: str,
     ) -> None:
         """Return when cached content may be served under ``name``; raise UpstreamNotFound if not.
 
@@ -91,9 +89,7 @@ class ContentLinks:
         key = link_key(upstream_host, name, digest)
         if key in self._negative:
             raise UpstreamNotFound(
-                f"{name} does not hold {digest} upstream (answer remembered)",
-                status=404,
-                code=not_found_code,
+                f"{name} does not hold {digest} upstream (answer remembered)", status=404
             )
 
         async def confirmed() -> None:

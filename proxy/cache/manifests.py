@@ -205,18 +205,14 @@ class ManifestCache:
             if head.digest is not None and head.digest != manifest.digest:
                 raise UpstreamInvalid(f"HEAD {name}@{manifest.digest} named {head.digest}")
 
-        await self._links.admit(
-            client.host, name, manifest.digest, confirm, not_found_code="MANIFEST_UNKNOWN"
-        )
+        await self._links.admit(client.host, name, manifest.digest, confirm)
         await self._links.link_references(client.host, name, manifest)
 
     def _raise_if_remembered(self, client: RegistryClient, name: str, digest: Digest) -> None:
         if _missing_key(client, name, digest) in self._negative:
             mark_cache("negative")
             raise UpstreamNotFound(
-                f"{name}@{digest} is not known upstream (answer remembered)",
-                status=404,
-                code="MANIFEST_UNKNOWN",
+                f"{name}@{digest} is not known upstream (answer remembered)", status=404
             )
 
     # --- tags -----------------------------------------------------------------------------------
@@ -326,18 +322,14 @@ class ManifestCache:
     ) -> TagAnswer:
         """The answer for a tag the upstream does not have (now, or within the negative TTL)."""
         if record is None:
-            raise UpstreamNotFound(
-                f"{name}:{tag} is not known upstream", status=404, code="MANIFEST_UNKNOWN"
-            )
+            raise UpstreamNotFound(f"{name}:{tag} is not known upstream", status=404)
         if self._keep_deleted:
             kept = await self._load(record.digest)
             if kept is not None:
                 await self._links.link_references(client.host, name, kept)
                 return TagAnswer(kept.served_stale(DELETED_REASON), fetched=False, deleted=True)
         raise TagDeleted(
-            f"{name}:{tag} was deleted upstream (it named {record.digest})",
-            status=404,
-            code="MANIFEST_UNKNOWN",
+            f"{name}:{tag} was deleted upstream (it named {record.digest})", status=404
         )
 
     def _count_deleted(self, client: RegistryClient, action: str) -> None:

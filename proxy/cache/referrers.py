@@ -243,5 +243,4 @@ def _not_supported(name: str) -> UpstreamNotFound:
         f"the upstream has no referrers API for {name} (answer remembered); "
         "use the tag schema sha256-<hex>",
         status=404,
-        code="NOT_FOUND",
     )

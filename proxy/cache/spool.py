@@ -54,10 +54,10 @@ class SpoolLocation:
 
 def spool_location(settings: Settings) -> SpoolLocation:
     """``PROXY_SPOOL_DIR``; else ``spool/`` inside a local cache; else the system's temp dir."""
-    if settings.spool_dir is not None:
-        return SpoolLocation("PROXY_SPOOL_DIR", settings.spool_dir)
-    if settings.storage.path is not None:
-        return SpoolLocation("PROXY_STORAGE", settings.storage.path / "spool")
+    if settings.storage.spool_dir is not None:
+        return SpoolLocation("PROXY_SPOOL_DIR", settings.storage.spool_dir)
+    if settings.storage.location.path is not None:
+        return SpoolLocation("PROXY_STORAGE", settings.storage.location.path / "spool")
     return SpoolLocation("PROXY_SPOOL_DIR", Path(tempfile.gettempdir()) / "registry-proxy-spool")
 
 

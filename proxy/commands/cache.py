@@ -26,6 +26,7 @@ from proxy.cache.manifests import TagRecord
 from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
 from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, tag_parts
 from proxy.config import Settings
+from proxy.config_values import human_bytes
 from proxy.registry.reference import Digest
 from proxy.services import create_storage, housekeeper
 from proxy.storage import ObjectNotFound, StorageError
@@ -42,6 +43,8 @@ def add_parser(commands: Any) -> None:
         description="List, size, clean up and verify the cache that PROXY_STORAGE names. "
         "Safe beside running servers.",
     )
+    from proxy.commands.cli import add_flags
+
     tools = cache.add_subparsers(dest="cache_command", required=True)
     listing = tools.add_parser("ls", help="tags with digests, sizes and last use")
     listing.add_argument("--json", action="store_true", help="one JSON document")
@@ -53,16 +56,12 @@ def add_parser(commands: Any) -> None:
         "orphaned temporary files",
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
-    gc.add_argument(
-        "--expire-unused", help="e.g. 30d: overrides PROXY_CACHE_EXPIRE_UNUSED for this run"
-    )
-    gc.add_argument("--max-size", help="e.g. 50GiB: overrides PROXY_CACHE_MAX_SIZE for this run")
+    add_flags(gc, "PROXY_CACHE_EXPIRE_UNUSED", "PROXY_CACHE_MAX_SIZE")
     tools.add_parser(
         "verify", help="re-hash every blob and manifest; remove those that do not match"
     )
     for tool in (listing, usage, gc, tools.choices["verify"]):
-        tool.add_argument("--storage", help="cache directory or s3://BUCKET/PREFIX")
-        tool.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
+        add_flags(tool, "PROXY_STORAGE", "PROXY_LOG_FORMAT")
 
 
 @dataclass(slots=True)
@@ -377,17 +376,6 @@ async def _check(storage: FailSafeStorage, key: str, report: VerifyReport) -> st
 
 
 # --- formatting -----------------------------------------------------------------------------
-
-
-def human_bytes(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def age(seconds: float) -> str:

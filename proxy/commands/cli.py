@@ -4,29 +4,62 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from proxy import __version__
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ROWS, SECTIONS, ConfigError, Settings, load_settings
 from proxy.ops.logs import configure_logging
 
 log = structlog.get_logger("proxy")
 
-# Command-line flags and the environment variable each one overrides.
-_SERVE_FLAGS = {
-    "listen": "PROXY_LISTEN",
-    "storage": "PROXY_STORAGE",
-    "upstream_url": "PROXY_UPSTREAM_URL",
-    "log_format": "PROXY_LOG_FORMAT",
-    "tag_ttl": "PROXY_TAG_TTL",
-    "expire_unused": "PROXY_CACHE_EXPIRE_UNUSED",
-    "max_size": "PROXY_CACHE_MAX_SIZE",
-}
+# The settings the serve and warm commands take as flags too (proxy/config.py's rows name them).
+_FLAGS = ("PROXY_STORAGE", "PROXY_UPSTREAM_URL", "PROXY_LOG_FORMAT", "PROXY_TAG_TTL")
+
+
+# --- settings on the command line: proxy/config.py's rows --------------------------------------
+
+
+def plain(text: str) -> str:
+    """Markdown help as terminal text: no backticks, links as their words."""
+    return re.sub(r"\[([^]]+)\]\([^)]*\)", r"\1", text).replace("`", "")
+
+
+def help_text(width: int = 100) -> str:
+    """Every setting for ``--help``: section by section, each with its default."""
+    lines = ["settings (environment variables; flags override some):"]
+    for name, title in SECTIONS.items():
+        lines += ["", f"  {plain(title)}"]
+        for row in ROWS:
+            if row.section == name:
+                text = f"{plain(row.help)} [default: {plain(row.shown_default)}]"
+                lines.append(f"    {row.variable}")
+                lines += textwrap.wrap(
+                    text, width, initial_indent="      ", subsequent_indent="      "
+                )
+    return "\n".join(lines)
+
+
+def add_flags(parser: argparse.ArgumentParser, *variables: str) -> None:
+    """Flags that override these settings, as their rows name them (``args.PROXY_...``)."""
+    for row in ROWS:
+        if row.variable in variables:
+            assert row.flag is not None, row.variable
+            # argparse formats help with %: a literal one is doubled.
+            parser.add_argument(
+                row.flag, dest=row.variable, help=plain(row.help).replace("%", "%%")
+            )
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The variables set by ``add_flags`` flags that were given."""
+    given = {row.variable: getattr(args, row.variable, None) for row in ROWS}
+    return {variable: value for variable, value in given.items() if value is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--listen", help="HOST:PORT (PROXY_LISTEN)")
-    serve.add_argument("--storage", help="cache directory or s3://BUCKET/PREFIX (PROXY_STORAGE)")
-    serve.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
-    serve.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
-    serve.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_flags(serve, "PROXY_LISTEN", *_FLAGS)
     commands.add_parser(
         "healthcheck",
         help="exit 0 if the proxy on PROXY_LISTEN answers /healthz (for container HEALTHCHECKs)",
@@ -75,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="only this platform of multi-platform images, e.g. linux/amd64 (repeatable)",
     )
-    warm.add_argument("--storage", help="cache directory or s3://BUCKET/PREFIX (PROXY_STORAGE)")
-    warm.add_argument("--upstream-url", help="upstream registry URL (PROXY_UPSTREAM_URL)")
-    warm.add_argument("--log-format", help="json or console (PROXY_LOG_FORMAT)")
-    warm.add_argument("--tag-ttl", help="seconds a tag is trusted (PROXY_TAG_TTL)")
+    add_flags(warm, *_FLAGS)
     from proxy.commands.cache import add_parser as add_cache_parser
 
     add_cache_parser(commands)
@@ -89,11 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
-    for flag, variable in _SERVE_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            env[variable] = value
-    return load_settings(env)
+    return load_settings({**env, **flag_overrides(args)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"registry-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.operations.log_format, settings.operations.log_level)
     if args.command == "serve":
         return serve(settings)
     if args.command == "warm":
@@ -145,10 +172,10 @@ def print_codebuild_ranges(args: argparse.Namespace) -> int:
 def healthcheck(settings: Settings) -> int:
     import urllib.request
 
-    host = settings.listen_host
+    host = settings.listen.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.listen_port}/healthz"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.listen.port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
@@ -193,7 +220,7 @@ def log_upstream_identities(settings: Settings) -> None:
     """One ``upstream.identity`` line per upstream: whom it sees the proxy pull as, the user name
     (never the token) or ``anonymous`` (sharing the anonymous rate limit of the address the
     proxy pulls from)."""
-    for upstream in (settings.upstream, *settings.extra_upstreams):
+    for upstream in settings.upstreams:
         log.info(
             "upstream.identity",
             upstream=upstream.host,
@@ -204,8 +231,7 @@ def log_upstream_identities(settings: Settings) -> None:
 
 def serve(settings: Settings) -> int:
     from proxy.commands.startup import StartupError, check_startup
-    from proxy.http.app import create_app
-    from proxy.http.shutdown import CLOSE_SECONDS
+    from proxy.http.app import create_app, run_app
     from proxy.storage import StorageError
 
     try:
@@ -216,32 +242,22 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)
     log.info(
         "proxy.starting",
-        listen=f"{settings.listen_host}:{settings.listen_port}",
+        listen=f"{settings.listen.host}:{settings.listen.port}",
         upstream=settings.upstream.url,
         upstream_account=settings.upstream.username or "anonymous",
-        storage=str(settings.storage),
-        tag_ttl=settings.tag_ttl,
+        storage=str(settings.storage.location),
+        tag_ttl=settings.policy.tag_ttl,
     )
     log_upstream_identities(settings)
     try:
-        web.run_app(
-            app,
-            host=settings.listen_host,
-            port=settings.listen_port,
-            # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
-            shutdown_timeout=CLOSE_SECONDS,
-            keepalive_timeout=settings.client_idle_timeout,
-            access_log=None,
-            print=None,
-            handle_signals=True,
-        )
+        run_app(app, settings)
     except StorageError as exc:
         print(f"registry-proxy: storage error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(
             f"registry-proxy: cannot listen on PROXY_LISTEN="
-            f"{settings.listen_host}:{settings.listen_port}: {exc}",
+            f"{settings.listen.host}:{settings.listen.port}: {exc}",
             file=sys.stderr,
         )
         return 1

@@ -17,9 +17,9 @@ from pathlib import Path
 from proxy.cache.inflight import MEMORY_WINDOW
 from proxy.cache.spool import SpoolLocation, probe_writable, spool_location
 from proxy.config import Settings
+from proxy.config_values import human_bytes, written_size
 
 MiB = 1024**2
-GiB = 1024**3
 
 # Memory the proxy needs with no fetch in progress (interpreter, libraries, the bounded
 # in-memory manifest and tag caches) and for each upstream fetch in progress. An S3 upload
@@ -44,8 +44,8 @@ def check_startup(settings: Settings, *, statvfs: StatVfs = os.statvfs) -> None:
     """Raise ``StartupError`` for the first problem found; return when serving can start."""
     spool = spool_location(settings)
     check_writable(spool)
-    if settings.storage.path is not None:
-        check_writable(SpoolLocation("PROXY_STORAGE", settings.storage.path))
+    if settings.storage.location.path is not None:
+        check_writable(SpoolLocation("PROXY_STORAGE", settings.storage.location.path))
     check_memory(settings)
     check_spool_size(settings, spool, statvfs)
 
@@ -62,20 +62,21 @@ def check_writable(location: SpoolLocation) -> None:
 
 def fetch_memory(settings: Settings) -> int:
     """Memory one upstream fetch in progress needs, by where its bytes are stored."""
-    return S3_FETCH_MEMORY if settings.storage.is_s3 else FILESYSTEM_FETCH_MEMORY
+    return S3_FETCH_MEMORY if settings.storage.location.is_s3 else FILESYSTEM_FETCH_MEMORY
 
 
 def check_memory(settings: Settings) -> None:
-    if settings.memory_limit is None:
+    if settings.upstream.memory_limit is None:
         return
     per_fetch = fetch_memory(settings)
-    needed = BASE_MEMORY + settings.max_upstream_fetches * per_fetch
-    if needed > settings.memory_limit:
-        fitting = max(0, (settings.memory_limit - BASE_MEMORY) // per_fetch)
+    needed = BASE_MEMORY + settings.upstream.max_fetches * per_fetch
+    if needed > settings.upstream.memory_limit:
+        fitting = max(0, (settings.upstream.memory_limit - BASE_MEMORY) // per_fetch)
         raise StartupError(
-            f"PROXY_MAX_UPSTREAM_FETCHES={settings.max_upstream_fetches} needs about "
-            f"{_mib(needed)} of memory ({_mib(BASE_MEMORY)} plus {_mib(per_fetch)} per fetch), "
-            f"more than PROXY_MEMORY_LIMIT={_mib(settings.memory_limit)}: lower "
+            f"PROXY_MAX_UPSTREAM_FETCHES={settings.upstream.max_fetches} needs about "
+            f"{human_bytes(needed)} of memory ({human_bytes(BASE_MEMORY)} plus "
+            f"{human_bytes(per_fetch)} per fetch), more than "
+            f"PROXY_MEMORY_LIMIT={written_size(settings.upstream.memory_limit)}: lower "
             f"PROXY_MAX_UPSTREAM_FETCHES to {fitting} or raise the memory"
         )
 
@@ -84,18 +85,18 @@ def check_spool_size(settings: Settings, spool: SpoolLocation, statvfs: StatVfs)
     """The spool budget and the free space to keep both fit on the spool's filesystem."""
     stats = statvfs(spool.path)
     capacity = stats.f_blocks * stats.f_frsize
-    wanted = settings.spool_min_free + (settings.spool_max_size or 0)
+    wanted = settings.storage.spool_min_free + (settings.storage.spool_max_size or 0)
     if wanted < capacity:
         return
     budget = (
-        f"PROXY_SPOOL_MAX_SIZE={_mib(settings.spool_max_size)} plus "
-        if settings.spool_max_size is not None
+        f"PROXY_SPOOL_MAX_SIZE={written_size(settings.storage.spool_max_size)} plus "
+        if settings.storage.spool_max_size is not None
         else ""
     )
     raise StartupError(
-        f"{budget}PROXY_SPOOL_MIN_FREE={_mib(settings.spool_min_free)} do not fit on the "
-        f"{_mib(capacity)} filesystem of {spool.describe()}: lower them or give the spool a "
-        "larger disk"
+        f"{budget}PROXY_SPOOL_MIN_FREE={written_size(settings.storage.spool_min_free)} do not fit "
+        f"on the {human_bytes(capacity)} filesystem of {spool.describe()}: lower them or give "
+        "the spool a larger disk"
     )
 
 
@@ -104,9 +105,3 @@ def _os_error(exc: OSError) -> str:
     if exc.errno is None:
         return str(exc)
     return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
-
-
-def _mib(size: int) -> str:
-    if size >= GiB and size % GiB == 0:
-        return f"{size // GiB}GiB"
-    return f"{size // MiB}MiB"

@@ -15,6 +15,7 @@ from typing import TextIO
 import structlog
 
 from proxy.config import Settings
+from proxy.config_values import human_bytes
 from proxy.registry.errors import RegistryError
 from proxy.registry.manifest import INDEX_TYPES, platform_manifests, referenced_digests
 from proxy.registry.reference import Digest, Reference, validate_name
@@ -68,7 +69,7 @@ class Progress:
         filled = width * done // max(total, 1)
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(
-            f"\r{image[:40]:40} [{bar}] {done}/{total} blobs, {fetched_bytes / 1e6:.1f} MB fetched"
+            f"\r{image[:40]:40} [{bar}] {done}/{total} blobs, {human_bytes(fetched_bytes)} fetched"
         )
         self.stream.flush()
 

@@ -25,13 +25,11 @@ The health endpoints stay open for load balancer checks.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import bcrypt
 import cachetools
@@ -39,11 +37,13 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.registry.errors import RegistryError
+from proxy.config import Network
+from proxy.http.errors import HttpError
+from proxy.registry.credentials import basic_credentials
+from proxy.registry.errors import ErrorCode, RegistryError
 
 log = structlog.get_logger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 OPEN_PATHS = frozenset({"/healthz", "/healthz/local", "/readyz"})
@@ -52,41 +52,6 @@ REALM = "registry-proxy"
 # bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
 # verified (user, password) pair is remembered for a while (by hash, never in clear).
 VERIFIED_TTL = 300.0
-
-
-class HtpasswdError(ValueError):
-    pass
-
-
-def parse_networks(value: str) -> tuple[Network, ...]:
-    """``10.0.0.0/16, 192.168.1.7`` -> networks; raises ValueError naming the bad entry."""
-    networks = []
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(
-                f"{item!r} is not an IP network (expected CIDRs like 10.0.0.0/16)"
-            ) from None
-    return tuple(networks)
-
-
-def load_htpasswd(path: Path) -> dict[str, bytes]:
-    """Users and bcrypt hashes from an htpasswd file (``htpasswd -B``)."""
-    users: dict[str, bytes] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, hashed = line.partition(":")
-        if not sep or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            raise HtpasswdError(f"{path}:{number}: only bcrypt entries are accepted (htpasswd -B)")
-        users[user] = hashed.encode()
-    return users
-
-
-def load_tokens(value: str) -> frozenset[str]:
-    return frozenset(filter(None, (part.strip() for part in value.split(","))))
 
 
 @dataclass(slots=True)
@@ -131,15 +96,15 @@ class AccessPolicy:
             await self._check_operator(address, request.headers.get("Authorization"))
             return
         if self.allow and (address is None or not _within(address, self.allow)):
-            raise RegistryError("DENIED", detail=f"client address {address} is not allowed")
+            raise RegistryError(ErrorCode.DENIED, f"client address {address} is not allowed")
         if not self.requires_credentials:
             return
         if address is not None and _within(address, self.anonymous):
             return
         if not await self._authenticated(request.headers.get("Authorization")):
-            raise RegistryError(
-                "UNAUTHORIZED",
-                detail="log in to this registry (docker login) with a proxy user or token",
+            raise HttpError(
+                ErrorCode.UNAUTHORIZED,
+                "log in to this registry (docker login) with a proxy user or token",
                 headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
             )
 
@@ -150,7 +115,7 @@ class AccessPolicy:
         if self.requires_credentials and await self._authenticated(authorization):
             return
         raise RegistryError(
-            "DENIED", detail=f"client address {address} may not read operator endpoints"
+            ErrorCode.DENIED, f"client address {address} may not read operator endpoints"
         )
 
     async def _authenticated(self, header: str | None) -> bool:
@@ -159,16 +124,10 @@ class AccessPolicy:
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "bearer":
             return self._token_ok(credentials.strip())
-        if scheme.lower() != "basic":
+        basic = basic_credentials(header)
+        if basic is None:
             return False
-        try:
-            user, sep, password = (
-                base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
-            )
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
+        user, password = basic
         if self._token_ok(password):
             return True
         hashed = self.users.get(user)

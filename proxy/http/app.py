@@ -16,12 +16,13 @@ from proxy.config import Settings
 from proxy.http import routes
 from proxy.http.access import AccessPolicy, access_middleware
 from proxy.http.clientcap import CLIENT_CAP, ClientCap, InProgressGauge
-from proxy.http.shutdown import InFlightRequests, drain
+from proxy.http.errors import error_response, respond
+from proxy.http.shutdown import CLOSE_SECONDS, InFlightRequests, drain
 from proxy.ops.cloudwatch import emf_reporting
 from proxy.ops.logs import begin_request, new_request_id
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode
 from proxy.services import open_services
-from proxy.storage import Storage, StorageError
+from proxy.storage import Storage
 
 log = structlog.get_logger("proxy.access")
 
@@ -33,6 +34,8 @@ MAX_FIELD_SIZE = 8190
 # The status logged and counted for a client that went away before its response was complete
 # (nginx's "client closed request"), so that a 5xx means a server fault and nothing else.
 CLIENT_CLOSED_REQUEST = 499
+# aiohttp's own answers for paths and methods no route takes, as registry errors.
+ROUTING_ERRORS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.UNSUPPORTED}
 
 
 def create_app(
@@ -43,16 +46,16 @@ def create_app(
 ) -> web.Application:
     """Build the app. ``storage`` and ``retry_delays`` let tests swap parts in."""
     policy = AccessPolicy(
-        allow=settings.allow_cidrs,
-        anonymous=settings.anonymous_cidrs,
-        trusted_proxies=settings.trusted_proxies,
-        trusted_hops=settings.trusted_hops,
-        operators=settings.operator_cidrs,
-        users=settings.htpasswd_users,
-        tokens=settings.auth_tokens,
+        allow=settings.access.allow_cidrs,
+        anonymous=settings.access.anonymous_cidrs,
+        trusted_proxies=settings.access.trusted_proxies,
+        trusted_hops=settings.access.trusted_hops,
+        operators=settings.access.operator_cidrs,
+        users=settings.access.htpasswd_users,
+        tokens=settings.access.auth_tokens,
     )
     requests = InFlightRequests()
-    client_cap = ClientCap(settings.max_clients)
+    client_cap = ClientCap(settings.listen.max_clients)
     middlewares: list[Middleware] = [
         requests.middleware,
         access_log_middleware,
@@ -88,15 +91,15 @@ def create_app(
         services = app.get(routes.SERVICES)
         if services is not None:
             await services.prefetch.close()  # no new downloads now
-            await drain(settings.shutdown_grace, services.blobs, requests)
+            await drain(settings.listen.shutdown_grace, services.blobs, requests)
 
     app[CLIENT_CAP] = client_cap
     app.cleanup_ctx.append(resources)
-    if settings.cloudwatch_namespace is not None:
+    if settings.operations.cloudwatch_namespace is not None:
         app.cleanup_ctx.append(
             emf_reporting(
-                settings.cloudwatch_namespace,
-                settings.cloudwatch_interval,
+                settings.operations.cloudwatch_namespace,
+                settings.operations.cloudwatch_interval,
                 lambda: app[routes.SERVICES].metrics,
                 spool_location(settings).path,
                 lambda: client_cap.active,
@@ -115,28 +118,36 @@ def create_app(
     return app
 
 
+def run_app(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` on ``PROXY_LISTEN`` until SIGTERM or SIGINT, then drain and close."""
+    web.run_app(
+        app,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        # The drain (proxy/http/shutdown.py) already gave requests the whole grace.
+        shutdown_timeout=CLOSE_SECONDS,
+        keepalive_timeout=settings.listen.client_idle_timeout,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a registry error response; nothing escapes as a bare 500."""
+    """Turn every failure into a registry error response (proxy/http/errors.py); nothing
+    escapes as a bare 500."""
     try:
         return await handler(request)
-    except RegistryError as exc:
-        return exc.to_response()
     except web.HTTPException as exc:
-        if exc.status < 400:
+        if exc.status not in ROUTING_ERRORS:
             raise
-        code = "NOT_FOUND" if exc.status == 404 else "UNSUPPORTED" if exc.status == 405 else None
-        if code is None:
-            raise
-        return RegistryError(code).to_response()
-    except StorageError as exc:
-        log.error("storage.failed", detail=str(exc))
-        return RegistryError("UNAVAILABLE", detail=f"cache storage: {exc}").to_response()
+        return respond(ROUTING_ERRORS[exc.status])
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception as exc:
-        log.exception("request.failed", error=repr(exc))
-        return RegistryError("UNKNOWN", detail="internal error").to_response()
+        api_path = request.get(routes.API_PATH)
+        return error_response(exc, api_path.endpoint if api_path is not None else None)
 
 
 @web.middleware
@@ -168,7 +179,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         route = api_path.endpoint.value if api_path is not None else _route_name(request)
         services = request.app.get(routes.SERVICES)
         if services is not None:
-            services.metrics.observe_request(
+            services.observers.observe_request(
                 route,
                 request.method,
                 status,

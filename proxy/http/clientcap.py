@@ -21,7 +21,8 @@ from aiohttp.typedefs import Middleware
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.registry.errors import RegistryError
+from proxy.http.errors import HttpError
+from proxy.registry.errors import ErrorCode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,9 +46,9 @@ class ClientCap:
         async def client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
             if self.active >= self.limit and request.path not in ALWAYS_SERVED:
                 self.refused += 1
-                raise RegistryError(
-                    "UNAVAILABLE",
-                    detail=f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
+                raise HttpError(
+                    ErrorCode.UNAVAILABLE,
+                    f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
                     headers={"Retry-After": RETRY_AFTER_SECONDS},
                 )
             self.active += 1

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
 from proxy.cache.spool import probe_writable, spool_location
+from proxy.http.errors import API_VERSION, HttpError
 from proxy.http.sendfile import SendfileResponse
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry import probe
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, NotFound, RegistryError
 from proxy.registry.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
 from proxy.registry.reference import (
     ApiPath,
@@ -36,7 +37,7 @@ from proxy.registry.reference import (
 )
 from proxy.services import Services
 from proxy.storage import StorageError
-from proxy.upstream.errors import UpstreamError, UpstreamInvalid, registry_error
+from proxy.upstream.errors import UpstreamError, UpstreamInvalid
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,6 @@ API_PATH: web.RequestKey[ApiPath] = web.RequestKey("api_path", ApiPath)
 ABORTED: web.RequestKey[str] = web.RequestKey("aborted", str)
 # Set when the client disconnected before its response was complete (logged as 499).
 CLIENT_CLOSED: web.RequestKey[bool] = web.RequestKey("client_closed", bool)
-API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
 
@@ -63,32 +63,26 @@ async def api(request: web.Request) -> web.StreamResponse:
     path = _parse_api_path(request.rel_url.raw_path)
     request[API_PATH] = path
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
-        raise RegistryError("UNSUPPORTED", detail="this registry is a read-only pull-through cache")
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, "this registry is a read-only pull-through cache"
+        )
     if path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB) and probe.is_probe(
         path.name, request.query.get("ns")
     ):
         return _probe(path)
     services = request.app[SERVICES]
-    try:
-        match path.endpoint:
-            case Endpoint.BASE:
-                return web.json_response({}, headers=API_VERSION)
-            case Endpoint.MANIFEST:
-                return await manifest(request, services, path)
-            case Endpoint.BLOB:
-                return await blob(request, services, path)
-            case Endpoint.TAGS:
-                return await tags_list(request, services, path)
-            case Endpoint.REFERRERS:
-                return await referrers(request, services, path)
-    except UpstreamError as exc:
-        not_found = {
-            Endpoint.MANIFEST: "MANIFEST_UNKNOWN",
-            Endpoint.BLOB: "BLOB_UNKNOWN",
-            Endpoint.REFERRERS: "NOT_FOUND",
-        }.get(path.endpoint, "NAME_UNKNOWN")
-        raise registry_error(exc, not_found_code=not_found) from exc
-    raise RegistryError("NOT_FOUND")
+    match path.endpoint:
+        case Endpoint.BASE:
+            return web.json_response({}, headers=API_VERSION)
+        case Endpoint.MANIFEST:
+            return await manifest(request, services, path)
+        case Endpoint.BLOB:
+            return await blob(request, services, path)
+        case Endpoint.TAGS:
+            return await tags_list(request, services, path)
+        case Endpoint.REFERRERS:
+            return await referrers(request, services, path)
+    raise NotFound()
 
 
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
@@ -137,13 +131,13 @@ def _probe(path: ApiPath) -> web.Response:
         digest = str(reference.digest) if reference.digest is not None else None
         found = probe.manifest(reference.tag, digest)
         if found is None:
-            raise RegistryError("MANIFEST_UNKNOWN")
+            raise NotFound()  # MANIFEST_UNKNOWN (the edge names what is missing)
         return _manifest_response(
             found.media_type, Digest.parse(found.digest), len(found.data), found.data
         )
     found = probe.blob(str(_parse_digest(path.reference)))
     if found is None:
-        raise RegistryError("BLOB_UNKNOWN")
+        raise NotFound()  # BLOB_UNKNOWN
     headers = {
         **API_VERSION,
         "Docker-Content-Digest": found.digest,
@@ -216,9 +210,9 @@ async def _send_blob(
         try:
             byte_range = parse_range(request.headers.get("Range"), content.size)
         except RangeNotSatisfiable:
-            raise RegistryError(
-                "RANGE_INVALID",
-                detail=f"blob is {content.size} bytes",
+            raise HttpError(
+                ErrorCode.RANGE_INVALID,
+                f"blob is {content.size} bytes",
                 headers={"Content-Range": f"bytes */{content.size}"},
             ) from None
     if content.data is not None:
@@ -257,7 +251,7 @@ async def _send_blob(
             request.transport.abort()
         return response
     finally:
-        services.metrics.served_bytes(content.from_cache, response.body_length)
+        services.observers.served_bytes(content.from_cache, response.body_length)
     return response
 
 
@@ -270,7 +264,7 @@ def _small_blob_response(
     else:
         body = data[byte_range.start : byte_range.end + 1]
         headers = {**headers, "Content-Range": byte_range.content_range(len(data))}
-    services.metrics.served_bytes(True, len(body))
+    services.observers.served_bytes(True, len(body))
     return web.Response(status=206 if byte_range else 200, headers=headers, body=body)
 
 
@@ -288,7 +282,7 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
         not re.fullmatch(r"[0-9]{1,5}", raw_n) or not 0 < int(raw_n) <= MAX_TAGS_PAGE
     ):
         raise RegistryError(
-            "PAGINATION_NUMBER_INVALID", detail=f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
+            ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be an integer from 1 to {MAX_TAGS_PAGE}"
         )
     n = int(raw_n) if raw_n is not None else None
     last = request.query.get("last") or None
@@ -425,7 +419,7 @@ async def status(request: web.Request) -> web.Response:
 async def status_document(services: Services) -> dict[str, Any]:
     upstreams = {}
     for client in services.upstreams:
-        quota = services.metrics.quotas.get(client.host)
+        quota = services.quotas.get(client.host)
         upstreams[client.host] = {
             "url": client.settings.url,
             "account": client.settings.username or "anonymous",
@@ -435,7 +429,7 @@ async def status_document(services: Services) -> dict[str, Any]:
     return {
         "instance": services.fleet.instance_id,
         "upstreams": upstreams,
-        "storage": str(services.settings.storage),
+        "storage": str(services.settings.storage.location),
         "in_flight_fetches": services.blobs.in_flight + services.manifests.in_flight,
         "storage_errors": services.storage.errors,
         "cache": services.janitor.status(),

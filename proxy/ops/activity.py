@@ -13,7 +13,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.upstream.client import RateLimit
 
 # Counted pulls are kept per minute for this long (the page's chart).
 HISTORY_MINUTES = 6 * 60
@@ -60,6 +63,43 @@ class Activity:
         default_factory=lambda: deque(maxlen=RECENT_EVENTS)
     )
 
+    # --- what it hears (through proxy.ops.observers) ---------------------------------------------
+
+    def observe_request(
+        self,
+        route: str,
+        cache: str,
+        repository: str | None,
+        reference: str | None,
+        warning: str | None,
+    ) -> None:
+        """A client request answered: a cache result, a pull by tag, a stale serve."""
+        if cache == "-":
+            return
+        self.cache_result(cache)
+        if route == "manifest" and repository and reference and ":" not in reference:
+            self.pulled(repository)  # a pull by tag
+        if cache == "stale" and repository and reference:
+            self.stale_served(repository, reference, warning)
+
+    def upstream_request(self, host: str, method: str, status: int | str) -> None:
+        """An upstream answer; the page lists failures (no answer, 429, 5xx)."""
+        if status == "error" or (isinstance(status, int) and (status == 429 or status >= 500)):
+            self.upstream_failed(host, method, status)
+
+    def rate_limit(self, host: str, rate_limit: RateLimit | None, counted: bool) -> None:
+        """A manifest answer: a counted pull or not, and the rate-limit headers it carried."""
+        if counted:
+            self.counted_pull(host)
+        if rate_limit is not None:
+            self.upstream(host).rate = RateReading(
+                rate_limit.limit,
+                rate_limit.remaining,
+                rate_limit.window,
+                rate_limit.source,
+                self.clock(),
+            )
+
     # --- recording (the request path) -----------------------------------------------------------
 
     def cache_result(self, result: str) -> None:
@@ -104,16 +144,6 @@ class Activity:
             oldest = minute - HISTORY_MINUTES
             for key in [k for k in upstream.pulls_by_minute if k <= oldest]:
                 del upstream.pulls_by_minute[key]
-
-    def rate_limit(
-        self,
-        host: str,
-        limit: int | None,
-        remaining: int | None,
-        window: int | None,
-        source: str | None,
-    ) -> None:
-        self.upstream(host).rate = RateReading(limit, remaining, window, source, self.clock())
 
     def upstream_failed(self, host: str, method: str, status: int | str) -> None:
         self.upstream(host).errors += 1

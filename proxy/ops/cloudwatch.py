@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from proxy.ops.metrics import Metrics
 
 Writer = Callable[[str], None]
@@ -116,16 +114,26 @@ class EmfReporter:
         return self._document(values, units, dimensions=None)
 
     def _upstream_documents(self) -> list[Document]:
+        """One line per upstream that answered a manifest request (its pulls sample exists)."""
+        pulls = self._per_upstream("registry_proxy_upstream_pulls_total")
+        remaining = self._per_upstream("registry_proxy_upstream_quota_remaining")
         documents = []
-        for upstream, quota in sorted(self.metrics.quotas.items()):
-            key = f"CountedPulls/{upstream}"
-            values = {"CountedPulls": self._delta(key, float(quota.counted_pulls))}
+        for upstream, counted in sorted(pulls.items()):
+            values = {"CountedPulls": self._delta(f"CountedPulls/{upstream}", counted)}
             units = {"CountedPulls": "Count"}
-            if quota.rate_limit is not None and quota.rate_limit.remaining is not None:
-                values["QuotaRemaining"] = float(quota.rate_limit.remaining)
+            if upstream in remaining:
+                values["QuotaRemaining"] = remaining[upstream]
                 units["QuotaRemaining"] = "Count"
             documents.append(self._document(values, units, dimensions={"Upstream": upstream}))
         return documents
+
+    def _per_upstream(self, sample_name: str) -> dict[str, float]:
+        return {
+            sample.labels["upstream"]: sample.value
+            for family in self.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == sample_name and "upstream" in sample.labels
+        }
 
     def _document(
         self, values: dict[str, float], units: dict[str, str], dimensions: dict[str, str] | None
@@ -196,12 +204,12 @@ def emf_reporting(
     metrics: Callable[[], Metrics],
     spool_dir: Path | None,
     in_progress: Callable[[], int] | None = None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry: sample the requests in progress every second and report every
-    ``interval`` seconds while the app runs, and once more when it stops (so a task that scales
-    in does not take its last counts with it)."""
+) -> Callable[[object], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry (it takes the app, and needs nothing of it): sample the requests
+    in progress every second and report every ``interval`` seconds while the app runs, and once
+    more when it stops (so a task that scales in does not take its last counts with it)."""
 
-    async def reporting(app: web.Application) -> AsyncIterator[None]:
+    async def reporting(app: object) -> AsyncIterator[None]:
         reporter = EmfReporter(metrics(), namespace, spool_dir, in_progress=in_progress)
         step = min(SAMPLE_INTERVAL, interval)
 

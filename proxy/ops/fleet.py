@@ -42,7 +42,10 @@ LiveFigures = Callable[[], dict[str, Any]]
 
 
 def new_instance_id() -> str:
-    """``<host>-<pid>-<random>``: unique per process, readable in the page."""
+    """``<host>-<pid>-<random>``: unique per process, readable in the page.
+
+    A process has one: it names the instance's fleet record (``status/instances/<id>``) and its
+    last-use records (``access/<seconds>-<id>-<n>``, proxy.cache.upkeep.lastuse)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40].lstrip(".-") or "host"
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 

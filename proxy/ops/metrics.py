@@ -1,48 +1,22 @@
-"""Prometheus metrics and the upstream quota tracker.
+"""Prometheus metrics: the instruments of ``/metrics``, and the observers that only count.
 
-Each app has its own ``CollectorRegistry`` (tests run many apps in one process). ``Metrics`` is
-also the upstream client's observer: it hears every upstream request and every rate-limit report.
+Each app has its own ``CollectorRegistry`` (tests run many apps in one process). What the upstream
+client and the request path report reaches ``Metrics`` through ``proxy.ops.observers``, next to
+the quota tracker (``proxy.ops.quota``) and the status page's figures (``proxy.ops.activity``);
+the blob cache, the prefetcher and the piece fetcher report here directly.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy.ops.activity import Activity
 from proxy.ops.requestmetrics import RequestMetrics
 from proxy.upstream.client import RateLimit
 
-log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class UpstreamQuota:
-    """What we know of one upstream account's pull quota."""
-
-    counted_pulls: int = 0
-    rate_limit: RateLimit | None = None
-    updated_at: float | None = None
-    warned_at_remaining: int | None = field(default=None, repr=False)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "counted_pulls": self.counted_pulls,
-            "ratelimit": asdict(self.rate_limit) if self.rate_limit else None,
-            "updated_at": self.updated_at,
-        }
-
 
 class Metrics:
-    def __init__(self, *, quota_warn_remaining: int = 10) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.quota_warn_remaining = quota_warn_remaining
-        self.quotas: dict[str, UpstreamQuota] = {}
-        self.activity = Activity()
         r = self.registry
         # registry_proxy_requests, _request_duration_seconds and _cache: updated per request.
         self.client_requests = RequestMetrics(r)
@@ -130,76 +104,35 @@ class Metrics:
     # --- client requests (the access-log middleware and the blob handler) -----------------------
 
     def observe_request(
-        self,
-        route: str,
-        method: str,
-        status: int,
-        duration: float,
-        cache: str,
-        repository: str | None,
-        reference: str | None,
-        warning: str | None,
+        self, route: str, method: str, status: int, duration: float, cache: str
     ) -> None:
         self.client_requests.observe(
             route, method, status, duration, None if cache == "-" else cache
         )
-        if cache == "-":
-            return
-        self.activity.cache_result(cache)
-        if route == "manifest" and repository and reference and ":" not in reference:
-            self.activity.pulled(repository)  # a pull by tag
-        if cache == "stale" and repository and reference:
-            self.activity.stale_served(repository, reference, warning)
 
     def served_bytes(self, from_cache: bool, count: int) -> None:
         self.bytes_served.labels("cache" if from_cache else "upstream").inc(count)
-        self.activity.served_bytes(from_cache, count)
 
     # --- the upstream client's observer ---------------------------------------------------------
 
     def upstream_request(self, upstream: str, method: str, status: int | str) -> None:
         self.upstream_requests.labels(upstream, method, str(status)).inc()
-        if status == "error" or (isinstance(status, int) and (status == 429 or status >= 500)):
-            self.activity.upstream_failed(upstream, method, status)
 
     def upstream_refused(self, upstream: str, stage: str, status: int) -> None:
         self.upstream_refusals.labels(upstream, stage, str(status)).inc()
 
     def rate_limit(self, upstream: str, rate_limit: RateLimit | None, counted: bool) -> None:
-        quota = self.quotas.setdefault(upstream, UpstreamQuota())
+        # Every upstream that answered a manifest request has its pulls counted, 0 included:
+        # CloudWatch's per-upstream lines are made from these samples (proxy.ops.cloudwatch).
+        pulls = self.upstream_pulls.labels(upstream)
         if counted:
-            quota.counted_pulls += 1
-            self.upstream_pulls.labels(upstream).inc()
-            self.activity.counted_pull(upstream)
+            pulls.inc()
         if rate_limit is None:
             return
-        self.activity.rate_limit(
-            upstream, rate_limit.limit, rate_limit.remaining, rate_limit.window, rate_limit.source
-        )
-        quota.rate_limit = rate_limit
-        quota.updated_at = time.time()
         if rate_limit.limit is not None:
             self.quota_limit.labels(upstream).set(rate_limit.limit)
-        remaining = rate_limit.remaining
-        if remaining is None:
-            return
-        self.quota_remaining.labels(upstream).set(remaining)
-        # Warn when crossing below the threshold, and again for every further 10% drop.
-        if remaining < self.quota_warn_remaining and (
-            quota.warned_at_remaining is None
-            or remaining <= quota.warned_at_remaining - max(1, self.quota_warn_remaining // 10)
-        ):
-            quota.warned_at_remaining = remaining
-            log.warning(
-                "upstream.quota_low",
-                upstream=upstream,
-                remaining=remaining,
-                limit=rate_limit.limit,
-                window_seconds=rate_limit.window,
-                source=rate_limit.source,
-            )
-        elif remaining >= self.quota_warn_remaining:
-            quota.warned_at_remaining = None
+        if rate_limit.remaining is not None:
+            self.quota_remaining.labels(upstream).set(rate_limit.remaining)
 
     # --- the blob cache's and the prefetcher's observer ----------------------------------------
 

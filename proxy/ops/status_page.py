@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from html import escape
 from typing import Any
 
+from proxy.config_values import NO_SIZE, human_bytes
+
 REFRESH_SECONDS = 5
-NO_VALUE = "\u2013"  # an en dash: a figure not known (yet)
+NO_VALUE = NO_SIZE  # an en dash: a figure not known (yet)
 CHART_MINUTES = 6 * 60
 CHART_BUCKET_MINUTES = 10
 
@@ -99,20 +101,6 @@ PAGE_HEADERS = {
 
 
 # --- formatting for people ----------------------------------------------------------------------
-
-
-def human_bytes(count: float | None) -> str:
-    """``1.2 GB``: decimal units, three significant figures at most."""
-    if count is None:
-        return NO_VALUE
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.3g} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def human_count(count: float | None) -> str:

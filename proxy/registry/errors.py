@@ -1,75 +1,73 @@
-"""Registry protocol errors: one table of codes and one exception type.
+"""Registry errors: one table of typed codes, and the exceptions the domain raises with them.
 
-Domain code raises ``RegistryError(code, detail=...)``; the HTTP edge turns it into the body
-registries send, ``{"errors": [{"code", "message", "detail"}]}``, with the table's status.
+    ErrorCode       every code the proxy answers with: its HTTP status and registry message
+    RegistryError   a request the registry refuses, with a code of the table and a detail
+    └── NotFound    nothing by that name; which ``*_UNKNOWN`` code is chosen at the edge
+
+Nothing here knows HTTP beyond the status each code stands for: the edge (``proxy.http.errors``)
+turns these, the upstream's failures and storage failures into the body registries send,
+``{"errors": [{"code", "message", "detail"}]}``. A not-found code depends on what the client
+asked for (a manifest, a blob, a repository's tags), which only the edge knows; so the domain
+raises ``NotFound`` and the edge picks the code, in one place.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
-from aiohttp import web
+from enum import Enum, unique
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorCode:
-    status: int
-    message: str
+@unique
+class ErrorCode(Enum):
+    """A registry error code (the member's name, as sent) with its HTTP status and message."""
+
+    NAME_INVALID = 400, "invalid repository name"
+    TAG_INVALID = 400, "manifest tag did not match URI"
+    DIGEST_INVALID = 400, "provided digest did not match uploaded content"
+    MANIFEST_INVALID = 400, "manifest invalid"
+    SIZE_INVALID = 400, "provided length did not match content length"
+    PAGINATION_NUMBER_INVALID = 400, "invalid number of results requested"
+    UNAUTHORIZED = 401, "authentication required"
+    DENIED = 403, "requested access to the resource is denied"
+    NAME_UNKNOWN = 404, "repository name not known to registry"
+    MANIFEST_UNKNOWN = 404, "manifest unknown"
+    BLOB_UNKNOWN = 404, "blob unknown to registry"
+    NOT_FOUND = 404, "not found"
+    UNSUPPORTED = 405, "The operation is unsupported."
+    RANGE_INVALID = 416, "requested range not satisfiable"
+    TOOMANYREQUESTS = 429, "too many requests"
+    UNKNOWN = 500, "unknown error"
+    UNAVAILABLE = 503, "service unavailable"
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
 
 
-ERROR_CODES: dict[str, ErrorCode] = {
-    "NAME_INVALID": ErrorCode(400, "invalid repository name"),
-    "TAG_INVALID": ErrorCode(400, "manifest tag did not match URI"),
-    "DIGEST_INVALID": ErrorCode(400, "provided digest did not match uploaded content"),
-    "MANIFEST_INVALID": ErrorCode(400, "manifest invalid"),
-    "SIZE_INVALID": ErrorCode(400, "provided length did not match content length"),
-    "PAGINATION_NUMBER_INVALID": ErrorCode(400, "invalid number of results requested"),
-    "UNAUTHORIZED": ErrorCode(401, "authentication required"),
-    "DENIED": ErrorCode(403, "requested access to the resource is denied"),
-    "NAME_UNKNOWN": ErrorCode(404, "repository name not known to registry"),
-    "MANIFEST_UNKNOWN": ErrorCode(404, "manifest unknown"),
-    "BLOB_UNKNOWN": ErrorCode(404, "blob unknown to registry"),
-    "NOT_FOUND": ErrorCode(404, "not found"),
-    "UNSUPPORTED": ErrorCode(405, "The operation is unsupported."),
-    "RANGE_INVALID": ErrorCode(416, "requested range not satisfiable"),
-    "TOOMANYREQUESTS": ErrorCode(429, "too many requests"),
-    "UNKNOWN": ErrorCode(500, "unknown error"),
-    "UNAVAILABLE": ErrorCode(503, "service unavailable"),
-}
+# The codes that say something does not exist; an upstream's own one is passed on as it said.
+NOT_FOUND_CODES = frozenset(
+    {ErrorCode.NAME_UNKNOWN, ErrorCode.MANIFEST_UNKNOWN, ErrorCode.BLOB_UNKNOWN}
+)
 
 
 class RegistryError(Exception):
-    """An error the client should see in the registry error format."""
+    """A request the registry refuses: ``code`` from the table, ``detail`` for this request.
+
+    ``message`` replaces the table's message where the client only prints the message and must
+    still learn why (``docker pull`` shows a DENIED's message, not its detail).
+    """
 
     def __init__(
-        self,
-        code: str,
-        *,
-        detail: str | None = None,
-        message: str | None = None,
-        status: int | None = None,
-        headers: dict[str, str] | None = None,
+        self, code: ErrorCode, detail: str | None = None, *, message: str | None = None
     ) -> None:
-        entry = ERROR_CODES[code]
         self.code = code
-        self.status = status or entry.status
-        self.message = message or entry.message
         self.detail = detail
-        self.headers = headers or {}
-        super().__init__(f"{code}: {detail or self.message}")
-
-    def to_response(self) -> web.Response:
-        """The error response (aiohttp sends only the headers when the request was a HEAD)."""
-        body = json.dumps(
-            {"errors": [{"code": self.code, "message": self.message, "detail": self.detail}]}
-        ).encode()
-        headers = {"Docker-Distribution-API-Version": "registry/2.0", **self.headers}
-        return web.Response(
-            status=self.status, body=body, content_type="application/json", headers=headers
-        )
+        self.message = message or code.message
+        super().__init__(f"{code.name}: {detail or self.message}")
 
 
-def too_many_requests(retry_after: str | None, detail: str) -> RegistryError:
-    headers = {"Retry-After": retry_after or "60"}
-    return RegistryError("TOOMANYREQUESTS", detail=detail, headers=headers)
+class NotFound(RegistryError):
+    """Nothing by that name. The edge answers the code of what was asked for (a manifest:
+    MANIFEST_UNKNOWN, a blob: BLOB_UNKNOWN, a tag list: NAME_UNKNOWN, anything else: NOT_FOUND)."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(ErrorCode.NOT_FOUND, detail)

@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, RegistryError
 
 # Characters a repository name / a tag may contain (the grammar in proxy.registry.reference).
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-/")
@@ -141,7 +141,7 @@ class RepositoryPolicy:
         self._default_host = default_host
 
     def check(self, upstream_host: str, repository: str) -> None:
-        """Raise ``403 DENIED`` naming the rule when ``repository`` may not be pulled.
+        """Raise DENIED (403) naming the rule when ``repository`` may not be pulled.
 
         The message (not only the detail) names it: ``docker pull`` prints only the message.
         """
@@ -150,7 +150,7 @@ class RepositoryPolicy:
         if refusal is not None:
             shown = display_name(upstream_host, repository, self._default_host)
             text = f"repository {shown} is refused by this proxy: it {refusal}"
-            raise RegistryError("DENIED", message=text, detail=text)
+            raise RegistryError(ErrorCode.DENIED, text, message=text)
 
     def allows(self, upstream_host: str, repository: str) -> bool:
         rules = self._rules.get(upstream_host)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, NotFound, RegistryError
 
 NAME_MAX_LENGTH = 255
 
@@ -42,8 +42,8 @@ class Digest:
         if _DIGEST_RE.fullmatch(value):
             return cls(value[len("sha256:") :])
         if _ANY_DIGEST_RE.fullmatch(value):
-            raise RegistryError("DIGEST_INVALID", detail=f"unsupported digest algorithm: {value}")
-        raise RegistryError("DIGEST_INVALID", detail=f"invalid digest: {value!r}")
+            raise RegistryError(ErrorCode.DIGEST_INVALID, f"unsupported digest algorithm: {value}")
+        raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid digest: {value!r}")
 
     @classmethod
     def of(cls, data: bytes) -> Digest:
@@ -59,13 +59,13 @@ def is_digest(value: str) -> bool:
 
 def validate_name(name: str) -> str:
     if len(name) > NAME_MAX_LENGTH or not _NAME_RE.fullmatch(name):
-        raise RegistryError("NAME_INVALID", detail=f"invalid repository name: {name!r}")
+        raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name: {name!r}")
     return name
 
 
 def validate_tag(tag: str) -> str:
     if not _TAG_RE.fullmatch(tag):
-        raise RegistryError("TAG_INVALID", detail=f"invalid tag: {tag!r}")
+        raise RegistryError(ErrorCode.TAG_INVALID, f"invalid tag: {tag!r}")
     return tag
 
 
@@ -86,14 +86,14 @@ class Reference:
     def from_url(cls, value: str) -> Reference:
         """The reference of a ``/v2/<name>/manifests/<reference>`` request.
 
-        A value that is neither a tag nor a digest names no manifest at all: 404
-        MANIFEST_UNKNOWN, as the distribution spec's conformance suite expects of a "nonexistent
-        manifest" such as ``.INVALID_MANIFEST_NAME``. A malformed *digest* stays 400
+        A value that is neither a tag nor a digest names no manifest at all: NotFound (404
+        MANIFEST_UNKNOWN at the edge), as the distribution spec's conformance suite expects of a
+        "nonexistent manifest" such as ``.INVALID_MANIFEST_NAME``. A malformed *digest* stays 400
         DIGEST_INVALID: the client meant a digest and got its syntax wrong.
         """
         if is_digest(value) or _TAG_RE.fullmatch(value):
             return cls.parse(value)
-        raise RegistryError("MANIFEST_UNKNOWN", detail=f"not a tag or a digest: {value[:200]!r}")
+        raise NotFound(f"not a tag or a digest: {value[:200]!r}")
 
     def __str__(self) -> str:
         return self.tag if self.tag is not None else str(self.digest)
@@ -121,13 +121,13 @@ class ApiPath:
 def parse_api_path(raw_path: str) -> ApiPath:
     """Split a raw ``/v2/...`` path into endpoint, repository name and reference.
 
-    Raises NAME_UNKNOWN (404) for paths that are not part of the API at all, and the grammar's
-    errors for names, tags and digests that are malformed.
+    Raises NotFound for paths that are not part of the API at all, and the grammar's errors
+    for names, tags and digests that are malformed.
     """
     if raw_path in ("/v2", "/v2/"):
         return ApiPath(Endpoint.BASE)
     if not raw_path.startswith("/v2/"):
-        raise RegistryError("NOT_FOUND", detail="not a registry API path")
+        raise NotFound("not a registry API path")
     rest = raw_path[len("/v2/") :]
     # Uploads end in /blobs/uploads/ or /blobs/uploads/<uuid>: recognise them before blobs.
     upload = re.fullmatch(r"(.+)/blobs/uploads/?[^/]*", rest)
@@ -143,7 +143,7 @@ def parse_api_path(raw_path: str) -> ApiPath:
         name, sep, reference = rest.rpartition(marker)
         if sep and reference and "/" not in reference:
             return ApiPath(endpoint, validate_name(name), reference)
-    raise RegistryError("NOT_FOUND", detail="not a registry API path")
+    raise NotFound("not a registry API path")
 
 
 @dataclass(frozen=True, slots=True)

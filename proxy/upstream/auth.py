@@ -9,7 +9,6 @@ realm is remembered so that later scopes skip the first 401 round trip.
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import aiohttp
 
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import count_upstream_request
+from proxy.registry.credentials import basic_authorization
 from proxy.upstream.errors import UpstreamDenied, UpstreamInvalid, UpstreamUnavailable
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -49,10 +49,6 @@ def parse_challenge(header: str) -> Challenge | None:
         for m in _PARAM_RE.finditer(rest)
     }
     return Challenge(scheme.lower(), params)
-
-
-def basic_authorization(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 @dataclass(slots=True)

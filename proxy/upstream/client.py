@@ -128,7 +128,7 @@ class BlobStream:
 
 
 class UpstreamObserver(Protocol):
-    """Hears about upstream traffic (the metrics implement it)."""
+    """Hears about upstream traffic (proxy.ops.observers passes it to metrics, quotas, page)."""
 
     def upstream_request(self, upstream: str, method: str, status: int | str) -> None: ...
 
@@ -188,7 +188,7 @@ class RegistryClient:
     async def head_manifest(self, name: str, reference: str) -> ManifestHead:
         """Resolve a tag or digest without spending a pull (Docker Hub does not count HEADs)."""
         async with self._request(
-            "HEAD", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
+            "HEAD", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}
         ) as response:
             self._report_rate_limit(response, counted=False)
             digest_header = response.headers.get("Docker-Content-Digest")
@@ -205,7 +205,7 @@ class RegistryClient:
     async def get_manifest(self, name: str, reference: str, max_bytes: int) -> Manifest:
         """Fetch manifest bytes (a counted pull on Docker Hub), verified when fetched by digest."""
         async with self._request(
-            "GET", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}, "MANIFEST_UNKNOWN"
+            "GET", name, f"/manifests/{reference}", {"Accept": UPSTREAM_ACCEPT}
         ) as response:
             self._report_rate_limit(response, counted=True)
             if response.content_length is not None and response.content_length > max_bytes:
@@ -233,14 +233,14 @@ class RegistryClient:
     async def get_referrers(self, name: str, path: str, max_bytes: int) -> tuple[bytes, str | None]:
         """One page of an OCI 1.1 referrers list (``path``: ``/referrers/<digest>[?query]``):
         its body and Link header. Not a pull: Docker Hub counts manifest GETs only."""
-        async with self._request("GET", name, path, {"Accept": OCI_INDEX}, "NOT_FOUND") as response:
+        async with self._request("GET", name, path, {"Accept": OCI_INDEX}) as response:
             body = await self._read_limited(response, max_bytes)
             return body, response.headers.get("Link")
 
     # --- blobs ----------------------------------------------------------------------------------
 
     async def head_blob(self, name: str, digest: Digest) -> int | None:
-        async with self._request("HEAD", name, f"/blobs/{digest}", {}, "BLOB_UNKNOWN") as response:
+        async with self._request("HEAD", name, f"/blobs/{digest}", {}) as response:
             return response.content_length
 
     @asynccontextmanager
@@ -263,9 +263,7 @@ class RegistryClient:
         headers = {}
         if first is not None:
             headers["Range"] = f"bytes={first}-{'' if last is None else last}"
-        async with self._request(
-            "GET", name, f"/blobs/{digest}", headers, "BLOB_UNKNOWN", url=url
-        ) as response:
+        async with self._request("GET", name, f"/blobs/{digest}", headers, url=url) as response:
             content_range = None
             if response.status == 206:
                 content_range = ContentRange.parse(response.headers.get("Content-Range"))
@@ -307,7 +305,7 @@ class RegistryClient:
         path = "/tags/list" + (
             "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
         )
-        async with self._request("GET", name, path, {}, "NAME_UNKNOWN") as response:
+        async with self._request("GET", name, path, {}) as response:
             body = await self._read_limited(response, 16 * 1024 * 1024)
             return body, response.headers.get("Link")
 
@@ -344,7 +342,6 @@ class RegistryClient:
         name: str,
         path: str,
         headers: dict[str, str],
-        not_found_code: str,
         *,
         url: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -354,7 +351,7 @@ class RegistryClient:
                 method, name, url or f"{self._base}/v2/{name}{path}", headers
             )
             try:
-                await _raise_for_status(response, method, f"{name}{path}", not_found_code)
+                await _raise_for_status(response, method, f"{name}{path}")
                 yield response
             finally:
                 response.release()
@@ -463,9 +460,7 @@ class RegistryClient:
             self._observer.rate_limit(self.host, RateLimit.from_headers(response.headers), counted)
 
 
-async def _raise_for_status(
-    response: aiohttp.ClientResponse, method: str, what: str, not_found_code: str
-) -> None:
+async def _raise_for_status(response: aiohttp.ClientResponse, method: str, what: str) -> None:
     status = response.status
     if 200 <= status < 300:
         return
@@ -474,7 +469,7 @@ async def _raise_for_status(
     if status == 429:
         raise UpstreamRateLimited(detail, retry_after=response.headers.get("Retry-After"))
     if status == 404:
-        raise UpstreamNotFound(detail, status=status, code=code or not_found_code)
+        raise UpstreamNotFound(detail, status=status, code=code)
     if status in (401, 403):
         raise UpstreamDenied(detail, status=status, code=code)
     if status >= 500:

@@ -11,13 +11,13 @@
 ``reason`` is a fixed phrase without anything taken from the request, safe to show to *other*
 clients (the ``Warning`` header of a stale answer is shared by everyone waiting on a fetch).
 
-The HTTP edge maps each to a registry error (``registry_error``); the cache uses the type to
-decide whether serving stale content is allowed.
+``status`` and ``code`` are what the upstream answered (its HTTP status, and the code of its
+registry error body when it sent one; a HEAD's answer has no body), never a choice of ours. The
+cache uses the type to decide whether serving stale content is allowed; the HTTP edge
+(``proxy.http.errors``) turns what reaches a client into a registry error.
 """
 
 from __future__ import annotations
-
-from proxy.registry.errors import RegistryError, too_many_requests
 
 
 class UpstreamError(Exception):
@@ -79,21 +79,3 @@ class UpstreamInvalid(UpstreamError):
         if self.status is not None:
             return f"upstream answered {self.status}"
         return "upstream sent unusable content"
-
-
-_NOT_FOUND_CODES = {"NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"}
-
-
-def registry_error(exc: UpstreamError, *, not_found_code: str) -> RegistryError:
-    """The registry error a client should see for an upstream failure with nothing cached."""
-    detail = f"upstream: {exc.detail}"
-    if isinstance(exc, UpstreamRateLimited):
-        return too_many_requests(exc.retry_after, detail)
-    if isinstance(exc, UpstreamNotFound):
-        code = exc.code if exc.code in _NOT_FOUND_CODES else not_found_code
-        return RegistryError(code, detail=detail)
-    if isinstance(exc, UpstreamDenied):
-        return RegistryError("DENIED" if exc.status == 403 else "UNAUTHORIZED", detail=detail)
-    if isinstance(exc, UpstreamInvalid):
-        return RegistryError("UNAVAILABLE", status=502, detail=detail)
-    return RegistryError("UNAVAILABLE", detail=detail, headers={"Retry-After": "10"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from proxy.config import DOCKER_HUB_ALIASES, DOCKER_HUB_HOST
-from proxy.registry.errors import RegistryError
+from proxy.registry.errors import ErrorCode, RegistryError
 from proxy.registry.reference import NAME_MAX_LENGTH
 from proxy.upstream.client import RegistryClient
 
@@ -33,8 +33,8 @@ class Upstreams:
         client, upstream_name = self._route(name, ns)
         if len(upstream_name) > NAME_MAX_LENGTH:
             raise RegistryError(
-                "NAME_INVALID",
-                detail=f"repository name is over {NAME_MAX_LENGTH} characters upstream",
+                ErrorCode.NAME_INVALID,
+                f"repository name is over {NAME_MAX_LENGTH} characters upstream",
             )
         return client, upstream_name
 
@@ -53,5 +53,7 @@ class Upstreams:
     def _configured(self, host: str) -> RegistryClient:
         client = self.by_host.get(host)
         if client is None:
-            raise RegistryError("DENIED", detail=f"registry {host} is not configured on this proxy")
+            raise RegistryError(
+                ErrorCode.DENIED, f"registry {host} is not configured on this proxy"
+            )
         return client

@@ -452,9 +452,9 @@ def test_a_forged_forwarded_for_is_not_believed_with_the_stacks_settings(
         {name: env[name] for name in ("PROXY_TRUSTED_PROXIES", "PROXY_TRUSTED_HOPS")}
     )
     policy = access.AccessPolicy(
-        trusted_proxies=settings.trusted_proxies, trusted_hops=settings.trusted_hops
+        trusted_proxies=settings.access.trusted_proxies, trusted_hops=settings.access.trusted_hops
     )
-    balancer = str(next(iter(settings.trusted_proxies))[10])
+    balancer = str(next(iter(settings.access.trusted_proxies))[10])
     client = balancer  # a client that shares the balancer's subnet
     claimed = "127.0.0.1"  # the operator network of the default scenario
     found = policy.client_address(balancer, f"{claimed}, {client}")
@@ -536,10 +536,10 @@ def test_container_environment_is_understood_by_the_proxy(any_synth: Synthesized
     assert all(isinstance(value, str) for value in resolved.values()), resolved
     resolved |= {"PROXY_UPSTREAM_USERNAME": "builder", "PROXY_UPSTREAM_PASSWORD": "dckr_pat_x"}
     settings = config.load_settings(resolved)
-    assert settings.storage.bucket == "example-cache-bucket"
-    assert settings.storage.prefix == "cache"
-    assert settings.listen_port == 5000
-    assert settings.log_format == "json"
+    assert settings.storage.location.bucket == "example-cache-bucket"
+    assert settings.storage.location.prefix == "cache"
+    assert settings.listen.port == 5000
+    assert settings.operations.log_format == "json"
 
 
 def test_extra_environment_is_passed_through(custom_synth: Synthesized) -> None:

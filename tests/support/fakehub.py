@@ -34,8 +34,6 @@ tests/conftest.py offers it as the ``fakehub`` fixture (default options) and the
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -50,6 +48,8 @@ from typing import Literal, Self
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
+
+from proxy.registry.credentials import basic_credentials
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -1210,7 +1210,7 @@ class FakeHub:
         username: str | None = None
         header = request.headers.get("Authorization")
         if header is not None:
-            credentials = _decode_basic(header)
+            credentials = basic_credentials(header)
             if credentials is None:
                 return web.json_response({"details": "malformed credentials"}, status=401)
             login, password = credentials
@@ -1464,19 +1464,6 @@ def _resolve_range(first: str, last: str, size: int) -> tuple[int, int] | None:
     if start >= size or start >= end:
         return None
     return start, end
-
-
-def _decode_basic(header: str) -> tuple[str, str] | None:
-    """(login, password) from a Basic Authorization header, None when malformed."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    login, colon, password = decoded.partition(":")
-    return (login, password) if colon else None
 
 
 def _corrupt(data: bytes) -> bytes:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import datetime as dt
 import json
 import secrets
@@ -38,6 +37,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from proxy.registry.credentials import basic_credentials
 
 DEFAULT_SERVICE = "registry.docker.io"
 DEFAULT_ISSUER = "registry-proxy-test-token-issuer"
@@ -352,7 +353,7 @@ class TokenServer:
     async def _handle_get(self, request: web.Request) -> web.Response:
         service = request.query.get("service")
         scopes = tuple(request.query.getall("scope", []))
-        creds = _basic_credentials(request.headers.get("Authorization"))
+        creds = basic_credentials(request.headers.get("Authorization"))
         try:
             token = self._answer("GET", service, scopes, creds)
         except _Denied as denied:
@@ -394,19 +395,3 @@ class _Denied(Exception):
 
 def _form_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header:
-        return None
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    username, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    return username, password

@@ -5,6 +5,8 @@ recorded as one small record object (a few for a huge batch), never one write pe
 
     access/<unix seconds>-<instance id>-<n>     JSON {"version": 1, "uses": {key: seconds}}
 
+(the instance id is the process's one identity, ``proxy.ops.fleet.new_instance_id``, passed in).
+
 The time an entry was last served, by any instance, is the latest time any record holds for its
 key (``UseRecords.read``). Records accumulate between sweeps; a sweep merges them
 (``UseRecords.compact``): it reads them, writes one record holding their union, and only then
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,10 +36,6 @@ RECORDS = "access/"
 #: A record never holds more uses than this, so even a huge batch is a few small writes.
 MAX_USES_PER_RECORD = 50_000
 FORMAT_VERSION = 1
-
-
-def new_instance_id() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 @dataclass(slots=True)
