@@ -952,7 +952,7 @@ class Capacity:
             f"  {count} slow clients ({self.config.slow_rate}/s each) for {seconds} s", flush=True
         )
         argv = [
-            "curl", "--silent", "--show-error", "--output", "/dev/null",
+            "curl", "--silent", "--show-error", "--fail", "--output", "/dev/null",
             "--limit-rate", self.config.slow_rate, "--max-time", str(seconds),
             proxy.url + image.blob_path,
         ]  # fmt: skip
