@@ -565,12 +565,9 @@ def saturation(figures: Mapping[str, Any], task: Task, s3_pool: int) -> list[str
         found.append("memory")
     bed = [c for c in figures["core_busy_percent"] if c != PROXY_CORE]
     if bed and min(figures["core_busy_percent"][c] for c in bed) >= 100 * SATURATED:
-        found.append("test bed: the clients' and moto's core")
+        found.append("test bed's core")
     if figures["cpu_wait_percent"] >= NOISE:
-        found.append(
-            f"noisy: the proxy's event loop waited for its core {figures['cpu_wait_percent']} % "
-            "of the time"
-        )
+        found.append(f"(noisy: CPU wait {figures['cpu_wait_percent']} %)")
     return found
 
 
@@ -1045,6 +1042,9 @@ class ColdImages:
 
 
 S3_POOL = 64  # proxy/storage/s3.py: max_pool_connections
+CPU_TARGET = 60  # the stack's default cpuTargetPercent (infra/cdk.json)
+# Images to price with the cost model: MB, layers (a small base, the measured one, a big one).
+EXAMPLE_IMAGES = ((50, 3), (212, 6), (500, 8))
 
 
 def brief(figures: Mapping[str, Any]) -> str:
@@ -1083,6 +1083,18 @@ def cost_model(
     predicted_ms = 3 * manifest_ms + image.layers * per_blob_ms + per_byte_ms * image.bytes
     measured = [s["proxy_cpu_s_per_pull"] for s in steps if s["proxy_cpu_s_per_pull"]]
     per_pull = statistics.median(measured) if measured else predicted_ms / 1000
+    by_image = []
+    for mb, layers in EXAMPLE_IMAGES:
+        cost = (3 * manifest_ms + layers * per_blob_ms + per_byte_ms * mb * MB) / 1000
+        by_image.append(
+            {
+                "image_mb": mb,
+                "layers": layers,
+                "cpu_s_per_pull": r(cost, 3),
+                "pulls_per_s_per_vcpu": r(1 / cost, 1),
+                "pulls_per_s_at_cpu_target": r(CPU_TARGET / 100 / cost, 1),
+            }
+        )
     return {
         "cpu_ms_per_manifest_request": r(manifest_ms, 3),
         "cpu_ms_per_blob_request": r(per_blob_ms, 3),
@@ -1092,6 +1104,7 @@ def cost_model(
         "pulls_per_s_per_vcpu": r(1 / per_pull, 2),
         "mb_per_s_per_vcpu": r(image.bytes / MB / per_pull),
         "manifest_requests_per_s_per_vcpu": round(1000 / manifest_ms) if manifest_ms else None,
+        "by_image": by_image,
     }
 
 
@@ -1138,7 +1151,7 @@ def step_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """The steps, the slow clients and the cold burst as a table (docs/benchmarks.md's)."""
     header = [
         "step", "load 1 min before / after", "pulls/s", "MB/s", "pull p50 / p99 s",
-        "manifest p50 / p99 ms", "layer HEAD p50 / p99 ms", "/healthz/local p99 / max ms",
+        "manifest HEAD p50 / p99 ms", "layer HEAD p50 / p99 ms", "/healthz/local p99 / max ms",
         "errors", "proxy CPU %", "proxy CPU wait %", "test-bed core %", "RSS MB",
         "requests in progress", "S3 conns", "fetches", "saturated",
     ]  # fmt: skip
@@ -1211,6 +1224,14 @@ def model_lines(result: Mapping[str, Any]) -> list[str]:
         f"one vCPU at 100 %: {model['pulls_per_s_per_vcpu']} pulls/s of the image, "
         f"{model['mb_per_s_per_vcpu']} MB/s, or {model['manifest_requests_per_s_per_vcpu']} "
         "manifest requests/s"
+    )
+    lines.append(
+        f"by the model, pulls a second per vCPU at 100 % / at {CPU_TARGET} %: "
+        + ", ".join(
+            f"{x['image_mb']} MB in {x['layers']} layers {x['pulls_per_s_per_vcpu']} / "
+            f"{x['pulls_per_s_at_cpu_target']}"
+            for x in model["by_image"]
+        )
     )
     docker = [(s["clients"], s["docker_pull_s"]) for s in result["steps"] if s["docker_pull_s"]]
     if docker:
