@@ -31,6 +31,9 @@ GB served from S3 and per manifest request, from calibration runs (curl and ab) 
 steps, and the capacity of one vCPU it implies.  The cold burst: clients pulling images the
 proxy has never seen, all at once through the WAN: wall time, upstream bytes per image, fetch
 slots, memory.
+
+This module runs the section; :mod:`.capacity_watch` reads the proxy and the machine while it
+runs, :mod:`.capacity_report` makes the cost model and the table.
 """
 
 from __future__ import annotations
@@ -38,18 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import itertools
 import json
 import os
-import re
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -61,9 +59,26 @@ from support.oci_image import AMD64, Skopeo, build_oci_layout, push_image
 from support.proxy_process import ProxyProcess
 
 from . import hoststat
+from .capacity_report import ImageFacts, brief, cost_model
+from .capacity_watch import (
+    FETCHES_METRIC,
+    PROXY_CORE,
+    S3_POOL,
+    AccessLog,
+    Probe,
+    Watcher,
+    Window,
+    as_the_task,
+    on_cores,
+    percentile,
+    r,
+    saturation,
+    scrape,
+    window_figures,
+)
 from .docker_pull import DockerPuller, docker_unavailable
 from .measure import MeasureError, ab_load, curl_throughput
-from .procstat import MB, MiB, open_files, proc_status
+from .procstat import MB, MiB
 from .testbed import (
     FULL_IMAGE,
     HUB_PASSWORD,
@@ -77,23 +92,28 @@ from .testbed import (
     moto_unavailable,
     on_a_free_port,
 )
-from .text import table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 INFRA_DIR = REPO_ROOT / "infra"
-PROBE_SCRIPT = Path(__file__).with_name("capacity_probe.py")
-PROXY_CORE = 0
-TASK_NICE = -10  # the proxy's and its probe's priority on their core
+
+
 EMF_INTERVAL = 5  # seconds between the proxy's metric lines here (60 in the stack)
+
+
 PULL_TIMEOUT = 600.0
+
+
 CURL_TIMED_OUT = 28
+
+
 SETTLE_TIMEOUT = 120.0
-# A resource counts as saturated at this share of its limit, averaged over a step.
-SATURATED = 0.9
-# A step's figures are noisy when the proxy's event loop, ready to run, waited this share of
-# the time (percent) for its core: other processes had it.
-NOISE = 5.0
+
+
 COLD_IMAGE = ImageShape(24 * MiB, (16 * MiB, 6 * MiB, 3 * MiB, MiB))
+
+
 QUICK_COLD_IMAGE = ImageShape(6 * MiB, (4 * MiB, MiB))
 
 
@@ -162,38 +182,6 @@ def unavailable() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def on_cores(cores: set[int]) -> Iterator[None]:
-    """Run this process (and so every process it starts meanwhile) on ``cores``."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cores)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-@contextlib.contextmanager
-def as_the_task() -> Iterator[None]:
-    """Start processes as the task's vCPU would run them: on the proxy's core, and ahead of
-    other processes there (nice ``TASK_NICE``, when this process may raise a priority).  A
-    Fargate task's vCPU is its own; on a shared machine the kernel moves everything else onto
-    the core the busy test bed leaves, and the proxy would wait for its core behind it."""
-    with on_cores({PROXY_CORE}):
-        try:
-            os.nice(TASK_NICE)
-        except PermissionError:
-            yield
-            return
-        try:
-            yield
-        finally:
-            os.nice(-TASK_NICE)
-
-
-# --------------------------------------------------------------------- the task
-
-
 def _sizing_module() -> ModuleType:
     """infra/registry_proxy_infra/sizing.py alone (the package would load the CDK)."""
     name = "registry_proxy_infra_sizing"
@@ -259,200 +247,6 @@ def stack_task(spool_dir: Path) -> Task:
     return Task(int(context["cpu"]), int(context["memoryMiB"]), environment, tuple(notes))
 
 
-# --------------------------------------------------------------------- what is read while it runs
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The proxy's /metrics as {sample with labels: value} (one GET, a few ms)."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                values[name] = float(value)
-    return values
-
-
-def metric(values: Mapping[str, float], name: str) -> float:
-    """The sum of every sample of ``name`` (any labels)."""
-    return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
-
-
-IN_PROGRESS_METRIC = "registry_proxy_requests_in_progress"
-FETCHES_METRIC = "registry_proxy_inflight_fetches"
-
-
-@dataclass
-class Sample:
-    at: float
-    cpu: float  # the proxy's CPU seconds so far
-    rss: int
-    fds: int
-    clients: int  # established client connections
-    s3: int  # established connections to S3 (the storage client's pool)
-    upstream: int
-    fetches: float
-    in_progress: float | None  # requests in progress (the client cap's count), if reported
-
-
-class Watcher:
-    """Samples the proxy every ``interval`` seconds in a thread of its own."""
-
-    def __init__(self, proxy: ProxyProcess, ports: Mapping[str, int], interval: float) -> None:
-        self.proxy = proxy
-        self.ports = dict(ports)
-        self.interval = interval
-        self.samples: list[Sample] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def sample(self) -> Sample:
-        pid = self.proxy.pid
-        assert pid is not None
-        values = scrape(self.proxy.url)
-        connections = hoststat.connections(pid, self.proxy.port, self.ports)
-        progress = values.get(IN_PROGRESS_METRIC)
-        return Sample(
-            at=time.monotonic(),
-            cpu=hoststat.process_cpu_seconds(pid),
-            rss=proc_status(pid)["VmRSS"],
-            fds=open_files(pid),
-            clients=connections["clients"],
-            s3=connections.get("s3", 0),
-            upstream=connections.get("upstream", 0),
-            fetches=values.get(FETCHES_METRIC, 0.0),
-            in_progress=progress,
-        )
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(await asyncio.to_thread(self.sample))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    def between(self, start: float, end: float) -> list[Sample]:
-        return [s for s in self.samples if start <= s.at <= end]
-
-
-class Probe:
-    """capacity_probe.py on the proxy's core, its lines in a file."""
-
-    def __init__(self, workdir: Path, port: int, interval: float, blob_path: str) -> None:
-        self.out = workdir / "probe.txt"
-        self.port = port
-        self.interval = interval
-        # /healthz: the event loop alone; /healthz/local: the load balancer's check (it also
-        # writes to the spool in a worker thread); the manifest by tag, as a pull's first
-        # request (answered from memory); a layer's HEAD (a HeadObject on S3: the S3 pool).
-        self.paths = {
-            "lag": "/healthz",
-            "health": "/healthz/local",
-            "manifest": f"/v2/{REPOSITORY}/manifests/{TAG}",
-            "blob": blob_path,
-        }
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [sys.executable, str(PROBE_SCRIPT), "--port", str(self.port)]
-        argv += ["--interval", str(self.interval), *self.paths.values()]
-        with as_the_task(), self.out.open("wb") as out:
-            self._proc = subprocess.Popen(argv, stdout=out, stdin=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
-            self._proc = None
-
-    def figures(self, start: float, end: float) -> dict[str, Any]:
-        """p50 and p99 in ms of each probe between ``start`` and ``end``, and its failures."""
-        names = list(self.paths)
-        latencies: dict[str, list[float]] = {name: [] for name in names}
-        failures = 0
-        for line in self.out.read_text().splitlines():
-            parts = line.split()
-            if len(parts) != 4 or not start <= float(parts[0]) <= end:
-                continue
-            if parts[3] != "200":
-                failures += 1
-            else:
-                latencies[names[int(parts[1])]].append(float(parts[2]))
-        out: dict[str, Any] = {"probe_failures": failures}
-        for name, values in latencies.items():
-            out[f"probe_{name}_p50_ms"] = r(percentile(values, 50), 2)
-            out[f"probe_{name}_p99_ms"] = r(percentile(values, 99), 2)
-            out[f"probe_{name}_max_ms"] = r(max(values, default=0.0), 2)
-        return out
-
-
-class AccessLog:
-    """The proxy's JSON log: request lines and metric lines written between two offsets."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def offset(self) -> int:
-        return self.path.stat().st_size
-
-    def lines(self, start: int, end: int | None = None) -> list[dict[str, Any]]:
-        with self.path.open("rb") as f:
-            f.seek(start)
-            data = f.read() if end is None else f.read(end - start)
-        records = []
-        for line in data.splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
-        return records
-
-
-MANIFEST_PATH = re.compile(r"^/v2/.+/manifests/[^/]+$")
-
-
-def manifest_requests(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        r
-        for r in records
-        if r.get("event") == "request"
-        and MANIFEST_PATH.match(str(r.get("path", "")))
-        and r.get("method") in ("GET", "HEAD")
-    ]
-
-
-def server_errors(records: Sequence[dict[str, Any]]) -> list[str]:
-    return [
-        f"{r.get('method')} {r.get('path')}: {r.get('status')}"
-        for r in records
-        if r.get("event") == "request" and int(r.get("status", 0)) >= 500
-    ]
-
-
-def emf_values(records: Sequence[dict[str, Any]], name: str) -> list[float]:
-    return [
-        float(r[name])
-        for r in records
-        if r.get("event") == "metrics" and "_aws" in r and isinstance(r.get(name), int | float)
-    ]
-
-
-# --------------------------------------------------------------------- the clients
-
-
 @dataclass(frozen=True)
 class Pull:
     started: float
@@ -504,129 +298,6 @@ async def pull_loop(skopeo: Skopeo, reference: str, deadline: float, pulls: list
         pulls.append(await skopeo_pull(skopeo, reference))
 
 
-# --------------------------------------------------------------------- figures
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def r(value: float, digits: int = 1) -> float:
-    return round(value, digits)
-
-
-@dataclass
-class Window:
-    """What the kernel and the proxy said at one moment, to subtract from a later one."""
-
-    at: float
-    proxy_cpu: float
-    proxy_waited: float  # seconds its event loop waited for a CPU
-    moto_cpu: float
-    cores: dict[int, hoststat.CoreTime]
-    children_cpu: float
-    metrics: dict[str, float]
-    log_offset: int
-    load1: float
-
-    @classmethod
-    def now(cls, proxy: ProxyProcess, moto: MotoServer, log: AccessLog) -> Window:
-        assert proxy.pid is not None and moto.pid is not None
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cls(
-            at=time.monotonic(),
-            proxy_cpu=hoststat.process_cpu_seconds(proxy.pid),
-            proxy_waited=hoststat.run_queue_seconds(proxy.pid),
-            moto_cpu=hoststat.process_cpu_seconds(moto.pid),
-            cores=hoststat.core_times(),
-            children_cpu=usage.ru_utime + usage.ru_stime,
-            metrics=scrape(proxy.url),
-            log_offset=log.offset(),
-            load1=r(os.getloadavg()[0], 2),
-        )
-
-
-def saturation(figures: Mapping[str, Any], task: Task, s3_pool: int) -> list[str]:
-    """The resources at ``SATURATED`` or more of their limit over the step, first the proxy's."""
-    found = []
-    if figures["proxy_cpu_percent"] >= 100 * SATURATED:
-        found.append("proxy CPU (its one core)")
-    if figures["s3_connections_max"] >= SATURATED * s3_pool:
-        found.append(f"S3 connection pool ({s3_pool})")
-    if figures["fetches_max"] >= SATURATED * task.max_fetches:
-        found.append(f"upstream fetch slots ({task.max_fetches})")
-    if figures["rss_max_mb"] * MB >= SATURATED * task.memory_mib * MiB:
-        found.append("memory")
-    bed = [c for c in figures["core_busy_percent"] if c != PROXY_CORE]
-    if bed and min(figures["core_busy_percent"][c] for c in bed) >= 100 * SATURATED:
-        found.append("test bed's core")
-    if figures["cpu_wait_percent"] >= NOISE:
-        found.append(f"(noisy: CPU wait {figures['cpu_wait_percent']} %)")
-    return found
-
-
-def window_figures(
-    start: Window,
-    end: Window,
-    samples: Sequence[Sample],
-    records: Sequence[dict[str, Any]],
-) -> dict[str, Any]:
-    """The proxy's and the machine's figures between two windows."""
-    seconds = end.at - start.at
-    cores = hoststat.busy_percent(start.cores, end.cores)
-    proxy_cpu = 100 * (end.proxy_cpu - start.proxy_cpu) / seconds
-    manifests = manifest_requests(records)
-    durations = [float(m.get("duration_ms", 0.0)) for m in manifests]
-    progress = [s.in_progress for s in samples if s.in_progress is not None]
-    per_second_cpu = [
-        100 * (b.cpu - a.cpu) / (b.at - a.at) for a, b in itertools.pairwise(samples) if b.at > a.at
-    ]
-    served = metric(end.metrics, "registry_proxy_served_bytes_total") - metric(
-        start.metrics, "registry_proxy_served_bytes_total"
-    )
-    requests = metric(end.metrics, "registry_proxy_requests_total") - metric(
-        start.metrics, "registry_proxy_requests_total"
-    )
-    return {
-        "seconds": r(seconds),
-        "proxy_cpu_seconds": r(end.proxy_cpu - start.proxy_cpu, 2),
-        "proxy_cpu_percent": r(proxy_cpu),
-        "proxy_cpu_percent_max_1s": r(max(per_second_cpu, default=0.0)),
-        "moto_cpu_percent": r(100 * (end.moto_cpu - start.moto_cpu) / seconds),
-        "core_busy_percent": cores,
-        "cpu_wait_percent": r(100 * (end.proxy_waited - start.proxy_waited) / seconds),
-        "served_mb": r(served / MB),
-        "requests": int(requests),
-        "manifest_requests": len(manifests),
-        "manifest_p50_ms": r(percentile(durations, 50), 2),
-        "manifest_p99_ms": r(percentile(durations, 99), 2),
-        "server_errors": server_errors(records),
-        "rss_max_mb": r(max((s.rss for s in samples), default=0) / MB),
-        "open_files_max": max((s.fds for s in samples), default=0),
-        "client_connections_max": max((s.clients for s in samples), default=0),
-        "s3_connections_max": max((s.s3 for s in samples), default=0),
-        "s3_connections_mean": r(statistics.fmean([s.s3 for s in samples]) if samples else 0.0),
-        "upstream_connections_max": max((s.upstream for s in samples), default=0),
-        "fetches_max": int(max((s.fetches for s in samples), default=0)),
-        "in_progress_mean": r(statistics.fmean(progress), 2) if progress else None,
-        "in_progress_max": int(max(progress)) if progress else None,
-        "emf_concurrent_requests": emf_values(records, "ConcurrentRequests"),
-        # each sample: seconds into the step, S3 connections, requests in progress, fetches
-        "samples": [[r(x.at - start.at), x.s3, x.in_progress, int(x.fetches)] for x in samples],
-        "load_before": start.load1,
-        "load_after": end.load1,
-    }
-
-
-# --------------------------------------------------------------------- the section
-
-
 class Capacity:
     def __init__(self, config: CapacityConfig, workdir: Path) -> None:
         self.config = config
@@ -657,7 +328,9 @@ class Capacity:
                 raise MeasureError(f"the first pull failed: {fill.error}")
             await self._settle(proxy)
             small = smallest_layer(proxy.url, image)
-            probe = Probe(self.workdir, proxy.port, self.config.probe_every, small.path)
+            probe = Probe(
+                self.workdir, proxy.port, self.config.probe_every, image.tag_path, small.path
+            )
             probe.start()
             stack.callback(probe.stop)
             watcher.start()
@@ -916,9 +589,14 @@ class Capacity:
             "docker_pull_s": r(docker_seconds, 2) if docker_seconds is not None else None,
             **figures,
         }
-        step["saturated"] = saturation(step, self.task, S3_POOL)
+        step["saturated"] = self._saturation(step)
         print(f"  {clients} clients: {brief(step)}", flush=True)
         return step
+
+    def _saturation(self, figures: dict[str, Any]) -> list[str]:
+        return saturation(
+            figures, max_fetches=self.task.max_fetches, memory_mib=self.task.memory_mib
+        )
 
     def _docker_pull(self, docker: DockerPuller, image: BenchImage) -> float | None:
         config_digest = image.pushed.platform("linux/amd64").config_digest
@@ -977,7 +655,7 @@ class Capacity:
             **probe.figures(start.at, end.at),
             **figures,
         }
-        slow["saturated"] = saturation(slow, self.task, S3_POOL)
+        slow["saturated"] = self._saturation(slow)
         print(f"  slow clients: {brief(slow)}", flush=True)
         return slow
 
@@ -1029,7 +707,7 @@ class Capacity:
             **probe.figures(start.at, end.at),
             **figures,
         }
-        burst["saturated"] = saturation(burst, self.task, S3_POOL)
+        burst["saturated"] = self._saturation(burst)
         print(f"  cold burst: {brief(burst)}", flush=True)
         return burst
 
@@ -1039,79 +717,6 @@ class ColdImages:
     references: tuple[str, ...]
     size: int  # bytes of all of them
     blobs: int  # distinct blobs (configs and layers)
-
-
-S3_POOL = 64  # proxy/storage/s3.py: max_pool_connections
-CPU_TARGET = 60  # the stack's default cpuTargetPercent (infra/cdk.json)
-# Images to price with the cost model: MB, layers (a small base, the measured one, a big one).
-EXAMPLE_IMAGES = ((50, 3), (212, 6), (500, 8))
-
-
-def brief(figures: Mapping[str, Any]) -> str:
-    keys = (
-        "pulls_per_s", "mb_per_s", "wall_s", "pull_p50_s", "pull_p99_s",
-        "probe_manifest_p50_ms", "probe_manifest_p99_ms", "probe_lag_p99_ms",
-        "probe_health_p99_ms", "manifest_p99_ms", "failed_pulls", "proxy_cpu_percent",
-        "core_busy_percent", "moto_cpu_percent", "rss_max_mb", "in_progress_mean",
-        "s3_connections_max", "fetches_max", "upstream_bytes_per_image_set", "saturated",
-    )  # fmt: skip
-    return ", ".join(f"{k} {figures[k]}" for k in keys if k in figures)
-
-
-# --------------------------------------------------------------------- the cost model
-
-
-def cost_model(
-    calibration: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], image: ImageFacts
-) -> dict[str, Any]:
-    """The proxy's CPU per manifest request, per blob request to S3 and per GB from S3 (the
-    calibration runs), what a pull of the image costs by that model and as the steps measured
-    it, and what one vCPU carries at that cost."""
-    small, big = calibration["small blob GET from S3"], calibration["big blob GET from S3"]
-    per_byte_ms = (big["cpu_ms_per_request"] - small["cpu_ms_per_request"]) / (
-        big["bytes"] - small["bytes"]
-    )
-    per_blob_ms = max(0.0, small["cpu_ms_per_request"] - per_byte_ms * small["bytes"])
-    manifest_ms = statistics.fmean(
-        (
-            calibration["manifest HEAD by tag"]["cpu_ms_per_request"],
-            calibration["manifest GET by digest"]["cpu_ms_per_request"],
-        )
-    )
-    # A pull: the tag, the platform manifest by digest, the config (from memory: counted as a
-    # manifest request), and each layer from S3.
-    predicted_ms = 3 * manifest_ms + image.layers * per_blob_ms + per_byte_ms * image.bytes
-    measured = [s["proxy_cpu_s_per_pull"] for s in steps if s["proxy_cpu_s_per_pull"]]
-    per_pull = statistics.median(measured) if measured else predicted_ms / 1000
-    by_image = []
-    for mb, layers in EXAMPLE_IMAGES:
-        cost = (3 * manifest_ms + layers * per_blob_ms + per_byte_ms * mb * MB) / 1000
-        by_image.append(
-            {
-                "image_mb": mb,
-                "layers": layers,
-                "cpu_s_per_pull": r(cost, 3),
-                "pulls_per_s_per_vcpu": r(1 / cost, 1),
-                "pulls_per_s_at_cpu_target": r(CPU_TARGET / 100 / cost, 1),
-            }
-        )
-    return {
-        "cpu_ms_per_manifest_request": r(manifest_ms, 3),
-        "cpu_ms_per_blob_request": r(per_blob_ms, 3),
-        "cpu_s_per_gb_from_s3": r(per_byte_ms * 1e9 / 1000, 3),
-        "cpu_s_per_pull_predicted": r(predicted_ms / 1000, 3),
-        "cpu_s_per_pull_measured": r(per_pull, 3) if measured else None,
-        "pulls_per_s_per_vcpu": r(1 / per_pull, 2),
-        "mb_per_s_per_vcpu": r(image.bytes / MB / per_pull),
-        "manifest_requests_per_s_per_vcpu": round(1000 / manifest_ms) if manifest_ms else None,
-        "by_image": by_image,
-    }
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    bytes: int
-    layers: int
 
 
 @dataclass(frozen=True)
@@ -1137,148 +742,8 @@ def smallest_layer(base_url: str, image: BenchImage) -> Layer:
     return Layer(digest, sizes[digest])
 
 
-# --------------------------------------------------------------------- the report
-
-
 def capacity_section(config: CapacityConfig, workdir: Path) -> dict[str, Any]:
     reason = unavailable()
     if reason is not None:
         return {"skipped": reason}
     return asyncio.run(Capacity(config, workdir / "capacity").run())
-
-
-def step_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The steps, the slow clients and the cold burst as a table (docs/benchmarks.md's)."""
-    header = [
-        "step", "load 1 min before / after", "pulls/s", "MB/s", "pull p50 / p99 s",
-        "manifest HEAD p50 / p99 ms", "layer HEAD p50 / p99 ms", "/healthz/local p99 / max ms",
-        "errors", "proxy CPU %", "proxy CPU wait %", "test-bed core %", "RSS MB",
-        "requests in progress", "S3 conns", "fetches", "saturated",
-    ]  # fmt: skip
-    rows = []
-    slow, burst = result["slow_clients"], result["cold_burst"]
-    for s in [*result["steps"], slow, burst]:
-        cores = s["core_busy_percent"]
-        bed = [v for k, v in cores.items() if str(k) != str(PROXY_CORE)]
-        progress = s.get("in_progress_mean")
-        rate: Any
-        mb_per_s: Any
-        if s is slow:
-            name, rate = f"{s['clients']} slow ({s['rate']}/s)", "-"
-            mb_per_s, pulls = r(s["served_mb"] / s["seconds"]), "-"
-        elif s is burst:
-            name, rate = f"{s['clients']} cold", f"wall {s['wall_s']} s"
-            mb_per_s = f"{s['upstream_bytes_per_image_set']}x upstream"
-            pulls = f"{s['pull_p50_s']} / {s['pull_p99_s']}"
-        else:
-            name, rate, mb_per_s = f"{s['clients']} warm", s["pulls_per_s"], s["mb_per_s"]
-            pulls = f"{s['pull_p50_s']} / {s['pull_p99_s']}"
-        rows.append(
-            [
-                name,
-                f"{s['load_before']} / {s['load_after']}",
-                rate,
-                mb_per_s,
-                pulls,
-                f"{s['probe_manifest_p50_ms']} / {s['probe_manifest_p99_ms']}",
-                f"{s['probe_blob_p50_ms']} / {s['probe_blob_p99_ms']}",
-                f"{s['probe_health_p99_ms']} / {s['probe_health_max_ms']}",
-                s["failed_pulls"] + len(s["server_errors"]),
-                s["proxy_cpu_percent"],
-                s["cpu_wait_percent"],
-                r(statistics.fmean(bed)) if bed else "",
-                s["rss_max_mb"],
-                "" if progress is None else f"{progress} (max {s['in_progress_max']})",
-                s["s3_connections_max"],
-                s["fetches_max"],
-                "; ".join(s.get("saturated", [])) or "nothing",
-            ]
-        )
-    return header, rows
-
-
-def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def model_lines(result: Mapping[str, Any]) -> list[str]:
-    model, cal = result["model"], result["calibration"]
-    lines = [
-        f"{name}: "
-        + (f"{v['per_second']} req/s" if "per_second" in v else f"{v['mb_per_s']} MB/s")
-        + f", proxy CPU {v['proxy_cpu_percent']} % (CPU wait {v['cpu_wait_percent']} %), "
-        f"{v['cpu_ms_per_request']} CPU-ms per request; meanwhile /healthz/local p99 "
-        f"{v['probe_health_p99_ms']} ms, a manifest HEAD p99 {v['probe_manifest_p99_ms']} ms"
-        for name, v in cal.items()
-    ]
-    lines.append(
-        f"cost model: {model['cpu_ms_per_manifest_request']} CPU-ms per manifest request, "
-        f"{model['cpu_ms_per_blob_request']} CPU-ms per blob request to S3, "
-        f"{model['cpu_s_per_gb_from_s3']} CPU-s per GB from S3; a pull of the image: "
-        f"{model['cpu_s_per_pull_predicted']} CPU-s predicted, "
-        f"{model['cpu_s_per_pull_measured']} measured in the steps (median)"
-    )
-    lines.append(
-        f"one vCPU at 100 %: {model['pulls_per_s_per_vcpu']} pulls/s of the image, "
-        f"{model['mb_per_s_per_vcpu']} MB/s, or {model['manifest_requests_per_s_per_vcpu']} "
-        "manifest requests/s"
-    )
-    lines.append(
-        f"by the model, pulls a second per vCPU at 100 % / at {CPU_TARGET} %: "
-        + ", ".join(
-            f"{x['image_mb']} MB in {x['layers']} layers {x['pulls_per_s_per_vcpu']} / "
-            f"{x['pulls_per_s_at_cpu_target']}"
-            for x in model["by_image"]
-        )
-    )
-    docker = [(s["clients"], s["docker_pull_s"]) for s in result["steps"] if s["docker_pull_s"]]
-    if docker:
-        lines.append(
-            "a docker pull during the step: "
-            + ", ".join(f"{clients} clients {seconds} s" for clients, seconds in docker)
-        )
-    return lines
-
-
-def report(result: Mapping[str, Any], results_dir: Path | None = None) -> list[str]:
-    """Print the figures (and write them as Markdown); return the failed "musts"."""
-    if "skipped" in result:
-        print(f"\ncapacity: skipped: {result['skipped']}")
-        return []
-    failed = []
-    burst = result["cold_burst"]
-    for s in [*result["steps"], result["slow_clients"], burst]:
-        if s["failed_pulls"] or s["server_errors"]:
-            failed.append(
-                f"capacity, {s['clients']} clients: {s['failed_pulls']} failed pulls, "
-                f"{len(s['server_errors'])} 5xx: {(s['errors'] + s['server_errors'])[:3]}"
-            )
-    if burst["upstream_bytes_per_image_set"] > 1.05:
-        failed.append(
-            f"capacity, cold burst: the upstream sent {burst['upstream_bytes_per_image_set']}x "
-            "the images"
-        )
-    config, task = result["config"], result["task"]
-    header, rows = step_rows(result)
-    title = (
-        f"Capacity: one proxy on core {task['proxy_core']} (the task: cpu {task['cpu_units']}, "
-        f"{task['memory_mib']} MiB, {task['environment']['PROXY_MAX_UPSTREAM_FETCHES']} "
-        f"fetches), S3 on moto, warm pulls of a {config['image_mb']} MB image "
-        f"({config['image_blobs']} blobs) by skopeo, {config['step_seconds']} s per step; "
-        f"cold: {burst['clients']} clients, {burst['images']} new images of "
-        f"{burst['image_mb']} MB through the WAN"
-    )
-    print(f"\n{title}")
-    print(table(header, rows))
-    lines = model_lines(result)
-    for line in lines:
-        print(line)
-    for note in result["notes"]:
-        print(f"capacity note: {note}")
-    if results_dir is not None:
-        results_dir.mkdir(exist_ok=True)
-        text = "\n".join([title, "", markdown(header, rows), "", *(f"- {x}" for x in lines)])
-        (results_dir / "capacity.md").write_text(text + "\n")
-    return failed

@@ -50,7 +50,7 @@ from typing import Any
 import aiohttp
 from support.moto import CLEARED_VARIABLES
 
-from . import capacity, chart, load, memory
+from . import capacity, capacity_report, chart, load, memory
 from .results import Results, markdown_table, text_table
 from .sidebyside import SECTIONS, Config, SideBySide
 
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "load" in report:
         failed += load.report(report["load"])
     if "capacity" in report:
-        failed += capacity.report(report["capacity"], RESULTS_DIR)
+        failed += capacity_report.report(report["capacity"], RESULTS_DIR)
     print(f"\nresults: {RESULTS_DIR / f'bench-{stamp}.json'} ({report['seconds']} s)")
     for failure in failed:
         print(f"FAILED: {failure}")
