@@ -93,7 +93,10 @@ from .testbed import (
     on_a_free_port,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The repository: the nearest directory above this file that holds the CDK app.
+REPO_ROOT = next(
+    d for d in Path(__file__).resolve().parents if (d / "infra" / "cdk.json").is_file()
+)
 
 
 INFRA_DIR = REPO_ROOT / "infra"

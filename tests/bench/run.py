@@ -8,7 +8,7 @@ By default it runs the side-by-side sections (see :mod:`.sidebyside`: pulls, con
 manifests, blobs, s3, idle, ttl, eviction) for 3 rounds.  Three more sections run only when named
 in ``--only``: ``memory`` (peak RSS while a 500 MB blob streams through the proxy, :mod:`.memory`),
 ``load`` (64 clients for 2 minutes, :mod:`.load`) and ``capacity`` (one task's limits: warm pulls
-by 10, 25 and 50 clients and a cold burst, :mod:`.capacity`, about 8 minutes).
+by 10, 25 and 50 clients, slow clients and a cold burst, :mod:`.capacity`, about 7 minutes).
 
 ``--quick`` (a smoke test, under two minutes): one round, a 24 MB image, 1 s per ab run, fewer
 repetitions; ``memory`` and ``load`` shrink to a 100 MB blob and 15 s, ``capacity`` to a 24 MB
