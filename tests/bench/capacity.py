@@ -624,7 +624,8 @@ class Capacity:
         stop after ``slow_seconds`` (curl's --max-time: exit 28, expected; the transfer is
         longer).  Each download holds an S3 connection while its client reads: past the pool's
         size, the rest wait, and so does every other request that needs S3 (the probe's layer
-        HEAD), while the proxy's CPU stays low."""
+        HEAD), while the proxy's CPU stays low.  Each client's first byte and bytes read say
+        which of them waited."""
         count, seconds = self.config.slow_clients, self.config.slow_seconds
         print(
             f"  {count} slow clients ({self.config.slow_rate}/s each) for {seconds} s", flush=True
@@ -632,12 +633,12 @@ class Capacity:
         argv = [
             "curl", "--silent", "--show-error", "--fail", "--output", "/dev/null",
             "--limit-rate", self.config.slow_rate, "--max-time", str(seconds),
-            proxy.url + image.blob_path,
+            "--write-out", "%{time_starttransfer} %{size_download}", proxy.url + image.blob_path,
         ]  # fmt: skip
         start = Window.now(proxy, moto, log)
         procs = [
             await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             for _ in range(count)
         ]
@@ -648,11 +649,20 @@ class Capacity:
             for proc, (_, err) in zip(procs, results, strict=True)
             if proc.returncode not in (0, CURL_TIMED_OUT)
         ]
+        # curl: seconds to the first byte (0 when none came) and bytes read
+        transfers = [tuple(map(float, out.split())) for out, _ in results if len(out.split()) == 2]
+        first_bytes = [at if size else seconds for at, size in transfers]
         records = log.lines(start.log_offset, end.log_offset)
         figures = window_figures(start, end, watcher.between(start.at, end.at), records)
         slow = {
             "clients": count,
             "rate": self.config.slow_rate,
+            "first_byte_p50_s": r(percentile(first_bytes, 50), 2),
+            "first_byte_max_s": r(max(first_bytes, default=0.0), 2),
+            # a client that waited more than a tenth of the step for its first byte
+            "waited": sum(1 for at in first_bytes if at > seconds / 10),
+            "mb_per_client_min": r(min((size for _, size in transfers), default=0.0) / MB, 1),
+            "mb_per_s": r(sum(size for _, size in transfers) / MB / seconds),
             "failed_pulls": len(errors),
             "errors": errors[:5],
             **probe.figures(start.at, end.at),

@@ -80,7 +80,8 @@ def cost_model(
 
 def brief(figures: Mapping[str, Any]) -> str:
     keys = (
-        "pulls_per_s", "mb_per_s", "wall_s", "pull_p50_s", "pull_p99_s",
+        "pulls_per_s", "mb_per_s", "wall_s", "pull_p50_s", "pull_p99_s", "waited",
+        "first_byte_p50_s", "first_byte_max_s",
         "probe_manifest_p50_ms", "probe_manifest_p99_ms", "probe_lag_p99_ms",
         "probe_health_p99_ms", "manifest_p99_ms", "failed_pulls", "proxy_cpu_percent",
         "core_busy_percent", "moto_cpu_percent", "rss_max_mb", "in_progress_mean",
@@ -106,8 +107,9 @@ def step_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         rate: Any
         mb_per_s: Any
         if s is slow:
-            name, rate = f"{s['clients']} slow ({s['rate']}/s)", "-"
-            mb_per_s, pulls = r(s["served_mb"] / s["seconds"]), "-"
+            name, rate = f"{s['clients']} slow ({s['rate']}/s)", f"{s['waited']} waited"
+            mb_per_s = s["mb_per_s"]
+            pulls = f"first byte {s['first_byte_p50_s']} / {s['first_byte_max_s']}"
         elif s is burst:
             name, rate = f"{s['clients']} cold", f"wall {s['wall_s']} s"
             mb_per_s = f"{s['upstream_bytes_per_image_set']}x upstream"
