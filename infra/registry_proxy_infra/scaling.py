@@ -6,20 +6,21 @@ once, slow clients, a cold burst. Nothing failed; two things ran out:
 
 - **The one vCPU**, for clients that read fast. The proxy is one process with one event loop
   (threads only for disk reads and writes), and a warm pull through it costs CPU per byte from
-  S3 and per request to S3: 1.1-1.5 CPU-seconds per GB and about 4 CPU-ms per layer, so a
-  212 MB image costs 0.26-0.35 CPU-seconds and one vCPU carries 3-3.7 such pulls a second
-  (600-780 MB/s). Beyond that, pulls share the CPU and each takes longer. The signal is ECS's
-  CPU utilization, against the one vCPU the event loop can use (``cpu_target_percent``),
-  whatever the task's size: on a 2-vCPU task the service's CPU stays near 50 % at saturation.
+  S3 and per request to S3: about 1.2 CPU-seconds per GB (up to 1.5 on a busy machine) and
+  4 CPU-ms per layer, so a 212 MB image costs 0.22-0.28 CPU-seconds and one vCPU carries about
+  3.6 such pulls a second (800 MB/s). Beyond that, pulls share the CPU and each takes longer
+  (the health check is still answered within tens of ms). The signal is ECS's CPU utilization,
+  against the one vCPU the event loop can use (``cpu_target_percent``), whatever the task's
+  size: on a 2-vCPU task the service's CPU stays near 50 % at saturation.
 - **The S3 connection pool**, for clients that read slowly. Each blob download in progress
   holds one of the pool's 64 connections while its client reads (measured: 54 connections at
   most for 55 requests in progress at 50 clients); past 64, the next downloads, and every other
   request that needs S3, wait for one to come free, while the CPU stays low (80 slow clients:
-  the pool full the whole time, a layer HEAD up to seconds, the CPU at a fifth). The signal is
-  the proxy's ``ConcurrentRequests``: requests in progress, sampled every second, averaged over
-  each minute (the proxy's embedded-metric-format fleet line; ``Average`` over the tasks' lines
-  is the mean per task). It rises with anything that makes requests last, slow clients, a slow
-  network, a slow S3, which CPU does not see.
+  the pool full, 16 of them waiting up to 9 s for their first byte, the CPU at a quarter). The
+  signal is the proxy's ``ConcurrentRequests``: requests in progress, sampled every second,
+  averaged over each minute (the proxy's embedded-metric-format fleet line; ``Average`` over the
+  tasks' lines is the mean per task). It rises with anything that makes requests last, slow
+  clients, a slow network, a slow S3, which CPU does not see.
 
 Target tracking scales out when either policy asks and in only when both agree. Both targets
 leave the same margin, about 1.6x the average before the limit: the default CPU target of
