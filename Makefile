@@ -46,11 +46,11 @@ unit: $(VENV)/.installed-test
 ## bench: side by side with distribution and a bare aiohttp server (docs/benchmarks.md);
 ## options in BENCH_ARGS, e.g. make bench BENCH_ARGS='--rounds 5 --only pulls,manifests'
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+	cd tests && ../$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## bench-quick: the same in under two minutes, as a smoke test (the figures are not comparable)
 bench-quick: $(VENV)/.installed-bench
-	$(BIN)/python -m tests.bench.run --quick $(BENCH_ARGS)
+	cd tests && ../$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast
 from proxy import config_values as values
 from proxy.config_values import (
     DIRECTORY_DEFAULT_LIMIT,
+    DIRECTORY_SCRUB_RATE,
     DOCKER_HUB_ALIASES,
     DOCKER_HUB_HOST,
     DOCKER_HUB_URL,
@@ -31,6 +32,7 @@ from proxy.config_values import (
     Network,
     StorageLocation,
     UpstreamSettings,
+    credential_variable,
     parse_networks,
 )
 from proxy.registry.policy import (
@@ -44,6 +46,7 @@ from proxy.registry.policy import (
 # Value types and parsers live in proxy.config_values; these are reached through here too.
 __all__ = [
     "DIRECTORY_DEFAULT_LIMIT",
+    "DIRECTORY_SCRUB_RATE",
     "DOCKER_HUB_ALIASES",
     "DOCKER_HUB_HOST",
     "DOCKER_HUB_URL",
@@ -57,6 +60,7 @@ __all__ = [
     "Settings",
     "StorageLocation",
     "UpstreamSettings",
+    "credential_variable",
     "load_settings",
     "markdown_tables",
     "parse_networks",
@@ -100,7 +104,9 @@ class Setting:
         try:
             return self.parse(raw.strip())
         except ValueError as exc:
-            raise ConfigError(f"{variable or self.variable}={raw!r} is invalid: {exc}") from None
+            # Never repeat an account written into a URL (user:password@host).
+            shown = re.sub(r"//[^/@]*@", "//***@", raw)
+            raise ConfigError(f"{variable or self.variable}={shown!r} is invalid: {exc}") from None
 
 
 _ROW = "setting"
@@ -162,7 +168,8 @@ class ListenSection:
         default="1024")
     client_idle_timeout: float = setting(
         "PROXY_CLIENT_IDLE_TIMEOUT", values.positive_seconds,
-        "seconds an idle client keep-alive connection stays open (set above the load balancer's "
+        "seconds a client connection may move no byte: an idle keep-alive connection, or a "
+        "transfer the client reads nothing of, is then closed (set above the load balancer's "
         "idle timeout)",
         default="75")
     shutdown_grace: float = setting(
@@ -186,7 +193,8 @@ class UpstreamSection:
 
     url: str = setting(
         "PROXY_UPSTREAM_URL", values.registry_url,
-        "upstream registry; plain `http://` is allowed for local upstreams",
+        "upstream registry; plain `http://` is allowed for local upstreams; an account in the URL "
+        "(`user:pass@`) is refused: use the two settings below",
         default=DOCKER_HUB_URL, flag="--upstream-url")
     username: str | None = unset_by_default(
         "PROXY_UPSTREAM_USERNAME", values.non_empty,
@@ -254,7 +262,10 @@ class StorageSection:
         default="false")
     spool_dir: Path | None = unset_by_default(
         "PROXY_SPOOL_DIR", values.directory,
-        "where in-flight downloads are spooled (the image sets `/var/lib/registry-proxy/spool`)",
+        "where in-flight downloads are spooled (the image sets `/var/lib/registry-proxy/spool`): a "
+        "directory of its own, empty or not there yet; the proxy works in a "
+        "`registry-proxy-spool/` subdirectory it makes there (with a marker) and refuses at "
+        "start-up a directory holding anything else",
         unset="`<cache>/spool` or `/tmp/registry-proxy-spool`", value=None)
     spool_max_size: int | None = unset_by_default(
         "PROXY_SPOOL_MAX_SIZE", values.size,
@@ -262,9 +273,9 @@ class StorageSection:
         "instead (an 8 MiB window each)",
         unset="unset (free space only)", value=None)
     spool_min_free: int = setting(
-        "PROXY_SPOOL_MIN_FREE", values.size,
+        "PROXY_SPOOL_MIN_FREE", values.size_or_zero,
         "free space kept on the spool's filesystem; below it new upstream fetches stream through "
-        "memory instead",
+        "memory instead; `0`: no reserve",
         default="1GiB")
 
 
@@ -286,6 +297,11 @@ class CacheSection:
         "PROXY_CACHE_SWEEP_INTERVAL", values.positive_duration,
         "how often each server sweeps for expired entries and merges the last-use records",
         default="1h")
+    scrub_rate: int | None = unset_by_default(
+        "PROXY_CACHE_SCRUB_RATE", values.rate_or_off,
+        "bytes per second the background scrub re-hashes cached blobs at (a pass at most once a "
+        "day, the first ten minutes after start), removing those whose bytes changed; `off`",
+        unset="directory: `8MiB`; S3: off", value=DIRECTORY_SCRUB_RATE)
     record_access: bool = setting(
         "PROXY_CACHE_RECORD_ACCESS", values.boolean,
         "`false`: record no uses (expiry and eviction then go by the time written); for "
@@ -316,7 +332,8 @@ class PolicySection:
         unset="none", value=())
     negative_ttl: float = setting(
         "PROXY_NEGATIVE_TTL", values.seconds,
-        "seconds an upstream 404 for a tag, manifest or referrers list is remembered; `0` never",
+        "seconds an upstream 404 for a tag, manifest or referrers list is remembered, and a tag "
+        "list (`tags/list`) kept; `0` never",
         default="30")
     keep_deleted_tags: bool = setting(
         "PROXY_KEEP_DELETED_TAGS", values.boolean,
@@ -499,6 +516,10 @@ def _checked(settings: Settings, env: Mapping[str, str]) -> Settings:
         raise ConfigError("PROXY_BLOB_REDIRECT=true needs PROXY_STORAGE=s3://BUCKET/PREFIX")
     if storage.location.is_s3 and not env.get("PROXY_CACHE_MAX_SIZE"):
         cache = replace(cache, limit=None)  # S3 has no disk to keep free: no limit by default
+    if storage.location.is_s3 and not env.get("PROXY_CACHE_SCRUB_RATE"):
+        # S3 objects cannot change in place; a scrub there is a billed read of the whole
+        # bucket by every instance: off unless asked for.
+        cache = replace(cache, scrub_rate=None)
     if storage.location.is_s3 and cache.limit is not None and cache.limit.max_fraction:
         raise ConfigError(
             "PROXY_CACHE_MAX_SIZE: a percentage of the disk needs a cache directory; "
@@ -506,13 +527,6 @@ def _checked(settings: Settings, env: Mapping[str, str]) -> Settings:
         )
     extra = tuple(_extra_upstream(env, registry) for registry in upstream.extra)
     return replace(settings, upstream=replace(upstream, extra=extra), cache=cache)
-
-
-def credential_variable(host: str, part: str) -> str:
-    """``PROXY_UPSTREAM_GHCR_IO_USERNAME`` for host ``ghcr.io`` and part ``USERNAME``.
-
-    Every per-upstream setting is named this way (``..._ALLOW_REPOSITORIES`` too)."""
-    return f"PROXY_UPSTREAM_{re.sub(r'[^A-Z0-9]', '_', host.upper())}_{part}"
 
 
 def _extra_upstream(env: Mapping[str, str], registry: UpstreamSettings) -> UpstreamSettings:

@@ -61,6 +61,8 @@ class CacheLimit:
 
 #: The default for a cache directory: grow while at least 10% of its disk stays free.
 DIRECTORY_DEFAULT_LIMIT = CacheLimit(min_free_fraction=0.10)
+#: The default scrub rate of a cache directory, bytes per second (S3: off).
+DIRECTORY_SCRUB_RATE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +95,14 @@ def _http_url(value: str, example: str) -> SplitResult:
     return parts
 
 
-def registry_url(value: str) -> str:
-    """A registry base URL, normalised to scheme://host[:port]."""
+def registry_url(
+    value: str, accounts: str = "PROXY_UPSTREAM_USERNAME and PROXY_UPSTREAM_PASSWORD"
+) -> str:
+    """A registry base URL, normalised to scheme://host[:port]. An account in it is refused (it
+    would be shown in /status and the logs): ``accounts`` names the settings for one."""
     parts = _http_url(value, "https://registry-1.docker.io")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"credentials do not belong in the URL: set {accounts} instead")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
         raise ValueError("expected a registry base URL without path, e.g. https://ghcr.io")
     return f"{parts.scheme}://{parts.netloc}"
@@ -153,14 +160,29 @@ def positive_seconds(value: str) -> float:
     return number
 
 
-def size(value: str) -> int:
+def size(value: str, *, zero: bool = False) -> int:
     units = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
     units |= {"g": 1024**3, "gib": 1024**3}
     number = value.rstrip("KkMmGgIiBb")
     unit = value[len(number) :].lower()
-    if not number.isdigit() or unit not in units or int(number) == 0:
-        raise ValueError("expected a size in bytes, e.g. 4194304, 4MiB or 2GiB")
+    if not number.isdigit() or unit not in units or (int(number) == 0 and not zero):
+        accepted = ", or 0 (no reserve)" if zero else ""
+        raise ValueError(f"expected a size in bytes, e.g. 4194304, 4MiB or 2GiB{accepted}")
     return int(number) * units[unit]
+
+
+def size_or_zero(value: str) -> int:
+    return size(value, zero=True)
+
+
+def rate_or_off(value: str) -> int | None:
+    """Bytes per second (``8MiB``, ``512k``, bytes), or ``off`` (``0`` too)."""
+    if value.lower() in ("off", "0"):
+        return None
+    try:
+        return size(value)
+    except ValueError:
+        raise ValueError("expected bytes per second (e.g. 8MiB or 512k), or off") from None
 
 
 def written_size(count: int) -> str:
@@ -328,10 +350,20 @@ def upstream_list(value: str) -> tuple[UpstreamSettings, ...]:
             )
         if host in DOCKER_HUB_ALIASES:
             raise ValueError("docker.io is the default upstream (PROXY_UPSTREAM_URL)")
+        accounts = " and ".join(credential_variable(host, p) for p in ("USERNAME", "PASSWORD"))
         entries.append(
-            UpstreamSettings(host, registry_url(url.strip()) if url else f"https://{host}")
+            UpstreamSettings(
+                host, registry_url(url.strip(), accounts) if url else f"https://{host}"
+            )
         )
     return tuple(entries)
+
+
+def credential_variable(host: str, part: str) -> str:
+    """``PROXY_UPSTREAM_GHCR_IO_USERNAME`` for host ``ghcr.io`` and part ``USERNAME``.
+
+    Every per-upstream setting is named this way (``..._ALLOW_REPOSITORIES`` too)."""
+    return f"PROXY_UPSTREAM_{re.sub(r'[^A-Z0-9]', '_', host.upper())}_{part}"
 
 
 def _items(value: str) -> Iterator[str]:

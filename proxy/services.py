@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -20,11 +20,13 @@ from proxy.cache.pieces import PieceSettings
 from proxy.cache.prefetch import Prefetcher
 from proxy.cache.referrers import ReferrersCache
 from proxy.cache.spool import Spool, spool_location
+from proxy.cache.taglists import TagLists
 from proxy.cache.upkeep.diskfull import DiskFullAlarm
 from proxy.cache.upkeep.housekeeping import Housekeeper
 from proxy.cache.upkeep.janitor import Janitor
 from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.cache.upkeep.pins import BlobPins
+from proxy.cache.upkeep.scrub import Scrubber
 from proxy.cache.upkeep.usage import BlobUsage
 from proxy.config import DOCKER_HUB_HOST, Settings
 from proxy.ops.activity import Activity
@@ -40,6 +42,7 @@ from proxy.upstream.client import RETRY_DELAYS, RegistryClient
 from proxy.upstream.registry import Upstreams
 
 CONNECTION_POOL_SIZE = 100
+RESOLVED_MEMO = 4096
 # Lifetime of presigned S3 URLs handed to clients with PROXY_BLOB_REDIRECT=true.
 BLOB_REDIRECT_SECONDS = 300
 
@@ -60,13 +63,26 @@ class Services:
     fleet: Fleet
     janitor: Janitor
     prefetch: Prefetcher
+    tag_lists: TagLists
+
+    # Names resolved and allowed already: every warm request resolves the same few again.
+    # (Only allowed names are kept: a refusal is raised, and checked again, every time.)
+    _resolved: dict[tuple[str, str | None], tuple[RegistryClient, str]] = field(
+        default_factory=dict
+    )
 
     def resolve(self, name: str, ns: str | None) -> tuple[RegistryClient, str]:
         """(client, upstream repository name) for a request, refused (403) by the repository
         rules before anything is asked upstream. Every route and tool resolves names here."""
-        client, upstream_name = self.upstreams.resolve(name, ns)
-        self.policy.check(client.host, upstream_name)
-        return client, upstream_name
+        key = (name, ns)
+        found = self._resolved.get(key)
+        if found is None:
+            client, upstream_name = self.upstreams.resolve(name, ns)
+            self.policy.check(client.host, upstream_name)
+            if len(self._resolved) >= RESOLVED_MEMO:
+                self._resolved.clear()
+            found = self._resolved[key] = (client, upstream_name)
+        return found
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -109,6 +125,7 @@ async def open_services(
         storage or create_storage(settings),
         on_error=metrics.storage_errors.inc,
         on_full=lambda exc: disk_full.report("storage", str(exc)),
+        on_corrupt=lambda found_by: metrics.housekeeping.corrupt.labels(found_by).inc(),
     )
     connector = aiohttp.TCPConnector(limit=CONNECTION_POOL_SIZE, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
@@ -140,6 +157,13 @@ async def open_services(
             last_use,
             sweep_interval=settings.cache.sweep_interval,
             metrics=metrics.housekeeping,
+            scrubber=None
+            if settings.cache.scrub_rate is None
+            else Scrubber(
+                safe_storage,
+                rate=settings.cache.scrub_rate,
+                on_bytes=metrics.housekeeping.scrubbed_bytes.inc,
+            ),
         )
         disk_full.make_room = janitor.make_room
         links = ContentLinks(safe_storage, negative_ttl=settings.policy.negative_ttl)
@@ -154,6 +178,7 @@ async def open_services(
                 settings.upstream.fetch_pieces, settings.upstream.fetch_piece_threshold
             ),
             observer=metrics,
+            limit=janitor.limit_now,
         )
         tag_ttl = TagTtl(settings.policy.tag_ttl, settings.policy.tag_ttl_rules, DOCKER_HUB_HOST)
         manifests = ManifestCache(
@@ -179,6 +204,7 @@ async def open_services(
             # Client requests come first: prefetches get a quarter of the fetch slots.
             max_fetches=max(1, settings.upstream.max_fetches // 4),
             observer=metrics,
+            room=janitor,
         )
         upstreams = Upstreams(clients[0], {c.host: c for c in clients[1:]})
         policy = RepositoryPolicy(
@@ -212,6 +238,7 @@ async def open_services(
                 fleet,
                 janitor,
                 prefetch,
+                TagLists(settings.policy.negative_ttl),
             )
         finally:
             await prefetch.close()
@@ -234,7 +261,7 @@ def housekeeper(
     if isinstance(inner, FilesystemStorage):
         root = inner.root
         temp_dirs.append(inner.tmp_dir)
-    temp_dirs.append(spool.directory if spool is not None else spool_location(settings).path)
+    temp_dirs.append(spool.files if spool is not None else spool_location(settings).files)
     records = last_use.records if last_use is not None else UseRecords(storage, new_instance_id())
     return Housekeeper(
         storage,

@@ -81,6 +81,9 @@ async def make_proxy(
             # manifest is served and would race with every test that counts upstream requests
             # or cache hits. Prefetch has its own tests; the e2e suites run the shipped default.
             prefetch=False,
+            # No background scrub: tests that damage cached files on purpose must find them so
+            # (it has its own tests, which call it).
+            scrub_rate=None,
         )
         settings = settings_with(base, **overrides)
         app = create_app(settings, storage=storage_backend, retry_delays=(0.01, 0.01))

@@ -12,6 +12,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 from conftest import ProxyFactory
+from multidict import CIMultiDict
 from support.fakehub import FakeHub
 
 from proxy.config import ConfigError, load_settings, parse_networks
@@ -110,6 +111,49 @@ async def test_forged_forwarded_for_from_inside_the_trusted_range_is_not_believe
     assert (await client.get("/v2/", headers=header)).status == 403
     # the genuine client from the allowed (and login-free) network
     assert (await client.get("/v2/", headers={"X-Forwarded-For": "10.50.0.7"})).status == 200
+
+
+async def test_forwarded_for_is_read_from_all_its_header_lines(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """A front that adds a header line of its own (HAProxy's ``option forwardfor``) instead of
+    appending to the client's: the lines are one list, in order (RFC 9110, 5.3), so the last
+    entry of the last line is what the balancer saw, whatever the client's own line says."""
+    client = await make_proxy(
+        fakehub,
+        allow_cidrs=parse_networks("10.9.0.0/16"),
+        trusted_proxies=parse_networks("127.0.0.0/8"),
+    )
+    forged = CIMultiDict([("X-Forwarded-For", "10.9.0.1"), ("X-Forwarded-For", "192.0.2.7")])
+    denied = await client.get("/v2/", headers=forged)
+    assert denied.status == 403
+    assert "192.0.2.7" in (await denied.json())["errors"][0]["detail"]
+    several = CIMultiDict(
+        [("X-Forwarded-For", "10.9.0.1, 192.0.2.8"), ("X-Forwarded-For", "192.0.2.7")]
+    )
+    assert (await client.get("/v2/", headers=several)).status == 403
+    # the same lists on one line, and a genuine client on either form
+    assert (
+        await client.get("/v2/", headers={"X-Forwarded-For": "10.9.0.1, 192.0.2.7"})
+    ).status == 403
+    genuine = CIMultiDict([("X-Forwarded-For", "192.0.2.7"), ("X-Forwarded-For", "10.9.0.1")])
+    assert (await client.get("/v2/", headers=genuine)).status == 200
+    assert (await client.get("/v2/", headers={"X-Forwarded-For": "10.9.0.1"})).status == 200
+
+
+async def test_operator_check_reads_every_forwarded_for_line(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    client = await make_proxy(
+        fakehub,
+        operator_cidrs=parse_networks("10.9.0.0/16"),
+        trusted_proxies=parse_networks("127.0.0.0/8"),
+    )
+    forged = CIMultiDict([("X-Forwarded-For", "10.9.0.1"), ("X-Forwarded-For", "192.0.2.7")])
+    for path in ("/status", "/metrics", "/"):
+        assert (await client.get(path, headers=forged)).status == 403, path
+        genuine = CIMultiDict([("X-Forwarded-For", "192.0.2.7"), ("X-Forwarded-For", "10.9.0.1")])
+        assert (await client.get(path, headers=genuine)).status == 200, path
 
 
 def test_client_address_is_the_entry_the_load_balancer_added() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,14 @@ from support.fakehub import FakeHub, ImageInfo, IndexInfo
 from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key
-from proxy.commands.cache import Output, run
+from proxy.commands.cache import Output, run, verify
 from proxy.commands.cli import build_parser, main
 from proxy.config import Settings
 from proxy.http.routes import SERVICES
 from proxy.registry.reference import Digest
+from proxy.storage import StorageError
+from proxy.storage.failsafe import FailSafeStorage
+from proxy.storage.filesystem import FilesystemStorage
 
 DAY = 86400.0
 ACCEPT = {
@@ -197,3 +201,33 @@ def test_the_command_line(
     assert main(["cache", "verify", "--storage", str(tmp_path / "other")]) == 0
     assert main(["cache", "gc", "--expire-unused", "soon"]) == 2
     assert "PROXY_CACHE_EXPIRE_UNUSED" in capsys.readouterr().err
+
+
+class ReadsFailFor(FilesystemStorage):
+    """A directory whose reads of one key fail half-way (a bad sector, S3 resetting)."""
+
+    failing_key = ""
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        async for chunk in super().read(key, start, end):
+            if key == self.failing_key:
+                raise StorageError(f"injected read failure for {key}")
+            yield chunk
+
+
+async def test_verify_never_removes_what_it_could_not_read(
+    filled: tuple[Client, Settings, ImageInfo, IndexInfo],
+) -> None:
+    """An entry it could not read is reported, not judged (issue 21, mutation: verify deleting
+    entries it could not read)."""
+    _, settings, single, _ = filled
+    assert settings.storage.location.path is not None
+    backend = ReadsFailFor(settings.storage.location.path)
+    key = blob_key(Digest.parse(single.layer_digests[0]))
+    backend.failing_key = key
+    storage = FailSafeStorage(backend, cooldown=0)
+    await storage.open()
+    out = io.StringIO()
+    assert await verify(storage, Output(out, io.StringIO())) == 1
+    assert f"unreadable {key}" in out.getvalue() and "0 removed, 1 unreadable" in out.getvalue()
+    assert (backend.data_dir / key).exists()

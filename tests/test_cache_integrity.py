@@ -7,6 +7,7 @@ copy of the cache) is dropped and fetched again from upstream, never served.
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,79 @@ async def test_a_corrupt_stored_manifest_is_fetched_again_never_served(
     asked = [(r.method, r.ref) for r in fakehub.matching(kind="manifest") if r.status == 200]
     assert asked == [("GET", image.digest)]
     assert stored.read_bytes() == image.manifest
+
+
+# --- blobs over 64 KiB (issue 21, item 8) -------------------------------------------------------
+
+BIG = random.Random(8).randbytes(300 * 1024)  # past the small blobs kept (and hashed) in memory
+
+
+def stored_blob(client: TestClient[web.Request, web.Application], digest: str) -> Path:
+    root = client.app[SERVICES].settings.storage.location.path
+    assert root is not None
+    hex_digest = digest.removeprefix("sha256:")
+    return root / "data" / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+
+
+def counted(client: TestClient[web.Request, web.Application], name: str, **labels: str) -> float:
+    registry = client.app[SERVICES].metrics.registry
+    return registry.get_sample_value(f"registry_proxy_{name}", labels) or 0.0
+
+
+async def test_a_truncated_cached_blob_is_a_miss_fetched_again(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """Its size is not the one committed: never served (it was, as a complete 200 with the
+    shorter length), removed, fetched again; HEAD says the committed size too."""
+    digest = fakehub.add_blob(BIG, repo=REPO)
+    client = await make_proxy(fakehub)
+    url = f"/v2/{REPO}/blobs/{digest}"
+    assert await (await client.get(url)).read() == BIG
+    stored = stored_blob(client, digest)
+    with stored.open("r+b") as file:
+        file.truncate(len(BIG) // 2)
+    fakehub.reset_counts()
+    head = await client.head(url)
+    assert head.status == 200 and head.content_length == len(BIG)
+    for _ in range(2):
+        response = await client.get(url)
+        assert response.status == 200
+        assert await response.read() == BIG
+    assert fakehub.cdn_gets(digest) == 1  # fetched again once, then served from the cache
+    assert stored.read_bytes() == BIG
+    assert counted(client, "cache_corrupt_total", found_by="read") == 1
+
+
+async def test_a_cached_blob_grown_past_its_size_is_a_miss_too(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    digest = fakehub.add_blob(BIG, repo=REPO)
+    client = await make_proxy(fakehub)
+    url = f"/v2/{REPO}/blobs/{digest}"
+    assert await (await client.get(url)).read() == BIG
+    with stored_blob(client, digest).open("ab") as file:
+        file.write(b"junk appended by a broken copy")
+    response = await client.get(url)
+    assert response.status == 200 and await response.read() == BIG
+
+
+async def test_the_scrub_removes_a_blob_whose_bytes_changed(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """A flipped byte keeps the size: the background scrub re-hashes cached blobs (bounded in
+    bytes per second) and removes what does not match; the next pull fetches it again."""
+    digest = fakehub.add_blob(BIG, repo=REPO)
+    good = fakehub.add_blob(BIG[::-1], repo=REPO)
+    client = await make_proxy(fakehub, scrub_rate=64 * 1024 * 1024)
+    for blob, data in ((digest, BIG), (good, BIG[::-1])):
+        assert await (await client.get(f"/v2/{REPO}/blobs/{blob}")).read() == data
+    stored = stored_blob(client, digest)
+    flip_one_byte(stored)
+    scrubber = client.app[SERVICES].janitor.scrubber
+    assert scrubber is not None
+    report = await scrubber.scrub()
+    assert report.checked == 2 and report.removed == [f"blobs/sha256/{digest[7:9]}/{digest[7:]}"]
+    assert not stored.exists() and stored_blob(client, good).exists()
+    assert counted(client, "cache_corrupt_total", found_by="scrub") == 1
+    response = await client.get(f"/v2/{REPO}/blobs/{digest}")
+    assert await response.read() == BIG

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.logwatch import watch_logs
 
 from proxy.http.clientcap import CLIENT_CAP, ClientCap
 from proxy.http.routes import SERVICES
@@ -83,3 +84,69 @@ async def test_finished_requests_free_their_place(
 def test_cap_must_be_positive() -> None:
     with pytest.raises(ValueError):
         ClientCap(0)
+
+
+async def test_clients_that_stop_reading_are_closed_and_free_their_place(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """The issue's run: PROXY_MAX_CLIENTS=50 and 60 clients that ask for a cached blob and read
+    nothing. Past PROXY_CLIENT_IDLE_TIMEOUT without a byte taken, their connections are closed
+    and every place is free again; each is logged with why it was cut off."""
+    digest = fakehub.add_blob(BIG_LAYER, repo="library/golang")
+    client = await make_proxy(fakehub, max_clients=50, client_idle_timeout=1.0)
+    assert await (await client.get(blob_path(digest))).read() == BIG_LAYER  # cached now
+    cap = client.app[CLIENT_CAP]
+    await wait_until(lambda: client.app[SERVICES].blobs.in_flight == 0, "the download")
+
+    with watch_logs() as logs:
+        stalled = await asyncio.gather(*(client.get(blob_path(digest)) for _ in range(60)))
+        assert sorted(r.status for r in stalled) == [200] * 50 + [503] * 10
+        await wait_until(lambda: cap.active == 0, "the stalled clients to be cut off")
+        lines = [e for e in logs.events if e.get("event") == "request" and e["status"] == 499]
+    assert len(lines) == 50
+    assert all("read nothing for 1 s" in str(line["aborted"]) for line in lines)
+    again = await client.get(blob_path(digest))
+    assert again.status == 200
+    assert await again.read() == BIG_LAYER
+    for response in stalled:
+        response.close()
+
+
+async def test_a_stalled_reader_holds_neither_the_download_nor_other_clients(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """While a blob is still downloading: one client reads nothing, another reads it all; the
+    download ends and is cached, and the reader gets every byte, whatever the stalled one does."""
+    digest = fakehub.add_blob(BIG_LAYER, repo="library/golang")
+    client = await make_proxy(fakehub, client_idle_timeout=300.0, fetch_pieces=1)
+    paused = fakehub.inject_pause_mid_blob(digest, after_bytes=1_000_000, server="cdn")
+    stalled = await client.get(blob_path(digest))  # headers only: it reads nothing after them
+    await paused.wait_hit()
+    reader = asyncio.create_task(client.get(blob_path(digest)))
+    paused.release()
+    response = await reader
+    assert await response.read() == BIG_LAYER
+    await wait_until(lambda: client.app[SERVICES].blobs.in_flight == 0, "the download to end")
+    assert fakehub.cdn_gets(digest) == 1
+    cached = await client.get(blob_path(digest))
+    assert await cached.read() == BIG_LAYER
+    stalled.close()
+
+
+async def test_a_client_that_stops_reading_a_download_in_flight_is_cut_off(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """The same for a blob still coming from the upstream (read from the spool, written
+    through the response's buffer instead of sendfile)."""
+    digest = fakehub.add_blob(BIG_LAYER, repo="library/golang")
+    client = await make_proxy(fakehub, client_idle_timeout=1.0, fetch_pieces=1)
+    cap = client.app[CLIENT_CAP]
+    with watch_logs() as logs:
+        stalled = await client.get(blob_path(digest))
+        assert stalled.status == 200
+        await wait_until(lambda: cap.active == 0, "the stalled client to be cut off")
+        line = await logs.wait_for(lambda e: e.get("event") == "request" and e["status"] == 499)
+    assert "read nothing" in str(line["aborted"])
+    await wait_until(lambda: client.app[SERVICES].blobs.in_flight == 0, "the download to end")
+    assert await (await client.get(blob_path(digest))).read() == BIG_LAYER
+    stalled.close()

@@ -135,7 +135,7 @@ def test_production_settings_are_parsed() -> None:
         ({"PROXY_TRUSTED_HOPS": "0"}, "PROXY_TRUSTED_HOPS", ">= 1"),
         ({"PROXY_OPERATOR_CIDRS": "ops"}, "PROXY_OPERATOR_CIDRS", "CIDRs"),
         ({"PROXY_SPOOL_MAX_SIZE": "40TB"}, "PROXY_SPOOL_MAX_SIZE", "2GiB"),
-        ({"PROXY_SPOOL_MIN_FREE": "0"}, "PROXY_SPOOL_MIN_FREE", "2GiB"),
+        ({"PROXY_SPOOL_MIN_FREE": "lots"}, "PROXY_SPOOL_MIN_FREE", "0 (no reserve)"),
         ({"PROXY_MEMORY_LIMIT": "lots"}, "PROXY_MEMORY_LIMIT", "2GiB"),
         ({"PROXY_CLOUDWATCH_NAMESPACE": "AWS/ECS"}, "PROXY_CLOUDWATCH_NAMESPACE", "namespace"),
         ({"PROXY_CLOUDWATCH_NAMESPACE": "a b"}, "PROXY_CLOUDWATCH_NAMESPACE", "namespace"),
@@ -296,7 +296,10 @@ def test_every_variable_the_proxy_names_has_one_row() -> None:
         for file, name in named
         if name not in variables and not per_upstream.fullmatch(name)
     }
-    assert unknown <= {("config.py", "PROXY_UPSTREAM"), ("config.py", "PROXY_UPSTREAM_<HOST>")}
+    assert unknown <= {
+        ("config.py", "PROXY_UPSTREAM_<HOST>"),
+        ("config_values.py", "PROXY_UPSTREAM"),  # credential_variable's f-string
+    }
     assert {row.section for row in ROWS} == {s.name for s in dataclasses.fields(Settings)}
     for row in ROWS:
         assert row.help and "\n" not in row.help and not row.help.endswith(".")
@@ -347,3 +350,50 @@ def test_flags_override_their_variables() -> None:
 
 def row_of(variable: str) -> Setting:
     return next(row for row in ROWS if row.variable == variable)
+
+
+@pytest.mark.parametrize(
+    ("env", "pointing_at"),
+    [
+        (
+            {"PROXY_UPSTREAM_URL": "https://bot:dckr_pat_s3cret@registry-1.docker.io"},
+            ("PROXY_UPSTREAM_USERNAME", "PROXY_UPSTREAM_PASSWORD"),
+        ),
+        (
+            {"PROXY_UPSTREAM_URL": "https://dckr_pat_s3cret@registry-1.docker.io"},
+            ("PROXY_UPSTREAM_USERNAME", "PROXY_UPSTREAM_PASSWORD"),
+        ),
+        (
+            {"PROXY_EXTRA_UPSTREAMS": "ghcr.io=https://bot:dckr_pat_s3cret@ghcr.io"},
+            ("PROXY_UPSTREAM_GHCR_IO_USERNAME", "PROXY_UPSTREAM_GHCR_IO_PASSWORD"),
+        ),
+    ],
+)
+def test_credentials_in_an_upstream_url_are_refused_and_not_repeated(
+    env: dict[str, str], pointing_at: tuple[str, str]
+) -> None:
+    """A URL with ``user:pass@`` would be shown in /status and the logs: refused at start-up,
+    pointing at the settings that hold credentials, without repeating the secret."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert message.startswith(next(iter(env)))
+    assert all(variable in message for variable in pointing_at), message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_the_spool_reserve_can_be_turned_off() -> None:
+    assert load_settings({"PROXY_SPOOL_MIN_FREE": "0"}).storage.spool_min_free == 0
+    assert load_settings({"PROXY_SPOOL_MIN_FREE": "2GiB"}).storage.spool_min_free == 2 * 1024**3
+
+
+def test_the_scrub_rate() -> None:
+    assert load_settings({}).cache.scrub_rate == 8 * 1024**2  # a directory: on
+    assert load_settings({"PROXY_STORAGE": "s3://b/p"}).cache.scrub_rate is None  # S3: off
+    assert load_settings({"PROXY_CACHE_SCRUB_RATE": "off"}).cache.scrub_rate is None
+    assert load_settings({"PROXY_CACHE_SCRUB_RATE": "0"}).cache.scrub_rate is None
+    assert load_settings({"PROXY_CACHE_SCRUB_RATE": "512k"}).cache.scrub_rate == 512 * 1024
+    s3 = {"PROXY_STORAGE": "s3://b/p", "PROXY_CACHE_SCRUB_RATE": "2MiB"}
+    assert load_settings(s3).cache.scrub_rate == 2 * 1024**2
+    with pytest.raises(ConfigError, match=r"^PROXY_CACHE_SCRUB_RATE=.*8MiB or 512k"):
+        load_settings({"PROXY_CACHE_SCRUB_RATE": "fast"})

@@ -1,4 +1,5 @@
-"""proxy.cache.links at its own level: what a manifest links, the _refs marker, admission."""
+"""proxy.cache.links at its own level: links shared through storage, admission; and what a manifest
+refers to (by its media type only)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cache.keys import link_key, references_key
+from proxy.cache.keys import link_key
 from proxy.cache.links import ContentLinks
-from proxy.registry.manifest import OCI_INDEX, OCI_MANIFEST, Manifest
+from proxy.registry.manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_ARTIFACT_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    referenced_digests,
+)
 from proxy.registry.reference import Digest
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
@@ -46,58 +54,66 @@ async def open_storage(root: Path, failing: set[str] | None = None) -> FailSafeS
     return storage
 
 
-def image_manifest() -> Manifest:
-    data = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"digest": str(digest(1))},
-            "layers": [{"digest": str(digest(2))}, {"digest": "sha512:" + "a" * 128}, "junk"],
-            "blobs": [{"digest": str(digest(3))}],
-            "subject": {"digest": str(digest(9))},
-        }
-    ).encode()
-    return Manifest(data, OCI_MANIFEST, Digest.of(data))
-
-
-async def test_link_references_links_blobs_and_itself_but_not_the_subject(
+async def test_a_link_is_shared_through_storage_per_repository_and_upstream(
     tmp_path: Path,
 ) -> None:
     storage = await open_storage(tmp_path)
     links = ContentLinks(storage)
-    manifest = image_manifest()
-    await links.link_references(HOST, REPO, manifest)
-    for d in (manifest.digest, digest(1), digest(2), digest(3)):
+    assert await links.link(HOST, REPO, [digest(1), digest(2)])
+    for d in (digest(1), digest(2)):
         assert await storage.stat(link_key(HOST, REPO, d)) is not None
-    assert await storage.stat(link_key(HOST, REPO, digest(9))) is None  # the subject
-    assert await storage.stat(references_key(HOST, REPO, manifest.digest)) is not None
-    # Another instance on the same storage trusts them, the other repository does not.
+    # Another instance on the same storage trusts them; another repository or upstream does not.
     other = ContentLinks(storage)
     assert await other.is_linked(HOST, REPO, digest(2))
     assert not await other.is_linked(HOST, "library/other", digest(2))
     assert not await other.is_linked("ghcr.io", REPO, digest(2))
 
 
-async def test_an_index_links_its_manifests(tmp_path: Path) -> None:
-    storage = await open_storage(tmp_path)
-    links = ContentLinks(storage)
-    data = json.dumps({"mediaType": OCI_INDEX, "manifests": [{"digest": str(digest(5))}]}).encode()
-    await links.link_references(HOST, REPO, Manifest(data, OCI_INDEX, Digest.of(data)))
-    assert await ContentLinks(storage).is_linked(HOST, REPO, digest(5))
-
-
-async def test_no_marker_unless_every_link_was_stored(tmp_path: Path) -> None:
+async def test_a_link_storage_did_not_keep_is_known_here_only(tmp_path: Path) -> None:
     storage = await open_storage(tmp_path, failing={digest(2).hex})
     links = ContentLinks(storage)
-    manifest = image_manifest()
-    await links.link_references(HOST, REPO, manifest)
+    assert not await links.link(HOST, REPO, [digest(1), digest(2)])
     assert links.known(HOST, REPO, digest(2))  # this instance knows it all the same
-    # Another instance sees the links that were stored, and no marker claiming the one that
-    # was not.
-    assert await storage.stat(references_key(HOST, REPO, manifest.digest)) is None
     fresh = ContentLinks(storage)
     assert await fresh.is_linked(HOST, REPO, digest(1))
     assert not await fresh.is_linked(HOST, REPO, digest(2))
+
+
+def smuggler(media_type: str) -> bytes:
+    """A manifest with every kind of descriptor list, whatever its type."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {"digest": str(digest(1))},
+            "layers": [{"digest": str(digest(2))}, "junk", {"size": 3}],
+            "blobs": [{"digest": str(digest(3))}],
+            "manifests": [{"digest": str(digest(4))}],
+            "subject": {"digest": str(digest(9))},
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("media_type", "children", "blobs"),
+    [
+        (OCI_MANIFEST, [], [1, 2]),
+        (DOCKER_MANIFEST, [], [1, 2]),
+        (OCI_INDEX, [4], []),
+        (DOCKER_MANIFEST_LIST, [4], []),
+        (OCI_ARTIFACT_MANIFEST, [], [3]),
+        ("application/vnd.example.unknown+json", [], []),
+    ],
+)
+def test_references_are_read_by_media_type_only(
+    media_type: str, children: list[int], blobs: list[int]
+) -> None:
+    """An image manifest's ``manifests`` or ``blobs`` field is ignored, as registries ignore it;
+    a subject is never a reference (issue 21, item 1)."""
+    found = referenced_digests(smuggler(media_type), media_type)
+    assert found == ([str(digest(n)) for n in children], [str(digest(n)) for n in blobs])
+    # Without a declared type, the document's own mediaType decides.
+    assert referenced_digests(smuggler(media_type), None) == found
 
 
 async def test_admit_asks_once_and_remembers_a_404(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import markdown
+from support.codebuild import TROUBLESHOOTING, script_error, troubleshooting
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -37,7 +40,6 @@ EXAMPLE_MIRROR = "https://registry.build.example.com"
 REQUIRE_ENV = "PROXY_TEST_REQUIRE_BINARIES"
 DEBIAN_PACKAGES = {"shellcheck": "shellcheck", "jq": "jq", "bash": "bash"}
 SHELL_LANGUAGES = {"bash": "bash", "sh": "sh", "shell": "bash"}
-FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 def require(program: str) -> str:
@@ -70,14 +72,9 @@ def markdown_files() -> list[Path]:
 
 
 def fenced_blocks(path: Path) -> list[Snippet]:
-    text = path.read_text(encoding="utf-8")
     return [
-        Snippet(
-            origin=f"{path.relative_to(REPO)}:{text.count(chr(10), 0, match.start()) + 1}",
-            language=match.group(1).lower(),
-            text=match.group(2),
-        )
-        for match in FENCE.finditer(text)
+        Snippet(f"{path.relative_to(REPO)}:{block.line}", block.language, block.text)
+        for block in markdown.blocks(path.read_text(encoding="utf-8"))
     ]
 
 
@@ -107,10 +104,17 @@ def shell_snippets() -> list[Snippet]:
     return snippets + [buildspec_script(path) for path in buildspec_files()]
 
 
-def run_shellcheck(source: str, shell: str, origin: str) -> None:
+# What a guide's block may do that a script may not: source a file that exists only where the
+# reader runs it (a virtualenv's activate script: SC1091), and set a variable for a later block
+# (SC2034; tests/infra/test_codebuild_guide.py runs the blocks in order, with `set -u`).
+SNIPPET_EXCLUSIONS = ("SC1091", "SC2034")
+
+
+def run_shellcheck(source: str, shell: str, origin: str, exclude: tuple[str, ...] = ()) -> None:
     shellcheck = require("shellcheck")
+    excluded = ["--exclude", ",".join(exclude)] if exclude else []
     result = subprocess.run(
-        [shellcheck, "--format=gcc", f"--shell={shell}", "--external-sources", "-"],
+        [shellcheck, "--format=gcc", f"--shell={shell}", "--external-sources", *excluded, "-"],
         input=source,
         capture_output=True,
         text=True,
@@ -138,9 +142,8 @@ def test_scripts_pass_shellcheck(script: Path) -> None:
 
 @pytest.mark.parametrize("snippet", shell_snippets(), ids=lambda snippet: snippet.origin)
 def test_shell_snippets_pass_shellcheck(snippet: Snippet) -> None:
-    run_shellcheck(
-        snippet.text, SHELL_LANGUAGES.get(snippet.language, snippet.language), snippet.origin
-    )
+    shell = SHELL_LANGUAGES.get(snippet.language, snippet.language)
+    run_shellcheck(snippet.text, shell, snippet.origin, SNIPPET_EXCLUSIONS)
 
 
 def test_the_guides_have_shell_snippets() -> None:
@@ -397,6 +400,7 @@ def test_script_fails_when_the_mirror_cannot_be_reached(host: FakeHost) -> None:
     result = host.run(EXAMPLE_MIRROR, MIRROR_CHECK="required")
     assert result.returncode == 1
     assert f"error: cannot reach {EXAMPLE_MIRROR}: curl: (7)" in result.stderr
+    assert "REGISTRY_MIRROR" in troubleshooting(script_error(result.stderr))
     assert "MIRROR_CHECK=warn" in result.stderr
     probe = (host.root / "curl-args").read_text().splitlines()[-1]
     assert probe.startswith(f"{EXAMPLE_MIRROR}/v2/registry-proxy/probe/manifests/")
@@ -414,6 +418,7 @@ def test_script_fails_when_dockerd_does_not_take_the_mirror(host: FakeHost) -> N
     result = host.run(EXAMPLE_MIRROR, MIRROR_WAIT_SECONDS="1")
     assert result.returncode == 1
     assert "does not list" in result.stderr
+    assert "docker.log" in troubleshooting(script_error(result.stderr))
 
 
 def test_script_installs_the_proxy_files_for_dockerd_and_buildkit(host: FakeHost) -> None:
@@ -463,6 +468,8 @@ def test_script_names_a_bad_setting(host: FakeHost, setting: dict[str, str], mes
     assert result.returncode == 1
     assert message in result.stderr
     assert not host.config.exists(), "daemon.json written despite a bad setting"
+    if "MIRROR_CLIENT_CERT" in setting:  # what a wrong secrets-manager block gives a build
+        assert "secrets-manager" in troubleshooting(script_error(result.stderr))
 
 
 @pytest.mark.parametrize(
@@ -474,6 +481,8 @@ def test_script_refuses_anything_but_an_https_host(host: FakeHost, url: str) -> 
     result = host.run(url)
     assert result.returncode == 1
     assert not host.config.exists(), "daemon.json written despite a bad URL"
+    if url:
+        assert "REGISTRY_MIRROR" in troubleshooting(script_error(result.stderr))
 
 
 def test_script_leaves_invalid_daemon_json_alone(host: FakeHost) -> None:
@@ -484,6 +493,49 @@ def test_script_leaves_invalid_daemon_json_alone(host: FakeHost) -> None:
     assert result.returncode == 1
     assert host.config.read_text() == "{not json"
     assert list(host.config.parent.iterdir()) == [host.config], "temporary file left behind"
+
+
+# The script's messages, rendered by bash from its own lines with sample values: every call of
+# die or failed, a double-quoted string that ends its line.
+MESSAGE_CALL = re.compile(r'\b(?:die|failed) ("(?:[^"\\]|\\.|"[^"]*")*")\s*(?:;;)?\s*$')
+SAMPLES = {
+    "mirror": EXAMPLE_MIRROR,
+    "host": "registry.build.example.com",
+    "probe_repository": "registry-proxy/probe",
+    "pulled": "registry-proxy/probe:pull-0123abcd",
+    "built": "registry-proxy/probe:build-0123abcd",
+    "wait_seconds": "60",
+    "reload": "restart",
+    "headers": "curl: (0) what curl printed",
+    "output": "what docker printed",
+}
+
+
+def script_messages() -> list[str]:
+    calls = [
+        match.group(1)
+        for line in MIRROR_SCRIPT.read_text(encoding="utf-8").splitlines()
+        if (match := MESSAGE_CALL.search(line))
+    ]
+    assert len(calls) >= 15, calls
+    samples = "".join(f"{name}={shlex.quote(value)}\n" for name, value in SAMPLES.items())
+    render = "".join(f"printf '%s\\0' {call}\n" for call in calls)
+    result = subprocess.run(
+        [require("bash"), "-c", samples + render], capture_output=True, text=True, check=True
+    )
+    return result.stdout.split("\0")[:-1]
+
+
+def test_troubleshooting_quotes_only_what_the_script_prints() -> None:
+    """Each message the guide's troubleshooting quotes is the start of one the script prints
+    (what curl adds after "curl: (" comes from curl, and is checked end to end)."""
+    messages = script_messages()
+    quoted = markdown.quoted_messages(markdown.section(GUIDE.read_text(), TROUBLESHOOTING))
+    assert len(quoted) >= 10, quoted
+    for quote in quoted:
+        own = quote.split(" curl: (")[0] + ("..." if " curl: (" in quote else "")
+        pattern = markdown.message_pattern(own)
+        assert any(pattern.match(message) for message in messages), (quote, messages)
 
 
 def test_guide_documents_what_the_script_does() -> None:

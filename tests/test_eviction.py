@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import ProxyFactory
 from support.fakehub import FakeHub, ImageInfo
+from support.logwatch import watch_logs
 
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
@@ -87,7 +88,12 @@ async def test_lru_evicts_the_least_recently_pulled_image_first(
     await pull(client, b)
     await pull(client, a)  # A is used again: B is now the least recently used
     await pull(client, c)
-    await wait_until(lambda: not any(cached(client, b)), "B's blobs are evicted")
+    # The pass deletes the files before it drops them from its inventory (and counts them in
+    # the metrics): wait for it to end, not only for the files to go.
+    housekeeper = janitor.housekeeper
+    await wait_until(
+        lambda: not any(cached(client, b)) and not housekeeper.busy, "B's blobs are evicted"
+    )
     assert all(cached(client, a)) and all(cached(client, c))
     assert janitor.estimated_bytes is not None and janitor.estimated_bytes <= cap
     status = (await (await client.get("/status")).json())["cache"]
@@ -193,3 +199,45 @@ async def test_eviction_racing_eight_downloads(
     assert all(hashlib.sha256(body).digest() == hashlib.sha256(data).digest() for body in bodies)
     assert all(body == data for body in bodies)
     assert fakehub.cdn_gets(digest) == 1  # one shared upstream download for all eight
+
+
+async def test_a_blob_stays_held_until_its_last_reader_is_done(
+    fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Readers finish at different times: the first one done must not let go of the blob for
+    the others (issue 21, mutation: a pin released when the first of several readers ends)."""
+    data = random.Random(9).randbytes(32 * 1024 * KiB)  # more than loopback's socket buffers
+    digest = fakehub.add_blob(data, repo="library/golang")
+    storage = GatedStorage(tmp_path / "gated")
+    client = await make_proxy(fakehub, storage_backend=storage, fetch_pieces=1)
+    housekeeper = client.app[SERVICES].janitor.housekeeper
+    pins = housekeeper.pins
+    assert pins is not None
+    path = storage.data_dir / blob_key(Digest.parse(digest))
+    url = f"/v2/library/golang/blobs/{digest}"
+    assert await (await client.get(url)).read() == data  # cached now
+    await wait_until(lambda: path.exists() and pins.held == 0, "the blob is stored")
+
+    gates = [asyncio.Event(), asyncio.Event()]
+    started = [asyncio.Event(), asyncio.Event()]
+
+    async def slow_download(index: int) -> bytes:
+        async with client.get(url) as response:
+            received = await response.content.readexactly(64 * KiB)
+            started[index].set()
+            await gates[index].wait()
+            return received + await response.read()
+
+    with watch_logs() as logs:
+        downloads = [asyncio.create_task(slow_download(i)) for i in range(2)]
+        await asyncio.wait_for(asyncio.gather(*(s.wait() for s in started)), 30)
+        gates[0].set()
+        assert await asyncio.wait_for(downloads[0], 30) == data
+        await logs.wait_for(lambda e: e["event"] == "request")  # its handler let go
+    report = await housekeeper.evict(make_room=True)
+    assert report.evicted == [] and report.held == 1
+    assert path.exists()
+    gates[1].set()
+    assert await asyncio.wait_for(downloads[1], 30) == data
+    await wait_until(lambda: pins.held == 0, "the last reader let go")
+    assert len((await housekeeper.evict(make_room=True)).evicted) == 1

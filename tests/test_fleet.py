@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
 from conftest import ProxyFactory
 from support.fakehub import FakeHub
+from support.settings import settings_with
+from test_cache_commands import cache_command
 
-from proxy.config_values import human_bytes
+from proxy.cache.upkeep.housekeeping import Housekeeper
+from proxy.cache.upkeep.lastuse import UseRecords
+from proxy.config_values import StorageLocation, human_bytes
 from proxy.http.routes import SERVICES
 from proxy.ops.activity import HISTORY_MINUTES, MAX_REPOSITORIES, Activity
-from proxy.ops.fleet import new_instance_id, total
+from proxy.ops.fleet import INSTANCE_PREFIX, Fleet, new_instance_id, total
 from proxy.ops.status_page import ago, human_count, percent
 from proxy.storage.base import KEY_RE
+from proxy.storage.failsafe import FailSafeStorage
+from proxy.storage.filesystem import FilesystemStorage
 from proxy.upstream.client import RateLimit
 
 
@@ -94,3 +106,95 @@ async def test_one_process_has_one_instance_id(fakehub: FakeHub, make_proxy: Pro
     services = client.app[SERVICES]
     assert services.fleet.instance_id == services.janitor.last_use.records.instance
     assert KEY_RE.fullmatch(f"access/0000000000-{services.fleet.instance_id}-1")
+
+
+# --- records in storage (issue 21, item 10) -----------------------------------------------------
+
+
+async def open_store(root: Path) -> tuple[FilesystemStorage, FailSafeStorage]:
+    storage = FilesystemStorage(root)
+    await storage.open()
+    return storage, FailSafeStorage(storage, cooldown=0)
+
+
+def record(name: str, published_at: float, **fields: Any) -> bytes:
+    return json.dumps({"instance": name, "published_at": published_at, **fields}).encode()
+
+
+async def put_record(
+    storage: FilesystemStorage, name: str, data: bytes, written: float | None = None
+) -> None:
+    await storage.put(INSTANCE_PREFIX + name, data, overwrite=True)
+    if written is not None:
+        os.utime(storage.data_dir / (INSTANCE_PREFIX + name), (written, written))
+
+
+async def test_every_live_instance_is_listed_however_many(tmp_path: Path) -> None:
+    """No cap drops a live instance (past 200 one was dropped while ``complete`` stayed true)."""
+    storage, safe = await open_store(tmp_path)
+    now = time.time()
+    for number in range(250):
+        await put_record(storage, f"live-{number:03d}", record(f"live-{number:03d}", now - 30))
+    fleet = Fleet(safe, Activity(), dict, instance_id="me")
+    view = await fleet.view()
+    assert view["complete"] is True
+    assert len(view["instances"]) == 251 and view["totals"]["instances"] == 251
+
+
+async def test_dead_instances_records_are_removed_by_sweeps_and_gc(tmp_path: Path) -> None:
+    """A task that died (SIGKILL, replaced) never withdrew its record: after a few intervals
+    without a write it is deleted, by the servers' sweeps and by ``cache gc``."""
+    storage, safe = await open_store(tmp_path / "cache")
+    now = time.time()
+    await put_record(storage, "dead", record("dead", now - 3600), written=now - 3600)
+    await put_record(storage, "live", record("live", now - 10))
+    keeper = Housekeeper(safe, UseRecords(safe, "x"), limit=None, expire_unused=None)
+    assert (await keeper.sweep(dry_run=True)).fleet_records == [INSTANCE_PREFIX + "dead"]
+    report = await keeper.sweep()
+    assert report.fleet_records == [INSTANCE_PREFIX + "dead"]
+    assert sorted(os.listdir(storage.data_dir / INSTANCE_PREFIX)) == ["live"]
+    # cache gc is the same sweep
+    await put_record(storage, "dead2", record("dead2", now - 999), written=now - 999)
+    settings = settings_with(
+        location=StorageLocation(path=tmp_path / "cache"), spool_dir=tmp_path / "s"
+    )
+    status, text = await cache_command(settings, "gc")
+    assert status == 0 and f"deleted fleet record {INSTANCE_PREFIX}dead2" in text
+    assert sorted(os.listdir(storage.data_dir / INSTANCE_PREFIX)) == ["live"]
+
+
+async def test_a_malformed_or_future_record_is_skipped_and_counted(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """A wrong type in one field made /status and / answer 500; a future published_at kept a
+    record listed for ever. Both are skipped, and the view says how many it skipped."""
+    client = await make_proxy(fakehub)
+    services = client.app[SERVICES]
+    inner = services.storage.inner
+    assert isinstance(inner, FilesystemStorage)
+    now = time.time()
+    bad = {
+        "hits-a-string": record("a", now, hits="lots"),
+        "upstreams-a-list": record("b", now, upstreams=["docker.io"]),
+        "pulls-not-numbers": record(
+            "c", now, upstreams={"docker.io": {"pulls_by_minute": {"1": "x"}}}
+        ),
+        "repositories-nested": record("d", now, repositories={"x": {"y": 1}}),
+        "events-not-dicts": record("e", now, recent_stale=["boom"]),
+        "downloads-bad": record("f", now, downloads=[{"bytes": "many"}]),
+        "future": record("g", now + 86400 * 365),
+        "not-json": b"\xff{",
+    }
+    for name, data in bad.items():
+        await put_record(inner, name, data)
+    await put_record(inner, "good", record("good", now, hits=3))
+    services.fleet.forget_view()
+    for path in ("/status", "/"):
+        response = await client.get(path)
+        assert response.status == 200, (path, await response.text())
+    status = await (await client.get("/status")).json()
+    assert sorted(i["instance"] for i in status["instances"]) == sorted(
+        ["good", services.fleet.instance_id]
+    )
+    assert status["fleet"]["skipped_records"] == len(bad)
+    assert status["fleet"]["hits"] == 3

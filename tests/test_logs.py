@@ -14,7 +14,15 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from proxy.ops.logs import begin_request, configure_logging, new_request_id
+from proxy.ops.logs import (
+    RequestStats,
+    access_log,
+    begin_request,
+    configure_logging,
+    log_processors,
+    new_request_id,
+    reset_logging,
+)
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -43,7 +51,7 @@ def stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingStream]:
     try:
         yield output
     finally:
-        structlog.reset_defaults()
+        reset_logging()
         root.handlers, root.level = handlers, level
 
 
@@ -96,3 +104,62 @@ def test_an_exception_is_rendered_into_the_json_line(stream: CountingStream) -> 
     assert line["level"] == "error"
     assert "ValueError: boom" in str(line["exception"])
     assert "exc_info" not in line
+
+
+# --- the access line: rendered without structlog, the same text --------------------------------
+
+HOSTILE = '/v2/a\x00b\x1b[31m"q"\\\u00e9\u202e\u2028\udcff/manifests/x\ty'
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+@pytest.mark.parametrize(
+    "stats",
+    [
+        RequestStats("id-1", 2, "hit", "manifest", "library/golang", "1.22"),
+        RequestStats('id"\\\x1b', 0, "-", aborted="broke\noff \u00e9"),
+        RequestStats(None, 0, "stale", "blob", "", ""),
+    ],
+    ids=["hit", "hostile", "empty"],
+)
+def test_the_access_line_is_the_text_structlog_writes(
+    log_format: str, stats: RequestStats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access line's own renderer (on once logging is configured) writes exactly what the
+    structlog processors write for the same fields, every field kept, in the same order."""
+    fields = ("GET", HOSTILE, 499, 123_456, 123, None)
+    slow = io.StringIO()
+    structlog.configure(
+        processors=log_processors(log_format),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(slow),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        access_log(*fields, stats)
+        fast = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", fast)
+        configure_logging(log_format, "info")
+        access_log(*fields, stats)
+    finally:
+        reset_logging()
+    timestamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    expected, got = (timestamp.sub("T", out.getvalue()) for out in (slow, fast))
+    assert got == expected
+    assert got.count("\n") == 1 and "\x1b" not in got
+    if log_format == "json":
+        assert list(json.loads(got)) == [
+            "method", "path", "repository", "reference", "status", "bytes", "cache",
+            "upstream_requests", "duration_ms", "aborted", "request_id", "remote",
+            "event", "level", "timestamp",
+        ]  # fmt: skip
+
+
+def test_the_access_line_follows_the_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    configure_logging("json", "warning")
+    try:
+        access_log("GET", "/v2/", 200, 2, 1, "127.0.0.1", RequestStats("x"))
+    finally:
+        reset_logging()
+    assert out.getvalue() == ""

@@ -10,6 +10,7 @@ from support.clock import use_clock
 from support.fakehub import FakeHub
 
 from proxy.cache.negative import NegativeCache
+from proxy.http.routes import SERVICES
 from proxy.registry.manifest import MANIFEST_TYPES
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
@@ -117,3 +118,32 @@ async def test_failures_are_not_remembered_as_missing(
     response = await client.get("/v2/golang/manifests/1.22", headers=ACCEPT_ALL)
     assert response.status == 200
     assert response.headers["Docker-Content-Digest"] == image.digest
+
+
+async def test_a_digest_once_missing_is_served_once_it_is_cached(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    """The cache is asked before the remembered 404: content is immutable, and once cached (here
+    by the tag that names it) a digest is served, HEAD and GET (issue 21, mutation: the
+    negative-cache check before the cache lookup)."""
+    image = fakehub.add_image("library/golang", "1.22")
+    repository = fakehub.repositories["library/golang"]
+    stored = repository.manifests.pop(image.digest)
+    del repository.tags["1.22"]
+    client = await make_proxy(fakehub, negative_ttl=30)
+    by_digest = f"/v2/library/golang/manifests/{image.digest}"
+    assert (await client.get(by_digest, headers=ACCEPT_ALL)).status == 404  # remembered now
+    repository.manifests[image.digest] = stored  # pushed upstream ...
+    repository.tags["1.22"] = image.digest
+    tagged = await client.get("/v2/library/golang/manifests/1.22", headers=ACCEPT_ALL)
+    assert tagged.status == 200  # ... and cached through its tag
+    fakehub.reset_counts()
+    manifests = client.app[SERVICES].manifests
+    for memory in ("in memory", "in storage only"):
+        for method in ("HEAD", "GET"):
+            if memory == "in storage only":
+                manifests._manifests.clear()  # as after a restart, or once memory let go of it
+            response = await client.request(method, by_digest, headers=ACCEPT_ALL)
+            assert response.status == 200, (memory, method)
+            assert response.headers["Docker-Content-Digest"] == image.digest
+    assert fakehub.count(server=None) == 0

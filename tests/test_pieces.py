@@ -408,3 +408,57 @@ async def test_a_broken_head_is_resumed_where_it_stopped() -> None:
     quarter = len(BLOB) // 4
     assert ranges.calls[0] == (0, quarter - 1, None)
     assert (256 * 1024, quarter - 1, None) in ranges.calls
+
+
+class HeldRetry(MemoryRanges):
+    """The second piece (from 1 MiB) breaks off after 1.5 MiB; its retry waits for ``gate``."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.gate = asyncio.Event()
+        self.second_piece_calls = 0
+
+    @contextlib.asynccontextmanager
+    async def __call__(
+        self, first: int | None, last: int | None, url: str | None
+    ) -> AsyncIterator[BlobStream]:
+        if first is not None and MiB <= first < 3 * MiB:
+            self.second_piece_calls += 1
+            if self.second_piece_calls > 1:
+                await self.gate.wait()
+        async with super().__call__(first, last, url) as stream:
+            if first == MiB and self.second_piece_calls == 1:
+                yield BlobStream(stream.size, self._cut(stream.chunks), stream.content_range)
+            else:
+                yield stream
+
+    @staticmethod
+    async def _cut(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in chunks:
+            if sent >= MiB + MiB // 2:
+                raise UpstreamUnavailable("connection dropped")
+            sent += len(chunk)
+            yield chunk
+
+
+async def test_the_consumer_reads_only_what_has_landed() -> None:
+    """A piece that landed half-way (its stream broke, the retry not back yet) is read up to
+    where it landed, never up to its end: bytes past that are not there yet (issue 21,
+    mutation: the consumer reading up to the piece's end)."""
+    ranges = HeldRetry(BLOB)
+    received = bytearray()
+    async with open_in_pieces(
+        ranges,
+        digest=Digest(DIGEST.removeprefix("sha256:")),
+        settings=PieceSettings(pieces=4, threshold=MiB),
+        budget=PieceBudget(8),
+        store=MemoryStore(),
+        observer=Counts(),
+    ) as (_, chunks):
+        async for chunk in chunks:
+            received += chunk
+            if len(received) >= 2 * MiB + MiB // 2:
+                ranges.gate.set()  # the consumer caught up with what landed: let the retry go
+    assert bytes(received) == BLOB
+    assert ranges.second_piece_calls == 2

@@ -149,3 +149,29 @@ def test_links_live_and_die_with_their_content() -> None:
     # ... they go once the content they name is gone (and they are not brand new).
     assert dangling_links(inventory, now=now) == [dangling]
     assert dangling_links(inventory, now=now + LINK_GRACE) == [dangling, fresh]
+
+
+def test_references_markers_of_earlier_versions_are_garbage() -> None:
+    """``_refs`` markers said every reference of a manifest was linked; references grant nothing
+    now (issue 21), so sweeps remove them even while their manifest is cached."""
+    now = 100 * DAY
+    data = manifest_bytes(["config"])
+    cached = entry(manifest_key(Digest.of(data)), Kind.MANIFEST, len(data), now)
+    marker_key = f"links/docker.io/library/a/_refs/{cached.digest_hex}"
+    marker = entry(marker_key, Kind.LINK, 0, now - 2 * LINK_GRACE)
+    link = entry(f"links/docker.io/library/a/_link/{cached.digest_hex}", Kind.LINK, 0, 0.0)
+    assert dangling_links(inventory_of(cached, marker, link), now=now) == [marker]
+
+
+def test_blobs_no_client_used_go_first() -> None:
+    """A prefetched blob no client asked for was never used: eviction takes it before anything
+    a client used, however long ago (issue 21, item 9)."""
+    inventory = inventory_of(blob("used-long-ago", 100, 1.0), blob("prefetched", 100, 50.0))
+    speculative = blob("prefetched", 0, 0).key
+    chosen = choose_evictions(
+        inventory, target_bytes=100, held=lambda e: False, unused=lambda e: e.key == speculative
+    )
+    assert [e.key for e in chosen] == [speculative]
+    assert [e.key for e in choose_evictions(inventory, target_bytes=100, held=lambda e: False)] == [
+        blob("used-long-ago", 0, 0).key
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,7 @@ async def test_load_balancer_check_ignores_shared_storage_but_not_the_local_spoo
     assert local.status == 200
     assert await local.json() == {"status": "ok", "spool": "writable"}
     # this instance's own spool is gone: only its check fails
-    (tmp_path / "spool").rmdir()
+    shutil.rmtree(tmp_path / "spool")
     (tmp_path / "spool").write_text("not a directory any more")
     broken = await client.get("/healthz/local")
     assert broken.status == 503

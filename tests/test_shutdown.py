@@ -13,13 +13,17 @@ from aiohttp.test_utils import make_mocked_request
 from support.fakehub import FakeHub
 from support.proxy_process import ProxyProcess
 
+from proxy.http.access import AccessPolicy
+from proxy.http.clientcap import ClientCap
+from proxy.http.edge import Edge
 from proxy.http.shutdown import InFlightRequests, drain
 
 LAYER = bytes(range(256)) * 4096 * 4  # 4 MiB
 
 
 def cache_files(root: Path, area: str) -> list[Path]:
-    return [p for p in (root / area).rglob("*") if p.is_file()]
+    """The files of one area (not the spool's marker, which stays)."""
+    return [p for p in (root / area).rglob("*") if p.is_file() and p.name != ".registry-proxy"]
 
 
 async def wait_exit(proxy: ProxyProcess, seconds: float) -> int:
@@ -133,7 +137,8 @@ async def test_in_flight_requests_are_counted_until_they_finish() -> None:
         await release.wait()
         return web.Response()
 
-    call = asyncio.create_task(requests.middleware(make_mocked_request("GET", "/v2/"), handler))
+    edge = Edge(AccessPolicy(), ClientCap(10), requests)
+    call = asyncio.create_task(edge.route("test", handler)(make_mocked_request("GET", "/v2/")))
     await asyncio.sleep(0)
     assert requests.count == 1
     assert await requests.wait_idle(0) is False

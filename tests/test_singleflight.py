@@ -9,6 +9,7 @@ for the cache. Were it cancelled, the others would fail, or the upstream would b
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from conftest import ProxyFactory
@@ -16,6 +17,7 @@ from support.fakehub import FakeHub
 from support.logwatch import watch_logs
 
 from proxy.registry.manifest import MANIFEST_TYPES
+from proxy.storage.filesystem import FilesystemStorage
 
 ACCEPT_ALL = {"Accept": ", ".join(MANIFEST_TYPES)}
 REPO = "library/golang"
@@ -50,3 +52,41 @@ async def test_a_client_that_leaves_does_not_cancel_the_shared_fetch(
     again = await client.get(path, headers=ACCEPT_ALL)
     assert await again.read() == image.manifest
     assert fakehub.count(server=None) == 0
+
+
+class SlowManifestWrites(FilesystemStorage):
+    """A directory whose writes of manifests wait for ``gate`` (a slow S3 PUT)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str | None = None, overwrite: bool = False
+    ) -> bool:
+        if key.startswith("manifests/"):
+            self.writing.set()
+            await self.gate.wait()
+        return await super().put(key, data, content_type=content_type, overwrite=overwrite)
+
+
+async def test_a_request_arriving_while_the_fetched_manifest_is_stored_asks_nothing(
+    fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The fetched manifest is in memory before its storage write ends: a request finding it
+    there must find it linked to the repository too, not confirm it with a HEAD (issue 21: what
+    made test_a_client_that_leaves_does_not_cancel_the_shared_fetch[digest] flaky)."""
+    image = fakehub.add_image(REPO, "1.22")
+    storage = SlowManifestWrites(tmp_path / "slow")
+    client = await make_proxy(fakehub, storage_backend=storage)
+    path = f"/v2/{REPO}/manifests/{image.digest}"
+    first = asyncio.create_task(client.get(path, headers=ACCEPT_ALL))
+    await asyncio.wait_for(storage.writing.wait(), 10)
+    second = await client.get(path, headers=ACCEPT_ALL)
+    assert second.status == 200 and await second.read() == image.manifest
+    storage.gate.set()
+    response = await asyncio.wait_for(first, 10)
+    assert response.status == 200 and await response.read() == image.manifest
+    asked = [(r.method, r.status) for r in fakehub.matching(kind="manifest") if r.status != 401]
+    assert asked == [("GET", 200)]

@@ -35,7 +35,11 @@ def test_a_writable_setup_passes(tmp_path: Path) -> None:
         location=StorageLocation(path=tmp_path / "cache"), spool_dir=tmp_path / "spool"
     )
     check_startup(settings, statvfs=lambda _: filesystem(40 * GiB))
-    assert list((tmp_path / "spool").iterdir()) == []
+    # The spool's own subdirectory, with its marker and nothing else.
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == ["registry-proxy-spool"]
+    assert [p.name for p in (tmp_path / "spool" / "registry-proxy-spool").iterdir()] == [
+        ".registry-proxy"
+    ]
 
 
 def test_an_unwritable_spool_names_the_variable_the_path_and_the_error(tmp_path: Path) -> None:

@@ -133,6 +133,19 @@ async def test_a_body_that_breaks_off_is_resumed_where_it_stopped() -> None:
     assert (5000, 5999) in source.requests and (5001, 5999) in source.requests
 
 
+async def test_a_break_in_a_parts_last_quarter_resumes_there_not_at_the_next_part() -> None:
+    """The look-ahead request for the next part is already out when the current part breaks in
+    its last quarter: it must not be taken for the part that holds the position to resume from
+    (issue 21, mutation: the look-ahead used whatever its offset)."""
+    for cut in (1900, 1950):  # at a chunk's start, and inside one
+        source = FakeObject(DATA)
+        source.break_at = [cut]
+        assert await collect(reader(source)) == DATA
+        assert (2000, 2999) in source.requests  # the look-ahead was out ...
+        assert (cut, 1999) in source.requests  # ... and the break resumed where it happened
+        assert not source.open_bodies
+
+
 async def test_a_body_that_keeps_breaking_raises() -> None:
     source = FakeObject(DATA)
     source.break_at = [2500, 2500, 2500]  # three times in a row at the same byte

@@ -217,11 +217,13 @@ nonce="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 pulled="$probe_repository:pull-$nonce"
 built="$probe_repository:build-$nonce"
 
-# the proxy answers for the probe over the same TLS path (network, name, certificates)
+# the proxy answers for the probe over the same TLS path (network, name, certificates); on a
+# failure, curl's own line ("curl: (60) SSL certificate problem: ...") says why, not the advice
+# some errors add after it
 accept='application/vnd.oci.image.index.v1+json'
 headers="$(curl --silent --show-error --head --max-time "$wait_seconds" "${curl_tls[@]}" \
   --header "Accept: $accept" "$mirror/v2/$probe_repository/manifests/$nonce" 2>&1)" ||
-  failed "cannot reach $mirror: ${headers##*$'\n'}"
+  failed "cannot reach $mirror: $(grep -m 1 '^curl: (' <<<"$headers" || tail -n 1 <<<"$headers")"
 expected="$(tr -d '\r' <<<"$headers" | awk 'tolower($1) == "docker-content-digest:" {print $2}')"
 [[ "$expected" == sha256:* ]] ||
   failed "$mirror does not serve $probe_repository (is it registry-proxy? it answered: $(head -n 1 <<<"$headers"))"

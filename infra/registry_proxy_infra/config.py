@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from registry_proxy_infra.sizing import (
     ProxySizes,
     SizingError,
@@ -388,7 +391,8 @@ class ProxyStackConfig:
     client_revocation_list_file: str | None = setting(
         "clientRevocationListFile", text, None,
         "with `internetFacing`: path, relative to `infra/`, of a PEM certificate revocation list "
-        "issued by that CA; revoked client certificates are refused",
+        "issued by that CA; revoked client certificates are refused (a list that revokes nothing "
+        "is left out of the trust store)",
     )  # fmt: skip
     internet_allowed_cidrs: tuple[str, ...] = setting(
         "internetAllowedCidrs", strings, (),
@@ -630,6 +634,19 @@ class ProxyStackConfig:
         return missing
 
     @property
+    def revoked_client_serials(self) -> tuple[int, ...]:
+        """The serials of the client certificates ``clientRevocationListFile`` revokes (none
+        without one). An empty list revokes nothing, and the stack then makes no trust store
+        revocation for it (mutual_tls.ClientTrust)."""
+        if self.client_revocation_list_file is None or self.client_ca_bundle_file is None:
+            return ()
+        return revoked_serials(
+            "clientRevocationListFile",
+            self.client_revocation_list_file,
+            ca_certificates("clientCaBundleFile", self.client_ca_bundle_file),
+        )
+
+    @property
     def sizes(self) -> ProxySizes:
         """The proxy's fetch limit, spool budget and memory limit for this task size."""
         return derive_sizes(self.memory_mib, self.ephemeral_storage_gib, self.spool_per_fetch_mib)
@@ -771,19 +788,9 @@ class ProxyStackConfig:
                 "issues the builds' client certificates (see docs/codebuild.md); without it "
                 "anyone could pull through the account"
             )
-        read_pem(
-            "clientCaBundleFile",
-            self.client_ca_bundle_file,
-            "CERTIFICATE",
-            "the CA certificates (PEM) that issue the builds' client certificates",
-        )
+        cas = ca_certificates("clientCaBundleFile", self.client_ca_bundle_file)
         if self.client_revocation_list_file is not None:
-            read_pem(
-                "clientRevocationListFile",
-                self.client_revocation_list_file,
-                "X509 CRL",
-                "a certificate revocation list in PEM (openssl ca -gencrl writes one)",
-            )
+            revoked_serials("clientRevocationListFile", self.client_revocation_list_file, cas)
         if self.vpc_id is not None and len(self.vpc_public_subnet_ids) != len(
             self.vpc_availability_zones
         ):
@@ -903,6 +910,57 @@ def read_pem(key: str, name: str, label: str, what: str) -> list[str]:
     if not blocks or len(blocks) != len(labels):
         raise ConfigError(f"{key}={name!r}: expected {what}, found {labels or 'no PEM block'}")
     return blocks
+
+
+def ca_certificates(key: str, name: str) -> list[x509.Certificate]:
+    """The CA certificates of the trust store's bundle ``name`` (PEM certificates only)."""
+    blocks = read_pem(
+        key,
+        name,
+        "CERTIFICATE",
+        "the CA certificates (PEM) that issue the builds' client certificates",
+    )
+    try:
+        return [x509.load_pem_x509_certificate(block.encode("ascii")) for block in blocks]
+    except ValueError as exc:
+        raise ConfigError(f"{key}={name!r}: a certificate cannot be read ({exc})") from None
+
+
+def revoked_serials(key: str, name: str, cas: list[x509.Certificate]) -> tuple[int, ...]:
+    """The serials revoked by the PEM revocation list(s) in ``name``, each list checked to be
+    signed by one of ``cas``: the load balancer would refuse another CA's list, but only at
+    deploy time, after the stack has started to change."""
+    blocks = read_pem(
+        key,
+        name,
+        "X509 CRL",
+        "a certificate revocation list in PEM (registry-proxy certs writes one)",
+    )
+    serials: list[int] = []
+    for block in blocks:
+        try:
+            crl = x509.load_pem_x509_crl(block.encode("ascii"))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{key}={name!r}: the revocation list cannot be read ({exc})"
+            ) from None
+        if not any(_signed_by(crl, ca) for ca in cas):
+            raise ConfigError(
+                f"{key}={name!r}: the revocation list of {crl.issuer.rfc4514_string()!r} is not "
+                "signed by a CA of clientCaBundleFile; publish the list of the CA that issues "
+                "the builds' certificates (registry-proxy certs renew-crl)"
+            )
+        serials += [entry.serial_number for entry in crl]
+    return tuple(serials)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    key = ca.public_key()
+    if crl.issuer != ca.subject or not isinstance(
+        key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    ):
+        return False
+    return crl.is_signature_valid(key)
 
 
 def _step(values: tuple[int, ...]) -> int:

@@ -5,6 +5,12 @@ file assets to the bootstrap bucket, from which the load balancer reads them whe
 store is created or changed; synthesis only copies them, offline.  The stack never sees a CA's
 private key: the bundle holds certificates only (``config.read_pem`` refuses a key), and client
 certificates are issued on the CA owner's machine (docs/codebuild.md).
+
+A revocation list that revokes nothing (what ``registry-proxy certs init-ca`` publishes) makes
+no ``TrustStoreRevocation``: it would change nothing the load balancer does, and whether the
+load balancer accepts a list with no entries is unknown (nobody has deployed one).  The list is
+read at synthesis (``config.revoked_serials``, which also checks that the bundle's CA signed it);
+the first revoked certificate adds the resource, with the file as it is.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class ClientTrust:
             key=self.bundle.s3_object_key,
         )
         self.revocation: elbv2.TrustStoreRevocation | None = None
-        if config.client_revocation_list_file is not None:
+        if config.client_revocation_list_file is not None and config.revoked_client_serials:
             crl = s3_assets.Asset(
                 scope,
                 "ClientRevocationList",

@@ -42,6 +42,7 @@ from proxy.cache.spool import Spool
 from proxy.cache.upkeep.usage import BlobUsage
 from proxy.ops.logs import mark_cache
 from proxy.registry.reference import Digest
+from proxy.storage import DiscardingWriter
 from proxy.storage.failsafe import FailSafeStorage, FailSafeWriter
 from proxy.storage.localfile import READ_WHOLE_UP_TO, LocalFile
 from proxy.upstream.client import RegistryClient
@@ -92,9 +93,14 @@ class BlobObserver(PieceObserver, Protocol):
 
     def prefetch_hit(self) -> None: ...
 
+    def blob_too_large(self) -> None: ...
+
 
 # Prefetched blobs remembered until a client asks for them (to count prefetch hits).
 PREFETCHED_MEMORY = 10_000
+# A blob larger than this share of the cache's limit is streamed to its clients and not cached:
+# keeping it would evict most of the cache, and soon itself.
+LARGEST_CACHED_SHARE = 0.25
 # Small blobs (image configs above all: one per pull) are kept in memory, like manifests: a hit
 # then costs no storage round trip (a worker-thread hop, or an S3 GET) and goes out in one write.
 SMALL_BLOB = READ_WHOLE_UP_TO
@@ -113,7 +119,9 @@ class BlobCache:
         usage: BlobUsage | None = None,
         pieces: PieceSettings | None = None,
         observer: BlobObserver | None = None,
+        limit: Callable[[], int | None] = lambda: None,
     ) -> None:
+        """``limit``: the cache's size limit now (None: none), for ``largest_cached``."""
         self._storage = storage
         self._spool = spool
         self._links = links
@@ -129,6 +137,7 @@ class BlobCache:
         # Extra connections for pieces, beyond the one per fetch slot: a quarter more.
         self._piece_budget = PieceBudget(max(1, max_fetches // 4))
         self._observer = observer
+        self._limit = limit
         self._small: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(
             SMALL_BLOBS_MEMORY, getsizeof=len
         )
@@ -138,6 +147,11 @@ class BlobCache:
     @property
     def in_flight(self) -> int:
         return len(self._fetches)
+
+    def largest_cached(self) -> int | None:
+        """Blobs larger than this are streamed and not cached (None: any size is cached)."""
+        limit = self._limit()
+        return None if limit is None else int(limit * LARGEST_CACHED_SHARE)
 
     def downloads(self) -> list[dict[str, object]]:
         """The downloads in progress: digest, repository, bytes so far and size (if known)."""
@@ -211,7 +225,13 @@ class BlobCache:
         return content
 
     async def prefetch(
-        self, client: RegistryClient, name: str, digest: Digest, size: int | None
+        self,
+        client: RegistryClient,
+        name: str,
+        digest: Digest,
+        size: int | None,
+        *,
+        admit: Callable[[], bool] = lambda: True,
     ) -> BlobFetch | None:
         """Download a blob no client asked for yet, and wait until it is done.
 
@@ -219,13 +239,16 @@ class BlobCache:
         while the cache storage is failing the blob would not be kept, and the client's own
         request would download it again. ``size`` is what the manifest says, used only to plan
         the pieces. The caller has checked that the blob belongs to ``name`` (it is named by a
-        manifest of that repository).
+        manifest of that repository). ``admit`` decides, once the blob is neither cached nor
+        being fetched, whether it may be fetched (the cache's room: ``proxy.cache.prefetch``).
         """
         if self._storage.is_open:
             return None
         if digest.hex in self._fetches or await self._stat(digest) is not None:
             return None
         if digest.hex in self._fetches:  # a client's, started while storage was asked
+            return None
+        if not admit():
             return None
         fetch = self._start(client, name, digest, size_hint=size, prefetch=True)
         await fetch.wait_finished()
@@ -343,6 +366,14 @@ class BlobCache:
                     await linking
 
         async def open_writer(size: int | None) -> FailSafeWriter:
+            largest = self.largest_cached()
+            if size is not None and largest is not None and size > largest:
+                if self._observer is not None:
+                    self._observer.blob_too_large()
+                log.info("blob.too_large", digest=str(digest), size=size, largest_cached=largest)
+                return FailSafeWriter(
+                    DiscardingWriter(blob_key(digest), digest.hex, size), self._storage
+                )
             return await self._storage.writer(blob_key(digest), digest.hex, size)
 
         async def run() -> None:
@@ -357,7 +388,8 @@ class BlobCache:
                 if fetch.prefetch and fetch.committed and not fetch.client_asked:
                     self._prefetched[digest.hex] = True
             if fetch.committed:
-                self._usage.stored(digest, fetch.written)
+                speculative = fetch.prefetch and not fetch.client_asked
+                self._usage.stored(digest, fetch.written, prefetch=speculative)
             log.info(
                 "blob.fetched" if fetch.error is None else "blob.fetch_failed",
                 digest=str(digest),
@@ -424,6 +456,9 @@ class BlobCache:
 
 class _Unobserved:
     def prefetch_hit(self) -> None:
+        pass
+
+    def blob_too_large(self) -> None:
         pass
 
     def piece_fetched(self) -> None:

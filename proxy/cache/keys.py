@@ -6,8 +6,7 @@
     referrers/<upstream>/<repository>/_referrers/<64 hex>   JSON: a subject's referrers index
     links/<upstream>/<repository>/_link/<64 hex>   empty: the content may be served under the
                                                    repository (see proxy.cache.links)
-    links/<upstream>/<repository>/_refs/<64 hex>   empty: every reference of that manifest is
-                                                   linked to the repository too
+    links/<upstream>/<repository>/_refs/<64 hex>   written by earlier versions; garbage now
 
 ``_tag`` (``_referrers``, ``_link``, ``_refs``) cannot be a repository path component (those
 start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with a repository
@@ -16,6 +15,8 @@ start with [a-z0-9]), so a repository ``a/b`` with tag ``c`` never collides with
 
 from __future__ import annotations
 
+import functools
+
 from proxy.registry.reference import Digest
 
 BLOBS = "blobs/sha256/"
@@ -23,6 +24,9 @@ MANIFESTS = "manifests/sha256/"
 TAGS = "tags/"
 REFERRERS = "referrers/"
 LINKS = "links/"
+# The keys of a warm request are built again and again from the same strings (names and tags
+# memoized by the route, digests held by cached manifests): remembered instead.
+KEY_MEMO = 4096
 
 
 def blob_key(digest: Digest) -> str:
@@ -30,9 +34,15 @@ def blob_key(digest: Digest) -> str:
 
 
 def manifest_key(digest: Digest) -> str:
-    return f"{MANIFESTS}{digest.hex[:2]}/{digest.hex}"
+    return _manifest_key(digest.hex)
 
 
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _manifest_key(hex_digest: str) -> str:
+    return f"{MANIFESTS}{hex_digest[:2]}/{hex_digest}"
+
+
+@functools.lru_cache(maxsize=KEY_MEMO)
 def tag_key(upstream_host: str, name: str, tag: str) -> str:
     host = upstream_host.replace(":", "_")
     return f"{TAGS}{host}/{name}/_tag/{tag}"
@@ -44,10 +54,10 @@ def referrers_key(upstream_host: str, name: str, subject: Digest) -> str:
 
 
 def link_key(upstream_host: str, name: str, digest: Digest) -> str:
-    host = upstream_host.replace(":", "_")
-    return f"{LINKS}{host}/{name}/_link/{digest.hex}"
+    return _link_key(upstream_host, name, digest.hex)
 
 
-def references_key(upstream_host: str, name: str, manifest: Digest) -> str:
+@functools.lru_cache(maxsize=KEY_MEMO)
+def _link_key(upstream_host: str, name: str, hex_digest: str) -> str:
     host = upstream_host.replace(":", "_")
-    return f"{LINKS}{host}/{name}/_refs/{manifest.hex}"
+    return f"{LINKS}{host}/{name}/_link/{hex_digest}"

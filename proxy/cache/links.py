@@ -6,26 +6,32 @@ per repository and digest), and so must a cache: otherwise a blob fetched with a
 credentials for a private repository would be readable under any public name, and repository
 rules would not hold for blobs.
 
-Content may be served under a repository once it is known to belong there:
+Content may be served under a repository once the upstream said that repository holds it:
 
-- it was fetched from the upstream for that repository (the upstream answered for it);
-- a manifest of that repository references it (config, layers, artifact blobs, index entries):
-  the upstream vouched for the manifest, and registries keep a manifest's references in its
-  repository; a ``subject`` is not a reference (it may name anything);
-- the upstream confirmed it with a HEAD on that repository (free on Docker Hub).
+- it was fetched from the upstream for that repository (a GET the upstream answered for it);
+- a tag record of that repository names it (the upstream said the tag names that manifest);
+- the upstream confirmed it with a HEAD on that repository (free on Docker Hub), asked the first
+  time the content is wanted there and remembered for every instance.
+
+What a manifest lists never grants anything by itself. Registries ignore fields they do not know,
+and not all of them check that a pushed manifest's references are in its repository: anyone who
+can push a manifest upstream could list other repositories' digests in it (issue 21). So the
+layers of alpine already cached through golang cost one HEAD on library/alpine per layer, once
+for the whole fleet, and nothing after.
 
 Each fact is an empty object in storage, so every instance on one bucket shares it:
 
     links/<upstream>/<repository>/_link/<hex>   the content may be served under the repository
-    links/<upstream>/<repository>/_refs/<hex>   every reference of manifest <hex> is linked too
 
-An ``_refs`` marker is written only after all the links it stands for, so finding it saves
-writing them again. Known facts are kept in memory in front of storage: on the warm path a
-check is one dictionary lookup; a cold instance pays one storage ``stat`` per repository and
-digest, and an upstream HEAD only for content never linked to that repository.
+Known facts are kept in memory in front of storage: on the warm path a check is one dictionary
+lookup; a cold instance pays one storage ``stat`` per repository and digest, and an upstream HEAD
+only for content never linked to that repository. An upstream 404 is remembered like other 404s
+(the negative TTL), and concurrent checks share one HEAD.
 
-A link is never removed: content that belonged to a repository stays servable under it for as
-long as it is cached, as a pulled image stays pullable from distribution's own proxy.
+A link is never removed while its content is cached: content that belonged to a repository stays
+servable under it, as a pulled image stays pullable from distribution's own proxy. (``_refs``
+markers, written by earlier versions for every reference of a manifest, are garbage now: sweeps
+remove them.)
 """
 
 from __future__ import annotations
@@ -35,11 +41,9 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import cachetools
 
-from proxy.cache.keys import link_key, references_key
+from proxy.cache.keys import link_key
 from proxy.cache.negative import NegativeCache
 from proxy.concurrency.singleflight import SingleFlight
-from proxy.registry.errors import RegistryError
-from proxy.registry.manifest import Manifest, referenced_digests
 from proxy.registry.reference import Digest
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.upstream.errors import UpstreamNotFound
@@ -93,6 +97,13 @@ class ContentLinks:
             )
 
         async def confirmed() -> None:
+            # A check that ended while this caller looked in storage has answered already.
+            if key in self._known:
+                return
+            if key in self._negative:
+                raise UpstreamNotFound(
+                    f"{name} does not hold {digest} upstream (answer remembered)", status=404
+                )
             try:
                 await confirm()
             except UpstreamNotFound:
@@ -123,30 +134,3 @@ class ContentLinks:
             for key in batch:
                 self._known[key] = True
         return stored
-
-    async def link_references(self, upstream_host: str, name: str, manifest: Manifest) -> None:
-        """Link a manifest that belongs to ``name``, and everything it references, to ``name``."""
-        marker = references_key(upstream_host, name, manifest.digest)
-        if marker in self._known:
-            return
-        # The marker is stored only once every link it stands for is: otherwise another
-        # instance would trust links that are not there.
-        if await self._storage.stat(marker) is None and await self.link(
-            upstream_host, name, [manifest.digest, *references(manifest)]
-        ):
-            await self._storage.put(marker, b"", overwrite=True)
-        self._known[marker] = True
-
-
-def references(manifest: Manifest) -> list[Digest]:
-    """The well-formed sha256 digests a manifest refers to (index entries and blobs)."""
-    children, blobs = referenced_digests(manifest.data)
-    found = []
-    for value in (*children, *blobs):
-        if value.startswith("sha256:") and len(value) == 71:
-            try:
-                found.append(Digest.parse(value))
-            except RegistryError:
-                continue
-        # Other algorithms are never stored by this proxy: nothing to link.
-    return found

@@ -19,8 +19,8 @@
   answers 404 too, or, with ``keep_deleted_tags``, its last known manifest with a warning.
 - Each tag's TTL comes from ``TagTtl`` (``PROXY_TAG_TTL_RULES``: first matching pattern).
 - Content belongs to repositories (``ContentLinks``): a cached manifest is served by digest under
-  a repository only once it is known to belong there; a tag record is such proof for the
-  manifest it names, and every manifest served under a repository links its references to it.
+  a repository only once the upstream said it belongs there: fetched for it, named by one of its
+  tag records, or confirmed by a HEAD. What a manifest lists is never such proof.
 - Every tag and manifest served is reported to ``on_use`` (the last-use records that expiry and
   eviction go by).
 """
@@ -40,7 +40,7 @@ from proxy.cache.links import ContentLinks
 from proxy.cache.negative import NegativeCache
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import mark_cache
-from proxy.registry.manifest import Manifest
+from proxy.registry.manifest import Manifest, media_type_of
 from proxy.registry.policy import TagTtl
 from proxy.registry.reference import Digest, Reference
 from proxy.storage.failsafe import FailSafeStorage
@@ -142,6 +142,10 @@ class ManifestCache:
         self, client: RegistryClient, name: str, digest: Digest
     ) -> ManifestHead:
         """Media type and size of a manifest by digest, without spending a pull on a miss."""
+        warm = self._warm_digest(client, name, digest)
+        if warm is not None:
+            mark_cache("hit")
+            return ManifestHead(digest, warm.media_type, len(warm.data))
         cached = await self._load(digest)
         if cached is not None:
             await self._admit(client, name, cached)
@@ -165,6 +169,10 @@ class ManifestCache:
 
     async def by_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest:
         """The manifest, served under ``name`` only when it belongs to that repository."""
+        warm = self._warm_digest(client, name, digest)
+        if warm is not None:
+            mark_cache("hit")
+            return warm
         cached = await self._load(digest)
         if cached is not None:
             await self._admit(client, name, cached)
@@ -182,6 +190,11 @@ class ManifestCache:
         """
 
         async def fetch() -> Manifest:
+            # A flight that ended while this caller looked in storage may have stored it.
+            cached = await self._load(digest)
+            if cached is not None:
+                await self._admit(client, name, cached)
+                return cached
             try:
                 return await self._fetch(client, name, str(digest))
             except UpstreamNotFound:
@@ -191,10 +204,12 @@ class ManifestCache:
         return await self._flights.run(("manifest", client.host, name, digest.hex), fetch)
 
     async def _fetch(self, client: RegistryClient, name: str, reference: str) -> Manifest:
-        """One counted GET; the manifest is verified (by digest), stored and linked to ``name``."""
+        """One counted GET; the manifest is verified (by digest), linked to ``name`` (the upstream
+        answered for it) and stored. Linked first: a request that finds it in memory a moment
+        later must find the link too, not ask the upstream to confirm it."""
         manifest = await client.get_manifest(name, reference, self._max_bytes)
+        await self._links.link(client.host, name, [manifest.digest])
         await self._store(manifest)
-        await self._links.link_references(client.host, name, manifest)
         return manifest
 
     async def _admit(self, client: RegistryClient, name: str, manifest: Manifest) -> None:
@@ -206,7 +221,11 @@ class ManifestCache:
                 raise UpstreamInvalid(f"HEAD {name}@{manifest.digest} named {head.digest}")
 
         await self._links.admit(client.host, name, manifest.digest, confirm)
-        await self._links.link_references(client.host, name, manifest)
+
+    async def _belongs(self, client: RegistryClient, name: str, manifest: Manifest) -> None:
+        """The upstream said ``name``'s tag names this manifest (now, or in the record): link it
+        to ``name`` (a dictionary lookup once known). Its references are not linked."""
+        await self._links.link(client.host, name, [manifest.digest])
 
     def _raise_if_remembered(self, client: RegistryClient, name: str, digest: Digest) -> None:
         if _missing_key(client, name, digest) in self._negative:
@@ -221,6 +240,14 @@ class ManifestCache:
         key = tag_key(client.host, name, tag)
         self._on_use(key)
         ttl = self._tag_ttl.seconds(client.host, name, tag)
+        # A warm pull, answered from memory without a coroutine (this is _tag_answer's first
+        # step and _recorded's when the manifest is in memory and linked to ``name``).
+        record = self._tags.get(key)
+        if record is not None and self._is_fresh(record, ttl):
+            manifest = self._in_memory(record.digest)
+            if manifest is not None and self._links.known(client.host, name, manifest.digest):
+                mark_cache("hit")
+                return manifest
         try:
             answer = await self._tag_answer(client, name, tag, key, ttl)
         except TagDeleted:
@@ -259,7 +286,7 @@ class ManifestCache:
         fetched = manifest is None
         if manifest is None:
             manifest = await self._fetch_digest(client, name, record.digest)
-        await self._links.link_references(client.host, name, manifest)
+        await self._belongs(client, name, manifest)
         return TagAnswer(manifest, fetched=fetched)
 
     async def _revalidate(
@@ -277,7 +304,7 @@ class ManifestCache:
             if backoff is not None:
                 stale = await self._load(record.digest)
                 if stale is not None:
-                    await self._links.link_references(client.host, name, stale)
+                    await self._belongs(client, name, stale)
                     return TagAnswer(stale.served_stale(backoff), fetched=False)
         try:
             answer = await self._current(client, name, tag)
@@ -298,10 +325,10 @@ class ManifestCache:
                 reason=exc.reason,
                 detail=exc.detail,
             )
-            await self._links.link_references(client.host, name, stale)
+            await self._belongs(client, name, stale)
             return TagAnswer(stale.served_stale(exc.reason), fetched=False)
         manifest = answer.manifest
-        await self._links.link_references(client.host, name, manifest)
+        await self._belongs(client, name, manifest)
         await self._save_tag(key, TagRecord(manifest.digest, manifest.media_type, self.clock()))
         return answer
 
@@ -326,7 +353,7 @@ class ManifestCache:
         if self._keep_deleted:
             kept = await self._load(record.digest)
             if kept is not None:
-                await self._links.link_references(client.host, name, kept)
+                await self._belongs(client, name, kept)
                 return TagAnswer(kept.served_stale(DELETED_REASON), fetched=False, deleted=True)
         raise TagDeleted(
             f"{name}:{tag} was deleted upstream (it named {record.digest})", status=404
@@ -341,11 +368,24 @@ class ManifestCache:
 
     # --- storage (fail-safe: a failing backend is a miss, a write that did not happen) ----------
 
-    async def _load(self, digest: Digest) -> Manifest | None:
-        """The cached manifest (from memory or storage), counted as used: callers serve it."""
+    def _in_memory(self, digest: Digest) -> Manifest | None:
+        """The manifest if memory has it, counted as used: callers serve it."""
         cached = self._manifests.get(digest.hex)
         if cached is not None:
             self._on_use(manifest_key(digest))
+        return cached
+
+    def _warm_digest(self, client: RegistryClient, name: str, digest: Digest) -> Manifest | None:
+        """A manifest by digest that memory has and knows belongs to ``name`` (what _admit would
+        confirm without I/O), else None."""
+        if not self._links.known(client.host, name, digest):
+            return None
+        return self._in_memory(digest)
+
+    async def _load(self, digest: Digest) -> Manifest | None:
+        """The cached manifest (from memory or storage), counted as used: callers serve it."""
+        cached = self._in_memory(digest)
+        if cached is not None:
             return cached
         found = await self._storage.get(manifest_key(digest))
         if found is None:
@@ -356,7 +396,14 @@ class ManifestCache:
             log.error("manifest.corrupt", digest=str(digest))
             await self._storage.delete(manifest_key(digest))
             return None
-        manifest = Manifest(data, info.content_type or "application/octet-stream", digest)
+        media_type = media_type_of(data, info.content_type)
+        if media_type is None:
+            # Stored by an older version, which kept any type the upstream declared: not a
+            # manifest to serve. Dropped like a corrupt entry; fetched (and judged) again.
+            log.error("manifest.unknown_type", digest=str(digest), media_type=info.content_type)
+            await self._storage.delete(manifest_key(digest))
+            return None
+        manifest = Manifest(data, media_type, digest)
         self._manifests[digest.hex] = manifest
         self._on_use(manifest_key(digest))
         return manifest

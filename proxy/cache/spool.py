@@ -1,8 +1,14 @@
 """The spool: the local directory holding the blobs being downloaded from upstreams right now.
 
 Every client of a download reads its spool file (``BlobFetch``), so no blob is ever held in
-memory. Spool files live as long as their download and its slowest reader; the ones a killed
-process left behind are removed when the next one opens the spool.
+memory. Spool files live as long as their download and its slowest reader.
+
+The spool directory (``PROXY_SPOOL_DIR``) holds only what the proxy made: its files live in a
+subdirectory of its own, ``registry-proxy-spool/``, with a marker file written when the proxy
+created it, and only files in there are ever removed, and only those whose lock nobody holds
+(``proxy.storage.tempfiles``: each spool file is locked by its download for its whole life).
+A spool directory holding anything else is refused at start-up (``PROXY_SPOOL_DIR=/tmp`` once
+emptied /tmp); files that appear beside the subdirectory later are left alone.
 
 On Fargate the spool's disk is the task's ephemeral storage, shared with the image and everything
 else. So the spool keeps within its budget (``PROXY_SPOOL_MAX_SIZE``) and leaves the filesystem
@@ -22,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +39,28 @@ import structlog
 from proxy.config import Settings
 from proxy.storage import StorageError
 from proxy.storage.filesystem import DISK_FULL_ERRNOS
-from proxy.storage.tempfiles import remove_orphans, temp_name
+from proxy.storage.tempfiles import create_owned, remove_abandoned
 
 log = structlog.get_logger(__name__)
 
 #: Called with (where, detail) when a spool write finds the disk full.
 DiskFullReport = Callable[[str, str], None]
+
+#: The proxy's own subdirectory of the spool directory, and the marker that says it made it.
+SUBDIRECTORY = "registry-proxy-spool"
+MARKER = ".registry-proxy"
+MARKER_TEXT = (
+    b"registry-proxy spool: downloads in progress. Files here are removed when no process holds\n"
+    b"their lock; nothing outside this directory is ever removed.\n"
+)
+#: What may sit beside it: a filesystem's own directory at the root of a mounted volume.
+TOLERATED = frozenset({"lost+found"})
+#: Spool files of earlier versions, which spooled into the directory itself (``<pid>-<hex>``).
+_EARLIER = re.compile(r"[0-9]+-(?:probe-)?[0-9a-f]{32}")
+
+
+class SpoolRefused(StorageError):
+    """The spool directory holds files the proxy did not make; the message is one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +72,11 @@ class SpoolLocation:
 
     def describe(self) -> str:
         return f"{self.variable}={self.path}"
+
+    @property
+    def files(self) -> Path:
+        """The proxy's own subdirectory, where spool files are."""
+        return self.path / SUBDIRECTORY
 
 
 def spool_location(settings: Settings) -> SpoolLocation:
@@ -68,17 +95,69 @@ def probe_writable(directory: Path) -> None:
     (a root-owned mount, a read-only or full filesystem).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    # Named like a spool file (pid first), so orphan clean-up by another process leaves it alone.
-    probe = directory / f"{os.getpid()}-probe-{uuid.uuid4().hex}"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Locked like a spool file, so a cleaner in another process leaves it alone.
+    probe, fd = create_owned(directory)
     try:
-        try:
-            os.write(fd, b"registry-proxy write probe\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.write(fd, b"registry-proxy write probe\n")
+        os.fsync(fd)
     finally:
         probe.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def probe_spool(directory: Path, *, refuse_foreign: bool = False) -> Path:
+    """Claim the spool directory (``claim``), then probe its subdirectory with a write."""
+    files = claim(directory, refuse_foreign=refuse_foreign)
+    probe_writable(files)
+    return files
+
+
+def claim(directory: Path, *, refuse_foreign: bool = True) -> Path:
+    """The proxy's own subdirectory of ``directory``, made with its marker if need be.
+
+    Raises ``SpoolRefused`` when ``directory`` holds anything the proxy did not make (with
+    ``refuse_foreign``: start-up), or when the subdirectory exists without the marker. Spool
+    files an earlier version left in the directory itself go (see ``_EARLIER``). OSError when
+    the directory cannot be read or written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = directory / SUBDIRECTORY
+    foreign: list[str] = []
+    earlier: list[Path] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name == SUBDIRECTORY or entry.name in TOLERATED:
+                continue
+            if _EARLIER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                earlier.append(Path(entry.path))
+            else:
+                foreign.append(entry.name)
+    if foreign and refuse_foreign:
+        raise SpoolRefused(
+            f"holds {len(foreign)} entries registry-proxy did not make (e.g. "
+            f"{sorted(foreign)[0]!r}): give the spool a directory of its own, empty or not "
+            "there yet (the proxy keeps its files in a subdirectory it makes there)"
+        )
+    if files.is_dir() and not files.is_symlink():
+        if not (files / MARKER).is_file():
+            raise SpoolRefused(
+                f"has a {SUBDIRECTORY}/ that registry-proxy did not make (no {MARKER} in it): "
+                "give the spool a directory of its own"
+            )
+    else:
+        files.mkdir(mode=0o700)
+        marker_tmp, fd = create_owned(files)
+        try:
+            os.write(fd, MARKER_TEXT)
+            os.replace(marker_tmp, files / MARKER)
+        finally:
+            marker_tmp.unlink(missing_ok=True)
+            os.close(fd)
+    for path in earlier:
+        # Unlinking a spool file never disturbs a download: it is read and written through its
+        # descriptor. These names are the ones earlier versions gave, nothing else matches.
+        path.unlink(missing_ok=True)
+    return files
 
 
 class Spool:
@@ -92,26 +171,24 @@ class Spool:
         on_full: DiskFullReport | None = None,
     ) -> None:
         self.directory = directory
+        self.files = directory / SUBDIRECTORY
         self.on_full = on_full
         self.max_size = max_size
         self.min_free = min_free
         self._statvfs = statvfs
 
     def open(self) -> None:
-        """Create the directory and remove files abandoned by processes that are gone."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        removed = remove_orphans(self.directory)
+        """Claim the directory (``SpoolRefused`` if it holds what the proxy did not make) and
+        remove the spool files nobody holds any more (a process that was killed)."""
+        claim(self.directory)
+        removed = remove_abandoned(self.files, keep={MARKER})
         if removed:
-            log.info("spool.recovered", removed_files=removed, directory=str(self.directory))
-
-    def new_path(self) -> Path:
-        """A path for a new spool file (the caller creates it exclusively)."""
-        return self.directory / temp_name()
+            log.info("spool.recovered", removed_files=len(removed), directory=str(self.files))
 
     def new_buffer(self) -> SpoolBuffer:
         """The buffer of a new download: a new spool file while there is room for one, else
         memory only."""
-        return SpoolBuffer(self.new_path(), self.on_full, on_disk=self.has_room(None))
+        return SpoolBuffer(self.files, self.on_full, on_disk=self.has_room(None))
 
     # --- admission ------------------------------------------------------------------------------
 
@@ -126,7 +203,9 @@ class Spool:
     def used(self) -> int:
         """Disk taken by the spool's files (allocated blocks, so sparse files count as written)."""
         total = 0
-        with os.scandir(self.directory) as entries:
+        if not self.files.is_dir():
+            return 0
+        with os.scandir(self.files) as entries:
             for entry in entries:
                 try:
                     if entry.is_file(follow_symlinks=False):
@@ -173,11 +252,11 @@ class SpoolBuffer:
     """
 
     def __init__(
-        self, path: Path, on_full: DiskFullReport | None = None, *, on_disk: bool = True
+        self, directory: Path, on_full: DiskFullReport | None = None, *, on_disk: bool = True
     ) -> None:
-        """``on_disk`` False: the spool has no room for it, the bytes go to memory from the
-        start."""
-        self.path = path
+        """A new spool file in ``directory``, locked for as long as the buffer lives. ``on_disk``
+        False: the spool has no room for it, the bytes go to memory from the start."""
+        self.path: Path | None = None
         self._on_full = on_full
         self.on_disk = 0
         self.memory_start: int | None = None  # None while every byte goes to the file
@@ -187,7 +266,7 @@ class SpoolBuffer:
             self.spill("no room on the spool")
             return
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self.path, self._fd = create_owned(directory)
         except OSError as exc:
             if exc.errno not in DISK_FULL_ERRNOS:
                 raise
@@ -196,6 +275,10 @@ class SpoolBuffer:
     @property
     def spilled(self) -> bool:
         return self.memory_start is not None
+
+    @property
+    def _name(self) -> str:
+        return self.path.name if self.path is not None else "(in memory)"
 
     @property
     def memory_bytes(self) -> int:
@@ -216,7 +299,7 @@ class SpoolBuffer:
                 await asyncio.to_thread(_pwrite_all, self._fd, chunk, self.on_disk)
             except OSError as exc:
                 if exc.errno not in DISK_FULL_ERRNOS:
-                    raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+                    raise SpoolFailed(f"spool {self._name}: {exc}") from exc
                 self.spill(str(exc))
             else:
                 self.on_disk += len(chunk)
@@ -244,11 +327,11 @@ class SpoolBuffer:
                     os.pread, self._fd, min(size, self.on_disk - position), position
                 )
             except OSError as exc:
-                raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+                raise SpoolFailed(f"spool {self._name}: {exc}") from exc
         if self.memory_start is not None and position >= self.memory_start:
             offset = position - self.memory_start
             return bytes(self._memory[offset : offset + size])
-        raise SpoolGap(f"bytes from {position} of {self.path.name} are no longer held")
+        raise SpoolGap(f"bytes from {position} of {self._name} are no longer held")
 
     async def place(self, offset: int, data: bytes) -> None:
         """Write bytes beyond those appended (a blob fetched in pieces): only into the file.
@@ -257,22 +340,22 @@ class SpoolBuffer:
         fails and the rest of the blob comes as one stream (``proxy.cache.pieces``).
         """
         if self.memory_start is not None or self._fd is None:
-            raise SpoolFailed(f"spool {self.path.name}: no room on disk for pieces")
+            raise SpoolFailed(f"spool {self._name}: no room on disk for pieces")
         try:
             await asyncio.to_thread(_pwrite_all, self._fd, data, offset)
         except OSError as exc:
-            raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+            raise SpoolFailed(f"spool {self._name}: {exc}") from exc
 
     async def read_placed(self, offset: int, size: int) -> bytes:
         """Read back bytes ``place`` wrote. After a spill the file was cut back to what was
         appended, so placed bytes are gone: ``SpoolFailed`` (the download fails, never with
         wrong bytes)."""
         if self.memory_start is not None or self._fd is None:
-            raise SpoolFailed(f"spool {self.path.name}: pieces lost when the disk filled up")
+            raise SpoolFailed(f"spool {self._name}: pieces lost when the disk filled up")
         try:
             return await asyncio.to_thread(os.pread, self._fd, size, offset)
         except OSError as exc:
-            raise SpoolFailed(f"spool {self.path.name}: {exc}") from exc
+            raise SpoolFailed(f"spool {self._name}: {exc}") from exc
 
     def trim(self, before: int) -> None:
         """Drop the memory bytes before ``before`` (every reader is past them)."""
@@ -284,11 +367,12 @@ class SpoolBuffer:
 
     def close(self) -> None:
         self._memory = bytearray()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # the lock goes with it, after the file
             self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

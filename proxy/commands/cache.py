@@ -287,6 +287,8 @@ def print_sweep(report: SweepReport, out: TextIO, clock: Clock) -> None:
             )
     for entry in report.links:
         out.write(f"{verb} dangling link {entry.key}\n")
+    for key in report.fleet_records:
+        out.write(f"{verb} fleet record {key} (its instance stopped reporting)\n")
     for path in report.temp_files:
         out.write(f"{verb} orphaned temporary file {path}\n")
     freed = report.bytes_before - report.bytes_after

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from proxy.cache.inflight import MEMORY_WINDOW
-from proxy.cache.spool import SpoolLocation, probe_writable, spool_location
+from proxy.cache.spool import (
+    SpoolLocation,
+    SpoolRefused,
+    probe_spool,
+    probe_writable,
+    spool_location,
+)
 from proxy.config import Settings
 from proxy.config_values import human_bytes, written_size
 
@@ -43,11 +49,23 @@ StatVfs = Callable[[Path], os.statvfs_result]
 def check_startup(settings: Settings, *, statvfs: StatVfs = os.statvfs) -> None:
     """Raise ``StartupError`` for the first problem found; return when serving can start."""
     spool = spool_location(settings)
-    check_writable(spool)
+    check_spool(spool)
     if settings.storage.location.path is not None:
         check_writable(SpoolLocation("PROXY_STORAGE", settings.storage.location.path))
     check_memory(settings)
     check_spool_size(settings, spool, statvfs)
+
+
+def check_spool(location: SpoolLocation) -> None:
+    """The spool directory holds nothing the proxy did not make, and can be written."""
+    try:
+        probe_spool(location.path, refuse_foreign=True)
+    except SpoolRefused as exc:
+        raise StartupError(f"{location.describe()} {exc}") from None
+    except OSError as exc:
+        raise StartupError(
+            f"{location.describe()} is not writable by uid {os.getuid()}: {_os_error(exc)}"
+        ) from None
 
 
 def check_writable(location: SpoolLocation) -> None:

@@ -111,7 +111,8 @@ async def warm_image(
                 result.manifests += 1
                 result.platforms.append(entry.label)
                 images.append(child)
-        blobs = list(dict.fromkeys(d for m in images for d in referenced_digests(m.data)[1]))
+        named = (d for m in images for d in referenced_digests(m.data, m.media_type)[1])
+        blobs = list(dict.fromkeys(named))
         for index, blob in enumerate(blobs):
             await _warm_blob(services, client, upstream_name, Digest.parse(blob), result)
             progress.update(image, index + 1, len(blobs), result.bytes_fetched)

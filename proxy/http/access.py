@@ -35,7 +35,6 @@ import bcrypt
 import cachetools
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from proxy.config import Network
 from proxy.http.errors import HttpError
@@ -46,8 +45,6 @@ log = structlog.get_logger(__name__)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-OPEN_PATHS = frozenset({"/healthz", "/healthz/local", "/readyz"})
-OPERATOR_PATHS = frozenset({"/metrics", "/status", "/", "/ui"})
 REALM = "registry-proxy"
 # bcrypt costs ~50-300 ms by design; a docker pull sends credentials on every request, so a
 # verified (user, password) pair is remembered for a while (by hash, never in clear).
@@ -89,10 +86,11 @@ class AccessPolicy:
         hops = [hop.strip() for hop in forwarded_for.split(",")]
         return _address(hops[-min(self.trusted_hops, len(hops))])
 
-    async def check(self, request: web.Request) -> None:
-        """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on."""
-        address = self.client_address(request.remote, request.headers.get("X-Forwarded-For"))
-        if self.operators and request.path in OPERATOR_PATHS:
+    async def check(self, request: web.BaseRequest, *, operator: bool = False) -> None:
+        """Raise 403 DENIED or 401 UNAUTHORIZED unless the request may go on. ``operator``:
+        the request is for an operator endpoint (``PROXY_OPERATOR_CIDRS`` applies)."""
+        address = self.client_address(request.remote, forwarded_for(request))
+        if self.operators and operator:
             await self._check_operator(address, request.headers.get("Authorization"))
             return
         if self.allow and (address is None or not _within(address, self.allow)):
@@ -145,6 +143,19 @@ class AccessPolicy:
         return any(hmac.compare_digest(candidate.encode(), t.encode()) for t in self.tokens)
 
 
+def forwarded_for(request: web.BaseRequest) -> str | None:
+    """Every ``X-Forwarded-For`` line of the request, joined in order into one list.
+
+    A header sent on several lines is one list (RFC 9110, section 5.3). Some fronts append to the
+    client's line (the ALB), others add a line of their own (HAProxy's ``option forwardfor``):
+    reading only the first line would take the client's own claim for the balancer's entry.
+    """
+    lines = request.headers.getall("X-Forwarded-For", ())
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ", ".join(lines)
+
+
 def _address(value: str | None) -> Address | None:
     if not value:
         return None
@@ -156,18 +167,6 @@ def _address(value: str | None) -> Address | None:
 
 def _within(address: Address, networks: Iterable[Network]) -> bool:
     return any(address.version == n.version and address in n for n in networks)
-
-
-def access_middleware(
-    policy: AccessPolicy,
-) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            await policy.check(request)
-        return await handler(request)
-
-    return middleware
 
 
 def codebuild_ranges(ip_ranges: dict[str, object], region: str) -> list[str]:

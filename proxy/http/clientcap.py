@@ -9,30 +9,30 @@ a stall or an out-of-memory kill that would end every transfer of the task.
 
 Idle keep-alive connections are not counted: they hold no buffers, and close after
 ``PROXY_CLIENT_IDLE_TIMEOUT``. Health, readiness and metrics requests are never refused, so a
-busy instance is not mistaken for a dead one and restarted, dropping every transfer.
+busy instance is not mistaken for a dead one and restarted, dropping every transfer; nor are
+``/status`` and the status page, which operators need most when the instance is full.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.http.errors import HttpError
 from proxy.registry.errors import ErrorCode
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Cheap and needed most when the instance is busy.
-ALWAYS_SERVED = frozenset({"/healthz", "/healthz/local", "/readyz", "/metrics", "/status"})
 RETRY_AFTER_SECONDS = "1"
 
 
 class ClientCap:
-    """Counts requests in progress and refuses those beyond ``limit``."""
+    """Counts requests in progress and refuses those beyond ``limit``.
+
+    The edge (``proxy/http/edge.py``) calls ``enter`` and ``leave`` around every request of a
+    route that is counted; the probes, ``/metrics``, ``/status`` and the status page are not.
+    """
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -41,23 +41,19 @@ class ClientCap:
         self.active = 0
         self.refused = 0
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self.active >= self.limit and request.path not in ALWAYS_SERVED:
-                self.refused += 1
-                raise HttpError(
-                    ErrorCode.UNAVAILABLE,
-                    f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
-                    headers={"Retry-After": RETRY_AFTER_SECONDS},
-                )
-            self.active += 1
-            try:
-                return await handler(request)
-            finally:
-                self.active -= 1
+    def enter(self) -> None:
+        """Count one request in, or raise 503 UNAVAILABLE when the cap is reached."""
+        if self.active >= self.limit:
+            self.refused += 1
+            raise HttpError(
+                ErrorCode.UNAVAILABLE,
+                f"serving {self.limit} clients already (PROXY_MAX_CLIENTS); retry",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        self.active += 1
 
-        return client_cap
+    def leave(self) -> None:
+        self.active -= 1
 
 
 CLIENT_CAP: web.AppKey[ClientCap] = web.AppKey("client_cap", ClientCap)

@@ -17,13 +17,21 @@ import structlog
 from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
-from proxy.cache.spool import probe_writable, spool_location
+from proxy.cache.spool import probe_spool, spool_location
+from proxy.http.edge import SECURITY_HEADERS
 from proxy.http.errors import API_VERSION, HttpError
-from proxy.http.sendfile import SendfileResponse
+from proxy.http.sendfile import SendfileResponse, StallWatch, cut_off
+from proxy.ops.logs import request_stats
 from proxy.ops.status_page import PAGE_HEADERS, render_fragment, render_page
 from proxy.registry import probe
 from proxy.registry.errors import ErrorCode, NotFound, RegistryError
-from proxy.registry.manifest import INDEX_TYPES, OCI_INDEX, default_platform_digest, parse_accept
+from proxy.registry.manifest import (
+    INDEX_TYPES,
+    KNOWN_MANIFEST_TYPES,
+    OCI_INDEX,
+    default_platform_digest,
+    parse_accept,
+)
 from proxy.registry.reference import (
     ApiPath,
     ByteRange,
@@ -42,10 +50,6 @@ from proxy.upstream.errors import UpstreamError, UpstreamInvalid
 log = structlog.get_logger(__name__)
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-API_PATH: web.RequestKey[ApiPath] = web.RequestKey("api_path", ApiPath)
-ABORTED: web.RequestKey[str] = web.RequestKey("aborted", str)
-# Set when the client disconnected before its response was complete (logged as 499).
-CLIENT_CLOSED: web.RequestKey[bool] = web.RequestKey("client_closed", bool)
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_PAGE = 10_000
 
@@ -56,18 +60,25 @@ PARSE_MEMO_SIZE = 4096
 _parse_api_path = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_api_path)
 _parse_reference = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Reference.from_url)
 _parse_digest = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(Digest.parse)
+# Keyed by the Accept lines as sent: a client sends the same ones with every request.
+_parse_accept = functools.lru_cache(maxsize=PARSE_MEMO_SIZE)(parse_accept)
 
 
 async def api(request: web.Request) -> web.StreamResponse:
     """Every ``/v2/...`` request: dispatch on the parsed path."""
     path = _parse_api_path(request.rel_url.raw_path)
-    request[API_PATH] = path
+    stats = request_stats()
+    if stats is not None:  # for the access line and the metrics
+        stats.route, stats.repository = path.endpoint.value, path.name
+        stats.reference = path.reference
     if request.method not in READ_METHODS or path.endpoint is Endpoint.UPLOAD:
         raise RegistryError(
             ErrorCode.UNSUPPORTED, "this registry is a read-only pull-through cache"
         )
-    if path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB) and probe.is_probe(
-        path.name, request.query.get("ns")
+    if (
+        path.name == probe.REPOSITORY
+        and path.endpoint in (Endpoint.MANIFEST, Endpoint.BLOB)
+        and probe.is_probe(path.name, _namespace(request))
     ):
         return _probe(path)
     services = request.app[SERVICES]
@@ -85,18 +96,23 @@ async def api(request: web.Request) -> web.StreamResponse:
     raise NotFound()
 
 
+def _namespace(request: web.Request) -> str | None:
+    """The ``ns`` query parameter (containerd and BuildKit mirrors send it), without parsing a
+    query string that is not there (most requests have none)."""
+    return request.query.get("ns") if request.query_string else None
+
+
 async def manifest(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     reference = _parse_reference(path.reference)
     head = request.method == "HEAD"
     if head and reference.digest is not None:
         head_found = await services.manifests.head_by_digest(client, name, reference.digest)
-        services.prefetch.manifest_head(client, name, reference.digest)
         return _manifest_response(head_found.media_type, reference.digest, head_found.size, None)
 
     found = await services.manifests.get(client, name, reference)
     if reference.tag is not None and found.media_type in INDEX_TYPES:
-        accepted = parse_accept(request.headers.getall("Accept", []))
+        accepted = _parse_accept(tuple(request.headers.getall("Accept", ())))
         if accepted is not None and found.media_type not in accepted:
             # A client that cannot read an index gets the linux/amd64 image, as from
             # distribution.
@@ -155,17 +171,27 @@ def _manifest_response(
     *,
     warning: str | None = None,
 ) -> web.Response:
-    headers = {
-        **API_VERSION,
-        "Content-Type": media_type,
-        "Docker-Content-Digest": str(digest),
-        "ETag": f'"{digest}"',
-    }
+    if media_type not in KNOWN_MANIFEST_TYPES:
+        # Never reached (the cache refuses other types); a page must never go out as one.
+        raise UpstreamInvalid("not a manifest media type")
+    headers = _manifest_headers(media_type, digest.hex)
     if warning:
-        headers["Warning"] = warning.replace("\n", " ")[:500]
+        headers = {**headers, "Warning": warning.replace("\n", " ")[:500]}
     if body is not None:
         return web.Response(status=200, body=body, headers=headers)
     return _headers_only(headers, size)
+
+
+@functools.lru_cache(maxsize=PARSE_MEMO_SIZE)
+def _manifest_headers(media_type: str, hex_digest: str) -> dict[str, str]:
+    """A manifest's response headers, the same for every request (not to be modified)."""
+    return {
+        **API_VERSION,
+        **SECURITY_HEADERS,
+        "Content-Type": media_type,
+        "Docker-Content-Digest": f"sha256:{hex_digest}",
+        "ETag": f'"sha256:{hex_digest}"',
+    }
 
 
 def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
@@ -178,10 +204,11 @@ def _headers_only(headers: dict[str, str], size: int | None) -> web.Response:
 
 
 async def blob(request: web.Request, services: Services, path: ApiPath) -> web.StreamResponse:
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     digest = _parse_digest(path.reference)
     headers = {
         **API_VERSION,
+        **SECURITY_HEADERS,  # sent before the edge sees the response (prepared here)
         "Docker-Content-Digest": str(digest),
         "ETag": f'"{digest}"',
         "Accept-Ranges": "bytes",
@@ -226,8 +253,12 @@ async def _send_blob(
     else:
         response.content_length = content.size
         start, end = 0, None
+    watch: StallWatch | None = None
     try:
         await response.prepare(request)
+        if request.transport is not None:
+            timeout = services.settings.listen.client_idle_timeout
+            watch = StallWatch(request.transport, timeout, functools.partial(_stalled, request))
         if content.file is not None and content.file.file is not None:
             # A blob on local disk: the kernel sends it (sendfile), nothing passes through here.
             assert content.size is not None
@@ -240,19 +271,38 @@ async def _send_blob(
     except ConnectionError:
         # The client went away: not a server fault. Returning (instead of raising) keeps aiohttp
         # from logging an error with a traceback for every build that is cancelled mid-pull.
-        request[CLIENT_CLOSED] = True
+        _note(client_closed=True)
         return response
     except Exception as exc:
         # Headers are sent: the only honest thing left is to break the connection, so the client
         # sees a failed transfer instead of a complete response with missing or wrong bytes.
         log.warning("blob.stream_aborted", digest=str(content.digest), reason=str(exc))
-        request[ABORTED] = str(exc)
+        _note(aborted=str(exc))
         if request.transport is not None:
             request.transport.abort()
         return response
     finally:
+        if watch is not None:
+            watch.stop()
         services.observers.served_bytes(content.from_cache, response.body_length)
     return response
+
+
+def _stalled(request: web.Request) -> None:
+    """The client took nothing for PROXY_CLIENT_IDLE_TIMEOUT while bytes waited for it: its
+    connection is closed, which ends the transfer and frees its place under the client cap."""
+    timeout = request.app[SERVICES].settings.listen.client_idle_timeout
+    _note(aborted=f"the client read nothing for {timeout:g} s (PROXY_CLIENT_IDLE_TIMEOUT)")
+    if request.transport is not None:
+        cut_off(request.transport)
+
+
+def _note(*, client_closed: bool = False, aborted: str | None = None) -> None:
+    """Tell the access line how a response that had begun ended."""
+    stats = request_stats()
+    if stats is not None:
+        stats.client_closed = stats.client_closed or client_closed
+        stats.aborted = aborted or stats.aborted
 
 
 def _small_blob_response(
@@ -275,7 +325,7 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
     includes ``last`` itself. One tag more than the page is asked for, so that the page is still
     full once ``last`` is dropped, and a tag left over says that another page follows.
     """
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     raw_n = request.query.get("n")
     # ASCII digits only, and few of them: str.isdigit() admits "²" and int() refuses huge inputs.
     if raw_n is not None and (
@@ -288,7 +338,9 @@ async def tags_list(request: web.Request, services: Services, path: ApiPath) -> 
     last = request.query.get("last") or None
     if last is not None:
         validate_tag(last)
-    body, upstream_link = await client.tags_list(name, n + 1 if n is not None else None, last)
+    body, upstream_link = await services.tag_lists.get(
+        client, name, n + 1 if n is not None else None, last
+    )
     document, tags = _tag_document(body)
     if last is not None or n is not None:
         # A page is a slice of the lexically ordered list (distribution 2.8 lists its tags in
@@ -337,7 +389,7 @@ def _next_page_link(request: web.Request, **query: str) -> str:
 async def referrers(request: web.Request, services: Services, path: ApiPath) -> web.Response:
     """OCI 1.1 referrers of a manifest; 404 when the upstream has no such API (see
     proxy.cache.referrers), which tells clients to use the tag schema instead."""
-    client, name = services.resolve(path.name, request.query.get("ns"))
+    client, name = services.resolve(path.name, _namespace(request))
     subject = Digest.parse(path.reference)
     found = await services.referrers.get(
         client, name, subject, request.query.get("artifactType") or None
@@ -364,7 +416,7 @@ async def healthz_local(request: web.Request) -> web.Response:
     """
     location = spool_location(request.app[SERVICES].settings)
     try:
-        await asyncio.to_thread(probe_writable, location.path)
+        await asyncio.to_thread(probe_spool, location.path)
     except OSError as exc:
         return web.json_response(
             {"status": "failing", "spool": f"{location.path}: {exc.strerror or exc}"}, status=503

@@ -15,8 +15,6 @@ import asyncio
 from typing import Protocol
 
 import structlog
-from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from proxy.concurrency.waits import wait_at_most
 
@@ -44,16 +42,16 @@ class InFlightRequests:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def enter(self) -> None:
+        """A request begins (the edge calls this, and ``leave`` when it ends)."""
         self.count += 1
-        self._idle.clear()
-        try:
-            return await handler(request)
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+        if self.count == 1:
+            self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
     async def wait_idle(self, seconds: float) -> bool:
         """True when no request is in progress any more, False when ``seconds`` ran out."""

@@ -2,18 +2,26 @@
 
 Several stateless tasks share one storage (S3). Each publishes one small JSON record,
 ``status/instances/<instance id>``, every ``interval`` seconds (one write per instance per
-interval, never one per request), and removes it when it stops cleanly. ``view()`` reads every
-record, drops those not refreshed for ``EXPIRE_INTERVALS`` intervals (a task that died), and sums
-them, so ``/status`` on any instance shows the whole fleet: counted pulls against the one
-account's quota above all. The view is cached for a few seconds, so a status page polling it does
-not turn into a storage listing per poll.
+interval, never one per request), and removes it when it stops cleanly. ``view()`` lists the
+records and reads those written within ``EXPIRE_INTERVALS`` intervals (the storage's own time of
+the write decides: a task that died stopped writing), and sums them, so ``/status`` on any
+instance shows the whole fleet: counted pulls against the one account's quota above all. The
+view is cached for a few seconds, so a status page polling it does not turn into a storage
+listing per poll. Every live instance is shown: there is no cap (only live records are read, at
+most ``READ_CONCURRENCY`` at once).
+
+Records are data from storage, not code's own: each is checked field by field (``_parse``) and
+one that does not have the shape this code writes, or that claims to be published in the future,
+is skipped and counted (``skipped_records`` in the totals), never a 500 and never listed for ever.
+Records of instances that stopped reporting (SIGKILL, a replaced task: nothing withdrew them)
+are deleted by the sweeps and ``cache gc`` (``remove_dead_records``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import math
 import os
 import re
 import socket
@@ -23,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import cachetools
 import structlog
 
 from proxy.ops.activity import RECENT_EVENTS, TOP_REPOSITORIES, Activity
@@ -36,7 +45,12 @@ PUBLISH_INTERVAL = 60.0
 # A record not refreshed for this many intervals belongs to an instance that is gone.
 EXPIRE_INTERVALS = 3
 VIEW_CACHE_SECONDS = 5.0
-MAX_INSTANCES = 200
+# Records read at once when adding up the fleet.
+READ_CONCURRENCY = 16
+# Clocks differ: a record may be this far ahead of ours (seconds) and still be listed.
+CLOCK_SKEW = 60.0
+# Malformed records logged once per key, at most this many keys remembered.
+LOGGED_KEYS = 1000
 
 LiveFigures = Callable[[], dict[str, Any]]
 
@@ -68,8 +82,9 @@ class Fleet:
         self.clock = clock
         self.instance_id = instance_id or new_instance_id()
         self._key = INSTANCE_PREFIX + self.instance_id
-        self._others: tuple[bool, list[dict[str, Any]]] | None = None
+        self._others: tuple[bool, list[dict[str, Any]], int] | None = None
         self._others_at = float("-inf")
+        self._logged: cachetools.LRUCache[str, bool] = cachetools.LRUCache(LOGGED_KEYS)
 
     # --- publishing -----------------------------------------------------------------------------
 
@@ -108,41 +123,179 @@ class Fleet:
         if self._others is None or now - self._others_at > VIEW_CACHE_SECONDS:
             self._others = await self._read_others()
             self._others_at = now
-        complete, others = self._others
+        complete, others, skipped = self._others
         instances = sorted([self.record(), *others], key=lambda r: str(r["instance"]))
-        return {"complete": complete, "instances": instances, "totals": total(instances)}
+        totals = {**total(instances), "skipped_records": skipped}
+        return {"complete": complete, "instances": instances, "totals": totals}
 
     def forget_view(self) -> None:
         """Read the other instances' records again on the next view."""
         self._others = None
 
-    async def _read_others(self) -> tuple[bool, list[dict[str, Any]]]:
+    async def _read_others(self) -> tuple[bool, list[dict[str, Any]], int]:
+        """(every live record could be listed, the valid ones, how many were skipped)."""
+        now = self.clock()
+        oldest = now - EXPIRE_INTERVALS * self.interval
         try:
-            keys = [key async for key in self._storage.keys(INSTANCE_PREFIX)][:MAX_INSTANCES]
+            keys = [
+                listed.key
+                async for listed in self._storage.list_objects(INSTANCE_PREFIX)
+                if listed.key != self._key and listed.modified >= oldest
+            ]
         except StorageError:
-            return False, []
-        oldest = self.clock() - EXPIRE_INTERVALS * self.interval
-        records = []
-        for key in keys:
-            if key == self._key:
-                continue
-            found = await self._storage.get(key)
-            record = _parse(found[0]) if found else None
-            if record is not None and record["published_at"] >= oldest:
-                records.append(record)
-        return True, records
+            return False, [], 0
+        slots = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def read(key: str) -> dict[str, Any] | bool | None:
+            async with slots:
+                found = await self._storage.get(key)
+            if found is None:
+                return False  # gone meanwhile (withdrawn), or not readable now
+            record = _parse(found[0])
+            if record is None or not oldest <= record["published_at"] <= now + CLOCK_SKEW:
+                if key not in self._logged:
+                    self._logged[key] = True
+                    log.warning("fleet.record_skipped", key=key, note="malformed or not current")
+                return None
+            return record
+
+        results = await asyncio.gather(*(read(key) for key in keys))
+        records = [r for r in results if isinstance(r, dict)]
+        return True, records, sum(1 for r in results if r is None)
+
+
+async def remove_dead_records(
+    storage: FailSafeStorage, now: float, *, interval: float = PUBLISH_INTERVAL, dry_run: bool
+) -> list[str]:
+    """Delete (or, dry, list) the records not written for EXPIRE_INTERVALS intervals: their
+    instances stopped without withdrawing them. Raises StorageError when they cannot be listed."""
+    oldest = now - EXPIRE_INTERVALS * interval
+    dead = [
+        listed.key
+        async for listed in storage.list_objects(INSTANCE_PREFIX)
+        if listed.modified < oldest
+    ]
+    if dead and not dry_run and not await storage.delete_many(dead):
+        return []
+    return dead
+
+
+_COUNTERS = ("hits", "misses", "stale", "bytes_from_cache", "bytes_from_upstream")
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        record = json.loads(data)
-        if (
-            isinstance(record, dict)
-            and isinstance(record.get("instance"), str)
-            and isinstance(record.get("published_at"), int | float)
-        ):
-            return record
-    return None
+    """The record if it has the shape ``Fleet.record`` writes (fields it does not know are
+    dropped); None when anything in it has another type."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    try:
+        return _checked(raw)
+    except _Malformed:
+        return None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _checked(raw: object) -> dict[str, Any]:
+    record = _dict(raw)
+    published = record.get("published_at")
+    if not _number(published) or not isinstance(record.get("instance"), str):
+        raise _Malformed
+    started = record.get("started_at")
+    checked: dict[str, Any] = {
+        "instance": record["instance"],
+        "published_at": published,
+        "started_at": started if _number(started) else None,
+        **{name: _count(record.get(name, 0)) for name in _COUNTERS},
+        "upstreams": {
+            _text(host): _upstream(figures)
+            for host, figures in _dict(record.get("upstreams") or {}).items()
+        },
+        "repositories": {
+            _text(name): _count(pulls)
+            for name, pulls in _dict(record.get("repositories") or {}).items()
+        },
+        "recent_stale": [_event(e) for e in _list(record.get("recent_stale") or [])],
+        "recent_errors": [_event(e) for e in _list(record.get("recent_errors") or [])],
+        "downloads": [_download(d) for d in _list(record.get("downloads") or [])],
+    }
+    return checked
+
+
+def _upstream(raw: object) -> dict[str, Any]:
+    figures = _dict(raw)
+    reading = figures.get("ratelimit")
+    ratelimit = None
+    if reading is not None:
+        ratelimit = _dict(reading)
+        if not _number(ratelimit.get("at")):
+            raise _Malformed
+        for name in ("limit", "remaining", "window"):
+            if ratelimit.get(name) is not None:
+                _count(ratelimit[name])
+    minutes = {}
+    for minute, count in _dict(figures.get("pulls_by_minute") or {}).items():
+        if not _text(minute).isdigit():
+            raise _Malformed
+        minutes[minute] = _count(count)
+    return {
+        "counted_pulls": _count(figures.get("counted_pulls", 0)),
+        "errors": _count(figures.get("errors", 0)),
+        "ratelimit": ratelimit,
+        "pulls_by_minute": minutes,
+    }
+
+
+def _event(raw: object) -> dict[str, Any]:
+    event = _dict(raw)
+    if not _number(event.get("at")):
+        raise _Malformed
+    if any(not isinstance(v, str | int | float | type(None)) for v in event.values()):
+        raise _Malformed
+    return event
+
+
+def _download(raw: object) -> dict[str, Any]:
+    download = _dict(raw)
+    size = download.get("size")
+    return {
+        "digest": _text(download.get("digest", "")),
+        "repository": _text(download.get("repository", "")),
+        "bytes": _count(download.get("bytes", 0)),
+        "size": None if size is None else _count(size),
+    }
+
+
+def _dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Malformed
+    return value
+
+
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Malformed
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Malformed
+    return value
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Malformed
+    return value
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def total(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -80,6 +80,16 @@ class Metrics:
         self.prefetch_failures = Counter(
             "registry_proxy_prefetch_failures", "Prefetches that failed (only logged)", registry=r
         )
+        self.prefetch_skipped = Counter(
+            "registry_proxy_prefetch_skipped",
+            "Blobs not prefetched: no room below the cache's limit, or over prefetching's share",
+            registry=r,
+        )
+        self.blobs_too_large = Counter(
+            "registry_proxy_blobs_too_large",
+            "Blobs larger than a quarter of the cache's limit: streamed to clients, not cached",
+            registry=r,
+        )
         self.fetch_pieces = Counter(
             "registry_proxy_fetch_pieces",
             "Range pieces of big blobs downloaded from upstreams",
@@ -143,6 +153,12 @@ class Metrics:
     def prefetch_failed(self) -> None:
         self.prefetch_failures.inc()
 
+    def prefetch_skipped_blob(self) -> None:
+        self.prefetch_skipped.inc()
+
+    def blob_too_large(self) -> None:
+        self.blobs_too_large.inc()
+
     def prefetch_hit(self) -> None:
         self.prefetch_hits.inc()
 
@@ -195,6 +211,16 @@ class CacheHousekeepingMetrics:
             ["operation"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
+        )
+        self.corrupt = Counter(
+            "registry_proxy_cache_corrupt",
+            "Cached blobs found not to be what was committed (size on every read, bytes by the "
+            "scrub), removed and fetched again on the next pull",
+            ["found_by"],
+            registry=r,
+        )
+        self.scrubbed_bytes = Counter(
+            "registry_proxy_cache_scrubbed_bytes", "Bytes the scrub re-hashed", registry=r
         )
         self.disk_full = Counter(
             "registry_proxy_disk_full_events",

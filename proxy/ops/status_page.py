@@ -6,7 +6,11 @@ chart is inline SVG. The script re-fetches the page's main part (``?fragment=1``
 seconds and swaps it in; the same renderer draws both, so there is one way a figure is formatted.
 Every figure sits in a box of fixed size, so a refresh never shifts the layout.
 
-Everything taken from requests (repository names, references) is escaped.
+Everything taken from requests (repository names, references) is escaped. The figures are read
+from ``/status``'s document by their keys, never with a default: a key the document does not
+have fails the page's tests instead of showing a default figure (a cap read from the wrong key
+once said "no size cap set" under a cap). Only what instances publish as they like (a rate-limit
+reading, a download, an event) is read leniently.
 """
 
 from __future__ import annotations
@@ -163,8 +167,9 @@ def render_fragment(status: dict[str, Any], now: float | None = None) -> str:
     """The refreshable part of the page (everything under the header)."""
     now = time.time() if now is None else now
     fleet = status["fleet"]
+    mine = status["upstreams"]  # this instance's: whom it pulls as
     parts = [
-        _quota(name, figures, now, (status["upstreams"].get(name) or {}).get("account"))
+        _quota(name, figures, now, mine[name]["account"] if name in mine else None)
         for name, figures in sorted(fleet["upstreams"].items())
     ]
     if not parts:
@@ -180,7 +185,7 @@ def render_fragment(status: dict[str, Any], now: float | None = None) -> str:
         _events("Last upstream errors", "errors", fleet["recent_errors"], now, _error_row),
         _instances(status, now),
     ]
-    if not fleet.get("complete", True):
+    if not fleet["complete"]:
         parts.append(
             '<section class="wide"><p class="warn">The other instances could not be read from '
             "the cache storage: these figures are this instance's only.</p></section>"
@@ -196,7 +201,7 @@ def _figure(label: str, value: str, *, klass: str = "") -> str:
 def _quota(upstream: str, figures: dict[str, Any], now: float, account: str | None) -> str:
     """``account``: whom this instance pulls from ``upstream`` as (a user name, "anonymous"),
     from /status; None for an upstream this instance has no client for (no figure then)."""
-    reading = figures.get("ratelimit") or {}
+    reading = figures["ratelimit"] or {}  # a reading as an instance published it
     remaining, limit = reading.get("remaining"), reading.get("limit")
     low = remaining is not None and limit and remaining < max(1, limit // 10)
     window = reading.get("window")
@@ -215,11 +220,11 @@ def _quota(upstream: str, figures: dict[str, Any], now: float, account: str | No
 {_figure("Pulls as", account) if account is not None else ""}
 {_figure("Pulls remaining", human_count(remaining), klass="bad" if low else "")}
 {_figure("Limit per window", human_count(limit))}
-{_figure("Counted pulls (fleet)", human_count(figures.get("counted_pulls")))}
-{_figure("Upstream errors", human_count(figures.get("errors")))}
+{_figure("Counted pulls (fleet)", human_count(figures["counted_pulls"]))}
+{_figure("Upstream errors", human_count(figures["errors"]))}
 </dl>
 <p class="note">{note}</p>
-{_chart(figures.get("pulls_by_minute") or {}, now)}
+{_chart(figures["pulls_by_minute"], now)}
 </section>"""
 
 
@@ -254,8 +259,8 @@ def _chart(pulls_by_minute: dict[str, int], now: float) -> str:
 
 
 def _cache(status: dict[str, Any], fleet: dict[str, Any]) -> str:
-    cache = status.get("cache") or {}
-    size, cap = cache.get("bytes"), cache.get("max_bytes")
+    cache = status["cache"]
+    size, cap = cache["bytes"], cache["limit_bytes"]
     size_text = human_bytes(size) if size is not None else "not measured"
     cap_text = f"of {human_bytes(cap)}" if cap else "(no size cap set)"
     bar = (
@@ -267,9 +272,9 @@ def _cache(status: dict[str, Any], fleet: dict[str, Any]) -> str:
     return f"""<section aria-labelledby="cache">
 <h2 id="cache">Cache</h2>
 <dl>
-{_figure("Hit ratio", percent(fleet.get("hit_ratio")))}
-{_figure("Served from cache", human_bytes(fleet.get("bytes_from_cache")))}
-{_figure("Fetched from upstream", human_bytes(fleet.get("bytes_from_upstream")))}
+{_figure("Hit ratio", percent(fleet["hit_ratio"]))}
+{_figure("Served from cache", human_bytes(fleet["bytes_from_cache"]))}
+{_figure("Fetched from upstream", human_bytes(fleet["bytes_from_upstream"]))}
 {_figure("Cache size", size_text)}
 </dl>
 <p class="note">Cache size {escape(size_text)} {escape(cap_text)}.</p>{bar}
@@ -277,7 +282,7 @@ def _cache(status: dict[str, Any], fleet: dict[str, Any]) -> str:
 
 
 def _now(fleet: dict[str, Any], status: dict[str, Any]) -> str:
-    downloads = fleet.get("downloads") or []
+    downloads = fleet["downloads"]
     rows = []
     for download in downloads[:20]:
         size, done = download.get("size"), int(download.get("bytes") or 0)
@@ -308,8 +313,8 @@ def _now(fleet: dict[str, Any], status: dict[str, Any]) -> str:
 <h2 id="now">Right now</h2>
 <dl>
 {_figure("Downloads in flight", human_count(len(downloads)))}
-{_figure("Stale serves", human_count(fleet.get("stale")))}
-{_figure("Storage errors", human_count(status.get("storage_errors")))}
+{_figure("Stale serves", human_count(fleet["stale"]))}
+{_figure("Storage errors", human_count(status["storage_errors"]))}
 </dl>
 {table}
 </section>"""
@@ -319,7 +324,7 @@ def _repositories(fleet: dict[str, Any]) -> str:
     rows = "".join(
         f'<tr><td>{escape(entry["repository"])}</td><td class="num">'
         f"{human_count(entry['pulls'])}</td></tr>"
-        for entry in fleet.get("repositories") or []
+        for entry in fleet["repositories"]
     )
     body = (
         '<table><thead><tr><th scope="col">Repository</th><th scope="col" class="num">Pulls</th>'
@@ -382,18 +387,18 @@ def _events(
 def _instances(status: dict[str, Any], now: float) -> str:
     rows = "".join(
         f"<tr><td>{escape(str(i['instance']))}"
-        f"{' (this one)' if i['instance'] == status.get('instance') else ''}</td>"
-        f"<td>{escape(ago(i.get('published_at'), now))}</td>"
-        f'<td class="num">{human_count(i.get("counted_pulls"))}</td>'
-        f'<td class="num">{human_count(i.get("hits"))}</td>'
-        f'<td class="num">{human_count(i.get("downloads"))}</td></tr>'
-        for i in status.get("instances") or []
+        f"{' (this one)' if i['instance'] == status['instance'] else ''}</td>"
+        f"<td>{escape(ago(i['published_at'], now))}</td>"
+        f'<td class="num">{human_count(i["counted_pulls"])}</td>'
+        f'<td class="num">{human_count(i["hits"])}</td>'
+        f'<td class="num">{human_count(i["downloads"])}</td></tr>'
+        for i in status["instances"]
     )
     return f"""<section class="wide" aria-labelledby="instances">
 <h2 id="instances">Instances</h2>
 <table><thead><tr><th scope="col">Instance</th><th scope="col">Reported</th>
 <th scope="col" class="num">Counted pulls</th><th scope="col" class="num">Hits</th>
 <th scope="col" class="num">Downloads</th></tr></thead><tbody>{rows}</tbody></table>
-<p class="note">Each instance reports every {int(status["fleet"].get("publish_interval", 60))} s;
+<p class="note">Each instance reports every {int(status["fleet"]["publish_interval"])} s;
 one that stops reporting drops out after a few intervals.</p>
 </section>"""

@@ -8,6 +8,8 @@ upstream did not send, or the platform manifest an older client needs from an in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,9 +24,19 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 # image manifests with ``artifactType``); some registries and older oras/notation still use it.
 OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
 
+# Docker's first manifest format, long deprecated; some old images still exist only in it.
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
 IMAGE_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
 MANIFEST_TYPES = (*INDEX_TYPES, *IMAGE_TYPES)
+# Every media type the proxy stores and serves a manifest as. Anything else is not a manifest to
+# a registry client (they read a manifest by its type), and serving it would let whoever controls
+# an upstream answer put a page of their own on the proxy's origin: refused (media_type_of).
+KNOWN_MANIFEST_TYPES = frozenset(
+    (*MANIFEST_TYPES, OCI_ARTIFACT_MANIFEST, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +58,14 @@ class Manifest:
 
 # What we ask upstreams for: every modern type, so the stored manifest is the canonical one, and
 # the artifact manifest, so that a registry that negotiates strictly serves one it holds instead
-# of a 404. A manifest of any other type is still stored and served byte-exact with the type the
-# upstream declared (see media_type_of).
+# of a 404. An answer of any other type is refused (see media_type_of).
 UPSTREAM_ACCEPT = ", ".join((*MANIFEST_TYPES, OCI_ARTIFACT_MANIFEST))
 
 # The platform distribution serves to clients that cannot read an index.
 DEFAULT_PLATFORM = {"os": "linux", "architecture": "amd64"}
 
 
-def parse_accept(header_values: list[str]) -> set[str] | None:
+def parse_accept(header_values: Sequence[str]) -> frozenset[str] | None:
     """Media types a client accepts; None means anything (no header, or */*)."""
     accepted: set[str] = set()
     for value in header_values:
@@ -64,21 +75,31 @@ def parse_accept(header_values: list[str]) -> set[str] | None:
                 return None
             if media_type:
                 accepted.add(media_type)
-    return accepted or None
+    return frozenset(accepted) or None
 
 
-def media_type_of(data: bytes, content_type: str | None) -> str:
-    """The manifest's media type: the upstream's Content-Type, else the JSON's ``mediaType``."""
-    declared = (content_type or "").split(";", 1)[0].strip()
-    if declared in MANIFEST_TYPES or (declared and declared not in _GENERIC_TYPES):
+def media_type_of(data: bytes, content_type: str | None) -> str | None:
+    """The manifest's media type, or None when the answer is not a manifest the proxy knows.
+
+    The upstream's Content-Type when it is a manifest type; else, when it declared a generic
+    type (or none), the JSON's ``mediaType`` or, for JSON without one, a guess from its shape
+    (``data`` empty, as for a HEAD: an image manifest). Another declared type (``text/html``),
+    a ``mediaType`` that is not a manifest type, or bytes that are not a JSON object: None.
+    """
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if declared in KNOWN_MANIFEST_TYPES:
         return declared
+    if declared and declared not in _GENERIC_TYPES:
+        return None
+    if not data:
+        return OCI_MANIFEST
     document = _load(data)
-    value = document.get("mediaType") if document else None
-    if isinstance(value, str) and value:
-        return value
-    if document and "manifests" in document:
-        return OCI_INDEX
-    return OCI_MANIFEST
+    if document is None:
+        return None
+    value = document.get("mediaType")
+    if value is not None:
+        return value if value in KNOWN_MANIFEST_TYPES else None
+    return OCI_INDEX if "manifests" in document else OCI_MANIFEST
 
 
 _GENERIC_TYPES = {"application/json", "text/plain", "application/octet-stream"}
@@ -136,7 +157,7 @@ def platform_manifests(index_bytes: bytes) -> list[PlatformManifest]:
     return found
 
 
-def default_platform_digest(index_bytes: bytes, accepted: set[str]) -> str | None:
+def default_platform_digest(index_bytes: bytes, accepted: AbstractSet[str]) -> str | None:
     """The digest of the linux/amd64 manifest in an index, if its type is one the client accepts.
 
     Older clients that accept only single-image manifests get this from distribution too.
@@ -150,21 +171,24 @@ def default_platform_digest(index_bytes: bytes, accepted: set[str]) -> str | Non
     return None
 
 
-def referenced_digests(data: bytes) -> tuple[list[str], list[str]]:
-    """(child manifest digests, blob digests) a manifest refers to: used by warm-up, blob links
-    and scans. Artifact manifests list their blobs under ``blobs``. A ``subject`` is not a
-    reference: it points the other way (an artifact names what it is about)."""
+def referenced_digests(data: bytes, media_type: str | None) -> tuple[list[str], list[str]]:
+    """(child manifest digests, blob digests) a manifest refers to, read by its media type only:
+    an index's ``manifests``; an image manifest's ``config`` and ``layers``; an artifact
+    manifest's ``blobs``. Other fields are ignored, as registries ignore them (a ``manifests``
+    list in an image manifest is not checked by anyone), and a ``subject`` is never a reference:
+    it points the other way. Used by warm-up, use propagation and scans, never to decide what a
+    repository may read (``proxy.cache.links``). ``media_type`` None: the document's own."""
     document = _load(data) or {}
-    manifests = [m["digest"] for m in _descriptors(document.get("manifests"))]
-    blobs = [
-        descriptor["digest"]
-        for descriptor in [
-            *_descriptors([document.get("config")]),
-            *_descriptors(document.get("layers")),
-            *_descriptors(document.get("blobs")),
-        ]
-    ]
-    return manifests, blobs
+    kind = media_type or media_type_of(data, None)
+    if kind in INDEX_TYPES:
+        return [m["digest"] for m in _descriptors(document.get("manifests"))], []
+    if kind in IMAGE_TYPES:
+        described = [*_descriptors([document.get("config")]), *_descriptors(document.get("layers"))]
+    elif kind == OCI_ARTIFACT_MANIFEST:
+        described = _descriptors(document.get("blobs"))
+    else:
+        described = []
+    return [], [descriptor["digest"] for descriptor in described]
 
 
 @dataclass(frozen=True, slots=True)

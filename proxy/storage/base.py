@@ -22,6 +22,8 @@ Exception tree:
       StorageFull           the disk under a local cache is full (ENOSPC, EDQUOT): a capacity
                             problem, not an outage (reads still work; eviction makes room)
     ObjectNotFound          the key holds nothing (raised by read(); stat() returns None instead)
+    ObjectCorrupt           the stored object's size is not the one committed (a truncated or
+                            grown file): the backend removed it; callers take it as a miss
     DigestMismatch          commit() found bytes that do not match the expected digest or size
 """
 
@@ -49,6 +51,10 @@ class StorageFull(StorageError):
 
 class ObjectNotFound(Exception):
     """No object is stored under the key."""
+
+
+class ObjectCorrupt(Exception):
+    """The object's size changed since its commit (truncated, grown): the backend removed it."""
 
 
 class DigestMismatch(Exception):
@@ -220,6 +226,10 @@ class Storage(ABC):
 
     async def check(self) -> None:
         """Raise StorageError when the backend cannot serve right now (readiness)."""
+
+    async def verified(self, key: str, size: int) -> None:
+        """The object was re-hashed and found intact (by the scrub): a backend that records
+        committed sizes records this one if it had none (written by an earlier version)."""
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         """A URL the client can fetch the object from directly, where the backend has one."""

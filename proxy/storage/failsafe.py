@@ -3,7 +3,8 @@
 The caches talk to storage only through ``FailSafeStorage``. It turns every backend failure into
 the answer that lets the pull go on from the upstream:
 
-    stat / get / open_local a miss (None)
+    stat / get / open_local a miss (None); also when the object proved corrupt (its size is not
+                            the one committed: ``ObjectCorrupt``, counted through ``on_corrupt``)
     put                     "not stored" (False)
     writer                  a writer that only verifies (``DiscardingWriter``); one that fails
                             mid-stream carries on verifying without storing (``FailSafeWriter``)
@@ -42,6 +43,7 @@ from proxy.storage.base import (
     BlobWriter,
     DiscardingWriter,
     ListedObject,
+    ObjectCorrupt,
     ObjectInfo,
     Storage,
     StorageError,
@@ -71,6 +73,7 @@ class FailSafeStorage:
         cooldown: float = DEFAULT_COOLDOWN,
         on_error: Callable[[], None] | None = None,
         on_full: Callable[[StorageFull], None] | None = None,
+        on_corrupt: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         check_deadline: float = CHECK_DEADLINE,
     ) -> None:
@@ -79,6 +82,8 @@ class FailSafeStorage:
         self.cooldown = cooldown
         self.on_error = on_error
         self.on_full = on_full
+        # Hears ("read" or "scrub") for every cached object found not to be what was committed.
+        self.on_corrupt = on_corrupt
         self._clock = clock
         self._open_until = 0.0
         self._logged_at: float | None = None
@@ -131,6 +136,16 @@ class FailSafeStorage:
         except StorageError as exc:
             self.record(exc, operation)
             return failed
+        except ObjectCorrupt as exc:
+            self.corrupt(str(exc), "read")
+            return failed
+
+    def corrupt(self, detail: str, found_by: str) -> None:
+        """A cached object was not what was committed and is gone: a miss, fetched again. Not
+        an outage (the breaker stays closed), but never quiet."""
+        log.error("cache.corrupt", detail=detail, found_by=found_by, note="removed; fetched again")
+        if self.on_corrupt is not None:
+            self.on_corrupt(found_by)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -166,6 +181,9 @@ class FailSafeStorage:
 
     async def open_local(self, key: str) -> LocalFile | None:
         return await self._call("open_local", lambda: self.inner.open_local(key), None)
+
+    async def verified(self, key: str, size: int) -> None:
+        await self._call("verified", lambda: self.inner.verified(key, size), None)
 
     async def presigned_url(self, key: str, expires_in: int) -> str | None:
         return await self._call(

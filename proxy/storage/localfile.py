@@ -39,14 +39,21 @@ class LocalFile:
         """Open ``path`` (blocking: call it from a worker thread). FileNotFoundError if absent."""
         file = io.FileIO(path, "r")
         try:
-            size = os.fstat(file.fileno()).st_size
-            if size > READ_WHOLE_UP_TO:
-                return cls(file, size)
-            data = file.readall()
+            return cls.of(file, os.fstat(file.fileno()).st_size)
         except BaseException:
             file.close()
             raise
-        file.close()
+
+    @classmethod
+    def of(cls, file: io.FileIO, size: int) -> LocalFile:
+        """An object already open, of ``size`` bytes (blocking: a small one is read whole and
+        its file closed)."""
+        if size > READ_WHOLE_UP_TO:
+            return cls(file, size)
+        try:
+            data = file.readall()
+        finally:
+            file.close()
         return cls(None, len(data), data)
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

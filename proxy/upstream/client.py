@@ -196,11 +196,11 @@ class RegistryClient:
                 digest = Digest.parse(digest_header) if digest_header else None
             except Exception:
                 digest = None
-            return ManifestHead(
-                digest,
-                media_type_of(b"", response.headers.get("Content-Type")),
-                response.content_length,
-            )
+            content_type = response.headers.get("Content-Type")
+            media_type = media_type_of(b"", content_type)
+            if media_type is None:
+                raise UpstreamInvalid(f"{name}:{reference} is not a manifest ({content_type})")
+            return ManifestHead(digest, media_type, response.content_length)
 
     async def get_manifest(self, name: str, reference: str, max_bytes: int) -> Manifest:
         """Fetch manifest bytes (a counted pull on Docker Hub), verified when fetched by digest."""
@@ -217,7 +217,11 @@ class RegistryClient:
         digest = Digest.of(data)
         if reference.startswith("sha256:") and str(digest) != reference:
             raise UpstreamInvalid(f"manifest {reference} has bytes that hash to {digest}")
-        return Manifest(data, media_type_of(data, content_type), digest)
+        media_type = media_type_of(data, content_type)
+        if media_type is None:
+            # Not a manifest to any registry client; served, it could be a page on our origin.
+            raise UpstreamInvalid(f"{name}:{reference} is not a manifest ({content_type})")
+        return Manifest(data, media_type, digest)
 
     async def _read_limited(self, response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
         data = bytearray()

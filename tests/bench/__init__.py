@@ -1,12 +1,6 @@
-"""Benchmarks (``make bench``: ``python -m tests.bench.run``), kept out of the test suite.
+"""Benchmarks (``make bench``), kept out of the test suite.
 
-The test helpers are imported as ``support.*``, the way pytest sees them with ``tests/`` on
-``sys.path``; running the benchmarks as a module from the repository root puts it there.
+Run from the ``tests`` directory: ``cd tests && python -m bench.run``.  There ``bench`` and the
+test helpers (``support``) are top-level packages, exactly as pytest sees them, so the harness
+uses the same process wrappers, fake servers and image builders as the end-to-end tests.
 """
-
-import sys
-from pathlib import Path
-
-_TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)

@@ -1,15 +1,16 @@
 """The framework's limit: a bare aiohttp registry that serves one image and does nothing else.
 
 It answers what a warm proxy answers, with the same headers as registry-proxy
-(``Docker-Distribution-API-Version``, ``Content-Type``, ``Docker-Content-Digest``, ``ETag``, and
-for blobs ``Accept-Ranges`` and ``Cache-Control``), but with none of a proxy's work: manifests
-are bytes in a dict, blobs are ``web.FileResponse`` (sendfile, Range handled by aiohttp, which
-puts its own ``ETag`` and ``Last-Modified`` on them), no logging, no metrics, no middleware.
+(``Docker-Distribution-API-Version``, ``Content-Type``, ``Docker-Content-Digest``, ``ETag``, the
+security headers, and for blobs ``Accept-Ranges`` and ``Cache-Control``), but with none of a
+proxy's work: manifests are bytes in a dict, blobs are ``web.FileResponse`` (sendfile, Range
+handled by aiohttp, which puts its own ``ETag`` and ``Last-Modified`` on them), no logging, no
+metrics, no middleware.
 What registry-proxy does on a warm request costs the difference between its figures and these.
 
 The content is a ``skopeo copy --all ... dir:DIR`` of the image: ``manifest.json`` (what the tag
 names), ``<hex>.manifest.json`` for each platform manifest, and one file per blob named by its
-hex digest.  Run as ``python -m tests.bench.bare_server --port P --content DIR`` (by
+hex digest.  Run as ``python -m bench.bare_server --port P --content DIR`` (by
 :class:`BareServer`).
 """
 
@@ -27,6 +28,11 @@ from aiohttp import web
 from .processes import ModuleServer
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+# What registry-proxy puts on every response (proxy/http/edge.py), so the bytes are the same.
+SECURITY = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; sandbox",
+}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -39,6 +45,7 @@ def load_manifests(content: Path, tag: str) -> dict[str, tuple[bytes, dict[str, 
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         headers = {
             **API_VERSION,
+            **SECURITY,
             "Content-Type": json.loads(body)["mediaType"],
             "Docker-Content-Digest": digest,
             "ETag": f'"{digest}"',
@@ -70,6 +77,7 @@ def make_app(content: Path, repository: str, tag: str) -> web.Application:
             return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
         headers = {
             **API_VERSION,
+            **SECURITY,
             "Docker-Content-Digest": digest,
             "ETag": f'"{digest}"',
             "Accept-Ranges": "bytes",
@@ -90,11 +98,11 @@ class BareServer(ModuleServer):
         self, workdir: Path, content: Path, repository: str, tag: str, *, port: int | None = None
     ) -> None:
         args = ["--content", str(content), "--repository", repository, "--tag", tag]
-        super().__init__("tests.bench.bare_server", args, workdir, port=port)
+        super().__init__("bench.bare_server", args, workdir, port=port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.bare_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_server", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--content", type=Path, required=True, help="a skopeo dir: copy")
     parser.add_argument("--repository", default="library/golang")

@@ -4,7 +4,7 @@ One small horizontal bar chart per figure marked ``chart`` in :mod:`.results`: a
 at its median over the rounds, a line across the range, the median written beside it.  The run
 writes it; to draw it again from a run's JSON (say, with another title note)::
 
-    python -m tests.bench.chart .bench/latest.json docs/benchmarks.png [--note "preliminary"]
+    python -m bench.chart .bench/latest.json docs/benchmarks.png [--note "preliminary"]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def draw(summary: Sequence[dict[str, Any]], path: Path, *, title: str) -> str | 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.chart", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.chart", description=__doc__)
     parser.add_argument("results", type=Path, help="a run's JSON (.bench/latest.json)")
     parser.add_argument("png", type=Path)
     parser.add_argument("--note", default="", help="added to the title")

@@ -1,9 +1,4 @@
-"""Issue 11's figures: what keeping the cache in bounds costs (section ``eviction``).
-
-Skipped with "not available in this build" until ``registry-proxy cache`` exists; it lights up
-when issue 11 lands.  Written against the names issue 11 gives (``registry-proxy cache gc
-[--dry-run]``, ``PROXY_CACHE_EXPIRE_UNUSED``); :data:`RECORDING_SWITCH` is this harness's guess
-at the setting that turns access recording off, used only if ``proxy.config.ENV_VARS`` lists it.
+"""What keeping the cache in bounds costs (section ``eviction``).
 
 * A sweep over N cached blobs (10 000; 1 000 with ``--quick``): N small synthetic blobs are
   pulled through a proxy into a cache directory; the proxy stops; then ``cache gc --dry-run``
@@ -27,8 +22,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from support.proxy_process import ProxyProcess, proxy_executable
 
-from proxy.config import ENV_VARS
-
 from .measure import MeasureError, ab_load
 from .procstat import proc_status
 from .results import Results, Row
@@ -41,31 +34,10 @@ RECORDING_SWITCH = "PROXY_CACHE_RECORD_ACCESS"
 EXPIRE_SETTING = "PROXY_CACHE_EXPIRE_UNUSED"
 BLOB_SIZE = 4096
 FILL_CONCURRENCY = 16
-NOT_AVAILABLE = "not available in this build: `registry-proxy cache` is missing (issue 11)"
-
-
-def unavailable(executable: Path) -> str | None:
-    try:
-        proc = subprocess.run(
-            [str(executable), "cache", "--help"], capture_output=True, timeout=60, check=False
-        )
-    except OSError as exc:
-        return f"{executable}: {exc}"
-    return NOT_AVAILABLE if proc.returncode != 0 else None
 
 
 def run(config: Config, workdir: Path, results: Results) -> None:
-    executable = proxy_executable()
-    reason = unavailable(executable)
-    if reason is not None:
-        results.skipped["eviction"] = reason
-        print(f"eviction: {reason}", flush=True)
-        return
-    try:
-        asyncio.run(_measure(config, workdir, results, executable))
-    except Exception as exc:  # the feature is new: report it, keep every other figure
-        results.skipped["eviction"] = f"failed: {exc!r}"
-        print(f"eviction: failed: {exc!r}", flush=True)
+    asyncio.run(_measure(config, workdir, results, proxy_executable()))
 
 
 async def _measure(config: Config, workdir: Path, results: Results, executable: Path) -> None:
@@ -83,6 +55,7 @@ async def _measure(config: Config, workdir: Path, results: Results, executable: 
         settings = {**filler.environment(), EXPIRE_SETTING: "30d"}
         for label, args in (("gc --dry-run", ["--dry-run"]), ("gc", [])):
             argv = [str(executable), "cache", "gc", *args]
+            results.start_measuring()
             wall, peak_mb = await asyncio.to_thread(_run_measured, argv, settings, workdir)
             key = label.replace(" --", "_").replace("-", "_")
             what = f"registry-proxy cache {label} over {count} cached blobs"
@@ -92,14 +65,7 @@ async def _measure(config: Config, workdir: Path, results: Results, executable: 
             )
             print(f"eviction: {what}: {wall:.2f} s, {peak_mb} MB", flush=True)
 
-        states: list[tuple[str, dict[str, str]]] = [("on", {})]
-        if RECORDING_SWITCH in ENV_VARS:
-            states.append(("off", {RECORDING_SWITCH: "false"}))
-        else:
-            results.notes.append(
-                f"eviction: no setting turns access recording off ({RECORDING_SWITCH} is not in "
-                "proxy.config.ENV_VARS): hits/s measured with recording on only"
-            )
+        states = [("on", {}), ("off", {RECORDING_SWITCH: "false"})]
         url_path = f"/v2/library/small/blobs/{blobs[0].digest}"
         for state, extra in states:
             proxy = ProxyProcess(
@@ -107,6 +73,7 @@ async def _measure(config: Config, workdir: Path, results: Results, executable: 
             )
             await asyncio.to_thread(proxy.start)
             try:
+                results.start_measuring()
                 figures = await asyncio.to_thread(
                     ab_load,
                     proxy.url + url_path,

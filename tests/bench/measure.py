@@ -9,6 +9,7 @@
 * :func:`idle_clients`: many connections that each ask for a blob and then read nothing.
 * :func:`manifest_pulls`: the manifest requests of a pull (the tag, then the platform manifest
   by digest), as many times as asked.
+* :func:`header_flood`: many connections that each send a megabyte of headers that never end.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,3 +249,47 @@ def _answers(port: int, path: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------- unfinished headers
+
+
+@dataclass(frozen=True)
+class HeaderFloodFigures:
+    clients: int
+    rss_before_mb: float
+    peak_rss_mb: float
+    rss_after_mb: float  # once they all left and the RSS stopped moving
+    answers: dict[str, int]
+    healthy_during: bool  # a new client was answered while they hung on
+
+
+def header_flood(pid: int, port: int, count: int, size: int, settle: float) -> HeaderFloodFigures:
+    """``count`` connections that each send a request line and ``size`` bytes of header lines,
+    never the blank line that ends them, and then wait; then they all leave."""
+    line = b"X-Pad: " + b"p" * 8000 + b"\r\n"
+    reset_peak_rss(pid)
+    before = rss_mb(pid)
+    sockets: list[socket.socket] = []
+
+    def flood(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the server may cut it off: that is the point
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: bench\r\n")
+            for _ in range(size // len(line)):
+                sock.sendall(line)
+
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sockets.append(sock)
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(flood, sockets))
+        _wait_for_steady_rss(pid, settle)
+        peak = peak_rss_mb(pid)
+        healthy = _answers(port, "/v2/")
+        answers: Counter[str] = Counter(_peek_status(sock) for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    _wait_for_steady_rss(pid, settle)
+    return HeaderFloodFigures(count, before, peak, rss_mb(pid), dict(answers), healthy)

@@ -7,7 +7,7 @@ paces the upstream-to-client direction of each connection to ``--rate`` bytes pe
 as one TCP connection over a long link is limited by its window and round trip, not by the line.
 Eight connections therefore get eight times the bandwidth, as they would from Docker Hub's CDN.
 
-Run as ``python -m tests.bench.relay --port P --target 127.0.0.1:Q`` (by :class:`RelayProcess`).
+Run as ``python -m bench.relay --port P --target 127.0.0.1:Q`` (by :class:`RelayProcess`).
 """
 
 from __future__ import annotations
@@ -100,13 +100,11 @@ class RelayProcess(ModuleServer):
         one_way: float = ONE_WAY,
     ) -> None:
         args = ["--target", f"127.0.0.1:{target_port}", "--rate", str(rate)]
-        super().__init__(
-            "tests.bench.relay", [*args, "--one-way", str(one_way)], workdir, port=port
-        )
+        super().__init__("bench.relay", [*args, "--one-way", str(one_way)], workdir, port=port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.relay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--target", required=True, help="HOST:PORT of the upstream")
     parser.add_argument("--rate", type=float, default=RATE, help="bytes/s per connection")

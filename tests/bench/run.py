@@ -1,8 +1,8 @@
 """registry-proxy benchmarks: side by side with distribution's proxy mode and aiohttp's limit.
 
-Run from the repository root (``make bench``)::
+Run from the ``tests`` directory (``make bench`` does)::
 
-    python -m tests.bench.run [--quick] [--rounds 3] [--only SECTIONS] [--chart PATH] [--keep]
+    cd tests && python -m bench.run [--quick] [--rounds 3] [--only SECTIONS] [--chart PATH] [--keep]
 
 By default it runs the side-by-side sections (see :mod:`.sidebyside`: pulls, concurrent, docker,
 manifests, blobs, s3, idle, ttl, eviction) for 3 rounds.  Three more sections run only when named
@@ -137,7 +137,7 @@ def _raise_open_files_limit() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.bench.run",
+        prog="python -m bench.run",
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="sections: " + ", ".join(SECTIONS + EXTRA_SECTIONS),
@@ -149,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help="sections, comma-separated (default: %(default)s)",
     )
-    parser.add_argument("--chart", type=Path, default=None, help="where to write the PNG")
+    parser.add_argument(
+        "--chart", type=Path, default=None, help="the PNG (a relative path: from the repository)"
+    )
     parser.add_argument("--note", default="", help="added to the chart's title")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--blob-mb", type=int, default=None, help="memory: blob size (500)")
@@ -162,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     rounds = args.rounds or (1 if args.quick else 3)
+    if args.chart is not None and not args.chart.is_absolute():
+        args.chart = REPO_ROOT / args.chart  # make runs this from tests/
 
     for name in CLEARED_VARIABLES:  # the proxies must see only moto's fake credentials
         os.environ.pop(name, None)
@@ -173,8 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-bench-"))
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m tests.bench.run "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "load_average_at_start": load_average(),
         "quick": args.quick,
@@ -236,6 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text_table(summary))
         (RESULTS_DIR / "latest.md").write_text(markdown_table(summary) + "\n")
         _draw(summary, report, args.chart or RESULTS_DIR / f"bench-{stamp}.png", args.note)
+    for row in summary:
+        if row["title"].endswith("latency"):
+            continue  # measured with the rate above it: the same rounds
+        disturbed = {
+            name: figure["disturbed_rounds"]
+            for name, figure in row["figures"].items()
+            if figure["disturbed_rounds"]
+        }
+        if disturbed:
+            print(f"disturbed (other work on the machine): {row['title']}: {disturbed}")
     for note in results.notes:
         print(f"note: {note}")
     for section, reason in results.skipped.items():

@@ -12,7 +12,7 @@ Sections (``--only``; all but ``memory`` and ``load`` by default):
 pulls       cold pull with skopeo through each proxy (empty cache) and straight from the upstream
             through the WAN; then the warm pull through each proxy and from the bare server.
 concurrent  8 skopeo processes pull the same image at once through a fresh proxy: wall time,
-            upstream bytes per image, peak RSS.
+            upstream bytes per image, peak RSS; then the same 8 pulls again, warm (the floor).
 docker      the Docker daemon pulls the image through its registry mirror: registry-proxy,
             distribution, or a relay straight to the upstream (the direct pull).
 manifests   warm manifest HEAD and GET, by tag and by digest: ``ab -k -c 32``, requests/s, p50,
@@ -21,10 +21,11 @@ blobs       warm GETs of the biggest blob from the local directory (4 curl clien
 s3          the same from S3 on moto: bytes through the server, and answered with a redirect to a
             presigned S3 URL (``PROXY_BLOB_REDIRECT``; distribution redirects by default).
 idle        1 000 clients that ask for the biggest blob and then read nothing: peak RSS.
+headers     300 clients that each send 1 MB of headers that never end: peak RSS, and RSS once
+            they left.
 ttl         the manifest requests of 100 warm pulls, once the tag's TTL has passed: upstream
             manifest GETs (what Docker Hub counts as pulls) and HEADs.
-eviction    issue 11: a cache sweep over 10 000 blobs, hits/s with access recording on and off
-            (skipped until ``registry-proxy cache`` exists).
+eviction    a cache sweep over 10 000 blobs, hits/s with access recording on and off.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .measure import (
     MeasureError,
     ab_load,
     curl_throughput,
+    header_flood,
     idle_clients,
     manifest_pulls,
     skopeo_pulls,
@@ -73,7 +75,18 @@ from .testbed import (
 
 T = TypeVar("T")
 
-SECTIONS = ("pulls", "concurrent", "docker", "manifests", "blobs", "s3", "idle", "ttl", "eviction")
+SECTIONS = (
+    "pulls",
+    "concurrent",
+    "docker",
+    "manifests",
+    "blobs",
+    "s3",
+    "idle",
+    "headers",
+    "ttl",
+    "eviction",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class Config:
     concurrent_pulls: int = 8
     idle_clients: int = 1000
     idle_settle: float = 20.0
+    header_clients: int = 300
+    header_bytes: int = 1024 * 1024
 
     @classmethod
     def full(cls, rounds: int, sections: frozenset[str]) -> Config:
@@ -120,6 +135,8 @@ class Config:
             eviction_blobs=1_000,
             idle_clients=500,
             idle_settle=3.0,
+            header_clients=100,
+            header_bytes=256 * 1024,
         )
 
 
@@ -159,6 +176,13 @@ class SideBySide:
             "conc": Row(
                 "concurrent",
                 f"{n.concurrent_pulls} concurrent cold pulls, skopeo",
+                "s",
+                "lower",
+                chart=True,
+            ),
+            "conc_warm": Row(
+                "concurrent_warm",
+                f"{n.concurrent_pulls} concurrent warm pulls, skopeo (the clients' floor)",
                 "s",
                 "lower",
                 chart=True,
@@ -217,6 +241,20 @@ class SideBySide:
                 "lower",
                 chart=True,
             ),
+            "headers_peak": Row(
+                "header_flood_rss",
+                f"peak RSS, {n.header_clients} clients sending "
+                f"{n.header_bytes // 1024} KiB of unfinished headers",
+                "MB",
+                "lower",
+                chart=True,
+            ),
+            "headers_after": Row(
+                "header_flood_rss_after",
+                f"RSS once those {n.header_clients} clients left",
+                "MB",
+                "lower",
+            ),
             "ttl_gets": Row(
                 "ttl_manifest_gets",
                 f"{n.ttl_pulls} warm pulls after the tag TTL: upstream manifest GETs (pulls)",
@@ -267,7 +305,7 @@ class SideBySide:
             moto = self._moto(stack)
             for turn in range(self.config.rounds):
                 print(f"round {turn + 1} of {self.config.rounds}", flush=True)
-                if self.sections & {"pulls", "manifests", "blobs", "idle"}:
+                if self.sections & {"pulls", "manifests", "blobs", "idle", "headers"}:
                     with self._timed("pulls, manifests, blobs, idle"):
                         self.warm_round(turn)
                 if "concurrent" in self.sections:
@@ -350,6 +388,7 @@ class SideBySide:
             for name in rotated(("ours", "distribution", "direct"), turn):
                 host = self.upstream.far_host if name == "direct" else servers[name].host
                 mark = self.upstream.mark()
+                self.results.start_measuring()
                 wall = skopeo_pulls(self.skopeo, f"{host}/{REPOSITORY}:{TAG}", pulls, image.pushed)
                 if "pulls" in sections:
                     results.add(self.rows["cold"], name, wall)
@@ -357,6 +396,7 @@ class SideBySide:
                 print(f"  cold pull, {name}: {wall:.2f} s", flush=True)
             for name in rotated(("ours", "distribution", "bare"), turn):
                 server = servers[name]
+                self.results.start_measuring()
                 wall = skopeo_pulls(
                     self.skopeo, f"{server.host}/{REPOSITORY}:{TAG}", pulls, image.pushed
                 )
@@ -370,6 +410,7 @@ class SideBySide:
                 self.manifest_loads(servers, turn)
             if "blobs" in sections:
                 for name in rotated(("ours", "distribution", "bare"), turn):
+                    self.results.start_measuring()
                     rate = curl_throughput(
                         servers[name].url + image.blob_path,
                         clients=self.config.blob_clients,
@@ -384,6 +425,7 @@ class SideBySide:
             if "idle" in sections:
                 for name in rotated(("ours", "distribution", "bare"), turn):
                     server = servers[name]
+                    self.results.start_measuring()
                     idle = idle_clients(
                         pid_of(server),
                         port_of(server),
@@ -398,6 +440,29 @@ class SideBySide:
                         f"{idle.answers}, answered a new client meanwhile: {idle.healthy_after}"
                     )
                     print(f"  {idle.clients} idle clients, {name}: {idle}", flush=True)
+            if "headers" in sections:
+                self.header_floods(servers, turn)
+
+    def header_floods(self, servers: dict[str, Server], turn: int) -> None:
+        for name in rotated(("ours", "distribution", "bare"), turn):
+            server = servers[name]
+            self.results.start_measuring()
+            flood = header_flood(
+                pid_of(server),
+                port_of(server),
+                self.config.header_clients,
+                self.config.header_bytes,
+                self.config.idle_settle,
+            )
+            self.results.add(self.rows["headers_peak"], name, flood.peak_rss_mb)
+            self.results.add(self.rows["headers_after"], name, flood.rss_after_mb)
+            self.results.notes.append(
+                f"round {turn + 1}, {flood.clients} clients with unfinished headers, {name}: RSS "
+                f"{flood.rss_before_mb} -> peak {flood.peak_rss_mb} -> {flood.rss_after_mb} MB "
+                f"after, answers {flood.answers}, a new client answered meanwhile: "
+                f"{flood.healthy_during}"
+            )
+            print(f"  unfinished headers, {name}: {flood}", flush=True)
 
     def manifest_loads(self, servers: dict[str, Server], turn: int) -> None:
         image = self.image
@@ -410,6 +475,7 @@ class SideBySide:
                 p50 = Row(f"{key}_p50", f"{what}: p50 latency", "ms", "lower")
                 p99 = Row(f"{key}_p99", f"{what}: p99 latency", "ms", "lower")
                 for name in rotated(("ours", "distribution", "bare"), turn):
+                    self.results.start_measuring()
                     figures = ab_load(
                         servers[name].url + path,
                         head=method == "HEAD",
@@ -443,6 +509,7 @@ class SideBySide:
                 stack.callback(server.stop)
                 reset_peak_rss(pid_of(server))
                 mark = self.upstream.mark()
+                self.results.start_measuring()
                 wall = skopeo_pulls(
                     self.skopeo,
                     f"{server.host}/{REPOSITORY}:{TAG}",
@@ -454,6 +521,18 @@ class SideBySide:
                 self.results.add(self.rows["conc_rss"], name, peak_rss_mb(pid_of(server)))
                 self._record_traffic(self.rows["conc_up"], name, mark)
                 print(f"  {count} concurrent cold pulls, {name}: {wall:.2f} s", flush=True)
+                # The same pulls again, everything cached: what the clients themselves need on
+                # this machine, the floor under the cold figure.
+                self.results.start_measuring()
+                warm = skopeo_pulls(
+                    self.skopeo,
+                    f"{server.host}/{REPOSITORY}:{TAG}",
+                    self.workdir / "pulls",
+                    self.image.pushed,
+                    count,
+                )
+                self.results.add(self.rows["conc_warm"], name, warm)
+                print(f"  {count} concurrent warm pulls, {name}: {warm:.2f} s", flush=True)
 
     # ----------------------------------------------------------------- the Docker daemon
 
@@ -474,6 +553,7 @@ class SideBySide:
                     server = relay
                 stack.callback(server.stop)
                 mark = self.upstream.mark()
+                self.results.start_measuring()
                 wall = docker.cold_pull(reference, config_digest)
                 self.results.add(self.rows["docker"], name, wall)
                 self._record_traffic(self.rows["docker_up"], name, mark)
@@ -527,6 +607,7 @@ class SideBySide:
                 status = status_without_redirects(url)
                 if status != (307 if redirect else 200):
                     raise MeasureError(f"{name} answers a warm blob GET with {status}")
+                self.results.start_measuring()
                 rate = curl_throughput(
                     url,
                     clients=self.config.blob_clients,

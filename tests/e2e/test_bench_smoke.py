@@ -24,8 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_the_quick_benchmark_runs_to_its_end(tmp_path: Path) -> None:
     require_binaries("docker-registry", "skopeo", "ab", "curl", "dockerd", "containerd")
     result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.run", "--quick", "--chart", str(tmp_path / "c.png")],
-        cwd=REPO_ROOT,
+        [sys.executable, "-m", "bench.run", "--quick", "--chart", str(tmp_path / "c.png")],
+        cwd=REPO_ROOT / "tests",
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

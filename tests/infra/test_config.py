@@ -23,6 +23,8 @@ from registry_proxy_infra.sizing import (
     derive_sizes,
 )
 
+from proxy.commands.cli import main as certs_main
+
 from .scenarios import (
     CERTIFICATE_ARN,
     CLIENT_CA_BUNDLE,
@@ -374,6 +376,23 @@ def test_internet_facing_settings_are_read() -> None:
 def test_invalid_internet_facing_settings_are_refused(context: Mapping[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         read(context)
+
+
+def test_the_revocation_list_is_read_and_must_be_the_bundles_cas(tmp_path: Path) -> None:
+    """The list's entries are read at synthesis (none in the fixture: nothing to revoke), and a
+    list another CA signed is refused before the load balancer would refuse it at deploy."""
+    config = read({**INTERNET, "clientRevocationListFile": CLIENT_CRL})
+    assert config.revoked_client_serials == ()
+    assert read(INTERNET).revoked_client_serials == ()
+    other = tmp_path / "other-ca"
+    command = ["certs", "init-ca", "--dir", str(other), "--publish", str(tmp_path / "published")]
+    assert certs_main(command) == 0
+    with pytest.raises(ConfigError, match="not signed by a CA of clientCaBundleFile"):
+        read({**INTERNET, "clientRevocationListFile": str(tmp_path / "published" / "crl.pem")})
+    broken = tmp_path / "broken.crl.pem"
+    broken.write_text("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+    with pytest.raises(ConfigError, match=r"clientRevocationListFile.*cannot be read"):
+        read({**INTERNET, "clientRevocationListFile": str(broken)})
 
 
 def test_a_bundle_with_a_private_key_is_refused(tmp_path: Path) -> None:

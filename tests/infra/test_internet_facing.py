@@ -5,12 +5,18 @@ to the tasks that skips the client certificate check."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cfnlint.api import ManualArgs, lint  # type: ignore[import-untyped]
+from cryptography import x509
+from registry_proxy_infra.application import INFRA_DIR
 
+from proxy.commands.cli import main as certs_main
+
+from .guide_shell import staged_file
 from .scenarios import (
     CUSTOM_CONTEXT,
     DOMAIN_NAME,
@@ -103,12 +109,7 @@ def test_the_internal_balancer_is_as_before(internet_synth: Synthesized) -> None
 
 def staged_asset(synth: Synthesized, object_key: str) -> Path:
     """The file synthesis staged for the file asset uploaded as ``object_key``."""
-    assets = json.loads((synth.outdir / f"{synth.stack.stack_name}.assets.json").read_text())
-    for asset in assets["files"].values():
-        keys = {destination["objectKey"] for destination in asset["destinations"].values()}
-        if object_key in keys:
-            return synth.outdir / str(asset["source"]["path"])
-    raise AssertionError(f"no file asset uploaded as {object_key}")
+    return staged_file(synth.outdir, synth.stack.stack_name, object_key)
 
 
 def test_the_trust_store_holds_the_ca_bundle_given(internet_synth: Synthesized) -> None:
@@ -119,18 +120,68 @@ def test_the_trust_store_holds_the_ca_bundle_given(internet_synth: Synthesized) 
     assert staged.read_bytes() == (FIXTURES / "client-ca.pem").read_bytes()
 
 
-def test_revocation_list_is_optional(internet_synth: Synthesized) -> None:
+def test_no_revocation_without_a_list_or_with_an_empty_one(internet_synth: Synthesized) -> None:
+    """The "internet" scenario's list (tests/infra/fixtures/client-ca.crl.pem) revokes nothing:
+    no TrustStoreRevocation, as without any list ("internet-existing-vpc")."""
     revocations = internet_synth.resources("AWS::ElasticLoadBalancingV2::TrustStoreRevocation")
-    if internet_synth.name == "internet-existing-vpc":
-        assert revocations == {}
-        return
-    (revocation,) = revocations.values()
-    store = internet_synth.logical_id("AWS::ElasticLoadBalancingV2::TrustStore")
-    assert revocation["Properties"]["TrustStoreArn"] == {"Fn::GetAtt": [store, "TrustStoreArn"]}
-    (content,) = revocation["Properties"]["RevocationContents"]
+    assert revocations == {}
+    assert internet_synth.stack.client_trust.revocation is None
+
+
+def revocation_of(synth: Synthesized) -> tuple[dict[str, Any], bytes]:
+    """The one TrustStoreRevocation's properties, and the bytes of the file staged for it."""
+    (revocation,) = synth.resources("AWS::ElasticLoadBalancingV2::TrustStoreRevocation").values()
+    properties: dict[str, Any] = revocation["Properties"]
+    (content,) = properties["RevocationContents"]
     assert content["RevocationType"] == "CRL"
-    staged = staged_asset(internet_synth, content["S3Key"])
-    assert staged.read_bytes() == (FIXTURES / "client-ca.crl.pem").read_bytes()
+    return properties, staged_asset(synth, content["S3Key"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def client_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A CA made by `registry-proxy certs init-ca`: (its private directory, the published one)."""
+    root = tmp_path_factory.mktemp("certs")
+    private, published = root / "private", root / "client-ca"
+    command = ["certs", "init-ca", "--dir", str(private), "--publish", str(published)]
+    assert certs_main(command) == 0
+    return private, published
+
+
+def test_revocation_follows_what_certs_publishes(
+    client_ca: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The files `registry-proxy certs` writes: init-ca's list (no entry) makes no revocation;
+    once a certificate is revoked, the list is in the trust store's revocation, byte for byte."""
+    private, published = client_ca
+    context = {
+        **INTERNET_CONTEXT,
+        "clientCaBundleFile": str(published / "ca.pem"),  # absolute: taken as it is
+        "clientRevocationListFile": str(published / "crl.pem"),
+    }
+    empty = synthesize("certs-init-ca", context, tmp_path / "empty")
+    empty.template.resource_count_is("AWS::ElasticLoadBalancingV2::TrustStoreRevocation", 0)
+    (store,) = empty.resources("AWS::ElasticLoadBalancingV2::TrustStore").values()
+    bundle = staged_asset(empty, store["Properties"]["CaCertificatesBundleS3Key"])
+    assert bundle.read_bytes() == (published / "ca.pem").read_bytes()
+
+    out = tmp_path / "build.json"
+    assert (
+        certs_main(["certs", "issue", "--dir", str(private), "ci-builds", "--out", str(out)]) == 0
+    )
+    assert certs_main(["certs", "revoke", "--dir", str(private), "ci-builds"]) == 0
+    revoked = synthesize("certs-revoked", context, tmp_path / "revoked")
+    properties, staged = revocation_of(revoked)
+    store_id = revoked.logical_id("AWS::ElasticLoadBalancingV2::TrustStore")
+    assert properties["TrustStoreArn"] == {"Fn::GetAtt": [store_id, "TrustStoreArn"]}
+    assert staged == (published / "crl.pem").read_bytes()
+    serial = int(json.loads(out.read_text())["serial"], 16)
+    assert [entry.serial_number for entry in x509.load_pem_x509_crl(staged)] == [serial]
+    # the revocation resource passes the same checks as the rest of the template
+    assert [row for row in revoked.nag_rows() if row["Compliance"] == "Non-Compliant"] == []
+    matches = lint(
+        json.dumps(revoked.json), config=ManualArgs(regions=[REGION], ignore_checks=IGNORED_CHECKS)
+    )
+    assert [f"{match.rule.id} {match.message}" for match in matches] == []
 
 
 def test_internet_facing_balancer_is_in_the_public_subnets(internet_synth: Synthesized) -> None:
@@ -275,3 +326,18 @@ def test_internet_facing_is_off_by_default(default_synth: Synthesized) -> None:
 @pytest.mark.parametrize("fixture", ["client-ca.pem", "client-ca.crl.pem"])
 def test_fixtures_hold_no_key(fixture: str) -> None:
     assert "PRIVATE KEY" not in (FIXTURES / fixture).read_text()
+
+
+def test_the_outputs_the_guides_name_are_the_stacks(internet_synth: Synthesized) -> None:
+    """infra/README.md's list of outputs is the stack's (with the internet-facing load
+    balancer on), and every output docs/codebuild.md reads or names exists."""
+    outputs = set(internet_synth.json["Outputs"])
+    readme = (INFRA_DIR / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| outputs |"))
+    assert {name for name in re.findall(r"`(\w+)`", row) if name[0].isupper()} == outputs
+    guide = (INFRA_DIR.parent / "docs" / "codebuild.md").read_text()
+    read = set(re.findall(r"OutputKey=='(\w+)'", guide))
+    named = set(re.findall(r"`([A-Z][a-z][A-Za-z]*)`", guide))  # CamelCase: outputs
+    assert read == {"MirrorUrl", "InternetMirrorUrl"}
+    assert named >= read
+    assert named <= outputs, named - outputs

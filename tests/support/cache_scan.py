@@ -142,9 +142,15 @@ def _files_under(directory: Path) -> Iterator[Path]:
 
 
 def temp_files(cache_dir: Path, extra_dirs: Iterable[Path] = ()) -> list[str]:
-    """Every file in the cache's ``tmp/`` and ``spool/`` (and ``extra_dirs``), sorted."""
+    """Every file in the cache's ``tmp/`` and ``spool/`` (and ``extra_dirs``), sorted; not the
+    spool's marker (``registry-proxy-spool/.registry-proxy``: it stays)."""
     dirs = [cache_dir / name for name in TEMP_DIRS] + list(extra_dirs)
-    return sorted(str(path) for directory in dirs for path in _files_under(directory))
+    return sorted(
+        str(path)
+        for directory in dirs
+        for path in _files_under(directory)
+        if path.name != ".registry-proxy"
+    )
 
 
 def scan_directory(cache_dir: Path, *, spool_dir: Path | None = None) -> ScanReport:

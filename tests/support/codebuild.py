@@ -8,8 +8,11 @@ What CodeBuild does, and what :class:`BuildHost` does in its place:
   daemon.json and no mirror, before the buildspec's first command. Here the same command line
   starts dockerd (``/var/log/docker.log`` its output), with the chosen Docker's programs first on
   PATH (:mod:`support.docker_installs`).
-* The buildspec's ``env.variables`` are exported (a project's variables override them, as
-  CodeBuild's do), then each phase's ``commands`` run in order, each in the same shell session;
+* The buildspec's ``env.variables`` are exported, and its ``env.secrets-manager`` entries
+  (``secret-id:json-key``) resolved from a stand-in for Secrets Manager (secret id -> the
+  secret's string) as CodeBuild resolves them before the first phase, a missing secret or key
+  failing the build; a project's variables override both, as CodeBuild's do. Then each phase's
+  ``commands`` run in order, each in the same shell session;
   a failed command fails its phase; a failed ``install`` or ``pre_build`` ends the build, a
   failed ``build`` still runs ``post_build``; each phase's ``finally`` commands always run.
 
@@ -46,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from support import markdown
 from support.build_network import BuildNetwork
 from support.docker_installs import DockerInstall
 
@@ -95,18 +99,46 @@ exit "$status"
 """
 
 
+class SecretsError(Exception):
+    """A ``secrets-manager`` entry CodeBuild cannot resolve: the build fails before any phase."""
+
+
+def resolve_secrets(references: Mapping[str, str], store: Mapping[str, str]) -> dict[str, str]:
+    """The buildspec's ``env.secrets-manager`` (``NAME: secret-id[:json-key[:stage[:id]]]``,
+    the secret id a name or an ARN) resolved from ``store`` (secret id -> its string)."""
+    resolved = {}
+    for name, reference in references.items():
+        fields = str(reference).split(":")
+        split = 7 if reference.startswith("arn:") else 1  # an ARN holds six colons itself
+        secret_id, rest = ":".join(fields[:split]), fields[split:]
+        if secret_id not in store:
+            raise SecretsError(f"{name}: Secrets Manager can't find the secret {secret_id!r}")
+        value = store[secret_id]
+        if rest and rest[0]:
+            document = json.loads(value)
+            if rest[0] not in document:
+                raise SecretsError(f"{name}: the secret {secret_id!r} has no key {rest[0]!r}")
+            value = str(document[rest[0]])
+        resolved[name] = value
+    return resolved
+
+
 def phases_script(
-    buildspec: Mapping[str, Any], project_names: Sequence[str], after: Sequence[str] = ()
+    buildspec: Mapping[str, Any],
+    project_names: Sequence[str],
+    after: Sequence[str] = (),
+    secrets: Mapping[str, str] | None = None,
 ) -> str:
     """The buildspec as one bash script with CodeBuild's semantics (see the module docstring).
 
-    The buildspec's variables are exported unless the project sets them (``project_names``:
-    CodeBuild's project environment wins over the buildspec's). Each command is kept verbatim
+    The buildspec's variables, and its resolved ``secrets``, are exported unless the project
+    sets them (``project_names``: CodeBuild's project environment wins over the buildspec's).
+    Each command is kept verbatim
     in a heredoc and ``source``d, so it runs in the build's one shell session; ``::phase NAME
     exit=N`` lines report each phase. ``after`` are the test's own commands, run in the same
     session once the build is over, whatever its outcome (``::after N exit=S`` each).
     """
-    variables = buildspec.get("env", {}).get("variables", {})
+    variables = {**buildspec.get("env", {}).get("variables", {}), **(secrets or {})}
     lines = [
         f"export {name}={shlex.quote(str(value))}"
         for name, value in variables.items()
@@ -242,17 +274,23 @@ class BuildHost:
         buildspec: Path,
         *,
         project_env: Mapping[str, str] | None = None,
+        secrets: Mapping[str, str] | None = None,
         dockerd_env: Mapping[str, str] | None = None,
         after: Sequence[str] = (),
         timeout: float = BUILD_TIMEOUT,
     ) -> BuildResult:
         """Run ``buildspec`` as CodeBuild would. ``project_env`` is the project's environment
-        (its ``environmentVariables``, secrets resolved), which wins over the buildspec's;
-        ``dockerd_env`` is added to the entry point's dockerd alone; ``after`` are commands
-        run in the build container once the build is over."""
+        (its ``environmentVariables``), which wins over the buildspec's; ``secrets`` stands in
+        for Secrets Manager (secret id -> its string) for the buildspec's ``secrets-manager``
+        entries (SecretsError when one cannot be resolved); ``dockerd_env`` is added to the
+        entry point's dockerd alone; ``after`` are commands run in the build container once
+        the build is over."""
         project_env = dict(project_env or {})
         spec = yaml.safe_load(buildspec.read_text())
-        (self.workdir / "phases.sh").write_text(phases_script(spec, list(project_env), after))
+        references = spec.get("env", {}).get("secrets-manager", {})
+        resolved = resolve_secrets(references, secrets or {})
+        script = phases_script(spec, list(project_env), after, resolved)
+        (self.workdir / "phases.sh").write_text(script)
         (self.workdir / "dockerd.env").write_text(
             "".join(f"{name}={value}\n" for name, value in (dockerd_env or {}).items())
         )
@@ -323,6 +361,28 @@ class BuildHost:
     def daemon_config(self) -> dict[str, Any]:
         config: dict[str, Any] = json.loads(self.daemon_json.read_text())
         return config
+
+
+# ---------------------------------------------------------------------- the guide's account of it
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "codebuild.md"
+TROUBLESHOOTING = "8. Troubleshooting"
+SCRIPT_ERROR = re.compile(r"^use-registry-mirror: (?:error|warning): (.*)$", re.MULTILINE)
+
+
+def script_error(output: str) -> str:
+    """What the set-up script's last error (or warning) line in ``output`` says."""
+    found = SCRIPT_ERROR.findall(output)
+    assert found, f"no error from the set-up script in:\n{output[-3000:]}"
+    return str(found[-1])
+
+
+def troubleshooting(message: str) -> str:
+    """docs/codebuild.md's troubleshooting entry for ``message``, a line the set-up script
+    printed; fails when the guide has none."""
+    entry = markdown.entry_for(markdown.section(GUIDE.read_text(), TROUBLESHOOTING), message)
+    assert entry is not None, f"docs/codebuild.md's troubleshooting does not quote {message!r}"
+    return entry
 
 
 def _pids_in_mount_namespace(namespace: str) -> list[int]:

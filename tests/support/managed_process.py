@@ -62,6 +62,10 @@ class ManagedProcess(ABC):
     def environment(self) -> Mapping[str, str]:
         return os.environ
 
+    def working_directory(self) -> Path:
+        """Where the program runs: the work dir, unless a subclass says otherwise."""
+        return self.workdir
+
     def prepare(self) -> None:
         """Write configuration files and check preconditions before each start."""
 
@@ -106,7 +110,7 @@ class ManagedProcess(ABC):
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=self.workdir,
+                cwd=self.working_directory(),
                 start_new_session=self.new_session,
             )
             self._wait_ready(self.start_timeout if timeout is None else timeout)

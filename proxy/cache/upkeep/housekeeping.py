@@ -3,9 +3,11 @@
 
 A sweep: take the inventory; delete what expired (``PROXY_CACHE_EXPIRE_UNUSED``); if the cache
 is still over its size limit, evict the least recently used down to the low-water mark; delete
-the content links that name nothing cached any more; merge the use records; remove temporary
-files whose process is gone. An eviction pass does only the
-size part (the server runs one when the cache grows past its limit or the disk fills up).
+the content links that name nothing cached any more; delete the fleet records of instances that
+stopped reporting (``proxy.ops.fleet``); merge the use records; remove temporary
+files nobody holds (their writer's lock is gone: ``proxy.storage.tempfiles``). An eviction
+pass does only the size part (the server runs one when the cache grows past its limit or the
+disk fills up).
 
 Safe with several sweepers at once (other instances, a scheduled ``cache gc``): deletes are
 idempotent, records are merged without loss (``proxy.cache.upkeep.lastuse``), and a sweep that met
@@ -22,6 +24,7 @@ with expiry windows of days that is rare, and never a wrong byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import structlog
 
+from proxy.cache.spool import MARKER
 from proxy.cache.upkeep.inventory import Entry, Inventory, Kind, ManifestReferences, take_inventory
 from proxy.cache.upkeep.lastuse import UseRecords
 from proxy.cache.upkeep.pins import BlobPins
@@ -41,9 +45,10 @@ from proxy.cache.upkeep.retention import (
     size_limit,
 )
 from proxy.config import CacheLimit
+from proxy.ops.fleet import remove_dead_records
 from proxy.storage import StorageError
 from proxy.storage.failsafe import FailSafeStorage
-from proxy.storage.tempfiles import orphans
+from proxy.storage.tempfiles import remove_abandoned
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +67,7 @@ class SweepReport:
     evicted: list[Entry] = field(default_factory=list)
     held: int = 0  # blobs eviction skipped because a client was reading them
     links: list[Entry] = field(default_factory=list)  # naming content no longer cached
+    fleet_records: list[str] = field(default_factory=list)  # of instances that stopped
     temp_files: list[Path] = field(default_factory=list)
     records_merged: int = 0
     seconds: float = 0.0
@@ -106,6 +112,11 @@ class Housekeeper:
         # One sweep or eviction at a time in a process; other processes are fine.
         self._busy = asyncio.Lock()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a sweep or an eviction pass is under way (its inventory is changing)."""
+        return self._busy.locked()
+
     def disk(self) -> DiskSpace | None:
         if self.disk_path is None:
             return None
@@ -149,6 +160,7 @@ class Housekeeper:
             report.links = await self._remove(dangling_links(inventory, now=now), dry_run=dry_run)
             for entry in report.links:
                 del inventory.entries[entry.key]
+            report.fleet_records = await remove_dead_records(self.storage, now, dry_run=dry_run)
             if not dry_run:
                 merged = await self.records.compact(
                     inventory.records, now, keep=inventory.entries.__contains__
@@ -182,11 +194,20 @@ class Housekeeper:
             target = int(limit * LOW_WATER)
         else:
             return
-        candidates = choose_evictions(inventory, target_bytes=target, held=self._held)
+        candidates = choose_evictions(
+            inventory, target_bytes=target, held=self._held, unused=self._speculative
+        )
         report.held = sum(1 for e in inventory.of_kind(Kind.BLOB) if self._held(e))
         report.evicted = await self._remove(candidates, dry_run=dry_run)
         for entry in report.evicted:
             inventory.entries.pop(entry.key, None)
+
+    def _speculative(self, entry: Entry) -> bool:
+        return (
+            self.pins is not None
+            and entry.kind is Kind.BLOB
+            and self.pins.is_speculative(entry.digest_hex)
+        )
 
     def _held(self, entry: Entry) -> bool:
         return (
@@ -213,20 +234,12 @@ class Housekeeper:
             if self.pins is not None:
                 for hex_digest in marked:
                     self.pins.end_eviction(hex_digest)
+                    self.pins.claim(hex_digest)
         return going if deleted else []
 
     def _temp_files(self, dry_run: bool) -> list[Path]:
         found: list[Path] = []
         for directory in self.temp_dirs:
-            try:
-                stale = orphans(directory, running=True)
-            except OSError:
-                continue
-            for path in stale:
-                if not dry_run:
-                    try:
-                        path.unlink()
-                    except OSError:
-                        continue
-                found.append(path)
+            with contextlib.suppress(OSError):  # not there (yet): nothing to remove
+                found += remove_abandoned(directory, keep={MARKER}, dry_run=dry_run)
         return found

@@ -120,10 +120,10 @@ class ManifestReferences:
     def get(self, hex_digest: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         return self._known.get(hex_digest)
 
-    def learn(self, hex_digest: str, data: bytes) -> None:
+    def learn(self, hex_digest: str, data: bytes, media_type: str | None = None) -> None:
         if Digest.of(data).hex != hex_digest:
             return  # corrupt: refers to nothing we can trust (``cache verify`` removes it)
-        children, blobs = referenced_digests(data)
+        children, blobs = referenced_digests(data, media_type)
         self._known[hex_digest] = (_hexes(children), _hexes(blobs))
 
     async def load(self, storage: FailSafeStorage, manifests: Iterable[Entry]) -> int:
@@ -143,7 +143,7 @@ class ManifestReferences:
             if found is None:
                 unread += 1
             else:
-                self.learn(hex_digest, found[0])
+                self.learn(hex_digest, found[0], found[1].content_type)
 
         await asyncio.gather(*(read(h, key) for h, key in missing))
         return unread

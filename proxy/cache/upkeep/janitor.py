@@ -8,6 +8,8 @@
   once.
 - Every ``PROXY_CACHE_SWEEP_INTERVAL`` (with some jitter, so instances on one bucket spread out)
   it sweeps: expiry, eviction, record merging, orphaned temporary files.
+- With ``PROXY_CACHE_SCRUB_RATE``, a second task re-hashes cached blobs at that rate
+  (``proxy.cache.upkeep.scrub``).
 
 A failing pass is logged and retried at the next occasion; housekeeping never stops the server.
 Stopping flushes the uses one last time.
@@ -26,6 +28,7 @@ import structlog
 
 from proxy.cache.upkeep.housekeeping import Housekeeper, SweepReport
 from proxy.cache.upkeep.lastuse import LastUse
+from proxy.cache.upkeep.scrub import Scrubber
 from proxy.concurrency.waits import wait_at_most
 from proxy.ops.metrics import CacheHousekeepingMetrics
 from proxy.storage import StorageError
@@ -48,6 +51,7 @@ class Janitor:
         *,
         sweep_interval: float,
         metrics: CacheHousekeepingMetrics | None = None,
+        scrubber: Scrubber | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         check_interval: float = CHECK_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
@@ -63,6 +67,8 @@ class Janitor:
         self._room_needed = False
         self._stored_since_scan = 0
         self._task: asyncio.Task[None] | None = None
+        self.scrubber = scrubber
+        self._scrub_task: asyncio.Task[None] | None = None
         self._failed_logged_at: float | None = None
         self.last_sweep: SweepReport | None = None
 
@@ -83,13 +89,16 @@ class Janitor:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cache janitor")
+        if self.scrubber is not None:
+            self._scrub_task = asyncio.create_task(self.scrubber.run(), name="cache scrub")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._scrub_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._scrub_task = None
         await self.last_use.flush()
 
     # --- state ----------------------------------------------------------------------------------
@@ -98,6 +107,17 @@ class Janitor:
     def estimated_bytes(self) -> int | None:
         last = self.housekeeper.last
         return None if last is None else last.bytes + self._stored_since_scan
+
+    def limit_now(self) -> int | None:
+        """The cache's size limit now (None: none), as the next pass would see it."""
+        if self.housekeeper.limit is None:
+            return None
+        return self.housekeeper.current_limit(self.estimated_bytes or 0)
+
+    def speculative_bytes(self) -> int:
+        """Bytes of prefetched blobs no client asked for yet (``proxy.cache.upkeep.pins``)."""
+        pins = self.housekeeper.pins
+        return 0 if pins is None else pins.speculative_bytes
 
     def _over_limit(self) -> bool:
         size = self.estimated_bytes
@@ -200,7 +220,7 @@ class Janitor:
         return report
 
     def _observe(self, operation: str, report: SweepReport) -> None:
-        if report.removed or report.temp_files or report.links:
+        if report.removed or report.temp_files or report.links or report.fleet_records:
             log.info(
                 "cache.swept" if operation == "sweep" else "cache.evicted",
                 expired=len(report.expired),
@@ -210,6 +230,7 @@ class Janitor:
                 limit=report.limit,
                 held_by_clients=report.held,
                 dangling_links=len(report.links),
+                fleet_records=len(report.fleet_records),
                 temp_files=len(report.temp_files),
                 seconds=round(report.seconds, 3),
             )

@@ -4,7 +4,8 @@ Pure decisions over an ``Inventory``; ``proxy.cache.upkeep.housekeeping`` carrie
 
 - Expiry: every entry whose last use (``Entry.last_used``: its own, or that of a manifest naming
   it) is older than the window.
-- Eviction, when the cache is over its size limit: least recently used first, down to the
+- Eviction, when the cache is over its size limit: blobs a prefetch brought in that no client
+  asked for yet first (they were never used), then least recently used first, down to the
   low-water mark (``LOW_WATER`` of the limit), so that eviction runs in bursts, not on every
   write. Blobs go before tag records and manifests: those are small, and fetching a manifest
   again costs a counted pull while a blob costs none. Blobs a client is reading are skipped.
@@ -62,20 +63,24 @@ def expired(inventory: Inventory, *, now: float, window: float) -> list[Entry]:
     return sorted((e for e in _content(inventory) if e.last_used < cutoff), key=_eviction_key)
 
 
-def eviction_order(inventory: Inventory) -> list[Entry]:
-    """Every entry, in the order eviction takes them: blobs by last use, then the rest."""
-    return sorted(_content(inventory), key=_eviction_key)
+def eviction_order(
+    inventory: Inventory, unused: Callable[[Entry], bool] = lambda entry: False
+) -> list[Entry]:
+    """Every entry, in the order eviction takes them: blobs never used (prefetched, no client
+    asked yet: ``unused``), then blobs by last use, then the rest."""
+    return sorted(_content(inventory), key=lambda e: (not unused(e), *_eviction_key(e)))
 
 
 def dangling_links(inventory: Inventory, *, now: float) -> list[Entry]:
-    """Links naming a digest that is no longer cached (older than ``LINK_GRACE``)."""
+    """Links naming a digest that is no longer cached (older than ``LINK_GRACE``), and the
+    ``_refs`` markers of earlier versions (nothing reads them any more)."""
     cached = {
         e.digest_hex for e in inventory.entries.values() if e.kind in (Kind.BLOB, Kind.MANIFEST)
     }
     return [
         e
         for e in inventory.of_kind(Kind.LINK)
-        if e.digest_hex not in cached and e.written < now - LINK_GRACE
+        if (e.digest_hex not in cached or "/_refs/" in e.key) and e.written < now - LINK_GRACE
     ]
 
 
@@ -88,13 +93,17 @@ def _eviction_key(entry: Entry) -> tuple[int, float, int]:
 
 
 def choose_evictions(
-    inventory: Inventory, *, target_bytes: int, held: Callable[[Entry], bool]
+    inventory: Inventory,
+    *,
+    target_bytes: int,
+    held: Callable[[Entry], bool],
+    unused: Callable[[Entry], bool] = lambda entry: False,
 ) -> list[Entry]:
     """The least recently used entries to delete to bring the cache down to ``target_bytes``,
-    skipping those ``held`` says a client is reading."""
+    skipping those ``held`` says a client is reading; those never used (``unused``) first."""
     excess = inventory.bytes - target_bytes
     chosen: list[Entry] = []
-    for entry in eviction_order(inventory):
+    for entry in eviction_order(inventory, unused):
         if excess <= 0:
             break
         if held(entry):

@@ -2,7 +2,8 @@
 
 - ``served``: a blob was answered from the cache (its last use, ``proxy.cache.upkeep.lastuse``);
 - ``stored``: a verified blob landed in the cache (a use too, and the size check may wake the
-  evictor);
+  evictor; a prefetch's is no use: it stays *speculative* until a client asks,
+  ``proxy.cache.upkeep.pins``);
 - ``hold``: a client is about to read a cached blob; eviction leaves it alone until the
   returned release is called (``proxy.cache.upkeep.pins``).
 
@@ -37,9 +38,14 @@ class BlobUsage:
     def served(self, digest: Digest) -> None:
         if self.last_use is not None:
             self.last_use.touch(blob_key(digest))
+        if self.pins is not None:
+            self.pins.claim(digest.hex)
 
-    def stored(self, digest: Digest, size: int) -> None:
-        self.served(digest)
+    def stored(self, digest: Digest, size: int, *, prefetch: bool = False) -> None:
+        if prefetch and self.pins is not None:
+            self.pins.speculate(digest.hex, size)
+        else:
+            self.served(digest)
         if self.on_stored is not None:
             self.on_stored(size)
 
