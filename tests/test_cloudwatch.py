@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -176,16 +177,94 @@ def test_the_accounts_refusals_are_reported_from_the_token_service_only() -> Non
     assert reporter.report()[0]["UpstreamAuthFailures"] == 0
 
 
-def test_concurrent_requests_are_the_seconds_spent_serving_per_second() -> None:
-    now = [1000.0]
-    metrics = Metrics()
-    reporter = EmfReporter(metrics, "RegistryProxy", None, lambda _: None, lambda: now[0])
-    for seconds in (30.0, 60.0, 30.0):  # three requests finished in the minute
-        metrics.observe_request("blob", "GET", 200, seconds, "hit")
-    now[0] += 60
+def test_concurrent_requests_are_the_mean_of_the_samples_of_the_interval() -> None:
+    active = [0]
+    reporter = EmfReporter(
+        Metrics(), "RegistryProxy", None, lambda _: None, in_progress=lambda: active[0]
+    )
+    for count in (2, 4, 0, 2):
+        active[0] = count
+        reporter.sample()
     assert reporter.report()[0]["ConcurrentRequests"] == 2.0
-    now[0] += 60
-    assert reporter.report()[0]["ConcurrentRequests"] == 0.0
+    active[0] = 3  # no sample since the last report: one is taken at report time
+    assert reporter.report()[0]["ConcurrentRequests"] == 3.0
+
+
+def test_a_long_download_counts_in_every_interval_it_runs_in() -> None:
+    """The scaling signal is steady while a task is busy: one download through three report
+    intervals is one request in progress in each of them, and none once it has ended.  (From
+    the seconds that finished requests took, the same download read 0, 0, then 3.)"""
+    active = [1]
+    metrics = Metrics()
+    reporter = EmfReporter(
+        metrics, "RegistryProxy", None, lambda _: None, in_progress=lambda: active[0]
+    )
+    readings = []
+    for interval in range(4):
+        if interval == 3:  # the download ended at the start of the fourth interval
+            metrics.observe_request("blob", "GET", 200, 180.0, "hit")
+            active[0] = 0
+        for _ in range(60):
+            reporter.sample()
+        [fleet, *_] = reporter.report()
+        assert_valid_emf(fleet, "RegistryProxy")
+        readings.append(fleet["ConcurrentRequests"])
+    assert readings == [1.0, 1.0, 1.0, 0.0]
+
+
+async def test_a_download_in_progress_is_in_the_apps_signal_and_gauge(
+    fakehub: FakeHub, make_proxy: ProxyFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The running app samples its client cap's count: while one blob download is held halfway
+    (the upstream pauses mid-body), each metric line says one request in progress, and
+    /metrics one more than once it has ended; then the lines say zero."""
+    image = fakehub.add_image("library/golang", "1", [b"x" * 200_000])
+    digest = image.layer_digests[0]
+    pause = fakehub.inject("pause_mid_blob", path_contains=digest)
+    client = await make_proxy(
+        fakehub, cloudwatch_namespace="RegistryProxy/Test", cloudwatch_interval=0.05
+    )
+
+    async def download() -> bytes:
+        response = await client.get(f"/v2/library/golang/blobs/{digest}")
+        assert response.status == 200
+        return await response.read()
+
+    lines: list[dict[str, Any]] = []
+
+    async def fleet_lines_until(wanted: float, count: int) -> None:
+        """Collect the fleet lines written until ``count`` in a row say ``wanted`` (5 s at
+        most)."""
+        async with asyncio.timeout(5):
+            while True:
+                for line in capsys.readouterr().err.splitlines():
+                    if line.startswith('{"_aws"') and '"Upstream"' not in line:
+                        assert emf_violations(line) == [], line
+                        lines.append(json.loads(line))
+                recent = [d["ConcurrentRequests"] for d in lines[-count:]]
+                if len(recent) == count and all(v == wanted for v in recent):
+                    return
+                await asyncio.sleep(0.02)
+
+    async def gauge() -> float:
+        """The gauge as /metrics shows it (whether the scrape counts itself is the cap's
+        business: compare two readings)."""
+        text = await (await client.get("/metrics")).text()
+        [value] = [
+            float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("registry_proxy_requests_in_progress ")
+        ]
+        return value
+
+    task = asyncio.create_task(download())
+    await pause.wait_hit()
+    await fleet_lines_until(1.0, 3)
+    during = await gauge()
+    pause.release()
+    assert await asyncio.wait_for(task, 10) == b"x" * 200_000
+    await fleet_lines_until(0.0, 3)
+    assert during - await gauge() == 1
 
 
 async def test_a_refused_account_is_counted_and_reported(

@@ -509,8 +509,8 @@ class ProxyStackConfig:
     )  # fmt: skip
     cpu_target_percent: int = setting(
         "cpuTargetPercent", integer, 60,
-        "CPU, in percent of the one vCPU the proxy's event loop can use, that the second "
-        "scaling policy aims for (the first tracks requests served at once)",
+        "CPU, in percent of the one vCPU the proxy's event loop can use, that one scaling "
+        "policy aims for (the other tracks requests in progress; see \"Scaling\")",
         between(10, 90),
     )  # fmt: skip
     cpu: int = setting(

@@ -12,7 +12,7 @@ from proxy.cache.spool import spool_location
 from proxy.config import Settings
 from proxy.http import routes
 from proxy.http.access import AccessPolicy
-from proxy.http.clientcap import CLIENT_CAP, ClientCap
+from proxy.http.clientcap import CLIENT_CAP, ClientCap, InProgressGauge
 from proxy.http.edge import Edge, RouteKind, not_found
 from proxy.http.server import (
     MAX_FIELD_SIZE,
@@ -64,6 +64,7 @@ def create_app(
             edge.observers = services.observers
             # This instance's figures, published for the fleet's status page (proxy/ops/fleet.py).
             publisher = asyncio.create_task(services.fleet.run(), name="fleet publisher")
+            services.metrics.registry.register(InProgressGauge(client_cap))
             try:
                 yield
             finally:
@@ -90,6 +91,7 @@ def create_app(
                 settings.operations.cloudwatch_interval,
                 lambda: app[routes.SERVICES].metrics,
                 spool_location(settings).path,
+                lambda: client_cap.active,
             )
         )
     app.on_shutdown.append(on_shutdown)

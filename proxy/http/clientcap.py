@@ -15,7 +15,11 @@ busy instance is not mistaken for a dead one and restarted, dropping every trans
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from aiohttp import web
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from proxy.http.errors import HttpError
 from proxy.registry.errors import ErrorCode
@@ -53,3 +57,18 @@ class ClientCap:
 
 
 CLIENT_CAP: web.AppKey[ClientCap] = web.AppKey("client_cap", ClientCap)
+
+
+class InProgressGauge(Collector):
+    """``registry_proxy_requests_in_progress``: the cap's count, read when /metrics is scraped
+    (the scaling signal, ``ConcurrentRequests``, is the same count sampled every second)."""
+
+    NAME = "registry_proxy_requests_in_progress"
+
+    def __init__(self, cap: ClientCap) -> None:
+        self.cap = cap
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            self.NAME, "Client requests in progress (the client cap's count)", value=self.cap.active
+        )

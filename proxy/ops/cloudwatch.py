@@ -14,6 +14,13 @@ and, when the upstream reported it, the quota left. Counters are deltas since th
 report; gauges are the value at report time (use ``Maximum`` or ``Minimum`` across the fleet);
 ``ConcurrentRequests`` is this instance's average over the interval (``Average`` across the
 fleet: the requests one task serves at once, which the stack scales on).
+
+``ConcurrentRequests`` is sampled: once a second the reporter reads how many requests are in
+progress (the client cap's count, ``proxy/http/clientcap.py``) and reports the mean of the
+interval's samples. A download counts in every second it runs, from its first byte to its last,
+so a task busy with long transfers shows as busy while it is, not when they end. (Computed from
+the seconds the finished requests took, the figure would be lumpy: a minute of ten-minute
+downloads would read 0, and the minute they all end, 100.)
 """
 
 from __future__ import annotations
@@ -48,10 +55,10 @@ COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
 }
 UNITS = {"BytesFromCache": "Bytes", "BytesFromUpstream": "Bytes"}
 SERVER_ERRORS = "ServerErrors"  # requests answered 5xx
-# Client requests served at once, on average over the report interval: the seconds spent
-# answering requests (finished in the interval) per second. The stack scales on it.
+# Client requests served at once: the mean of a once-a-second sample of the requests in progress
+# over the report interval. The stack scales on it.
 CONCURRENT_REQUESTS = "ConcurrentRequests"
-REQUEST_SECONDS = "registry_proxy_request_duration_seconds_sum"
+SAMPLE_INTERVAL = 1.0
 # A document with no dimension still names one DimensionSet, an empty one: the EMF
 # specification requires Dimensions, with at least one set.
 NO_DIMENSIONS: list[list[str]] = [[]]
@@ -71,11 +78,16 @@ class EmfReporter:
     spool_dir: Path | None = None
     write: Writer = _write_stderr
     clock: Callable[[], float] = time.time
+    # How many client requests are in progress now (None: not known, reported as 0).
+    in_progress: Callable[[], int] | None = None
     _previous: dict[str, float] = field(default_factory=dict)
-    _reported_at: float | None = None
+    _in_progress_sum: float = 0.0
+    _in_progress_samples: int = 0
 
-    def __post_init__(self) -> None:
-        self._reported_at = self.clock()
+    def sample(self) -> None:
+        """Read the requests in progress once (``emf_reporting`` calls it every second)."""
+        self._in_progress_sum += self.in_progress() if self.in_progress is not None else 0
+        self._in_progress_samples += 1
 
     def report(self) -> list[Document]:
         """Write (and return) the documents for what happened since the previous report."""
@@ -139,11 +151,14 @@ class EmfReporter:
         }
 
     def _concurrency(self) -> float:
-        now = self.clock()
-        elapsed = now - (self._reported_at if self._reported_at is not None else now)
-        self._reported_at = now
-        busy = self._delta(CONCURRENT_REQUESTS, self._sum(REQUEST_SECONDS, {}))
-        return round(busy / elapsed, 3) if elapsed > 0 else 0.0
+        """The mean of the samples since the previous report (one taken now if there are
+        none: a report right after start-up, or at shutdown right after another)."""
+        if self._in_progress_samples == 0:
+            self.sample()
+        mean = self._in_progress_sum / self._in_progress_samples
+        self._in_progress_sum = 0.0
+        self._in_progress_samples = 0
+        return round(mean, 3)
 
     def _delta(self, key: str, total: float) -> float:
         previous = self._previous.get(key, 0.0)
@@ -188,18 +203,25 @@ def emf_reporting(
     interval: float,
     metrics: Callable[[], Metrics],
     spool_dir: Path | None,
+    in_progress: Callable[[], int] | None = None,
 ) -> Callable[[object], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry (it takes the app, and needs nothing of it): report every
-    ``interval`` seconds while the app runs, and once more when it stops (so a task that scales
-    in does not take its last counts with it)."""
+    """A ``cleanup_ctx`` entry (it takes the app, and needs nothing of it): sample the requests
+    in progress every second and report every ``interval`` seconds while the app runs, and once
+    more when it stops (so a task that scales in does not take its last counts with it)."""
 
     async def reporting(app: object) -> AsyncIterator[None]:
-        reporter = EmfReporter(metrics(), namespace, spool_dir)
+        reporter = EmfReporter(metrics(), namespace, spool_dir, in_progress=in_progress)
+        step = min(SAMPLE_INTERVAL, interval)
 
         async def loop() -> None:
+            clock = asyncio.get_running_loop().time
+            next_report = clock() + interval
             while True:
-                await asyncio.sleep(interval)
-                reporter.report()
+                await asyncio.sleep(step)
+                reporter.sample()
+                if clock() >= next_report:
+                    reporter.report()
+                    next_report = clock() + interval
 
         task = asyncio.create_task(loop(), name="cloudwatch emf")
         try:

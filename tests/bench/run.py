@@ -5,12 +5,14 @@ Run from the ``tests`` directory (``make bench`` does)::
     cd tests && python -m bench.run [--quick] [--rounds 3] [--only SECTIONS] [--chart PATH] [--keep]
 
 By default it runs the side-by-side sections (see :mod:`.sidebyside`: pulls, concurrent, docker,
-manifests, blobs, s3, idle, ttl, eviction) for 3 rounds.  Two more sections run only when named
-in ``--only``: ``memory`` (peak RSS while a 500 MB blob streams through the proxy, :mod:`.memory`)
-and ``load`` (64 clients for 2 minutes, :mod:`.load`).
+manifests, blobs, s3, idle, ttl, eviction) for 3 rounds.  Three more sections run only when named
+in ``--only``: ``memory`` (peak RSS while a 500 MB blob streams through the proxy, :mod:`.memory`),
+``load`` (64 clients for 2 minutes, :mod:`.load`) and ``capacity`` (one task's limits: warm pulls
+by 10, 25 and 50 clients, slow clients and a cold burst, :mod:`.capacity`, about 7 minutes).
 
 ``--quick`` (a smoke test, under two minutes): one round, a 24 MB image, 1 s per ab run, fewer
-repetitions; ``memory`` and ``load`` shrink to a 100 MB blob and 15 s.
+repetitions; ``memory`` and ``load`` shrink to a 100 MB blob and 15 s, ``capacity`` to a 24 MB
+image and 8 s per step.
 
 Results: the table on stdout; ``.bench/bench-<UTC time>.json`` (every value of every round,
 medians, ratios, the machine) and ``.bench/latest.json``; the same table in Markdown with the
@@ -48,13 +50,13 @@ from typing import Any
 import aiohttp
 from support.moto import CLEARED_VARIABLES
 
-from . import chart, load, memory
+from . import capacity, capacity_report, chart, load, memory
 from .results import Results, markdown_table, text_table
 from .sidebyside import SECTIONS, Config, SideBySide
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / ".bench"
-EXTRA_SECTIONS = ("memory", "load")
+EXTRA_SECTIONS = ("memory", "load", "capacity")
 
 
 def machine() -> dict[str, Any]:
@@ -205,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"load: {load_config.clients} clients for {load_config.duration} s", flush=True)
             report["load"] = asyncio.run(load.load_section(load_config, workdir))
+        if "capacity" in sections:
+            capacity_config = (
+                capacity.CapacityConfig.quick if args.quick else capacity.CapacityConfig.full
+            )()
+            report["capacity"] = capacity.capacity_section(capacity_config, workdir)
     finally:
         _kill_leftover_children()
         if args.keep:
@@ -250,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed += memory.report(report["memory"])
     if "load" in report:
         failed += load.report(report["load"])
+    if "capacity" in report:
+        failed += capacity_report.report(report["capacity"], RESULTS_DIR)
     print(f"\nresults: {RESULTS_DIR / f'bench-{stamp}.json'} ({report['seconds']} s)")
     for failure in failed:
         print(f"FAILED: {failure}")

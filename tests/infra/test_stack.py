@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import re
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
+from registry_proxy_infra import scaling
+from registry_proxy_infra.config import ProxyStackConfig
 from registry_proxy_infra.scaling import CONCURRENT_REQUESTS_PER_TASK
 from registry_proxy_infra.service import S3_CACHE_ACTIONS, SPOOL_PATH
 
@@ -330,7 +333,7 @@ def scaling_policies(synth: Synthesized) -> dict[str, dict[str, Any]]:
     return found
 
 
-def test_service_scales_on_requests_served_at_once(any_synth: Synthesized) -> None:
+def test_service_scales_on_requests_in_progress_and_cpu(any_synth: Synthesized) -> None:
     target = any_synth.only("AWS::ApplicationAutoScaling::ScalableTarget")
     assert target["ScalableDimension"] == "ecs:service:DesiredCount"
     assert target["MinCapacity"] >= 2
@@ -344,6 +347,18 @@ def test_service_scales_on_requests_served_at_once(any_synth: Synthesized) -> No
         "Statistic": "Average",
     }
     assert signal["TargetValue"] == CONCURRENT_REQUESTS_PER_TASK
+
+
+def test_the_concurrency_target_leaves_the_cpu_targets_margin_under_the_s3_pool() -> None:
+    """The target is the proxy's S3 pool (blob downloads at once before the next ones wait)
+    less the margin the default CPU target leaves under the vCPU."""
+    s3 = importlib.import_module("proxy.storage.s3")
+    pool = inspect.signature(s3.S3Storage).parameters["max_pool_connections"].default
+    assert pool == scaling.S3_POOL_CONNECTIONS
+    assert pool >= CONCURRENT_REQUESTS_PER_TASK * scaling.MARGIN
+    assert pool < (CONCURRENT_REQUESTS_PER_TASK + 1) * scaling.MARGIN
+    # the same margin as the default CPU target's under the vCPU (100 / 60)
+    assert abs(100 / ProxyStackConfig().cpu_target_percent - scaling.MARGIN) < 0.1
 
 
 def test_cpu_target_is_of_the_one_vcpu_the_event_loop_uses(tmp_path: Path) -> None:
