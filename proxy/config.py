@@ -6,7 +6,8 @@ of its value, its default as written in the environment (or what leaving it unse
 line of help. From the rows come the defaults of ``Settings``, ``load_settings`` (a bad value
 stops the program with one line naming the variable and what it accepts), the settings listed by
 ``registry-proxy serve --help`` and the README's tables (``python -m proxy.config`` prints them;
-tests/test_config.py fails when the README differs). Nothing reads the environment at import time.
+tests/unit/test_config.py fails when the README differs). Nothing reads the environment at
+import time.
 
 To add a setting: add a row to its section, and run ``python -m proxy.config`` for the README.
 """

@@ -345,7 +345,7 @@ class _AccessLine:
     The fields of this line are fixed and their types known, so the text is put together from
     them directly: strings through the C JSON string encoder after the same escaping of control
     characters, numbers as ``json`` writes them. No key can be a secret, so no redaction is
-    needed. ``tests/test_logs.py`` checks the text against structlog's for the same fields.
+    needed. ``tests/unit/ops/test_logs.py`` checks the text against structlog's for the same fields.
     """
 
     def __init__(self, log_format: str, context: _Context, writer: _LineWriter) -> None:

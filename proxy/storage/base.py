@@ -1,6 +1,7 @@
 """The storage interface every cache backend implements, and its domain errors.
 
-Semantics every backend keeps (the conformance suite in tests/test_storage.py checks them):
+Semantics every backend keeps (the conformance suite, tests/unit/storage/test_base.py, checks
+them):
 
 - Keys are '/'-separated strings built by ``proxy.cache.keys`` from validated names and digests;
   backends still refuse any key outside ``KEY_RE`` as a second line of defence.

@@ -6,7 +6,7 @@ referrers tag schema (an index tagged ``sha256-<hex>``) and, as cosign does, und
 ``sha256-<hex>.sig``. Through the proxy the referrers API answers 404 (what tells clients to fall
 back), the fallback tags and the artifact come back byte-exact with ``skopeo inspect --raw``, and
 misses of the probed tags are remembered (negative caching) instead of asked upstream each time.
-The upstream that implements the API is the fake hub (tests/test_referrers.py).
+The upstream that implements the API is the fake hub (tests/http/test_referrers.py).
 """
 
 from __future__ import annotations

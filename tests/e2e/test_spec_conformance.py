@@ -1,4 +1,4 @@
-"""The distribution-spec answers of tests/test_spec_conformance.py, against real distribution.
+"""The distribution-spec answers of tests/http/test_spec_conformance.py, against real distribution.
 
 distribution 2.8 (the upstream here) lists ``last`` itself again on ``tags/list?last=T``, and in
 the order its filesystem driver reads the directory; the proxy's pages must still hold exactly

@@ -1,12 +1,10 @@
-"""Access control: client networks, X-Forwarded-For from trusted proxies, logins, open health."""
+"""Access control through the app: client networks, X-Forwarded-For from trusted proxies, logins,
+operator endpoints, open health checks. The address rules on their own:
+tests/unit/http/test_access.py."""
 
 from __future__ import annotations
 
 import base64
-import ipaddress
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import bcrypt
@@ -15,8 +13,7 @@ from multidict import CIMultiDict
 from support.fakehub import FakeHub
 from support.proxy_app import ProxyFactory
 
-from proxy.config import ConfigError, load_settings, parse_networks
-from proxy.http.access import AccessPolicy, codebuild_ranges
+from proxy.config import load_settings, parse_networks
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -156,27 +153,6 @@ async def test_operator_check_reads_every_forwarded_for_line(
         assert (await client.get(path, headers=genuine)).status == 200, path
 
 
-def test_client_address_is_the_entry_the_load_balancer_added() -> None:
-    """The stack's numbers: the balancer and the clients both inside the VPC's 10.80.0.0/16."""
-    policy = AccessPolicy(trusted_proxies=parse_networks("10.80.0.0/16"))
-    forged = policy.client_address("10.80.1.10", "10.50.0.7, 10.80.5.5")
-    assert forged == ipaddress.ip_address("10.80.5.5")
-    assert policy.client_address("10.80.1.10", "10.80.5.5") == ipaddress.ip_address("10.80.5.5")
-
-
-def test_client_address_counts_trusted_hops_from_the_right() -> None:
-    policy = AccessPolicy(
-        trusted_proxies=parse_networks("10.0.0.0/24, 10.0.1.0/24"), trusted_hops=2
-    )
-    address = policy.client_address("10.0.0.5", "198.51.100.7, 203.0.113.9, 10.0.1.4")
-    assert address == ipaddress.ip_address("203.0.113.9")
-    # fewer entries than hops: the first address one of our proxies saw
-    assert policy.client_address("10.0.0.5", "203.0.113.9") == ipaddress.ip_address("203.0.113.9")
-    # an untrusted peer's header is ignored; a garbled entry is no address at all
-    assert policy.client_address("192.0.2.1", "203.0.113.9") == ipaddress.ip_address("192.0.2.1")
-    assert policy.client_address("10.0.0.5", "not-an-ip, 10.0.1.4") is None
-
-
 async def test_operator_endpoints_need_an_operator_network_or_a_login(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
@@ -208,58 +184,3 @@ async def test_operator_endpoints_are_open_without_operator_networks(
     client = await make_proxy(fakehub)
     assert (await client.get("/metrics")).status == 200
     assert (await client.get("/status")).status == 200
-
-
-def test_bad_access_settings_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="PROXY_ALLOW_CIDRS"):
-        load_settings({"PROXY_ALLOW_CIDRS": "10.0.0.0/33"})
-    with pytest.raises(ConfigError, match="PROXY_AUTH_HTPASSWD"):
-        load_settings({"PROXY_AUTH_HTPASSWD": str(tmp_path / "missing")})
-    plain = tmp_path / "plain"
-    plain.write_text("user:{SHA}abc\n")
-    with pytest.raises(ConfigError, match="bcrypt"):
-        load_settings({"PROXY_AUTH_HTPASSWD": str(plain)})
-
-
-IP_RANGES: dict[str, object] = {
-    "prefixes": [
-        {"ip_prefix": "34.228.4.208/28", "region": "us-east-1", "service": "CODEBUILD"},
-        {"ip_prefix": "3.5.0.0/16", "region": "us-east-1", "service": "S3"},
-        {"ip_prefix": "13.56.32.200/29", "region": "us-west-1", "service": "CODEBUILD"},
-        {"ip_prefix": "34.228.4.208/28", "region": "us-east-1", "service": "AMAZON"},
-    ],
-    "ipv6_prefixes": [
-        {"ipv6_prefix": "2600:1f18::/36", "region": "us-east-1", "service": "CODEBUILD"}
-    ],
-}
-
-
-def test_codebuild_ranges() -> None:
-    assert codebuild_ranges(IP_RANGES, "us-east-1") == ["34.228.4.208/28", "2600:1f18::/36"]
-    assert codebuild_ranges(IP_RANGES, "eu-west-1") == []
-
-
-def test_codebuild_ranges_command(tmp_path: Path) -> None:
-    path = tmp_path / "ip-ranges.json"
-    path.write_text(json.dumps(IP_RANGES))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "codebuild-ranges",
-            str(path),
-            "--region",
-            "us-east-1",
-            "--format",
-            "env",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    assert result.stdout.strip() == "PROXY_ALLOW_CIDRS=34.228.4.208/28,2600:1f18::/36"
-    assert load_settings(
-        {"PROXY_ALLOW_CIDRS": result.stdout.strip().split("=", 1)[1]}
-    ).access.allow_cidrs

@@ -7,12 +7,11 @@ import asyncio
 import os
 from collections.abc import Callable
 
-import pytest
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
 from support.proxy_app import ProxyFactory, blob_path
 
-from proxy.http.clientcap import CLIENT_CAP, ClientCap
+from proxy.http.clientcap import CLIENT_CAP
 from proxy.http.routes import SERVICES
 
 # Bigger than the loopback buffers: a client that stops reading holds its transfer open.
@@ -75,11 +74,6 @@ async def test_finished_requests_free_their_place(
     assert failed.status == 404  # an error response frees its place too
     assert (await client.get("/v2/")).status == 200
     assert client.app[CLIENT_CAP].active == 0
-
-
-def test_cap_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        ClientCap(0)
 
 
 async def test_clients_that_stop_reading_are_closed_and_free_their_place(

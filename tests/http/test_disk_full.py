@@ -49,7 +49,7 @@ async def test_a_pull_larger_than_the_free_space(
         fakehub,
         location=StorageLocation(path=small_disk / "cache"),
         # No size limit: under one, a blob this large (over a quarter of it) would only be
-        # streamed, never written to the cache (tests/test_prefetch.py); here the write must
+        # streamed, never written to the cache (tests/http/test_prefetch.py); here the write must
         # meet the full disk itself.
         limit=None,
         spool_min_free=1,  # spool until the disk really fills (no room at all is test_spool)

@@ -9,24 +9,9 @@ from support.clock import use_clock
 from support.fakehub import FakeHub
 from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
-from proxy.cache.negative import NegativeCache
 from proxy.http.routes import SERVICES
 
 MISSING = "/v2/library/golang/manifests/missing"
-
-
-def test_negative_cache_entries_expire() -> None:
-    now = [0.0]
-    cache = NegativeCache(30, clock=lambda: now[0])
-    cache.remember("a")
-    assert "a" in cache and "b" not in cache
-    now[0] = 29.9
-    assert "a" in cache
-    now[0] = 30.0
-    assert "a" not in cache
-    disabled = NegativeCache(0, clock=lambda: now[0])
-    disabled.remember("a")
-    assert "a" not in disabled
 
 
 async def test_fifty_concurrent_heads_of_a_missing_tag_make_one_upstream_request(

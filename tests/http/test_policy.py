@@ -1,20 +1,22 @@
-"""Repository allow/deny rules through the HTTP API: every route form, both kinds of upstream,
-tags and digests and blobs; a refused repository never causes an upstream request."""
+"""Content policy through the HTTP API (proxy/registry/policy.py's rules at work; the rules on
+their own: tests/unit/registry/test_policy.py).
+
+- Repository allow/deny rules: every route form, both kinds of upstream, tags and digests and
+  blobs; a refused repository never causes an upstream request.
+- PROXY_TAG_TTL_RULES: each tag revalidates on its own schedule (fake clock, no sleeps).
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
+from support.clock import use_clock
 from support.fakehub import FakeHub
 from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
-from support.settings import settings_with
 
-from proxy.commands.warm import warm
-from proxy.config import StorageLocation, UpstreamSettings
-from proxy.registry.policy import RepositoryRules, parse_repository_patterns
+from proxy.config import UpstreamSettings
+from proxy.registry.policy import RepositoryRules, parse_repository_patterns, parse_tag_ttl_rules
 
 # Docker Hub's (PROXY_ALLOW_REPOSITORIES, PROXY_DENY_REPOSITORIES)
 HUB_RULES = {
@@ -178,15 +180,55 @@ async def test_a_cached_blob_is_refused_under_a_denied_repository(
     assert docker_hub.count(server=None) == 0
 
 
-async def test_warm_obeys_the_rules(hubs: tuple[FakeHub, FakeHub], tmp_path: Path) -> None:
-    docker_hub, _ = hubs
-    settings = settings_with(
-        url=docker_hub.url,
-        **HUB_RULES,
-        location=StorageLocation(path=tmp_path / "cache"),
-        read_timeout=5.0,
+async def test_two_tags_of_one_repository_revalidate_on_their_own_schedules(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    fakehub.add_image("library/golang", "latest", [b"latest"])
+    fakehub.add_image("library/golang", "1.22.3", [b"release"])
+    client = await make_proxy(
+        fakehub,
+        tag_ttl=300,
+        tag_ttl_rules=parse_tag_ttl_rules("*:latest=60,library/*:[0-9]*=86400"),
     )
-    output = io.StringIO()
-    assert await warm(settings, ["ubuntu:1.0", "bitnami/redis:1.0"], None, output) == 2
-    assert docker_hub.count(server=None) == 0
-    assert await warm(settings, ["golang:1.0"], None, output) == 0
+    clock = use_clock(client)
+
+    async def pull_both() -> None:
+        for tag in ("latest", "1.22.3"):
+            response = await client.get(f"/v2/golang/manifests/{tag}", headers=ACCEPT_ALL)
+            assert response.status == 200
+            await response.read()
+
+    def heads(tag: str) -> int:
+        return fakehub.count("HEAD", f"/manifests/{tag}", status=200)
+
+    await pull_both()  # both cached and confirmed now
+    fakehub.reset_counts()
+    schedule = []
+    for _ in range(10):  # ten minutes, a pull of both tags every minute
+        clock.advance(61)
+        await pull_both()
+        schedule.append((heads("latest"), heads("1.22.3")))
+    # latest (60 s) is asked about every minute; the release tag (a day) never in ten minutes.
+    assert schedule == [(n, 0) for n in range(1, 11)]
+    assert fakehub.manifest_gets() == 0
+
+    clock.advance(86_400)
+    await pull_both()
+    assert (heads("latest"), heads("1.22.3")) == (11, 1)
+
+
+async def test_without_rules_the_default_ttl_holds(
+    fakehub: FakeHub, make_proxy: ProxyFactory
+) -> None:
+    fakehub.add_image("library/golang", "latest")
+    client = await make_proxy(fakehub, tag_ttl=300)
+    clock = use_clock(client)
+    path = "/v2/library/golang/manifests/latest"
+    assert (await client.get(path, headers=ACCEPT_ALL)).status == 200
+    fakehub.reset_counts()
+    clock.advance(299)
+    assert (await client.get(path, headers=ACCEPT_ALL)).status == 200
+    assert fakehub.count(server=None) == 0
+    clock.advance(2)
+    assert (await client.get(path, headers=ACCEPT_ALL)).status == 200
+    assert fakehub.count("HEAD", "/manifests/latest", status=200) == 1

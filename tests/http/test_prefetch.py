@@ -273,20 +273,6 @@ async def test_nothing_is_prefetched_while_the_upstream_is_in_back_off(
     assert fakehub.cdn_gets() == 0
 
 
-def test_image_blobs_lists_config_and_layers_once_with_their_sizes() -> None:
-    config, layer = "sha256:" + "a" * 64, "sha256:" + "b" * 64
-    manifest = (
-        b'{"config": {"digest": "%s", "size": 7}, "layers": [{"digest": "%s", "size": 9},'
-        b' {"digest": "%s", "size": 9}, {"digest": "sha512:00", "size": 1}, {"size": 3},'
-        b' {"digest": "%s", "size": "big"}]}'
-    ) % (config.encode(), layer.encode(), layer.encode(), ("sha256:" + "c" * 64).encode())
-    found = [(str(b.digest), b.size) for b in image_blobs(manifest)]
-    assert found == [(config, 7), (layer, 9), ("sha256:" + "c" * 64, None)]
-    assert image_blobs(b"not json") == []
-    assert image_blobs(b'{"layers": "nope"}') == []
-    assert Digest.parse(config).hex == "a" * 64
-
-
 async def test_a_queued_prefetch_asks_nothing_once_the_upstream_said_429(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:

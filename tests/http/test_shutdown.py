@@ -8,15 +8,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 from support.fakehub import FakeHub
 from support.proxy_process import ProxyProcess
-
-from proxy.http.access import AccessPolicy
-from proxy.http.clientcap import ClientCap
-from proxy.http.edge import Edge
-from proxy.http.shutdown import InFlightRequests, drain
 
 LAYER = bytes(range(256)) * 4096 * 4  # 4 MiB
 
@@ -93,60 +86,3 @@ async def test_sigterm_aborts_what_cannot_finish(fakehub: FakeHub, tmp_path: Pat
     assert cache_files(tmp_path / "cache", "data/blobs") == []
     assert cache_files(tmp_path / "cache", "tmp") == []
     assert cache_files(tmp_path / "cache", "spool") == []
-
-
-class SlowFetches:
-    """A blob cache whose downloads take ``seconds`` to drain; records the grace it was given."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.given: list[float] = []
-
-    @property
-    def in_flight(self) -> int:
-        return 1
-
-    async def drain(self, grace: float) -> None:
-        self.given.append(grace)
-        await asyncio.sleep(min(self.seconds, grace))
-
-
-class RecordingRequests(InFlightRequests):
-    def __init__(self) -> None:
-        super().__init__()
-        self.given: list[float] = []
-
-    async def wait_idle(self, seconds: float) -> bool:
-        self.given.append(seconds)
-        return await super().wait_idle(seconds)
-
-
-async def test_fetches_and_requests_share_one_deadline() -> None:
-    """The requests get what the fetches left of the grace, not a grace of their own."""
-    fetches = SlowFetches(0.2)
-    requests = RecordingRequests()
-    requests.count = 1  # a request that never finishes
-    requests._idle.clear()
-    await drain(1.0, fetches, requests)
-    assert fetches.given == [pytest.approx(1.0, abs=0.05)]
-    [left] = requests.given
-    assert left <= 0.8
-
-
-async def test_in_flight_requests_are_counted_until_they_finish() -> None:
-    requests = InFlightRequests()
-    release = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await release.wait()
-        return web.Response()
-
-    edge = Edge(AccessPolicy(), ClientCap(10), requests)
-    call = asyncio.create_task(edge.route("test", handler)(make_mocked_request("GET", "/v2/")))
-    await asyncio.sleep(0)
-    assert requests.count == 1
-    assert await requests.wait_idle(0) is False
-    release.set()
-    await call
-    assert requests.count == 0
-    assert await requests.wait_idle(0) is True

@@ -570,7 +570,7 @@ def test_buildspec_secrets_block_gives_the_script_its_certificate() -> None:
     }
     guide = GUIDE.read_text(encoding="utf-8")
     assert all(f"{name}: {value}" in guide for name, value in secrets.items())
-    # keys of the document `registry-proxy certs issue` writes (tests/test_certs.py)
+    # keys of the document `registry-proxy certs issue` writes (tests/unit/commands/test_certs.py)
     assert {value.rpartition(":")[2] for value in secrets.values()} == {
         "certificate",
         "private_key",

@@ -2,7 +2,7 @@
 
 ``settings_with(tag_ttl=0, location=StorageLocation(path=p))`` is ``Settings()`` with
 ``policy.tag_ttl`` and ``storage.location`` changed. Field names are unique across the sections
-(tests/test_config.py checks it), so a name says which section it belongs to.
+(tests/unit/test_config.py checks it), so a name says which section it belongs to.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Test data and small helpers shared by the storage tests (tests/test_storage*.py)."""
+"""Test data and small helpers shared by the storage tests (tests/unit/storage/)."""
 
 from __future__ import annotations
 

@@ -398,3 +398,14 @@ def test_the_scrub_rate() -> None:
     assert load_settings(s3).cache.scrub_rate == 2 * 1024**2
     with pytest.raises(ConfigError, match=r"^PROXY_CACHE_SCRUB_RATE=.*8MiB or 512k"):
         load_settings({"PROXY_CACHE_SCRUB_RATE": "fast"})
+
+
+def test_bad_access_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PROXY_ALLOW_CIDRS"):
+        load_settings({"PROXY_ALLOW_CIDRS": "10.0.0.0/33"})
+    with pytest.raises(ConfigError, match="PROXY_AUTH_HTPASSWD"):
+        load_settings({"PROXY_AUTH_HTPASSWD": str(tmp_path / "missing")})
+    plain = tmp_path / "plain"
+    plain.write_text("user:{SHA}abc\n")
+    with pytest.raises(ConfigError, match="bcrypt"):
+        load_settings({"PROXY_AUTH_HTPASSWD": str(plain)})

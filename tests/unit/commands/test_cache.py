@@ -1,6 +1,6 @@
 """``registry-proxy cache ls|du|gc|verify`` on a directory cache filled through the proxy.
 
-S3 (two instances, expiry, ``gc --dry-run``) is in tests/test_expiry_s3.py.
+S3 (two instances, expiry, ``gc --dry-run``) is in tests/http/test_expiry_s3.py.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from support.settings import settings_with
 from proxy.commands.warm import parse_image, read_image_list, warm
 from proxy.config import Settings, StorageLocation
 from proxy.registry.errors import RegistryError
+from proxy.registry.policy import parse_repository_patterns
 from proxy.registry.reference import Reference
 
 
@@ -75,3 +76,18 @@ async def test_warm_one_platform(fakehub: FakeHub, tmp_path: Path) -> None:
 async def test_warm_reports_failures(fakehub: FakeHub, tmp_path: Path) -> None:
     settings = settings_for(fakehub, tmp_path / "cache")
     assert await warm(settings, ["golang:missing"], None, io.StringIO()) == 1
+
+
+async def test_warm_obeys_the_rules(fakehub: FakeHub, tmp_path: Path) -> None:
+    for repo in ("library/golang", "library/ubuntu", "bitnami/redis"):
+        fakehub.add_image(repo, "1.0")
+    settings = settings_for(
+        fakehub,
+        tmp_path / "cache",
+        allow_repositories=parse_repository_patterns("library/*,myorg/*"),
+        deny_repositories=parse_repository_patterns("library/ubuntu"),
+    )
+    output = io.StringIO()
+    assert await warm(settings, ["ubuntu:1.0", "bitnami/redis:1.0"], None, output) == 2
+    assert fakehub.count(server=None) == 0
+    assert await warm(settings, ["golang:1.0"], None, output) == 0

@@ -163,3 +163,25 @@ def test_the_access_line_follows_the_log_level(monkeypatch: pytest.MonkeyPatch) 
     finally:
         reset_logging()
     assert out.getvalue() == ""
+
+
+def unprintable(text: str) -> set[str]:
+    return {char for char in text if not char.isprintable() and char != "\n"}
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_every_kind_of_unprintable_character_is_escaped(log_format: str) -> None:
+    buffer = io.StringIO()
+    log = structlog.wrap_logger(
+        structlog.PrintLogger(buffer), processors=log_processors(log_format)
+    )
+    hostile = "a\x00b\x1b[31mc\x7fd\x9be\u202ef\u2028g\udcffh\ti"
+    log.info("request\x1b[2J", path=hostile, plain="ok/é/ü path", number=3)
+    text = buffer.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1
+    assert unprintable(text) == set()
+    rendered = json.loads(text)["path"] if log_format == "json" else text
+    for escape in ("\\x00", "\\x1b[31m", "\\x7f", "\\x9b", "\\u202e", "\\u2028", "\\udcff"):
+        assert escape in rendered, escape
+    plain = json.loads(text)["plain"] if log_format == "json" else text
+    assert "ok/é/ü path" in plain  # printable text, accented letters included, is left alone

@@ -1,5 +1,6 @@
-"""Index platform selection (``proxy.registry.manifest``): which entries of an index count, and
-which manifest a client that cannot read an index gets.
+"""Manifests (``proxy.registry.manifest``): index platform selection (which entries of an index
+count, and which manifest a client that cannot read an index gets), and which blobs an image
+manifest names (what a prefetch fetches).
 
 Index bytes come from the upstream: an entry that is not well formed is skipped, never trusted;
 the default platform is linux/amd64 (as distribution serves), and only in a media type the
@@ -18,8 +19,10 @@ from proxy.registry.manifest import (
     OCI_INDEX,
     OCI_MANIFEST,
     default_platform_digest,
+    image_blobs,
     platform_manifests,
 )
+from proxy.registry.reference import Digest
 
 AMD64 = "sha256:" + "a" * 64
 ARM64 = "sha256:" + "b" * 64
@@ -116,3 +119,17 @@ def test_an_entry_without_media_type_is_not_chosen() -> None:
     """The client must be able to read what it gets: an unknown type is not known to fit."""
     untyped = index({"digest": AMD64, "platform": {"os": "linux", "architecture": "amd64"}})
     assert default_platform_digest(untyped, {OCI_MANIFEST}) is None
+
+
+def test_image_blobs_lists_config_and_layers_once_with_their_sizes() -> None:
+    config, layer = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    manifest = (
+        b'{"config": {"digest": "%s", "size": 7}, "layers": [{"digest": "%s", "size": 9},'
+        b' {"digest": "%s", "size": 9}, {"digest": "sha512:00", "size": 1}, {"size": 3},'
+        b' {"digest": "%s", "size": "big"}]}'
+    ) % (config.encode(), layer.encode(), layer.encode(), ("sha256:" + "c" * 64).encode())
+    found = [(str(b.digest), b.size) for b in image_blobs(manifest)]
+    assert found == [(config, 7), (layer, 9), ("sha256:" + "c" * 64, None)]
+    assert image_blobs(b"not json") == []
+    assert image_blobs(b'{"layers": "nope"}') == []
+    assert Digest.parse(config).hex == "a" * 64

@@ -1,26 +1,20 @@
 """The storage conformance suite: every backend keeps the semantics in ``proxy.storage.base``.
 
-It also runs the last-use records (``proxy.cache.upkeep.lastuse``: batched writes, merges by several
-sweepers at once) on every backend, since they rely on nothing but these semantics.
-
 Each test runs against the local directory backend (on tmp_path) and the S3 backend (on a moto
-server, with S3's smallest part size so that the "large" blobs go up as multipart uploads).
+server, with S3's smallest part size so that the "large" blobs go up as multipart uploads): the
+``backend`` and ``storage`` fixtures of tests/unit/conftest.py. The last-use records, which rely
+on nothing but these semantics, run on both backends too (tests/unit/cache/upkeep/test_lastuse.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from support.moto import MotoServer
+from support.backends import PART_SIZE, Backend
 from support.storage_data import MiB, collect, payload, sha256, write_all
 from support.storage_data import blob_key as key_for_digest
 
-from proxy.cache.upkeep.lastuse import UseRecords
 from proxy.storage import (
     DigestMismatch,
     DiscardingWriter,
@@ -29,11 +23,7 @@ from proxy.storage import (
     Storage,
     StorageError,
 )
-from proxy.storage.failsafe import FailSafeStorage
-from proxy.storage.filesystem import FilesystemStorage
-from proxy.storage.s3 import MIN_PART_SIZE, S3Storage
 
-PART_SIZE = MIN_PART_SIZE
 SMALL = 1000
 LARGE = 2 * PART_SIZE + 12345  # three parts in S3, the last one short
 CHUNK = MiB
@@ -44,74 +34,6 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 def blob_key(data: bytes) -> str:
     return key_for_digest(sha256(data))
-
-
-@dataclass
-class Backend:
-    """An opened storage plus a way to see what an unfinished write left behind."""
-
-    name: str
-    storage: Storage
-    leftovers: Callable[[], Awaitable[list[str]]]
-    make_unusable: Callable[[], Awaitable[None]]
-    """Take the backend's ground away (the directory, the bucket) under the open storage."""
-
-
-BackendFactory = Callable[[], Awaitable[Backend]]
-
-
-@pytest.fixture(params=["filesystem", "s3"])
-def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
-    if request.param == "filesystem":
-
-        async def filesystem() -> Backend:
-            store = FilesystemStorage(tmp_path / "cache")
-            await store.open()
-
-            async def leftovers() -> list[str]:
-                return sorted(path.name for path in store.tmp_dir.iterdir())
-
-            async def remove_directory() -> None:
-                shutil.rmtree(store.root)
-
-            return Backend("filesystem", store, leftovers, remove_directory)
-
-        return filesystem
-
-    moto: MotoServer = request.getfixturevalue("moto_endpoint")
-    bucket = moto.create_bucket()
-
-    async def s3() -> Backend:
-        store = S3Storage(bucket, "cache/v1", endpoint_url=moto.endpoint_url, part_size=PART_SIZE)
-        await store.open()
-
-        async def leftovers() -> list[str]:
-            uploads = await store.client.list_multipart_uploads(Bucket=bucket)
-            return sorted(str(upload["Key"]) for upload in uploads.get("Uploads", []))
-
-        async def delete_bucket() -> None:
-            found = await store.client.list_objects_v2(Bucket=bucket)
-            for item in found.get("Contents", []):
-                await store.client.delete_object(Bucket=bucket, Key=item["Key"])
-            await store.client.delete_bucket(Bucket=bucket)
-
-        return Backend("s3", store, leftovers, delete_bucket)
-
-    return s3
-
-
-@pytest.fixture
-async def backend(backend_factory: BackendFactory) -> AsyncIterator[Backend]:
-    made = await backend_factory()
-    try:
-        yield made
-    finally:
-        await made.storage.close()
-
-
-@pytest.fixture
-def storage(backend: Backend) -> Storage:
-    return backend.storage
 
 
 # -- put / get / stat ---------------------------------------------------------------------------
@@ -429,94 +351,3 @@ async def test_invalid_keys_are_refused(storage: Storage, key: str) -> None:
         await storage.writer(key, sha256(b"x"), 1)
     with pytest.raises(ValueError):
         await storage.delete(key)
-
-
-# -- last-use records (proxy.cache.upkeep.lastuse) -------------------------------------------------
-# Written by every instance in batches, merged by sweeps: on both backends no time is ever lost,
-# whoever merges at the same time.
-
-
-def records_on(storage: Storage, instance: str) -> UseRecords:
-    return UseRecords(FailSafeStorage(storage, cooldown=0), instance)
-
-
-async def test_use_records_from_several_instances_merge(storage: Storage) -> None:
-    a, b = records_on(storage, "aaaa"), records_on(storage, "bbbb")
-    assert await a.write({"blobs/sha256/aa/x": 100.0, "tags/h/r/_tag/t": 100.0}, now=100)
-    assert await b.write({"blobs/sha256/aa/x": 250.0, "manifests/sha256/bb/y": 120.0}, now=250)
-    assert await a.write({"blobs/sha256/aa/x": 200.0}, now=200)
-
-    found = await a.read()
-    assert found.uses == {
-        "blobs/sha256/aa/x": 250.0,
-        "tags/h/r/_tag/t": 100.0,
-        "manifests/sha256/bb/y": 120.0,
-    }
-    assert len(found.keys) == 3
-    assert found.bytes > 0
-
-
-async def test_use_records_are_batches_of_bounded_size(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("proxy.cache.upkeep.lastuse.MAX_USES_PER_RECORD", 3)
-    records = records_on(storage, "aaaa")
-    uses = {f"blobs/sha256/aa/{i:02d}": float(i + 1) for i in range(7)}
-    assert await records.write(uses, now=10)
-    found = await records.read()
-    assert len(found.keys) == 3  # 3 + 3 + 1
-    assert found.uses == uses
-
-
-async def test_compacting_replaces_what_was_read_and_keeps_later_records(
-    storage: Storage,
-) -> None:
-    a, b = records_on(storage, "aaaa"), records_on(storage, "bbbb")
-    await a.write({"blobs/sha256/aa/x": 100.0, "blobs/sha256/aa/gone": 90.0}, now=100)
-    await b.write({"blobs/sha256/aa/x": 150.0}, now=150)
-    read = await a.read()
-    await b.write({"blobs/sha256/aa/x": 300.0}, now=300)  # after the read: must survive
-
-    assert await a.compact(read, now=310, keep=lambda key: key != "blobs/sha256/aa/gone")
-
-    found = await a.read()
-    assert found.uses == {"blobs/sha256/aa/x": 300.0}
-    assert len(found.keys) == 2  # the merged record and the one written after the read
-    merged = await FailSafeStorage(storage).get(next(k for k in found.keys if "-aaaa-" in k))
-    assert merged is not None and b'"blobs/sha256/aa/x":150' in merged[0]
-
-
-async def test_sweepers_compacting_at_once_lose_nothing(storage: Storage) -> None:
-    writers = [records_on(storage, f"w{i:03d}") for i in range(3)]
-    expected: dict[str, float] = {}
-    for i, writer in enumerate(writers):
-        uses = {f"blobs/sha256/aa/{i}": 10.0 + i, "blobs/sha256/aa/shared": 20.0 + i}
-        await writer.write(uses, now=20 + i)
-        for key, when in uses.items():
-            expected[key] = max(expected.get(key, 0.0), when)
-    first, second = records_on(storage, "s001"), records_on(storage, "s002")
-    # Both read the same records, then both merge and delete them, in either order.
-    read_first, read_second = await first.read(), await second.read()
-    assert await first.compact(read_first, now=100)
-    assert await second.compact(read_second, now=101)
-    assert (await first.read()).uses == expected
-    # One read after the other's merge sees the merged record only where it was not deleted yet.
-    read_third = await first.read()
-    late = records_on(storage, "s003")
-    assert await late.compact(read_third, now=102)
-    assert await first.compact(read_third, now=103)  # the same records again: already gone
-    found = await first.read()
-    assert found.uses == expected
-    assert len(found.keys) <= 2
-
-
-async def test_a_bad_record_is_skipped_and_merged_away(storage: Storage) -> None:
-    records = records_on(storage, "aaaa")
-    await storage.put("access/0000000001-zzzz-1", b"not json")
-    await records.write({"blobs/sha256/aa/x": 5.0}, now=5)
-    found = await records.read()
-    assert found.uses == {"blobs/sha256/aa/x": 5.0}
-    assert await records.compact(found, now=6)
-    assert [key async for key in storage.keys("access/")] != []
-    assert (await records.read()).uses == {"blobs/sha256/aa/x": 5.0}
-    assert len((await records.read()).keys) == 1

@@ -1,10 +1,12 @@
-"""The filesystem backend's own guard: a key never leads out of the cache directory.
+"""The filesystem backend (proxy/storage/filesystem.py): a key never leads out of the cache
+directory, a blob whose size changed is corrupt, and a partial write that vanishes is a storage
+failure.
 
 Keys are checked against the key grammar first (``check_key``: no ``..``, no absolute path);
 behind that, every path is resolved and must stay under its directory. These tests reach that
 second guard alone, with keys the grammar accepts: a symlink planted inside the cache (by
 another process, a restore, an operator) that points out of it is never followed, for reads,
-writes or deletes.
+writes or deletes. The semantics every backend keeps: tests/unit/storage/test_base.py.
 """
 
 from __future__ import annotations
@@ -166,3 +168,19 @@ async def test_a_blob_without_a_recorded_size_gets_one_once_verified(
         file.truncate(5)
     with pytest.raises(ObjectCorrupt):
         await store.stat(key)
+
+
+async def test_a_partial_write_that_vanishes_is_a_storage_failure(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path)
+    await storage.open()
+    data = b"a blob whose partial file is removed from under its writer"
+    from proxy.registry.reference import Digest
+    from proxy.storage import StorageError
+
+    digest = Digest.of(data)
+    writer = await storage.writer(f"blobs/sha256/{digest.hex[:2]}/{digest.hex}", digest.hex)
+    await writer.write(data)
+    for leftover in (tmp_path / "tmp").iterdir():
+        leftover.unlink()
+    with pytest.raises(StorageError, match="vanished"):
+        await writer.commit()

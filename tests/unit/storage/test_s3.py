@@ -1,7 +1,7 @@
 """S3-specific behaviour of ``S3Storage``, against a real S3 endpoint (moto server on loopback).
 
-The semantics shared with the filesystem backend are in tests/test_storage.py; this covers what
-only S3 has: object naming under the prefix, multipart uploads and their memory bound, conditional
+The semantics shared with the filesystem backend are in test_base.py; this covers what only S3
+has: object naming under the prefix, multipart uploads and their memory bound, conditional
 writes racing between instances, start-up errors, retries, and presigned URLs.
 """
 

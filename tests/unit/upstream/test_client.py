@@ -26,7 +26,7 @@ from support.fakehub import FakeHub, RecordedRequest
 
 from proxy.config import UpstreamSettings
 from proxy.registry.reference import Digest
-from proxy.upstream.client import RegistryClient
+from proxy.upstream.client import ContentRange, RegistryClient
 from proxy.upstream.errors import (
     UpstreamDenied,
     UpstreamError,
@@ -409,3 +409,11 @@ async def test_tokens_are_fetched_with_the_account(fakehub_factory: Any) -> None
         with pytest.raises(UpstreamDenied) as caught:
             await get_manifest(anonymous, REPO, "1.22")
     assert caught.value.status == 401
+
+
+def test_content_range_is_parsed_strictly() -> None:
+    assert ContentRange.parse("bytes 0-99/1000") == ContentRange(0, 99, 1000)
+    assert ContentRange.parse("bytes 5-5/*") == ContentRange(5, 5, None)
+    assert ContentRange.parse("bytes 0-99/1000").length == 100  # type: ignore[union-attr]
+    for bad in (None, "", "bytes */1000", "bytes 9-3/100", "bytes 0-100/100", "items 0-1/2"):
+        assert ContentRange.parse(bad) is None

@@ -1,8 +1,8 @@
 """Sweeps over a real cache directory (proxy/cache/upkeep/housekeeping.py with the inventory it
 takes): what a manifest in use keeps alive, and what a sweep that could not read everything does.
 
-The decisions themselves are tested on hand-built inventories in tests/test_retention.py; here
-the inventory is taken from storage, as the server and ``cache gc`` take it.
+The decisions themselves are tested on hand-built inventories in test_retention.py; here the
+inventory is taken from storage, as the server and ``cache gc`` take it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Recording uses in memory and flushing them in batches (proxy/cache/upkeep/lastuse.py).
+"""Last use (proxy/cache/upkeep/lastuse.py): uses recorded in memory and flushed in batches, and
+the records in storage, on every backend (the ``storage`` fixture: tests/unit/conftest.py).
 
-The records' storage semantics (batches, merging by several sweepers) are in the storage
-conformance suite (tests/test_storage.py), on both backends.
+Records are written by every instance in batches and merged by sweeps: on both backends no time
+is ever lost, whoever merges at the same time.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from support.clock import Clock
 
 from proxy.cache.upkeep.lastuse import LastUse, UseRecords
+from proxy.storage import (
+    Storage,
+)
 from proxy.storage.failsafe import FailSafeStorage
 from proxy.storage.filesystem import FilesystemStorage
 
@@ -96,3 +101,89 @@ async def test_uses_recorded_while_a_flush_writes_are_kept_for_the_next(tmp_path
         "blobs/sha256/aa/x": 1_000_001.0,
         "blobs/sha256/aa/y": 1_000_001.0,
     }
+
+
+def records_on(storage: Storage, instance: str) -> UseRecords:
+    return UseRecords(FailSafeStorage(storage, cooldown=0), instance)
+
+
+async def test_use_records_from_several_instances_merge(storage: Storage) -> None:
+    a, b = records_on(storage, "aaaa"), records_on(storage, "bbbb")
+    assert await a.write({"blobs/sha256/aa/x": 100.0, "tags/h/r/_tag/t": 100.0}, now=100)
+    assert await b.write({"blobs/sha256/aa/x": 250.0, "manifests/sha256/bb/y": 120.0}, now=250)
+    assert await a.write({"blobs/sha256/aa/x": 200.0}, now=200)
+
+    found = await a.read()
+    assert found.uses == {
+        "blobs/sha256/aa/x": 250.0,
+        "tags/h/r/_tag/t": 100.0,
+        "manifests/sha256/bb/y": 120.0,
+    }
+    assert len(found.keys) == 3
+    assert found.bytes > 0
+
+
+async def test_use_records_are_batches_of_bounded_size(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("proxy.cache.upkeep.lastuse.MAX_USES_PER_RECORD", 3)
+    records = records_on(storage, "aaaa")
+    uses = {f"blobs/sha256/aa/{i:02d}": float(i + 1) for i in range(7)}
+    assert await records.write(uses, now=10)
+    found = await records.read()
+    assert len(found.keys) == 3  # 3 + 3 + 1
+    assert found.uses == uses
+
+
+async def test_compacting_replaces_what_was_read_and_keeps_later_records(
+    storage: Storage,
+) -> None:
+    a, b = records_on(storage, "aaaa"), records_on(storage, "bbbb")
+    await a.write({"blobs/sha256/aa/x": 100.0, "blobs/sha256/aa/gone": 90.0}, now=100)
+    await b.write({"blobs/sha256/aa/x": 150.0}, now=150)
+    read = await a.read()
+    await b.write({"blobs/sha256/aa/x": 300.0}, now=300)  # after the read: must survive
+
+    assert await a.compact(read, now=310, keep=lambda key: key != "blobs/sha256/aa/gone")
+
+    found = await a.read()
+    assert found.uses == {"blobs/sha256/aa/x": 300.0}
+    assert len(found.keys) == 2  # the merged record and the one written after the read
+    merged = await FailSafeStorage(storage).get(next(k for k in found.keys if "-aaaa-" in k))
+    assert merged is not None and b'"blobs/sha256/aa/x":150' in merged[0]
+
+
+async def test_sweepers_compacting_at_once_lose_nothing(storage: Storage) -> None:
+    writers = [records_on(storage, f"w{i:03d}") for i in range(3)]
+    expected: dict[str, float] = {}
+    for i, writer in enumerate(writers):
+        uses = {f"blobs/sha256/aa/{i}": 10.0 + i, "blobs/sha256/aa/shared": 20.0 + i}
+        await writer.write(uses, now=20 + i)
+        for key, when in uses.items():
+            expected[key] = max(expected.get(key, 0.0), when)
+    first, second = records_on(storage, "s001"), records_on(storage, "s002")
+    # Both read the same records, then both merge and delete them, in either order.
+    read_first, read_second = await first.read(), await second.read()
+    assert await first.compact(read_first, now=100)
+    assert await second.compact(read_second, now=101)
+    assert (await first.read()).uses == expected
+    # One read after the other's merge sees the merged record only where it was not deleted yet.
+    read_third = await first.read()
+    late = records_on(storage, "s003")
+    assert await late.compact(read_third, now=102)
+    assert await first.compact(read_third, now=103)  # the same records again: already gone
+    found = await first.read()
+    assert found.uses == expected
+    assert len(found.keys) <= 2
+
+
+async def test_a_bad_record_is_skipped_and_merged_away(storage: Storage) -> None:
+    records = records_on(storage, "aaaa")
+    await storage.put("access/0000000001-zzzz-1", b"not json")
+    await records.write({"blobs/sha256/aa/x": 5.0}, now=5)
+    found = await records.read()
+    assert found.uses == {"blobs/sha256/aa/x": 5.0}
+    assert await records.compact(found, now=6)
+    assert [key async for key in storage.keys("access/")] != []
+    assert (await records.read()).uses == {"blobs/sha256/aa/x": 5.0}
+    assert len((await records.read()).keys) == 1

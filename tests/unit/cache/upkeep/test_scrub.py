@@ -1,6 +1,6 @@
 """The background scrub (proxy/cache/upkeep/scrub.py) on its own: its pace, what it judges.
 
-Through the proxy (a flipped byte found and fetched again): tests/test_cache_integrity.py.
+Through the proxy (a flipped byte found and fetched again): tests/http/test_cache_integrity.py.
 """
 
 from __future__ import annotations
