@@ -110,3 +110,17 @@ def entry_for(text: str, message: str) -> str | None:
         if any(message_pattern(quoted).match(message) for quoted in quoted_messages(item)):
             return item
     return None
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of ``text``'s Markdown tables, each as its cells (stripped); the header row
+    and the ``| --- |`` line under it are left out."""
+    rows: list[list[str]] = []
+    previous = ""
+    for line in text.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|?", line):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if previous.startswith("|"):
+                rows.append(cells)
+        previous = line if line.startswith("|") else ""
+    return rows
