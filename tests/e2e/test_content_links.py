@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from support.distribution import Distribution
-from support.oci_image import Skopeo, SkopeoError
-from support.oci_push import OCI_MANIFEST, RegistryWriter
+from support.oci_image import OCI_MANIFEST, Skopeo, SkopeoError
+from support.oci_push import RegistryWriter
 from support.proxy_process import ProxyProcess
 
 from .conftest import ProxyFactory

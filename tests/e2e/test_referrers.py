@@ -17,8 +17,8 @@ import urllib.request
 
 import pytest
 from support.distribution import Distribution
-from support.oci_image import PushedImage, Skopeo
-from support.oci_push import OCI_INDEX, RegistryWriter
+from support.oci_image import OCI_INDEX, PushedImage, Skopeo
+from support.oci_push import RegistryWriter
 from support.proxy_process import ProxyProcess
 
 from .conftest import ProxyFactory

@@ -1,4 +1,4 @@
-"""Locating the real programs the end-to-end tests run, and picking free ports.
+"""Locating the real programs the end-to-end tests run, running them bounded, picking free ports.
 
 A missing program skips the test with a reason that names the program and the Debian package
 that provides it.  CI sets ``PROXY_TEST_REQUIRE_BINARIES=1``: there a missing program fails the
@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
+from pathlib import Path
+from typing import Literal, overload
 
 import pytest
 
@@ -120,3 +122,79 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | 
                 proc.kill()
             proc.wait(timeout)
     return proc.returncode
+
+
+def output_tail(output: str | bytes | None, limit: int = 4000) -> str:
+    """The last ``limit`` characters of a program's output, as text (for failure messages)."""
+    if output is None:
+        return ""
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    return output[-limit:]
+
+
+@overload
+def run_program(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    text: Literal[True],
+    check: bool = True,
+    cwd: Path | None = None,
+    context: str = "",
+    error: type[Exception] = RuntimeError,
+) -> subprocess.CompletedProcess[str]: ...
+
+
+@overload
+def run_program(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    text: Literal[False] = False,
+    check: bool = True,
+    cwd: Path | None = None,
+    context: str = "",
+    error: type[Exception] = RuntimeError,
+) -> subprocess.CompletedProcess[bytes]: ...
+
+
+def run_program(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    text: bool = False,
+    check: bool = True,
+    cwd: Path | None = None,
+    context: str = "",
+    error: type[Exception] = RuntimeError,
+) -> subprocess.CompletedProcess[str] | subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` (stdin closed, output captured) for at most ``timeout`` seconds. A timeout, or
+    (with ``check``) an exit status other than 0, raises ``error`` with the command, the tail of
+    its output and ``context`` (a daemon's log tail, say)."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=text,
+            errors="replace" if text else None,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(
+            f"timed out after {timeout} s: {' '.join(argv)}\nstdout: {output_tail(exc.stdout)}\n"
+            f"stderr: {output_tail(exc.stderr)}\n{context}"
+        ) from exc
+    if check and proc.returncode != 0:
+        raise error(
+            f"exited with {proc.returncode}: {' '.join(argv)}\n"
+            f"stdout: {output_tail(proc.stdout)}\nstderr: {output_tail(proc.stderr)}\n{context}"
+        )
+    return proc

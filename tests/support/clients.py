@@ -41,7 +41,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from support.binaries import wait_for
+from support.binaries import run_program, wait_for
 from support.managed_process import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -160,14 +160,6 @@ def short_runtime_dir(prefix: str) -> Path:
 # ---------------------------------------------------------------------- running programs
 
 
-def _tail(text: str | bytes | None, limit: int = 4000) -> str:
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return text[-limit:]
-
-
 def run(
     argv: Sequence[str],
     *,
@@ -179,29 +171,16 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` with a timeout; on failure (when ``check``) raise ClientError with the
     program's output and ``context`` (e.g. a daemon's log tail)."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ClientError(
-            f"timed out after {timeout} s: {' '.join(argv)}\nstdout: {_tail(exc.stdout)}\n"
-            f"stderr: {_tail(exc.stderr)}\n{context}"
-        ) from exc
-    if check and proc.returncode != 0:
-        raise ClientError(
-            f"exited with {proc.returncode}: {' '.join(argv)}\nstdout: {_tail(proc.stdout)}\n"
-            f"stderr: {_tail(proc.stderr)}\n{context}"
-        )
-    return proc
+    return run_program(
+        argv,
+        env=env,
+        timeout=timeout,
+        text=True,
+        check=check,
+        cwd=cwd,
+        context=context,
+        error=ClientError,
+    )
 
 
 def _pids_with_argument(argument: str) -> list[int]:

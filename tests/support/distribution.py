@@ -36,8 +36,7 @@ from typing import Any
 
 import yaml
 
-from support.binaries import free_port
-from support.managed_process import ManagedProcess
+from support.managed_process import LoopbackServer
 from support.token_server import TokenServer
 
 ACCESS_LINE = re.compile(
@@ -89,7 +88,7 @@ def parse_access_line(line: str) -> AccessLogEntry | None:
     )
 
 
-class Distribution(ManagedProcess):
+class Distribution(LoopbackServer):
     """``docker-registry serve`` on 127.0.0.1; start/stop/restart from synchronous code.
 
     The port and storage survive :meth:`stop` / :meth:`start`, so a stopped upstream comes
@@ -108,10 +107,9 @@ class Distribution(ManagedProcess):
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         # The access log is distribution's stdout, its own log its stderr.
-        super().__init__(workdir, workdir / "access.log", workdir / "registry.log")
+        super().__init__(workdir, workdir / "access.log", workdir / "registry.log", port=port)
         self.token_server = token_server
         self.binary = binary
-        self.port = port if port is not None else free_port()
         self.storage_dir = workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.access_log_path = self.stdout_path
@@ -120,17 +118,6 @@ class Distribution(ManagedProcess):
         self._secret = secrets.token_hex(16)
         self._sync_counter = 0
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-
-    # ------------------------------------------------------------------ addresses
-
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``, as used in image references."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     # ------------------------------------------------------------------ lifecycle
 

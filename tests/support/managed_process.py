@@ -24,7 +24,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Self
 
-from support.binaries import stop_process
+from support.binaries import free_port, stop_process
 
 
 class ManagedProcess(ABC):
@@ -193,3 +193,28 @@ class ManagedProcess(ABC):
             text = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+class LoopbackServer(ManagedProcess):
+    """A program serving on a port of 127.0.0.1, the same port across restarts (a stopped server
+    comes back at the same address)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        stdout_path: Path,
+        stderr_path: Path | None = None,
+        *,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(workdir, stdout_path, stderr_path)
+        self.port = port if port is not None else free_port()
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as used in image references."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support.binaries import run_program
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -335,25 +337,13 @@ class Skopeo:
         self, *args: str, timeout: float | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
         argv = self.command(*args)
-        try:
-            proc = subprocess.run(
-                argv,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout if timeout is not None else self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise SkopeoError(
-                f"skopeo timed out after {exc.timeout} s: {' '.join(argv)}\n"
-                f"stderr: {_text(exc.stderr)}"
-            ) from exc
-        if check and proc.returncode != 0:
-            raise SkopeoError(
-                f"skopeo exited with {proc.returncode}: {' '.join(argv)}\n"
-                f"stderr: {_text(proc.stderr)}"
-            )
+        proc = run_program(
+            argv,
+            env=self._env,
+            timeout=timeout if timeout is not None else self.timeout,
+            check=check,
+            error=SkopeoError,
+        )
         return proc
 
     def inspect_raw(
@@ -437,14 +427,6 @@ class Skopeo:
                     proc.wait(10)
             for log in logs:
                 log.close()
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, bytes):
-        data = data.decode(errors="replace")
-    return data[-4000:]
 
 
 # ---------------------------------------------------------------------- pushing

@@ -14,7 +14,6 @@ Use::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import urllib.error
 import urllib.parse
@@ -23,15 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from support.distribution import Distribution
+from support.oci_image import OCI_INDEX, OCI_MANIFEST, sha256_digest
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from support.binaries import free_port
 from support.distribution import MANIFEST_ACCEPT
-from support.managed_process import ManagedProcess
+from support.managed_process import LoopbackServer
 
 
 def proxy_executable() -> Path:
@@ -30,7 +29,7 @@ def proxy_executable() -> Path:
     return Path(sys.executable).parent / "registry-proxy"
 
 
-class ProxyProcess(ManagedProcess):
+class ProxyProcess(LoopbackServer):
     name = "registry-proxy"
     stop_timeout = 15.0
 
@@ -46,26 +45,16 @@ class ProxyProcess(ManagedProcess):
         extra_env: Mapping[str, str] | None = None,
         executable: Path | None = None,
     ) -> None:
-        super().__init__(workdir, workdir / "proxy.log")
+        super().__init__(workdir, workdir / "proxy.log", port=port)
         self.upstream_url = upstream_url
         self.username = username
         self.password = password
         self.storage = str(storage) if storage is not None else str(workdir / "cache")
-        self.port = port if port is not None else free_port()
         self.extra_env = dict(extra_env or {})
         self.executable = executable or proxy_executable()
         self.log_path = self.stdout_path
         if "://" not in self.storage:
             Path(self.storage).mkdir(parents=True, exist_ok=True)
-
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``, as used in image references."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     def command(self) -> list[str]:
         return [str(self.executable), "serve"]
