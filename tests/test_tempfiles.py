@@ -9,6 +9,8 @@ whose lock it can take, and never anything outside the directories the proxy own
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -160,6 +162,26 @@ async def test_a_partial_write_that_vanishes_is_a_storage_failure(tmp_path: Path
         await writer.commit()
 
 
+def _partial_writes(tmp: Path) -> list[Path]:
+    """Files in tmp/ holding half of the MiB sent before the pause: the blob's partial write
+    (link and last-use record writes pass through tmp/ too, and may be there at the moment)."""
+    found = []
+    for path in tmp.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size >= 512 * 1024:
+                found.append(path)
+    return found
+
+
+async def _until_partial_write(tmp: Path) -> list[Path]:
+    for _ in range(1000):  # 10 s
+        found = _partial_writes(tmp)
+        if found:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no partial write of the blob in {tmp}")
+
+
 async def test_a_download_whose_partial_write_vanishes_completes_and_caches_nothing(
     fakehub: FakeHub, make_proxy: ProxyFactory
 ) -> None:
@@ -176,7 +198,7 @@ async def test_a_download_whose_partial_write_vanishes_completes_and_caches_noth
     async with client.get(f"/v2/library/golang/blobs/{digest}") as response:
         assert response.status == 200
         await paused.wait_hit()
-        partials = list((root / "tmp").iterdir())
+        partials = await _until_partial_write(root / "tmp")
         assert len(partials) == 1
         partials[0].unlink()
         paused.release()
