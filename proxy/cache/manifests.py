@@ -38,6 +38,7 @@ import structlog
 from proxy.cache.keys import manifest_key, tag_key
 from proxy.cache.links import ContentLinks
 from proxy.cache.negative import NegativeCache
+from proxy.cache.records import load_newer
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import mark_cache
 from proxy.registry.manifest import Manifest, media_type_of
@@ -264,12 +265,9 @@ class ManifestCache:
     async def _tag_answer(
         self, client: RegistryClient, name: str, tag: str, key: str, ttl: float
     ) -> TagAnswer:
-        record = self._tags.get(key)
-        if record is not None and self._is_fresh(record, ttl):
-            return await self._recorded(client, name, record)
-        if key in self._negative:
-            mark_cache("negative")
-            return await self._gone(client, name, tag, record)
+        answer = await self._known_answer(client, name, tag, key, ttl, count_negative=True)
+        if answer is not None:
+            return answer
         # Another instance may have confirmed it since we last looked. A revalidation in this
         # process may also have finished while we read: keep whichever record is newest.
         await self._load_tag(key)
@@ -279,6 +277,28 @@ class ManifestCache:
         return await self._resolutions.run(
             ("tag", key), lambda: self._revalidate(client, name, tag, key, ttl)
         )
+
+    async def _known_answer(
+        self,
+        client: RegistryClient,
+        name: str,
+        tag: str,
+        key: str,
+        ttl: float,
+        *,
+        count_negative: bool = False,
+    ) -> TagAnswer | None:
+        """The answer no upstream request is needed for: what a fresh record names, or the 404
+        the tag is remembered to get (None: ask). Checked before the tag's single flight and
+        again inside it, where a revalidation that just ended may have answered."""
+        record = self._tags.get(key)
+        if record is not None and self._is_fresh(record, ttl):
+            return await self._recorded(client, name, record)
+        if key in self._negative:
+            if count_negative:
+                mark_cache("negative")
+            return await self._gone(client, name, tag, record)
+        return None
 
     async def _recorded(self, client: RegistryClient, name: str, record: TagRecord) -> TagAnswer:
         """The manifest a fresh tag record names. The record proves it belongs to ``name``."""
@@ -294,11 +314,10 @@ class ManifestCache:
     ) -> TagAnswer:
         """Ask the upstream what the tag names now; on failure, what it named last (stale)."""
         # A revalidation that ended just before this one started may have answered already.
+        answer = await self._known_answer(client, name, tag, key, ttl)
+        if answer is not None:
+            return answer
         record = self._tags.get(key)
-        if record is not None and self._is_fresh(record, ttl):
-            return await self._recorded(client, name, record)
-        if key in self._negative:
-            return await self._gone(client, name, tag, record)
         if record is not None:
             backoff = client.backoff_reason(name)
             if backoff is not None:
@@ -420,11 +439,7 @@ class ManifestCache:
         )
 
     async def _load_tag(self, key: str) -> None:
-        found = await self._storage.get(key)
-        record = TagRecord.from_json(found[0]) if found else None
-        current = self._tags.get(key)
-        if record is not None and (current is None or record.checked_at > current.checked_at):
-            self._tags[key] = record
+        await load_newer(self._storage, key, TagRecord.from_json, self._tags)
 
     async def _save_tag(self, key: str, record: TagRecord) -> None:
         self._tags[key] = record

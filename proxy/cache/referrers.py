@@ -35,6 +35,7 @@ import structlog
 
 from proxy.cache.keys import referrers_key
 from proxy.cache.negative import NegativeCache
+from proxy.cache.records import load_newer
 from proxy.concurrency.singleflight import SingleFlight
 from proxy.ops.logs import mark_cache
 from proxy.registry.manifest import OCI_INDEX
@@ -186,11 +187,7 @@ class ReferrersCache:
         return json.dumps(joined).encode()
 
     async def _load(self, key: str) -> None:
-        found = await self._storage.get(key)
-        record = ReferrersRecord.from_json(found[0]) if found else None
-        current = self._records.get(key)
-        if record is not None and (current is None or record.checked_at > current.checked_at):
-            self._records[key] = record
+        await load_newer(self._storage, key, ReferrersRecord.from_json, self._records)
 
     def _is_fresh(self, record: ReferrersRecord, ttl: float) -> bool:
         return self.clock() - record.checked_at < ttl

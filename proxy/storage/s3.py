@@ -93,8 +93,15 @@ S3_DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 #: Conditional-write failures: the object exists (412), or a write of it is in progress (409).
 EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
+#: A read whose range starts at or past the end of the object.
+INVALID_RANGE_CODES = frozenset({"InvalidRange"})
 
 _S3Error = (ClientError, BotoCoreError)
+
+
+def _answered(exc: BaseException, codes: frozenset[str]) -> bool:
+    """S3 answered with one of ``codes``: an answer the caller expects, not a failure."""
+    return isinstance(exc, ClientError) and error_code(exc) in codes
 
 
 def error_code(exc: BaseException) -> str:
@@ -261,11 +268,9 @@ class S3Storage(Storage):
         name = self.object_key(key)
         try:
             head = await self.client.head_object(Bucket=self.bucket, Key=name)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND_CODES:
+        except _S3Error as exc:
+            if _answered(exc, NOT_FOUND_CODES):
                 return None
-            raise self._error("HeadObject", key, exc) from exc
-        except BotoCoreError as exc:
             raise self._error("HeadObject", key, exc) from exc
         return _info(head)
 
@@ -275,11 +280,9 @@ class S3Storage(Storage):
             response = await self.client.get_object(Bucket=self.bucket, Key=name)
             async with response["Body"] as body:
                 data: bytes = await body.read()
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND_CODES:
+        except _S3Error as exc:
+            if _answered(exc, NOT_FOUND_CODES):
                 return None
-            raise self._error("GetObject", key, exc) from exc
-        except BotoCoreError as exc:
             raise self._error("GetObject", key, exc) from exc
         info = _info(response)
         return data, ObjectInfo(len(data), info.content_type)
@@ -297,14 +300,11 @@ class S3Storage(Storage):
                 response = await self.client.get_object(
                     Bucket=self.bucket, Key=name, Range=f"bytes={first}-{last}"
                 )
-            except ClientError as exc:
-                code = error_code(exc)
-                if code in NOT_FOUND_CODES:
+            except _S3Error as exc:
+                if _answered(exc, NOT_FOUND_CODES):
                     raise ObjectNotFound(key) from None
-                if code == "InvalidRange":
+                if _answered(exc, INVALID_RANGE_CODES):
                     return None  # starts at or past the end: nothing to send (as a file would)
-                raise self._error("GetObject", key, exc) from exc
-            except BotoCoreError as exc:
                 raise self._error("GetObject", key, exc) from exc
             body = _PartBody(
                 response["Body"], lambda exc: self._error("GetObject (body)", key, exc)
@@ -331,11 +331,9 @@ class S3Storage(Storage):
             params["IfNoneMatch"] = "*"
         try:
             await self.client.put_object(Body=data, **params)
-        except ClientError as exc:
-            if not overwrite and error_code(exc) in EXISTS_CODES:
+        except _S3Error as exc:
+            if not overwrite and _answered(exc, EXISTS_CODES):
                 return False
-            raise self._error("PutObject", key, exc) from exc
-        except BotoCoreError as exc:
             raise self._error("PutObject", key, exc) from exc
         return True
 
@@ -603,12 +601,10 @@ class S3BlobWriter(BlobWriter):
         self._check_complete(size)
         try:
             await self.storage.client.put_object(Body=body, IfNoneMatch="*", **params)
-        except ClientError as exc:
-            if error_code(exc) in EXISTS_CODES:
+        except _S3Error as exc:
+            if _answered(exc, EXISTS_CODES):
                 log.debug("storage.already_stored", key=self.key, code=error_code(exc))
                 return
-            raise self.storage._error("PutObject", self.key, exc) from exc
-        except BotoCoreError as exc:
             raise self.storage._error("PutObject", self.key, exc) from exc
         finally:
             body.close()
@@ -630,15 +626,13 @@ class S3BlobWriter(BlobWriter):
                 MultipartUpload={"Parts": parts},
                 IfNoneMatch="*",
             )
-        except ClientError as exc:
-            if error_code(exc) in EXISTS_CODES:
+        except _S3Error as exc:
+            if _answered(exc, EXISTS_CODES):
                 # Another writer stored this digest first: same bytes. A refused completion
                 # leaves our upload pending, so abort it.
                 log.debug("storage.already_stored", key=self.key, code=error_code(exc))
                 await self._abort()
                 return
-            raise self.storage._error("CompleteMultipartUpload", self.key, exc) from exc
-        except BotoCoreError as exc:
             raise self.storage._error("CompleteMultipartUpload", self.key, exc) from exc
         self.upload_id = None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -180,25 +180,36 @@ async def take_inventory(
     return inventory
 
 
+# What ManifestReferences.get gives, by position: the manifests an index names, the blobs an
+# image manifest names.
+NAMED_MANIFESTS, NAMED_BLOBS = 0, 1
+
+
 def propagate_use(inventory: Inventory, references: ManifestReferences) -> None:
     """Give children the last use of what refers to them: index -> manifest -> blob."""
-    entries = inventory.entries
     manifests = inventory.of_kind(Kind.MANIFEST)
     # Indexes of indexes are rare; a few rounds settle any real nesting.
     for _ in range(3):
-        changed = False
-        for manifest in manifests:
-            refs = references.get(manifest.digest_hex)
-            for child in refs[0] if refs else ():
-                entry = entries.get(manifest_key(Digest(child)))
-                if entry is not None and entry.last_used < manifest.last_used:
-                    entry.last_used = manifest.last_used
-                    changed = True
-        if not changed:
+        if not _pass_use_down(inventory, references, manifests, NAMED_MANIFESTS, manifest_key):
             break
+    _pass_use_down(inventory, references, manifests, NAMED_BLOBS, blob_key)
+
+
+def _pass_use_down(
+    inventory: Inventory,
+    references: ManifestReferences,
+    manifests: list[Entry],
+    which: int,
+    key_of: Callable[[Digest], str],
+) -> bool:
+    """Give what each manifest names (``which``) the manifest's last use where that is later;
+    True when any entry changed."""
+    changed = False
     for manifest in manifests:
         refs = references.get(manifest.digest_hex)
-        for blob in refs[1] if refs else ():
-            entry = entries.get(blob_key(Digest(blob)))
+        for named in refs[which] if refs else ():
+            entry = inventory.entries.get(key_of(Digest(named)))
             if entry is not None and entry.last_used < manifest.last_used:
                 entry.last_used = manifest.last_used
+                changed = True
+    return changed
