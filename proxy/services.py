@@ -214,6 +214,8 @@ async def open_services(
         metrics.in_flight.set_function(
             lambda: blobs.in_flight + manifests.in_flight + referrers.in_flight
         )
+        metrics.memory_cache_bytes.labels("manifests").set_function(lambda: manifests.memory_bytes)
+        metrics.memory_cache_bytes.labels("small_blobs").set_function(lambda: blobs.memory_bytes)
         fleet = Fleet(
             safe_storage,
             activity,

@@ -148,6 +148,11 @@ class BlobCache:
     def in_flight(self) -> int:
         return len(self._fetches)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the small blobs kept in memory (at most ``SMALL_BLOBS_MEMORY``)."""
+        return int(self._small.currsize)
+
     def largest_cached(self) -> int | None:
         """Blobs larger than this are streamed and not cached (None: any size is cached)."""
         limit = self._limit()

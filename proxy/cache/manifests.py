@@ -132,6 +132,11 @@ class ManifestCache:
     def in_flight(self) -> int:
         return len(self._flights) + len(self._resolutions)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the manifests kept in memory count for (at most ``MEMORY_CACHE_BYTES``)."""
+        return int(self._manifests.currsize)
+
     async def get(self, client: RegistryClient, name: str, reference: Reference) -> Manifest:
         """The manifest a tag or digest names (by tag: possibly stale, see ``stale_reason``)."""
         if reference.digest is not None:

@@ -60,6 +60,14 @@ class Metrics:
         self.in_flight = Gauge(
             "registry_proxy_inflight_fetches", "Upstream fetches in progress", registry=r
         )
+        self.memory_cache_bytes = Gauge(
+            "registry_proxy_memory_cache_bytes",
+            "Bytes the bounded in-memory caches hold (manifests: up to 64 MiB; small_blobs, "
+            "blobs up to 64 KiB: up to 32 MiB). They fill as new content is pulled and then stay "
+            "at their bound: the part of the process's memory that grows with use, by design",
+            ["cache"],
+            registry=r,
+        )
         self.storage_errors = Counter(
             "registry_proxy_storage_errors", "Cache storage failures", registry=r
         )

@@ -6,6 +6,9 @@ import structlog
 from support.fakehub import FakeHub
 from support.proxy_app import ACCEPT_ALL, ProxyFactory
 
+from proxy.cache.blobs import SMALL_BLOB
+from proxy.cache.manifests import MEMORY_ENTRY_OVERHEAD
+
 
 async def test_status_reports_counted_pulls_and_quota(
     fakehub: FakeHub, make_proxy: ProxyFactory
@@ -54,6 +57,11 @@ async def test_prometheus_metrics(fakehub: FakeHub, make_proxy: ProxyFactory) ->
     assert 'registry_proxy_requests_total{method="GET",route="manifest",status="200"} 1.0' in text
     assert 'registry_proxy_upstream_quota_remaining{upstream="docker.io"}' in text
     assert "registry_proxy_inflight_fetches 0.0" in text
+    # The bounded in-memory caches: the manifest as it counts there, the small layer itself.
+    manifest_held = len(image.manifest) + MEMORY_ENTRY_OVERHEAD
+    assert f'registry_proxy_memory_cache_bytes{{cache="manifests"}} {float(manifest_held)}' in text
+    assert layer_size <= SMALL_BLOB
+    assert f'registry_proxy_memory_cache_bytes{{cache="small_blobs"}} {float(layer_size)}' in text
     assert (
         'registry_proxy_upstream_requests_total{method="HEAD",status="200",upstream="docker.io"}'
         in text
