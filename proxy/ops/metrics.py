@@ -62,9 +62,9 @@ class Metrics:
         )
         self.memory_cache_bytes = Gauge(
             "registry_proxy_memory_cache_bytes",
-            "Bytes the bounded in-memory caches hold (manifests: up to 64 MiB; small_blobs, "
-            "blobs up to 64 KiB: up to 32 MiB). They fill as new content is pulled and then stay "
-            "at their bound: the part of the process's memory that grows with use, by design",
+            "Bytes the bounded in-memory caches hold (manifests; small_blobs, such as image "
+            "configs). They fill as new content is pulled and then stay at their bound: the part "
+            "of the process's memory that grows with use, by design",
             ["cache"],
             registry=r,
         )

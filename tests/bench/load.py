@@ -38,6 +38,7 @@ from support.cache_scan import scan_directory
 from support.fakehub import DOCKER_MANIFEST, FakeHub, ImageInfo
 from support.proxy_process import ProxyProcess
 
+from .capacity_watch import metric, scrape
 from .procstat import MB, MiB, Sample, Sampler
 from .text import table
 
@@ -269,20 +270,13 @@ def memory_phases(
     }
 
 
-MEMORY_CACHE_METRIC = "registry_proxy_memory_cache_bytes{"
+MEMORY_CACHE_METRIC = "registry_proxy_memory_cache_bytes"
 
 
-async def held_bytes(session: aiohttp.ClientSession, url: str) -> int:
-    """What ``/metrics`` says the bounded in-memory caches hold, all caches together."""
-    async with session.get(f"{url}/metrics") as response:
-        text = await response.text()
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(MEMORY_CACHE_METRIC)
-        )
-    )
+async def held_bytes(url: str) -> int:
+    """What ``/metrics`` says the bounded in-memory caches hold, all caches together (read in a
+    worker thread: the load's clients share this event loop)."""
+    return int(metric(await asyncio.to_thread(scrape, url), MEMORY_CACHE_METRIC))
 
 
 async def load_section(config: LoadConfig, workdir: Path) -> dict[str, Any]:
@@ -300,14 +294,10 @@ async def load_section(config: LoadConfig, workdir: Path) -> dict[str, Any]:
         try:
             connector = aiohttp.TCPConnector(limit=config.clients, force_close=False)
             timeout = aiohttp.ClientTimeout(total=config.request_timeout)
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=timeout, auto_decompress=False
-                ) as session,
-                aiohttp.ClientSession(timeout=timeout) as operator,
-            ):
-                # Its own session: the metrics request never queues behind the load's clients.
-                sampler = Sampler(pid, config.sample_every, lambda: held_bytes(operator, proxy.url))
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=timeout, auto_decompress=False
+            ) as session:
+                sampler = Sampler(pid, config.sample_every, lambda: held_bytes(proxy.url))
                 sampler.start()
                 started = time.monotonic()
                 deadline = started + config.duration
