@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 from support.fakehub import FakeHub
+from support.faulty_storage import GatedWrites
 from support.logwatch import watch_logs
 from support.proxy_app import ACCEPT_ALL, ProxyFactory
-
-from proxy.storage.filesystem import FilesystemStorage
 
 REPO = "library/golang"
 
@@ -55,23 +54,6 @@ async def test_a_client_that_leaves_does_not_cancel_the_shared_fetch(
     assert fakehub.count(server=None) == 0
 
 
-class SlowManifestWrites(FilesystemStorage):
-    """A directory whose writes of manifests wait for ``gate`` (a slow S3 PUT)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.gate = asyncio.Event()
-        self.writing = asyncio.Event()
-
-    async def put(
-        self, key: str, data: bytes, *, content_type: str | None = None, overwrite: bool = False
-    ) -> bool:
-        if key.startswith("manifests/"):
-            self.writing.set()
-            await self.gate.wait()
-        return await super().put(key, data, content_type=content_type, overwrite=overwrite)
-
-
 async def test_a_request_arriving_while_the_fetched_manifest_is_stored_asks_nothing(
     fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
@@ -79,7 +61,7 @@ async def test_a_request_arriving_while_the_fetched_manifest_is_stored_asks_noth
     there must find it linked to the repository too, not confirm it with a HEAD (issue 21: what
     made test_a_client_that_leaves_does_not_cancel_the_shared_fetch[digest] flaky)."""
     image = fakehub.add_image(REPO, "1.22")
-    storage = SlowManifestWrites(tmp_path / "slow")
+    storage = GatedWrites(tmp_path / "slow", prefix="manifests/")
     client = await make_proxy(fakehub, storage_backend=storage)
     path = f"/v2/{REPO}/manifests/{image.digest}"
     first = asyncio.create_task(client.get(path, headers=ACCEPT_ALL))

@@ -1,7 +1,9 @@
-"""A storage backend whose operations fail on demand, for the storage-failure policy's tests."""
+"""Storage backends that fail or stall on demand: the storage-failure policy's tests, and races
+with a write in progress."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,3 +84,22 @@ class FaultyStorage(FilesystemStorage):
         if not self.local_files:
             return None  # as a backend without local files (S3): blobs are streamed with read()
         return await super().open_local(key)
+
+
+class GatedWrites(FilesystemStorage):
+    """A filesystem backend whose puts of keys starting with ``prefix`` (every key by default)
+    wait for ``gate``, as a slow S3 PUT would; ``writing`` is set once one has started."""
+
+    def __init__(self, root: Path, prefix: str = "") -> None:
+        super().__init__(root)
+        self.prefix = prefix
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str | None = None, overwrite: bool = False
+    ) -> bool:
+        if key.startswith(self.prefix):
+            self.writing.set()
+            await self.gate.wait()
+        return await super().put(key, data, content_type=content_type, overwrite=overwrite)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.clock import Clock
+from support.faulty_storage import GatedWrites
 
 from proxy.cache.upkeep.lastuse import LastUse, UseRecords
 from proxy.storage import (
@@ -61,26 +62,10 @@ async def test_a_failed_flush_keeps_the_uses_for_the_next(tmp_path: Path) -> Non
     assert set((await last_use.records.read()).uses) == {"blobs/sha256/aa/x", "blobs/sha256/aa/y"}
 
 
-class SlowWrites(FilesystemStorage):
-    """A directory whose puts wait for ``gate`` (to touch entries while a flush writes)."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.gate = asyncio.Event()
-        self.writing = asyncio.Event()
-
-    async def put(
-        self, key: str, data: bytes, *, content_type: str | None = None, overwrite: bool = False
-    ) -> bool:
-        self.writing.set()
-        await self.gate.wait()
-        return await super().put(key, data, content_type=content_type, overwrite=overwrite)
-
-
 async def test_uses_recorded_while_a_flush_writes_are_kept_for_the_next(tmp_path: Path) -> None:
     """Issue 21, mutation: a flush that clears the pending uses after its write loses those
     recorded meanwhile."""
-    storage = SlowWrites(tmp_path)
+    storage = GatedWrites(tmp_path)
     await storage.open()
     clock = Clock()
     last_use = LastUse(UseRecords(FailSafeStorage(storage), "inst"), clock=clock)
