@@ -4,7 +4,7 @@ Each is a module of this package run as ``python -m bench.NAME --port PORT ...``
 ``tests`` directory (where ``bench`` and ``support`` are top-level packages, as pytest sees
 them).  A separate process keeps its CPU time out of the harness's own (which also runs the token
 server) and gives it a pid whose memory can be read.  Starting, stopping and the logs are
-:class:`support.managed_process.ManagedProcess`'s; ready means the port accepts connections.
+:class:`support.managed_process.LoopbackServer`'s; ready means the port accepts connections.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from support.binaries import free_port
-from support.managed_process import ManagedProcess
+from support.managed_process import LoopbackServer
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def port_accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class ModuleServer(ManagedProcess):
+class ModuleServer(LoopbackServer):
     """``python -m MODULE --port PORT ARGS`` on 127.0.0.1, output in ``WORKDIR/NAME-PORT.log``."""
 
     ready_interval = 0.02
@@ -36,17 +36,11 @@ class ModuleServer(ManagedProcess):
     ) -> None:
         self.module = module
         self.args = list(args)
-        self.port = port if port is not None else free_port()
-        self.name = f"{module} on port {self.port}"
-        super().__init__(workdir, workdir / f"{module.rsplit('.', 1)[-1]}-{self.port}.log")
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+        # The port is chosen first: the log file is named after it.
+        port = port if port is not None else free_port()
+        self.name = f"{module} on port {port}"
+        log = workdir / f"{module.rsplit('.', 1)[-1]}-{port}.log"
+        super().__init__(workdir, log, port=port)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
