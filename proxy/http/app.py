@@ -12,6 +12,7 @@ from proxy.cache.spool import spool_location
 from proxy.config import Settings
 from proxy.http import routes
 from proxy.http.access import AccessPolicy
+from proxy.http.apiresource import ApiResource
 from proxy.http.clientcap import CLIENT_CAP, ClientCap, InProgressGauge
 from proxy.http.edge import Edge, RouteKind, not_found
 from proxy.http.server import (
@@ -104,11 +105,12 @@ def create_app(
     router.add_get("/status", edge.route("status", routes.status, operator))
     router.add_get("/", edge.route("ui", routes.status_page, operator))
     router.add_get("/ui", edge.route("ui", routes.status_page, operator))
-    api = edge.route("other", routes.api)  # named by the registry endpoint (stats.route)
-    router.add_route("*", "/v2", api)
-    # [\s\S]: any character, line breaks (%0a in a path) included, so that every request
-    # goes through the edge: a registry error, logged, whatever the path holds.
-    router.add_route("*", r"/v2/{tail:[\s\S]*}", api)
+    # /v2 and everything below it, whatever the path holds (line breaks included): every such
+    # request goes through the edge, a registry error and a log line if nothing else. Named in
+    # the metrics by its registry endpoint (stats.route).
+    api = ApiResource()
+    api.add_route("*", edge.route("other", routes.api))
+    router.register_resource(api)
     # Everything else: a registry error (404, or 405 for a path above with another method).
     router.add_route("*", r"/{tail:[\s\S]*}", edge.route("other", not_found))
     return app

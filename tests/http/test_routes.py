@@ -31,6 +31,37 @@ async def test_base_endpoint(fakehub: FakeHub, make_proxy: ProxyFactory) -> None
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v2", 200, None),
+        ("HEAD", "/v2/", 200, None),
+        ("POST", "/v2", 405, "UNSUPPORTED"),
+        # Near /v2 but not under it: the catch-all's registry error, never the API's handler.
+        ("GET", "/v2x/library/golang/manifests/latest", 404, "NOT_FOUND"),
+        ("GET", "/v20/", 404, "NOT_FOUND"),
+        ("GET", "/v2%2Flibrary/golang/manifests/latest", 404, "NOT_FOUND"),
+        ("GET", "/V2/", 404, "NOT_FOUND"),
+        ("GET", "/", 200, None),  # the status page, for the operator networks (all here)
+    ],
+)
+async def test_the_api_route_takes_v2_and_everything_below_it_only(
+    fakehub: FakeHub,
+    make_proxy: ProxyFactory,
+    method: str,
+    path: str,
+    status: int,
+    code: str | None,
+) -> None:
+    client = await make_proxy(fakehub)
+    response = await client.request(method, path)
+    assert response.status == status
+    if code is not None:
+        assert await error_code(response) == code
+    elif path.startswith("/v2"):
+        assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+@pytest.mark.parametrize(
     ("method", "path"),
     [
         ("POST", "/v2/library/golang/blobs/uploads/"),
