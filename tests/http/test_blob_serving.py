@@ -9,6 +9,7 @@ that leaves mid-transfer leaves nothing open behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from support.moto import MotoServer
 from support.proxy_app import Client, ProxyFactory, blob_path
 
 from proxy.cache.keys import blob_key
+from proxy.http import sendfile
 from proxy.http.routes import SERVICES
 from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
@@ -174,16 +176,116 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | Non
     return calls
 
 
+@pytest.fixture
+def copied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes sent by each ``_copy_some`` call (copied through the process's buffer)."""
+    counts: list[int] = []
+    original = sendfile._copy_some
+
+    def spy(*args: Any) -> tuple[int, Any]:
+        sent, state = original(*args)
+        counts.append(sent)
+        return sent, state
+
+    monkeypatch.setattr(sendfile, "_copy_some", spy)
+    return counts
+
+
+def sent_with_sendfile(calls: list[tuple[int, int | None]]) -> int:
+    return sum(count or 0 for _, count in calls)
+
+
 @pytest.mark.parametrize("backend", ["filesystem"])
-async def test_local_blobs_go_out_with_sendfile(
-    warm_proxy: WarmProxy, sendfile_calls: list[tuple[int, int | None]]
+async def test_local_blobs_are_copied_while_the_client_takes_them(
+    warm_proxy: WarmProxy, copied: list[int], sendfile_calls: list[tuple[int, int | None]]
 ) -> None:
+    """Each byte goes once, by copy or by sendfile; a client that reads gets copies."""
     client, digest = await warm_proxy(LAYER)
     assert await (await client.get(blob_path(digest))).read() == LAYER
     part = await client.get(blob_path(digest), headers={"Range": "bytes=1000-299999"})
     assert await part.read() == LAYER[1000:300000]
-    assert sendfile_calls == [(0, len(LAYER)), (1000, 299000)]
+    assert sum(copied) + sent_with_sendfile(sendfile_calls) == len(LAYER) + 299_000
+    assert sum(copied) > 0
     assert descriptors_open_on(cached_file(client, digest)) == 0
+
+
+@pytest.mark.parametrize("backend", ["filesystem"])
+async def test_bytes_not_in_the_page_cache_go_with_sendfile(
+    warm_proxy: WarmProxy,
+    copied: list[int],
+    sendfile_calls: list[tuple[int, int | None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read that would wait for the disk is not made on the event loop: sendfile sends that
+    piece, then the copy goes on."""
+    client, digest = await warm_proxy(LAYER)
+    reads = 0
+    preadv = os.preadv
+
+    def every_other_read_misses(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        nonlocal reads
+        reads += 1
+        if reads % 2 == 0:
+            raise BlockingIOError(errno.EAGAIN, "not in the page cache")
+        return preadv(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(sendfile.os, "preadv", every_other_read_misses)
+    assert await (await client.get(blob_path(digest))).read() == LAYER
+    for header, selected in RANGES:
+        part = await client.get(blob_path(digest), headers={"Range": header})
+        assert await part.read() == LAYER[selected], header
+    assert sendfile_calls and sum(copied) > 0
+
+
+@pytest.mark.parametrize("backend", ["filesystem"])
+async def test_where_reads_cannot_skip_the_disk_everything_goes_with_sendfile(
+    warm_proxy: WarmProxy,
+    copied: list[int],
+    sendfile_calls: list[tuple[int, int | None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file system without RWF_NOWAIT: the copy stops at its first read, the kernel sends the
+    whole range."""
+    client, digest = await warm_proxy(LAYER)
+
+    def unsupported(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(sendfile.os, "preadv", unsupported)
+    assert await (await client.get(blob_path(digest))).read() == LAYER
+    part = await client.get(blob_path(digest), headers={"Range": "bytes=1000-299999"})
+    assert await part.read() == LAYER[1000:300000]
+    assert sum(copied) == 0
+    assert sendfile_calls == [(0, len(LAYER)), (1000, 299_000)]
+
+
+@pytest.mark.parametrize("backend", ["filesystem"])
+async def test_a_client_that_stops_reading_costs_no_buffer_in_the_process(
+    warm_proxy: WarmProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the client's socket is full, the server waits in sendfile with nothing queued in
+    the transport: a stalled client holds its socket's buffers, which are the kernel's, and
+    nothing else. When it reads again it gets every byte."""
+    client, digest = await warm_proxy(BIG_LAYER)  # more than loopback's socket buffers hold
+    waiting: list[asyncio.WriteTransport] = []  # transports of sendfile calls in progress
+    original = asyncio.BaseEventLoop.sendfile
+
+    async def spy(
+        self: asyncio.BaseEventLoop, transport: asyncio.WriteTransport, *args: Any, **kw: Any
+    ) -> int:
+        waiting.append(transport)
+        try:
+            return await original(self, transport, *args, **kw)
+        finally:
+            waiting.remove(transport)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "sendfile", spy)
+    async with client.get(blob_path(digest)) as response:
+        first = await response.content.readexactly(64 * 1024)
+        await wait_until(lambda: bool(waiting), "the server to wait on the stalled client")
+        assert waiting[0].get_write_buffer_size() == 0
+        rest = await asyncio.wait_for(response.read(), 60)
+    assert first + rest == BIG_LAYER
 
 
 @pytest.mark.parametrize("backend", ["filesystem"])
