@@ -345,7 +345,9 @@ class _AccessLine:
     The fields of this line are fixed and their types known, so the text is put together from
     them directly: strings through the C JSON string encoder after the same escaping of control
     characters, numbers as ``json`` writes them. No key can be a secret, so no redaction is
-    needed. ``tests/unit/ops/test_logs.py`` checks the text against structlog's for the same fields.
+    needed. A JSON line's pieces that repeat from request to request (all but the duration, the
+    request id and the time) are rendered once and remembered. ``tests/unit/ops/test_logs.py``
+    checks the text against structlog's for the same fields, and lines sharing pieces.
     """
 
     def __init__(self, log_format: str, context: _Context, writer: _LineWriter) -> None:
@@ -370,16 +372,21 @@ class _AccessLine:
         duration_ms = f"{tenths_ms // 10}.{tenths_ms % 10}"
         repository, reference = stats.repository or None, stats.reference or None
         if self._json:
-            # The method is an HTTP token and cache one of a few words: JSON as they are.
+            # Made of pieces that come back request after request (the same manifest asked
+            # again, from the same address), each rendered once: only the duration, the
+            # request id and the time are new in every line.
             line = (
-                f'{{"method": "{method}", "path": {_json(path)}, '
-                f'"repository": {_json(repository)}, "reference": {_json(reference)}, '
-                f'"status": {status}, "bytes": {sent}, "cache": "{stats.cache}", '
-                f'"upstream_requests": {stats.upstream_requests}, '
-                f'"duration_ms": {duration_ms}, "aborted": {_json(stats.aborted)}, '
-                f'"request_id": {_json(stats.request_id)}, "remote": {_json(remote)}, '
-                f'"event": "request", "level": "info", "timestamp": "{timestamp}"}}'
-            )
+                _json_head(
+                    method, path, repository, reference, status, sent, stats.cache,
+                    stats.upstream_requests,
+                )
+                + duration_ms
+                + _json_aborted(stats.aborted)
+                + _json(stats.request_id)
+                + _json_tail(remote)
+                + timestamp
+                + '"}'
+            )  # fmt: skip
         else:
             # structlog's ConsoleRenderer without colours: the time, the level padded to the
             # longest name, the event padded to 30, then the other keys in alphabetical order.
@@ -399,6 +406,43 @@ class _AccessLine:
                 self._writer.msg(line)
                 return
         self._writer.msg_on_loop(line, loop)
+
+
+# The access line's pieces remembered (at most this many of each): a few kilobytes each.
+LINE_PIECES_MEMO = 4096
+
+
+@functools.lru_cache(maxsize=LINE_PIECES_MEMO)
+def _json_head(
+    method: str,
+    path: str,
+    repository: str | None,
+    reference: str | None,
+    status: int,
+    sent: int,
+    cache: str,
+    upstream_requests: int,
+) -> str:
+    """The access line up to the duration's value."""
+    # The method is an HTTP token and cache one of a few words: JSON as they are.
+    return (
+        f'{{"method": "{method}", "path": {_json(path)}, '
+        f'"repository": {_json(repository)}, "reference": {_json(reference)}, '
+        f'"status": {status}, "bytes": {sent}, "cache": "{cache}", '
+        f'"upstream_requests": {upstream_requests}, "duration_ms": '
+    )
+
+
+@functools.lru_cache(maxsize=LINE_PIECES_MEMO)
+def _json_aborted(aborted: str | None) -> str:
+    """The access line from after the duration to the request id's value."""
+    return f', "aborted": {_json(aborted)}, "request_id": '
+
+
+@functools.lru_cache(maxsize=LINE_PIECES_MEMO)
+def _json_tail(remote: str | None) -> str:
+    """The access line from after the request id to the timestamp's value."""
+    return f', "remote": {_json(remote)}, "event": "request", "level": "info", "timestamp": "'
 
 
 def _json(value: str | None) -> str:

@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -152,6 +153,38 @@ def test_the_access_line_is_the_text_structlog_writes(
             "upstream_requests", "duration_ms", "aborted", "request_id", "remote",
             "event", "level", "timestamp",
         ]  # fmt: skip
+
+
+def test_access_lines_that_share_pieces_keep_each_their_own_fields(
+    stream: CountingStream,
+) -> None:
+    """The JSON line is put together from remembered pieces: lines that differ in any one
+    field each show their own value of it, whatever was written before."""
+    base: dict[str, Any] = {
+        "method": "GET", "path": "/v2/library/golang/manifests/1.22", "status": 200,
+        "bytes": 1234, "duration_ms": 0.3, "remote": "10.0.0.1",
+        "repository": "library/golang", "reference": "1.22", "cache": "hit",
+        "upstream_requests": 0, "aborted": None, "request_id": "a" * 32,
+    }  # fmt: skip
+    changes: list[dict[str, Any]] = [
+        {}, {"method": "HEAD"}, {"path": "/v2/library/golang/manifests/1.23"}, {"status": 404},
+        {"bytes": 1235}, {"duration_ms": 12.5}, {"remote": "10.0.0.2"}, {"remote": None},
+        {"repository": "library/alpine"}, {"reference": "1.23"}, {"repository": None},
+        {"cache": "miss"}, {"upstream_requests": 2}, {"aborted": "the client read nothing"},
+        {"request_id": "b" * 32}, {},
+    ]  # fmt: skip
+    wanted = [{**base, **change} for change in changes]
+    for fields in wanted:
+        stats = RequestStats(
+            fields["request_id"], fields["upstream_requests"], fields["cache"],
+            "manifest", fields["repository"], fields["reference"], fields["aborted"],
+        )  # fmt: skip
+        access_log(
+            fields["method"], fields["path"], fields["status"], fields["bytes"],
+            round(fields["duration_ms"] * 10), fields["remote"], stats,
+        )  # fmt: skip
+    lines = stream.lines()
+    assert [{key: line[key] for key in base} for line in lines] == wanted
 
 
 def test_the_access_line_follows_the_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
