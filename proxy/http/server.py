@@ -123,6 +123,12 @@ class GuardedRequestHandler(RequestHandler):
         """
         payload = self._messages[-1][1] if self._messages else None
         self._body = payload if payload is not None and payload is not EMPTY_PAYLOAD else None
+        if self._body is None and data.endswith(END_OF_HEADERS):
+            # The usual case: one whole request head in one read, nothing after it.
+            self._head_bytes = 0
+            if self._reading or self._head_deadline is not None:
+                self._head_ends()
+            return
         end = data.rfind(END_OF_HEADERS)
         rest = len(data) - (end + len(END_OF_HEADERS)) if end >= 0 else len(data)
         if self._body is not None or rest <= 0:
