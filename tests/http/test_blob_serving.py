@@ -210,6 +210,29 @@ async def test_local_blobs_are_copied_while_the_client_takes_them(
 
 
 @pytest.mark.parametrize("backend", ["filesystem"])
+async def test_a_client_that_reads_as_fast_as_the_server_copies_gets_the_rest_by_sendfile(
+    warm_proxy: WarmProxy,
+    sendfile_calls: list[tuple[int, int | None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When every turn's copy is taken whole, the server is the slower side: after
+    ``FAST_READER_TURNS`` such turns, one sendfile sends the rest (cheaper for the server)."""
+    client, digest = await warm_proxy(LAYER)
+    original = sendfile._copy_some
+    step = 4096  # a turn's share small enough for loopback's socket buffers to take whole
+
+    def always_taken(socket_fd: int, file_fd: int, offset: int, end: int, nowait: int) -> Any:
+        sent, _ = original(socket_fd, file_fd, offset, min(end, offset + step), nowait)
+        assert sent == min(step, end - offset), "the socket did not take a small turn"
+        return sent, sendfile._Copy.DONE if offset + sent == end else sendfile._Copy.TURN
+
+    monkeypatch.setattr(sendfile, "_copy_some", always_taken)
+    assert await (await client.get(blob_path(digest))).read() == LAYER
+    copied = sendfile.FAST_READER_TURNS * step
+    assert sendfile_calls == [(copied, len(LAYER) - copied)]
+
+
+@pytest.mark.parametrize("backend", ["filesystem"])
 async def test_bytes_not_in_the_page_cache_go_with_sendfile(
     warm_proxy: WarmProxy,
     copied: list[int],
@@ -229,7 +252,7 @@ async def test_bytes_not_in_the_page_cache_go_with_sendfile(
             raise BlockingIOError(errno.EAGAIN, "not in the page cache")
         return preadv(fd, buffers, offset, flags)
 
-    monkeypatch.setattr(sendfile.os, "preadv", every_other_read_misses)
+    monkeypatch.setattr(os, "preadv", every_other_read_misses)
     assert await (await client.get(blob_path(digest))).read() == LAYER
     for header, selected in RANGES:
         part = await client.get(blob_path(digest), headers={"Range": header})
@@ -251,7 +274,7 @@ async def test_where_reads_cannot_skip_the_disk_everything_goes_with_sendfile(
     def unsupported(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
-    monkeypatch.setattr(sendfile.os, "preadv", unsupported)
+    monkeypatch.setattr(os, "preadv", unsupported)
     assert await (await client.get(blob_path(digest))).read() == LAYER
     part = await client.get(blob_path(digest), headers={"Range": "bytes=1000-299999"})
     assert await part.read() == LAYER[1000:300000]
