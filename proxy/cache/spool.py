@@ -37,7 +37,7 @@ from pathlib import Path
 import structlog
 
 from proxy.config import Settings
-from proxy.storage import StorageError
+from proxy.storage import StorageError, pagecache
 from proxy.storage.filesystem import DISK_FULL_ERRNOS
 from proxy.storage.tempfiles import create_owned, remove_abandoned
 
@@ -323,9 +323,7 @@ class SpoolBuffer:
         if position < self.on_disk:
             assert self._fd is not None
             try:
-                return await asyncio.to_thread(
-                    os.pread, self._fd, min(size, self.on_disk - position), position
-                )
+                return await pagecache.pread(self._fd, min(size, self.on_disk - position), position)
             except OSError as exc:
                 raise SpoolFailed(f"spool {self._name}: {exc}") from exc
         if self.memory_start is not None and position >= self.memory_start:
@@ -353,7 +351,7 @@ class SpoolBuffer:
         if self.memory_start is not None or self._fd is None:
             raise SpoolFailed(f"spool {self._name}: pieces lost when the disk filled up")
         try:
-            return await asyncio.to_thread(os.pread, self._fd, size, offset)
+            return await pagecache.pread(self._fd, size, offset)
         except OSError as exc:
             raise SpoolFailed(f"spool {self._name}: {exc}") from exc
 

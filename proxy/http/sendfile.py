@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import errno
 import fcntl
 import io
 import os
@@ -44,6 +43,8 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.storage import pagecache
+
 # Chunk size when the event loop cannot sendfile (uvloop) and the bytes go through Python.
 FALLBACK_CHUNK = 256 * 1024
 # The copy: bytes per read and write, and chunks per turn of the event loop (then the other
@@ -52,9 +53,6 @@ FALLBACK_CHUNK = 256 * 1024
 COPY_CHUNK = 64 * 1024
 COPY_CHUNKS_PER_TURN = 16
 _COPY_BUFFER = memoryview(bytearray(COPY_CHUNK))
-# A read that would wait for the disk fails at once instead (Linux 4.14 and later); without it,
-# everything goes by sendfile.
-_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 # A client that takes everything copied for this many turns in a row reads faster than the
 # server copies (curl to /dev/null, a fast machine across a network): the rest goes by sendfile.
 FAST_READER_TURNS = 8
@@ -102,13 +100,14 @@ class SendfileResponse(web.StreamResponse):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
         sock = transport.get_extra_info("socket")
-        nowait = _NOWAIT if sock is not None else None
+        # Without reads that never wait for the disk (pagecache.NOWAIT), all goes by sendfile.
+        copy = sock is not None and pagecache.NOWAIT is not None
         end = offset + count
         taken = 0  # turns in a row in which the client took everything copied
         try:
             while offset < end:
-                if nowait is not None and not transport.get_write_buffer_size():
-                    sent, state = _copy_some(sock.fileno(), file.fileno(), offset, end, nowait)
+                if copy and not transport.get_write_buffer_size():
+                    sent, state = _copy_some(sock.fileno(), file.fileno(), offset, end)
                     offset += sent
                     self._sent += sent
                     if state is _Copy.DONE:
@@ -117,15 +116,15 @@ class SendfileResponse(web.StreamResponse):
                     if taken >= FAST_READER_TURNS:
                         # The client reads faster than this loop copies: the server is the
                         # slower side, and sendfile costs it less.
-                        nowait = None
+                        copy = False
                     elif state is _Copy.TURN:
                         await asyncio.sleep(0)
                         if transport.is_closing():
                             raise ConnectionResetError("the client went away")
                         continue
                     if state is _Copy.OFF:
-                        nowait = None
-                piece = end - offset if nowait is None else min(WAIT_PIECE, end - offset)
+                        copy = False
+                piece = min(WAIT_PIECE, end - offset) if copy else end - offset
                 await self._sendfile(transport, file, offset, piece)
                 offset += piece
         except NotImplementedError:
@@ -157,9 +156,7 @@ class SendfileResponse(web.StreamResponse):
             offset += len(chunk)
 
 
-def _copy_some(
-    socket_fd: int, file_fd: int, offset: int, end: int, nowait: int
-) -> tuple[int, _Copy]:
+def _copy_some(socket_fd: int, file_fd: int, offset: int, end: int) -> tuple[int, _Copy]:
     """Copy bytes ``offset`` to ``end`` of the file to the socket, at most
     ``COPY_CHUNKS_PER_TURN`` chunks, without waiting for the disk or the client: (bytes sent,
     why it stopped). Nothing is left in a buffer: what the socket did not take is sent again
@@ -169,13 +166,11 @@ def _copy_some(
     for _ in range(COPY_CHUNKS_PER_TURN):
         size = min(COPY_CHUNK, end - offset)
         try:
-            got = os.preadv(file_fd, [buffer[:size]], offset, nowait)
-        except BlockingIOError:  # not in the page cache
+            got = pagecache.read_now(file_fd, buffer[:size], offset)
+        except pagecache.NoWaitUnsupported:
+            return offset - start, _Copy.OFF
+        if got is None:  # not in the page cache
             return offset - start, _Copy.WAIT
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it
-                return offset - start, _Copy.OFF
-            raise
         if got == 0:
             raise EOFError(f"file ended {end - offset} bytes early")
         try:

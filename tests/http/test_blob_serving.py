@@ -221,8 +221,8 @@ async def test_a_client_that_reads_as_fast_as_the_server_copies_gets_the_rest_by
     original = sendfile._copy_some
     step = 4096  # a turn's share small enough for loopback's socket buffers to take whole
 
-    def always_taken(socket_fd: int, file_fd: int, offset: int, end: int, nowait: int) -> Any:
-        sent, _ = original(socket_fd, file_fd, offset, min(end, offset + step), nowait)
+    def always_taken(socket_fd: int, file_fd: int, offset: int, end: int) -> Any:
+        sent, _ = original(socket_fd, file_fd, offset, min(end, offset + step))
         assert sent == min(step, end - offset), "the socket did not take a small turn"
         return sent, sendfile._Copy.DONE if offset + sent == end else sendfile._Copy.TURN
 
