@@ -100,8 +100,14 @@ class SendfileResponse(web.StreamResponse):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
         sock = transport.get_extra_info("socket")
-        # Without reads that never wait for the disk (pagecache.NOWAIT), all goes by sendfile.
-        copy = sock is not None and pagecache.NOWAIT is not None
+        # Bytes written to the socket itself: only where nothing sits between it and the
+        # client (not through TLS), and only with reads that never wait for the disk
+        # (pagecache.NOWAIT). Otherwise everything goes by loop.sendfile.
+        copy = (
+            sock is not None
+            and transport.get_extra_info("sslcontext") is None
+            and pagecache.NOWAIT is not None
+        )
         end = offset + count
         taken = 0  # turns in a row in which the client took everything copied
         try:

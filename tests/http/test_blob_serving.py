@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +233,45 @@ async def test_a_client_that_reads_as_fast_as_the_server_copies_gets_the_rest_by
     assert await (await client.get(blob_path(digest))).read() == LAYER
     copied = sendfile.FAST_READER_TURNS * step
     assert sendfile_calls == [(copied, len(LAYER) - copied)]
+
+
+async def test_through_tls_nothing_is_written_to_the_socket_itself(
+    tmp_path: Path, copied: list[int], sendfile_calls: list[tuple[int, int | None]]
+) -> None:
+    """Bytes written to a TLS connection's socket would go out unencrypted: such a transport
+    only ever gets loop.sendfile (which asyncio runs through the TLS layer)."""
+
+    class TlsTransport(asyncio.Transport):
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__({"socket": sock, "sslcontext": ssl.create_default_context()})
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    @dataclass
+    class Request:
+        transport: asyncio.Transport
+
+    async def sent(*args: Any, **kwargs: Any) -> int:
+        sendfile_calls.append((args[3], args[4]))
+        return int(args[4])
+
+    path = tmp_path / "blob"
+    path.write_bytes(LAYER)
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        path.open("rb", buffering=0) as file,
+        socket.socket() as sock,
+    ):
+        patch.setattr(asyncio.BaseEventLoop, "sendfile", sent)
+        response = sendfile.SendfileResponse()
+        await response.send_file(Request(TlsTransport(sock)), file, 10, 1000)  # type: ignore[arg-type]
+    assert copied == []
+    assert sendfile_calls == [(10, 1000)]
+    assert response.body_length == 1000
 
 
 @pytest.mark.parametrize("backend", ["filesystem"])
