@@ -210,6 +210,23 @@ async def test_local_blobs_are_copied_while_the_client_takes_them(
     assert sum(copied) + sent_with_sendfile(sendfile_calls) == len(LAYER) + 299_000
     assert sum(copied) > 0
     assert descriptors_open_on(cached_file(client, digest)) == 0
+    assert sendfile._copying.active == 0
+
+
+@pytest.mark.parametrize("backend", ["filesystem"])
+async def test_beyond_the_copying_responses_allowed_the_others_use_sendfile(
+    warm_proxy: WarmProxy,
+    copied: list[int],
+    sendfile_calls: list[tuple[int, int | None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, digest = await warm_proxy(LAYER)
+    monkeypatch.setattr(sendfile, "COPY_TRANSFERS", 1)
+    monkeypatch.setattr(sendfile._copying, "active", 1)  # another response is copying
+    assert await (await client.get(blob_path(digest))).read() == LAYER
+    assert copied == []
+    assert sendfile_calls == [(0, len(LAYER))]
+    assert sendfile._copying.active == 1
 
 
 @pytest.mark.parametrize("backend", ["filesystem"])
@@ -401,6 +418,7 @@ async def test_a_client_leaving_mid_sendfile_leaves_the_server_healthy(
     assert await (await client.get(blob_path(digest))).read() == BIG_LAYER
     assert (await client.get("/healthz")).status == 200
     assert descriptors_open_on(path) == 0
+    assert sendfile._copying.active == 0  # the ones that left gave their place back
 
 
 async def test_a_cached_blob_holds_its_local_file_while_it_lives(
