@@ -43,7 +43,6 @@ def _manifest_key(hex_digest: str) -> str:
 
 
 @functools.lru_cache(maxsize=KEY_MEMO)
-@functools.lru_cache(maxsize=KEY_MEMO)
 def tag_key(upstream_host: str, name: str, tag: str) -> str:
     host = upstream_host.replace(":", "_")
     return f"{TAGS}{host}/{name}/_tag/{tag}"

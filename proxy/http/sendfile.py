@@ -7,8 +7,9 @@ A blob in the local directory goes out in two ways, switching as the client read
   never waits for the client). On one machine (a laptop's docker-compose, a build host) this is
   what makes a warm pull fastest: the client then reads bytes the CPU has just written, where
   with sendfile(2) it reads them from the page cache in memory. Measured with skopeo, whose own
-  work is what bounds a pull here: 0.87 s against 0.96 s with sendfile, distribution 0.92 s
-  (docs/benchmarks.md). It costs the server a copy, about 0.05 CPU-seconds per 200 MB.
+  work is what bounds a pull here: 0.89-0.90 s against 0.96-1.01 s with sendfile alone,
+  distribution 0.92-0.95 s (docs/benchmarks.md). It costs the server a copy, about 0.06
+  CPU-seconds per 212 MB.
 - When the socket is full (a client slower than the server, or one that stopped reading) or the
   bytes are not in the page cache, the next piece goes by sendfile, which waits on the socket
   with nothing held in the process: the kernel sends from the page cache when the client makes

@@ -42,23 +42,19 @@ async def pread(fd: int, size: int, offset: int) -> bytes:
     """Up to ``size`` bytes from ``offset``, fewer only at the end of the file: from the page
     cache on the event loop, what is not there from a worker thread."""
     buffer = bytearray(size)
-    view = memoryview(buffer)
     got = 0
-    try:
-        while got < size:
-            read = read_now(fd, view[got:], offset + got)
-            if read is None:  # would wait for the disk
-                break
-            if read == 0:  # the end of the file
-                size = got
-                break
-            got += read
-    except NoWaitUnsupported:
-        pass
-    finally:
-        view.release()
+    with memoryview(buffer) as view:
+        try:
+            while got < size:
+                read = read_now(fd, view[got:], offset + got)
+                if read is None:  # would wait for the disk
+                    break
+                if read == 0:  # the end of the file
+                    return bytes(view[:got])
+                got += read
+        except NoWaitUnsupported:
+            pass
+        head = bytes(view[:got])
     if got == size:
-        del buffer[got:]
-        return bytes(buffer)
-    rest = await asyncio.to_thread(os.pread, fd, size - got, offset + got)
-    return bytes(buffer[:got]) + rest
+        return head
+    return head + await asyncio.to_thread(os.pread, fd, size - got, offset + got)
