@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,7 +38,7 @@ from proxy.cache.pieces import (
     blob_ranges,
     open_in_pieces,
 )
-from proxy.cache.spool import Spool
+from proxy.cache.spool import Spool, SpoolSpan
 from proxy.cache.upkeep.usage import BlobUsage
 from proxy.ops.logs import mark_cache
 from proxy.registry.reference import Digest
@@ -61,6 +61,11 @@ class BlobContent:
       before the response started and stays readable for as long as the content lives,
       whatever happens to the cache entry meanwhile (an eviction unlinks the name; this
       descriptor keeps the bytes).
+    - ``parts(start, end)``: the shared upstream download's bytes, those already in its spool
+      file as spans of the reader's own opening of it (sent from the file, like ``file``), the
+      rest (held in memory when the spool's disk is full) as bytes.
+      ``settled()`` waits until that download is over: its last bytes go out once they are
+      verified, and the storing goes on after them.
     - ``redirect_url``: a presigned URL the client fetches the bytes from itself.
     - ``data``: a small cached blob's bytes (up to ``SMALL_BLOB``), sent in one write.
 
@@ -76,6 +81,8 @@ class BlobContent:
     redirect_url: str | None = None
     file: LocalFile | None = None
     data: bytes | None = None
+    parts: Callable[[int, int | None], AsyncIterator[bytes | SpoolSpan]] | None = None
+    settled: Callable[[], Awaitable[None]] | None = None  # a download's end: stored, or failed
     _releases: list[weakref.finalize[[], object]] = field(default_factory=list, repr=False)
 
     def hold_until_released(self, release: Callable[[], object]) -> None:
@@ -207,11 +214,13 @@ class BlobCache:
                 return content
             release()
             fetch = self._joinable(digest) or self._start(client, name, digest)
-        await self._admit(client, name, digest)
-        mark_cache("miss")
-        self._client_wants(digest, fetch)
-        reader = fetch.reader()  # holds the bytes from 0 from now on, whenever it starts reading
+        # Registered before any await: holds the bytes from 0 from now on, whenever it starts
+        # reading (a download that ends meanwhile keeps its spool for this reader).
+        reader = fetch.reader()
         try:
+            await self._admit(client, name, digest)
+            mark_cache("miss")
+            self._client_wants(digest, fetch)
             try:
                 size = await fetch.wait_started()
             except UpstreamError:
@@ -225,7 +234,9 @@ class BlobCache:
         except BaseException:
             reader.close()
             raise
-        content = BlobContent(digest, size, reader.read, False)
+        content = BlobContent(
+            digest, size, reader.read, False, parts=reader.parts, settled=fetch.wait_finished
+        )
         content.hold_until_released(reader.close)
         return content
 

@@ -9,7 +9,9 @@ byte 0 (or its Range) at once.
 Correctness: the storage writer hashes as the bytes pass and commits only a verified blob. Each
 client is held back from the *last byte of its response* until the whole blob verified, so a
 mismatch or a broken upstream stream always reaches the client as an aborted response, never as a
-complete one with wrong bytes.
+complete one with wrong bytes. Verified is enough: the clients' last bytes go out while the blob
+is still being stored (a local file's fsync of 100 MB took a few tenths of a second, every client
+of the blob waiting on it); a storage that fails then costs the caching, as anywhere else.
 
 Disk full: when the spool's disk has no room, the rest of the blob is held in memory instead
 (``SpoolBuffer``), at most ``MEMORY_WINDOW`` bytes ahead of the slowest reader: the download
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 
 import structlog
 
-from proxy.cache.spool import SpoolBuffer
+from proxy.cache.spool import SpoolBuffer, SpoolSpan
 from proxy.concurrency.waits import wait_at_most
 from proxy.storage import DigestMismatch, StorageError
 from proxy.storage.failsafe import FailSafeWriter
@@ -61,6 +64,7 @@ class BlobFetch:
         self.state = FetchState.STARTING
         self.error: BaseException | None = None
         self.committed = False  # the verified blob is in the cache storage
+        self.verified = False  # every byte arrived and hashed to the digest (storing may go on)
         self._buffer: SpoolBuffer | None = buffer
         self.prefetch = False  # started before any client asked (proxy.cache.prefetch)
         self.client_asked = False  # a client asked for the blob while it was in flight
@@ -150,10 +154,22 @@ class BlobFetch:
         assert self._buffer is not None
         return await self._buffer.read_placed(offset, size)
 
+    def open_for_sending(self) -> io.FileIO | None:
+        """The spool file opened for one reader (``FetchReader.parts``); None without one."""
+        return None if self._buffer is None else self._buffer.open_for_sending()
+
+    async def proven(self) -> None:
+        """Every byte arrived and matches the digest: readers may send their last bytes, before
+        the blob is stored (``finish`` comes once it is)."""
+        async with self._changed:
+            self.verified = True
+            self._changed.notify_all()
+
     async def finish(self, error: BaseException | None) -> None:
         async with self._changed:
             self.state = FetchState.FAILED if error else FetchState.DONE
             self.error = error
+            self.verified = self.verified or error is None
             self._changed.notify_all()
         self._release_spool_if_unused()
 
@@ -182,12 +198,17 @@ class BlobFetch:
         """Stream bytes ``start``..``end`` (inclusive; None: to the end of the blob)."""
         reader = self.reader()
         try:
-            async for chunk in self._read(reader.id, start, end):
+            async for chunk in reader.read(start, end):
                 yield chunk
         finally:
             reader.close()
 
-    async def _read(self, reader: int, start: int, end: int | None) -> AsyncIterator[bytes]:
+    async def _read(
+        self, reader: int, start: int, end: int | None, file: io.FileIO | None = None
+    ) -> AsyncIterator[bytes | SpoolSpan]:
+        """The bytes in order as they become readable. With ``file`` (the reader's own opening
+        of the spool file) those in the file come as spans of it, each as far as readable now,
+        and only bytes held in memory (a full disk) as bytes."""
         position = start
         if reader in self._positions:
             self._positions[reader] = position
@@ -197,17 +218,23 @@ class BlobFetch:
                 raise StorageError(f"{self.digest}: reader fell behind a download held in memory")
             if until is None:
                 return  # the blob is complete and the reader has all of it
-            assert self._buffer is not None
-            chunk = await self._buffer.read(position, min(READ_CHUNK, until - position))
-            if not chunk:
-                raise StorageError(f"spool of {self.digest} ended early")
-            position += len(chunk)
+            buffer = self._buffer
+            assert buffer is not None
+            part: bytes | SpoolSpan
+            if file is not None and position < buffer.on_disk:
+                part = SpoolSpan(file, position, min(until, buffer.on_disk) - position)
+                position += part.count
+            else:
+                part = await buffer.read(position, min(READ_CHUNK, until - position))
+                if not part:
+                    raise StorageError(f"spool of {self.digest} ended early")
+                position += len(part)
             if reader in self._positions:
                 self._positions[reader] = position
-                if self._buffer.spilled:
+                if buffer.spilled:
                     async with self._changed:  # the download may be waiting for us
                         self._changed.notify_all()
-            yield chunk
+            yield part
 
     def _unregister(self, reader: int) -> None:
         self._positions.pop(reader, None)
@@ -232,16 +259,17 @@ class BlobFetch:
         """Wait until the reader at ``position`` can send more; the exclusive bound, or None."""
 
         def ready() -> bool:
-            if self.state in (FetchState.DONE, FetchState.FAILED):
+            if self.verified or self.state is FetchState.FAILED:
                 return True
             return self._sendable_until(end) > position
 
         async with self._changed:
             await self._changed.wait_for(ready)
-        self._raise_if_failed()
-        if self.state is FetchState.DONE:
+        if self.verified:
+            # Every byte is here and proven: what happens to the storing does not matter.
             until = self.written if end is None else min(self.written, end + 1)
             return until if until > position else None
+        self._raise_if_failed()
         return self._sendable_until(end)
 
     def _raise_if_failed(self) -> None:
@@ -263,11 +291,28 @@ class FetchReader:
         self._fetch = fetch
         self.id = reader_id
         self._closed = False
+        self._file: io.FileIO | None = None
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start``..``end`` (inclusive; None: to the end), read from the spool."""
         try:
-            async for chunk in self._fetch._read(self.id, start, end):
-                yield chunk
+            async for part in self._fetch._read(self.id, start, end):
+                assert isinstance(part, bytes)
+                yield part
+        finally:
+            self.close()
+
+    async def parts(
+        self, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes | SpoolSpan]:
+        """The same bytes, those in the spool file as spans of it for the response to send
+        from the file (as a cached blob is: no byte passes through a buffer of the process
+        while the client does not take it), those held in memory as bytes."""
+        try:
+            if self._file is None and self._fetch.on_disk:
+                self._file = self._fetch.open_for_sending()
+            async for part in self._fetch._read(self.id, start, end, self._file):
+                yield part
         finally:
             self.close()
 
@@ -275,6 +320,9 @@ class FetchReader:
         if not self._closed:
             self._closed = True
             self._fetch._unregister(self.id)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 UpstreamOpener = Callable[
@@ -300,6 +348,8 @@ async def pump(
             async for chunk in chunks:
                 await writer.write(chunk)
                 await fetch.append(chunk)
+        writer.verify()
+        await fetch.proven()  # the clients' last bytes go now, the storing goes on
         await writer.commit()
         fetch.committed = writer.stores
     except BaseException as exc:

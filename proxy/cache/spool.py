@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import tempfile
@@ -230,6 +231,16 @@ class Spool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolSpan:
+    """Bytes ``offset`` to ``offset + count`` of a spool file, opened for one reader to send
+    them from (``SpoolBuffer.open_for_sending``)."""
+
+    file: io.FileIO
+    offset: int
+    count: int
+
+
 class SpoolGap(StorageError):
     """The bytes asked for were held in memory only, and every reader had passed them."""
 
@@ -262,6 +273,9 @@ class SpoolBuffer:
         self.memory_start: int | None = None  # None while every byte goes to the file
         self._memory = bytearray()
         self._fd: int | None = None
+        # The bytes ``read_placed`` last read back from ``on_disk`` on, where they are already:
+        # appending that very object writes nothing again.
+        self._in_place: bytes | None = None
         if not on_disk:
             self.spill("no room on the spool")
             return
@@ -293,6 +307,10 @@ class SpoolBuffer:
         return self.memory_start is None or position < self.on_disk or position >= self.memory_start
 
     async def append(self, chunk: bytes) -> None:
+        in_place, self._in_place = self._in_place, None
+        if chunk is in_place and self.memory_start is None:
+            self.on_disk += len(chunk)  # the very bytes a piece placed here, read back
+            return
         if self.memory_start is None:
             assert self._fd is not None
             try:
@@ -331,6 +349,17 @@ class SpoolBuffer:
             return bytes(self._memory[offset : offset + size])
         raise SpoolGap(f"bytes from {position} of {self._name} are no longer held")
 
+    def open_for_sending(self) -> io.FileIO | None:
+        """The spool file opened anew, for one reader to send its bytes from (sendfile or a
+        copy from the page cache): a file position of its own, and the bytes stay readable
+        through it whatever happens to the spool. None when the buffer has no file."""
+        if self.path is None or self._fd is None:
+            return None
+        try:
+            return io.FileIO(self.path, "r")
+        except OSError as exc:
+            raise SpoolFailed(f"spool {self._name}: {exc}") from exc
+
     async def place(self, offset: int, data: bytes) -> None:
         """Write bytes beyond those appended (a blob fetched in pieces): only into the file.
 
@@ -347,13 +376,18 @@ class SpoolBuffer:
     async def read_placed(self, offset: int, size: int) -> bytes:
         """Read back bytes ``place`` wrote. After a spill the file was cut back to what was
         appended, so placed bytes are gone: ``SpoolFailed`` (the download fails, never with
-        wrong bytes)."""
+        wrong bytes). Bytes read back from the end of what was appended are not written again
+        when they are appended next."""
         if self.memory_start is not None or self._fd is None:
             raise SpoolFailed(f"spool {self._name}: pieces lost when the disk filled up")
         try:
-            return await pagecache.pread(self._fd, size, offset)
+            data = await pagecache.pread(self._fd, size, offset)
         except OSError as exc:
             raise SpoolFailed(f"spool {self._name}: {exc}") from exc
+        # The download appends these next (it reads placed bytes back in order): they are where
+        # they belong already, and no piece writes them again (each byte lands once).
+        self._in_place = data if offset == self.on_disk else None
+        return data
 
     def trim(self, before: int) -> None:
         """Drop the memory bytes before ``before`` (every reader is past them)."""

@@ -132,6 +132,8 @@ async def _warm_blob(
     # Following the shared download to its end is what makes it land in the cache.
     async for chunk in content.read(0, None):
         result.bytes_fetched += len(chunk)
+    if content.settled is not None:
+        await content.settled()  # the last bytes came once verified; the storing ends now
     result.blobs_fetched += 1
 
 

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from proxy.cache.blobs import BlobContent
-from proxy.cache.spool import probe_spool, spool_location
+from proxy.cache.spool import SpoolSpan, probe_spool, spool_location
 from proxy.http.edge import SECURITY_HEADERS
 from proxy.http.errors import API_VERSION, HttpError
 from proxy.http.sendfile import SendfileResponse, StallWatch, cut_off
@@ -264,6 +264,14 @@ async def _send_blob(
             assert content.size is not None
             length = content.size - start if end is None else end - start + 1
             await response.send_file(request, content.file.file, start, length)
+        elif content.parts is not None:
+            # A download in flight: what its spool file holds goes out from there as a cached
+            # blob does, copied while the client takes it, by sendfile while it does not.
+            async for part in content.parts(start, end):
+                if isinstance(part, SpoolSpan):
+                    await response.send_file(request, part.file, part.offset, part.count)
+                else:
+                    await response.write(part)
         else:
             async for chunk in content.read(start, end):
                 await response.write(chunk)

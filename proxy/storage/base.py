@@ -102,11 +102,16 @@ class BlobWriter(ABC):
         self._closed = False
 
     async def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
         self.size += len(chunk)
         if self.expected_size is not None and self.size > self.expected_size:
             await self.abort()
             raise DigestMismatch(f"{self.key}: more than the expected {self.expected_size} bytes")
+        await self._hash_and_write(chunk)
+
+    async def _hash_and_write(self, chunk: bytes) -> None:
+        """Hash the chunk, then store it. A backend that stores from a worker thread does both
+        there, in one hop (hashlib lets go of the GIL: the event loop serves meanwhile)."""
+        self._hash.update(chunk)
         await self._write(chunk)
 
     def verify(self) -> None:

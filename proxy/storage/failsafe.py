@@ -283,6 +283,11 @@ class FailSafeWriter:
             self._storage.record(exc, "write")
             self._inner = await self._inner.detach()
 
+    def verify(self) -> None:
+        """Raise ``DigestMismatch`` unless the bytes written are exactly the blob (storing
+        them, ``commit``, comes after and may still fail: only the caching is lost then)."""
+        self._inner.verify()
+
     async def commit(self) -> None:
         try:
             await self._inner.commit()

@@ -382,6 +382,13 @@ class _FileWriter(BlobWriter):
     async def _write(self, chunk: bytes) -> None:
         await self.storage._io(self.handle.write, chunk)
 
+    async def _hash_and_write(self, chunk: bytes) -> None:
+        await self.storage._io(self._hash_then_write, chunk)
+
+    def _hash_then_write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.handle.write(chunk)
+
     async def _commit(self) -> None:
         try:
             await self.storage._io(self._finish)

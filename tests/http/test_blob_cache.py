@@ -9,9 +9,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.fakehub import FakeHub
-from support.proxy_app import ProxyFactory, blob_path, cached_blobs
+from support.faulty_storage import GatedCommits
+from support.proxy_app import ProxyFactory, blob_path, cached_blobs, downloads_settled
 
+from proxy.cache.keys import blob_key
+from proxy.concurrency.waits import wait_at_most
 from proxy.http.routes import SERVICES
+from proxy.registry.reference import Digest
 
 LAYER = bytes(range(256)) * 4096 * 3  # 3 MiB: several upstream chunks
 
@@ -26,6 +30,7 @@ async def test_miss_then_hit(fakehub: FakeHub, make_proxy: ProxyFactory) -> None
     assert response.headers["Content-Length"] == str(len(LAYER))
     assert fakehub.cdn_gets(digest) == 1
     assert fakehub.cdn_auth_violations == 0  # the registry's token never went to the CDN
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest.split(":")[1]
 
@@ -35,6 +40,30 @@ async def test_miss_then_hit(fakehub: FakeHub, make_proxy: ProxyFactory) -> None
     assert fakehub.count(server=None) == 0  # a cached digest never goes upstream
 
 
+async def test_clients_get_their_last_byte_once_verified_while_the_blob_is_stored(
+    fakehub: FakeHub, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Storing a verified blob (a local file's fsync and rename, an S3 upload's completion)
+    comes after the clients' last bytes: they wait for the digest to match, not for the
+    storage. The blob is cached once the storing ends, and a client meanwhile is served from
+    the download without going upstream again."""
+    digest = fakehub.add_blob(LAYER, repo="library/golang")
+    storage = GatedCommits(tmp_path / "gated")
+    client = await make_proxy(fakehub, storage_backend=storage)
+    response = await client.get(blob_path(digest))
+    body = asyncio.ensure_future(response.read())
+    assert await wait_at_most(10, asyncio.shield(body)), "the response waited for the storing"
+    assert body.result() == LAYER
+    assert storage.committing.is_set()
+    assert await storage.stat(blob_key(Digest.parse(digest))) is None  # not stored yet
+    again = await client.get(blob_path(digest))
+    assert await again.read() == LAYER
+    storage.gate.set()
+    await downloads_settled(client)
+    assert await storage.stat(blob_key(Digest.parse(digest))) is not None
+    assert fakehub.cdn_gets(digest) == 1
+
+
 async def test_head_does_not_download(fakehub: FakeHub, make_proxy: ProxyFactory) -> None:
     digest = fakehub.add_blob(LAYER, repo="library/golang")
     client = await make_proxy(fakehub)
@@ -42,6 +71,7 @@ async def test_head_does_not_download(fakehub: FakeHub, make_proxy: ProxyFactory
     assert head.status == 200
     assert head.headers["Content-Length"] == str(len(LAYER))
     assert fakehub.blob_gets() == 0 and fakehub.cdn_gets() == 0
+    await downloads_settled(client)
     assert cached_blobs(client) == []
 
 
@@ -145,11 +175,13 @@ async def test_broken_upstream_is_never_cached_and_client_sees_failure(
         async with client.get(blob_path(digest)) as response:
             assert response.status == 200  # headers were sent before the failure showed
             await response.read()
+    await downloads_settled(client)
     assert cached_blobs(client) == []
     # Nothing half-written was left for the next request: it fetches again, correctly.
     response = await client.get(blob_path(digest))
     assert await response.read() == LAYER
     assert fakehub.cdn_gets(digest) == 2
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == LAYER
 
@@ -177,6 +209,7 @@ async def test_upstream_errors_before_any_byte(fakehub: FakeHub, make_proxy: Pro
     failed = await client.get(blob_path(digest))
     assert failed.status == 503
     assert (await failed.json())["errors"][0]["code"] == "UNAVAILABLE"
+    await downloads_settled(client)
     assert cached_blobs(client) == []
 
 
@@ -190,9 +223,11 @@ async def test_client_disconnect_does_not_stop_the_fetch(
     # The download goes on for the cache; wait for it to land.
     blobs = client.app[SERVICES].blobs
     for _ in range(500):
+        await downloads_settled(client)
         if blobs.in_flight == 0 and cached_blobs(client):
             break
         await asyncio.sleep(0.01)
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == LAYER
     assert fakehub.cdn_gets(digest) == 1

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.fakehub import FakeHub
-from support.proxy_app import ACCEPT_ALL, ProxyFactory
+from support.proxy_app import ACCEPT_ALL, ProxyFactory, downloads_settled
 
 from proxy.http.routes import SERVICES
 
@@ -89,6 +89,7 @@ async def test_a_truncated_cached_blob_is_a_miss_fetched_again(
     client = await make_proxy(fakehub)
     url = f"/v2/{REPO}/blobs/{digest}"
     assert await (await client.get(url)).read() == BIG
+    await downloads_settled(client)
     stored = stored_blob(client, digest)
     with stored.open("r+b") as file:
         file.truncate(len(BIG) // 2)
@@ -100,6 +101,7 @@ async def test_a_truncated_cached_blob_is_a_miss_fetched_again(
         assert response.status == 200
         assert await response.read() == BIG
     assert fakehub.cdn_gets(digest) == 1  # fetched again once, then served from the cache
+    await downloads_settled(client)
     assert stored.read_bytes() == BIG
     assert counted(client, "cache_corrupt_total", found_by="read") == 1
 
@@ -111,6 +113,7 @@ async def test_a_cached_blob_grown_past_its_size_is_a_miss_too(
     client = await make_proxy(fakehub)
     url = f"/v2/{REPO}/blobs/{digest}"
     assert await (await client.get(url)).read() == BIG
+    await downloads_settled(client)
     with stored_blob(client, digest).open("ab") as file:
         file.write(b"junk appended by a broken copy")
     response = await client.get(url)
@@ -127,6 +130,7 @@ async def test_the_scrub_removes_a_blob_whose_bytes_changed(
     client = await make_proxy(fakehub, scrub_rate=64 * 1024 * 1024)
     for blob, data in ((digest, BIG), (good, BIG[::-1])):
         assert await (await client.get(f"/v2/{REPO}/blobs/{blob}")).read() == data
+    await downloads_settled(client)
     stored = stored_blob(client, digest)
     flip_one_byte(stored)
     scrubber = client.app[SERVICES].janitor.scrubber

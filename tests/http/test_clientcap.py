@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 
 from support.fakehub import FakeHub
 from support.logwatch import watch_logs
 from support.proxy_app import ProxyFactory, blob_path
+from support.waiting import wait_until
 
 from proxy.http.clientcap import CLIENT_CAP
 from proxy.http.routes import SERVICES
 
 # Bigger than the loopback buffers: a client that stops reading holds its transfer open.
 BIG_LAYER = os.urandom(48 * 1024 * 1024)
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):  # 10 s
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError(f"waited 10 s for {what}")
 
 
 async def test_beyond_the_cap_clients_get_503_and_the_proxy_recovers(

@@ -13,12 +13,12 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from support.fakehub import FakeHub, ImageInfo
 from support.logwatch import watch_logs
-from support.proxy_app import Client, ProxyFactory
+from support.proxy_app import Client, ProxyFactory, downloads_settled
+from support.waiting import wait_until
 
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
@@ -27,18 +27,6 @@ from proxy.registry.reference import Digest
 from proxy.storage.filesystem import FilesystemStorage
 
 KiB = 1024
-
-
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
-    """Poll an event-loop condition, bounded (the janitor works in the background)."""
-    for _ in range(1000):
-        result = condition()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def image_of(hub: FakeHub, name: str, layer_size: int) -> ImageInfo:
@@ -60,6 +48,7 @@ async def pull(client: Client, image: ImageInfo) -> None:
         assert blob.status == 200
         body = await blob.read()
         assert "sha256:" + hashlib.sha256(body).hexdigest() == described["digest"]
+    await downloads_settled(client)  # a pull is over once its blobs are stored
 
 
 def cached(client: Client, image: ImageInfo) -> list[bool]:

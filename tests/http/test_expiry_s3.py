@@ -16,7 +16,7 @@ from typing import Any
 
 from support.fakehub import FakeHub, ImageInfo
 from support.moto import MotoServer
-from support.proxy_app import Client, ProxyFactory
+from support.proxy_app import Client, ProxyFactory, downloads_settled
 from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key, tag_key
@@ -38,6 +38,7 @@ async def pull(client: Client, image: ImageInfo) -> None:
         blob = await client.get(f"/v2/{image.repo}/blobs/{digest}")
         assert blob.status == 200
         await blob.read()
+    await downloads_settled(client)  # a pull is over once its blobs are stored
 
 
 def keys_of(image: ImageInfo) -> list[str]:

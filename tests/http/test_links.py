@@ -13,7 +13,7 @@ from pathlib import Path
 
 from support.fakehub import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, FakeHub
 from support.moto import MotoServer
-from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory, downloads_settled
 
 from proxy.config import StorageLocation, UpstreamSettings
 from proxy.http.routes import SERVICES
@@ -85,12 +85,41 @@ async def test_a_blob_the_upstream_confirms_is_served_from_the_cache(
     client = await make_proxy(hub)
     shared = first.layer_digests[0]
     assert await get(client, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
+    await downloads_settled(client)
     hub.reset_counts()
     # No manifest of myorg/app is cached: one HEAD on myorg/app asks, the bytes come from cache.
     for _ in range(3):
         assert await get(client, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
     assert hub.count("HEAD", f"myorg/app/blobs/{shared}", status=200) == 1
     assert hub.blob_gets() == hub.cdn_gets() == 0
+
+
+async def test_a_client_whose_check_outlasts_the_download_it_joined_gets_every_byte(
+    fakehub_factory: HubFactory, make_proxy: ProxyFactory
+) -> None:
+    """A client of another repository joins a download in flight; the download ends (verified,
+    stored, its first client gone) while the upstream is still confirming the blob for that
+    repository. The client took its place in the download before asking, so the spool is kept
+    for it and it gets the whole blob (it got an aborted response when it registered after)."""
+    hub: FakeHub = await fakehub_factory(strict_blobs=True)
+    first = hub.add_image("library/golang", "1.0", [SHARED])
+    hub.add_image("myorg/app", "1.0", [SHARED])
+    client = await make_proxy(hub)
+    shared = first.layer_digests[0]
+    paused = hub.inject("pause_mid_blob", path_contains=shared, server="cdn", times=1)
+    confirming = hub.inject(
+        "slow_first_byte", method="HEAD", path_contains=f"myorg/app/blobs/{shared}", times=1
+    )
+    fetching = asyncio.create_task(get(client, f"/v2/library/golang/blobs/{shared}"))
+    await paused.wait_hit()
+    joining = asyncio.create_task(get(client, f"/v2/myorg/app/blobs/{shared}"))
+    await confirming.wait_hit()
+    paused.release()
+    assert await fetching == (200, SHARED)
+    await downloads_settled(client)
+    confirming.release()
+    assert await joining == (200, SHARED)
+    assert hub.cdn_gets(shared) == 1
 
 
 async def test_links_are_shared_through_storage(
@@ -103,6 +132,7 @@ async def test_links_are_shared_through_storage(
     shared = first.layer_digests[0]
     assert await get(one, f"/v2/library/golang/blobs/{shared}") == (200, SHARED)
     assert await get(one, f"/v2/myorg/app/blobs/{shared}") == (200, SHARED)
+    await downloads_settled(one)
     hub.reset_counts()
     # Another instance on the same storage knows both links without asking anyone.
     two = await make_proxy(hub, location=one.app[SERVICES].settings.storage.location)

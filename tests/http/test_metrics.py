@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 from support.fakehub import FakeHub
-from support.proxy_app import ACCEPT_ALL, ProxyFactory
+from support.proxy_app import ACCEPT_ALL, ProxyFactory, downloads_settled
 
 from proxy.cache.blobs import SMALL_BLOB
 from proxy.cache.manifests import MEMORY_ENTRY_OVERHEAD
@@ -45,8 +45,9 @@ async def test_prometheus_metrics(fakehub: FakeHub, make_proxy: ProxyFactory) ->
     # image's config is still in flight when the gauge is read).
     client = await make_proxy(fakehub, prefetch=False)
     await (await client.get("/v2/library/golang/manifests/a", headers=ACCEPT_ALL)).read()
-    for _ in range(2):
+    for _ in range(2):  # the miss, stored, then the hit
         await (await client.get(f"/v2/library/golang/blobs/{image.layer_digests[0]}")).read()
+        await downloads_settled(client)
     text = await (await client.get("/metrics")).text()
     layer_size = len(image.layers[0])
     assert 'registry_proxy_upstream_pulls_total{upstream="docker.io"} 1.0' in text

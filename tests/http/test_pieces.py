@@ -16,7 +16,7 @@ import re
 import aiohttp
 import pytest
 from support.fakehub import FakeHub, ServerName
-from support.proxy_app import Client, ProxyFactory, blob_path, cached_blobs
+from support.proxy_app import Client, ProxyFactory, blob_path, cached_blobs, downloads_settled
 
 from proxy.cache.pieces import (
     EMPTY_BLOB,
@@ -103,6 +103,7 @@ async def test_big_blob_comes_in_pieces_to_eight_concurrent_clients(
     if redirect:
         # One request at the registry; the pieces went to the CDN URL it redirected to.
         assert fakehub.count("GET", kind="blob", status=307) == 1
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == BLOB
 
@@ -134,6 +135,7 @@ async def test_an_upstream_that_ignores_range_sends_one_stream(
     assert [body for _, body in results] == [expected for _, expected in CLIENT_RANGES]
     assert fakehub.blob_ranges(DIGEST) == [PIECES[0]]  # answered with the whole blob
     assert counter(client, "fetch_fallbacks") == 1
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == BLOB
 
@@ -150,6 +152,7 @@ async def test_a_piece_answered_with_the_whole_blob_falls_back_to_one_stream(
     # The piece, then one stream from its start to the end of the blob.
     assert fakehub.blob_ranges(DIGEST)[4:] == [REST_FROM_THIRD]
     assert counter(client, "fetch_fallbacks") == 1
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == BLOB
 
@@ -173,6 +176,7 @@ async def test_a_broken_piece_is_asked_for_again_from_where_it_stopped(
     assert sorted(map(str, fakehub.blob_ranges(DIGEST))) == sorted([*PIECES, resumed])
     assert counter(client, "fetch_pieces") == 4
     assert counter(client, "fetch_fallbacks") == 0
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == BLOB
 
@@ -187,6 +191,7 @@ async def test_a_piece_failing_twice_falls_back_to_one_stream(
     assert failing.hits == 2  # the piece, its retry (through the registry)
     assert fakehub.blob_ranges(DIGEST)[-1] == REST_FROM_THIRD
     assert counter(client, "fetch_fallbacks") == 1
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == BLOB
 
@@ -205,9 +210,11 @@ async def test_a_wrong_piece_aborts_every_client_and_caches_nothing(
             await read_all(client, headers)
 
     await asyncio.gather(*(aborted(headers) for headers, _ in CLIENT_RANGES))
+    await downloads_settled(client)
     assert cached_blobs(client) == []
     # Nothing half-done stays behind: the next request fetches the blob again, correctly.
     assert await read_all(client) == (200, BLOB)
+    await downloads_settled(client)
     [stored] = cached_blobs(client)
     assert stored.read_bytes() == BLOB
 

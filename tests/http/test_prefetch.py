@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from support.fakehub import FakeHub, ImageInfo
-from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory, blob_path, cached_blobs
+from support.proxy_app import (
+    ACCEPT_ALL,
+    Client,
+    ProxyFactory,
+    blob_path,
+    cached_blobs,
+    downloads_settled,
+)
+from support.waiting import wait_until
 
 from proxy.cache.keys import blob_key
 from proxy.config import CacheLimit
@@ -91,6 +99,7 @@ async def test_one_manifest_get_fetches_every_blob_once_even_with_concurrent_cli
     assert counter(client, "prefetched_blobs") == len(image.blob_digests)
     assert counter(client, "prefetched_bytes") == image.blob_bytes
     assert counter(client, "prefetch_hits") == len(image.blob_digests)  # once per blob
+    await downloads_settled(client)
     assert len(cached_blobs(client)) == len(image.blob_digests)
 
 
@@ -236,7 +245,8 @@ async def test_prefetches_obey_their_cap_and_a_client_does_not_wait_behind_them(
     fakehub.remove_fault(stall)  # (the stalled download stays stalled)
     last = image.layer_digests[-1]
     assert await asyncio.wait_for(get_blob(client, last), timeout=10) == LAYERS[-1]
-    assert services.blobs.in_flight == 1
+    # Its download is stored after the client's last byte; then only the stalled one is left.
+    await wait_until(lambda: services.blobs.in_flight == 1, "the client's download to end")
     stall.release()
     await services.prefetch.wait_idle()
     assert all(fakehub.cdn_gets(d) == 1 for d in image.blob_digests)
@@ -353,6 +363,7 @@ async def pull_everything(client: Client, image: ImageInfo) -> None:
     for digest, data in blobs_of(image).items():
         async with client.get(f"/v2/{image.repo}/blobs/{digest}") as blob:
             assert await blob.read() == data
+    await downloads_settled(client)  # a pull is over once its blobs are stored
 
 
 async def settled(client: Client) -> None:
@@ -390,6 +401,7 @@ async def test_prefetch_never_evicts_what_clients_used(
     await get_manifest_of(client, big)
     await settled(client)
     assert all(fakehub.cdn_gets(d) == 0 for d in big.layer_digests)  # no room for them
+    await downloads_settled(client)
     assert len(cached_blobs(client)) == len(alpine.blob_digests) + 1  # the config only
     # Nothing clients used was evicted; the layers come when the client asks, as without
     # prefetch.
@@ -429,6 +441,7 @@ async def test_a_blob_larger_than_a_quarter_of_the_cap_is_streamed_not_cached(
     for _ in range(2):
         assert await get_blob(client, digest) == data
     assert await get_blob(client, kept) == b"small and cached" * 1000
+    await downloads_settled(client)
     assert [p.name for p in cached_blobs(client)] == [kept.removeprefix("sha256:")]
     assert fakehub.cdn_gets(digest) == 2
     assert counter(client, "blobs_too_large") == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.fakehub import FakeHub
 from support.moto import MotoServer
-from support.proxy_app import Client, ProxyFactory
+from support.proxy_app import Client, ProxyFactory, downloads_settled
 
 from proxy.cache.blobs import SMALL_BLOB
 from proxy.cache.keys import blob_key
@@ -66,7 +66,7 @@ def small_proxy(
             storage = S3Storage(moto.create_bucket(), "cache", endpoint_url=moto.endpoint_url)
         client = await make_proxy(fakehub, storage_backend=storage)
         assert await (await client.get(f"/v2/library/golang/blobs/{digest}")).read() == data
-        await fakehub.wait_for(lambda: client.app[SERVICES].blobs.in_flight == 0)
+        await downloads_settled(client)
         return client, digest
 
     return make
@@ -104,7 +104,7 @@ async def test_after_the_first_hit_no_storage_call(
     client = await make_proxy(fakehub, storage_backend=storage)
     path = f"/v2/library/golang/blobs/{digest}"
     assert await (await client.get(path)).read() == SMALL  # the miss
-    await fakehub.wait_for(lambda: client.app[SERVICES].blobs.in_flight == 0)
+    await downloads_settled(client)
     assert await (await client.get(path)).read() == SMALL  # read from disk, kept
     reads = storage.reads
     for _ in range(5):
@@ -130,6 +130,6 @@ async def test_a_corrupt_small_blob_is_removed_never_served(
     response = await client.get(f"/v2/library/golang/blobs/{digest}")
     assert await response.read() == SMALL  # fetched again from the upstream
     assert fakehub.cdn_gets(digest) == 1
-    await fakehub.wait_for(lambda: services.blobs.in_flight == 0)
+    await downloads_settled(client)
     found = await inner.get(key)
     assert found is not None and found[0] == SMALL  # the verified refetch replaced it

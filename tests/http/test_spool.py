@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from support.fakehub import FakeHub
-from support.proxy_app import ProxyFactory, blob_path, cache_root, cached_blobs
+from support.proxy_app import ProxyFactory, blob_path, cache_root, cached_blobs, downloads_settled
 
 from proxy.config import StorageLocation
 from proxy.http.routes import SERVICES
@@ -60,6 +60,7 @@ async def test_a_blob_larger_than_the_room_left_streams_through_memory(
         if client.app[SERVICES].blobs.in_flight == 0:
             break
         await asyncio.sleep(0.01)
+    await downloads_settled(client)
     assert [path.read_bytes() for path in cached_blobs(client)] == [LAYER]
     assert spool_files(cache_root(client) / "spool") == []
     small = fakehub.add_blob(b"small blob", repo="library/golang")

@@ -20,7 +20,7 @@ from typing import Any
 from support.browser import Browser
 from support.fakehub import FakeHub
 from support.paths import DOCS
-from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory
+from support.proxy_app import ACCEPT_ALL, Client, ProxyFactory, downloads_settled
 
 from proxy.config import CacheLimit, StorageLocation
 from proxy.config_values import human_bytes
@@ -56,6 +56,7 @@ async def pull(client: Client, repository: str, tag: str, blobs: tuple[str, ...]
         blob = await client.get(f"/v2/{repository}/blobs/{digest}")
         assert blob.status == 200
         await blob.read()
+    await downloads_settled(client)  # a pull is over once its blobs are stored
 
 
 async def test_the_page_shows_what_status_says_and_refreshes_itself(

@@ -17,7 +17,7 @@ import pytest
 from support.cache_scan import scan_directory
 from support.fakehub import FakeHub
 from support.faulty_storage import FaultyStorage
-from support.proxy_app import ProxyFactory
+from support.proxy_app import ProxyFactory, downloads_settled
 
 from proxy.config import StorageLocation
 from proxy.http.routes import SERVICES
@@ -64,6 +64,7 @@ async def test_pulls_survive_each_storage_operation_failing(
             blob = await client.get(f"/v2/library/alpine/blobs/{digest}")
             assert blob.status == 200, await blob.text()
             assert await blob.read() == data
+        await downloads_settled(client)  # a pull is over once its blobs are stored
 
     if operation in ("open_local", "read", "delete", "presigned_url"):
         await pull()  # these are used only once something is cached
@@ -154,5 +155,6 @@ async def test_a_download_whose_partial_write_vanishes_completes_and_caches_noth
         (await blob_write_under_way(root)).unlink()
         paused.release()
         assert await response.read() == data
+    await downloads_settled(client)
     assert not (root / "data" / "blobs" / "sha256" / digest[7:9] / digest[7:]).exists()
     assert services.storage.errors == 1

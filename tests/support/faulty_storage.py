@@ -60,9 +60,13 @@ class FaultyStorage(FilesystemStorage):
 
         # Fail the write and commit steps from inside the backend's own writer.
         class Writer(type(inner)):  # type: ignore[misc]
-            async def _write(self, chunk: bytes) -> None:
-                storage._enter("write")
-                await super()._write(chunk)
+            async def _hash_and_write(self, chunk: bytes) -> None:
+                try:
+                    storage._enter("write")
+                except StorageError:
+                    self._hash.update(chunk)  # as the backend's own writes: hashed, then stored
+                    raise
+                await super()._hash_and_write(chunk)
 
             async def _commit(self) -> None:
                 storage._enter("commit")
@@ -103,3 +107,33 @@ class GatedWrites(FilesystemStorage):
             self.writing.set()
             await self.gate.wait()
         return await super().put(key, data, content_type=content_type, overwrite=overwrite)
+
+
+class GatedCommits(FilesystemStorage):
+    """A filesystem backend whose blob writers hold their commit (the fsync and rename that
+    store a verified blob) until ``gate`` is set; ``committing`` is set once one is held."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.committing = asyncio.Event()
+
+    async def writer(
+        self,
+        key: str,
+        expected_hex: str,
+        expected_size: int | None = None,
+        *,
+        content_type: str | None = None,
+    ) -> BlobWriter:
+        inner = await super().writer(key, expected_hex, expected_size, content_type=content_type)
+        storage = self
+
+        class Writer(type(inner)):  # type: ignore[misc]
+            async def _commit(self) -> None:
+                storage.committing.set()
+                await storage.gate.wait()
+                await super()._commit()
+
+        inner.__class__ = Writer
+        return inner

@@ -42,6 +42,14 @@ def cache_root(client: Client) -> Path:
     return storage.root
 
 
+async def downloads_settled(client: Client, within: float = 30.0) -> None:
+    """Wait until no download of the proxy is running: each blob it fetched is stored, or has
+    failed. A client gets its last bytes once the blob verified, before it is stored."""
+    blobs = client.app[SERVICES].blobs
+    await blobs.drain(within)
+    assert blobs.in_flight == 0, f"downloads still running after {within} s"
+
+
 def cached_blobs(client: Client) -> list[Path]:
     """The blob files in that directory."""
     return [p for p in (cache_root(client) / "data" / "blobs").rglob("*") if p.is_file()]

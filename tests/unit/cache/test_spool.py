@@ -326,3 +326,31 @@ def test_spool_files_of_an_earlier_version_are_taken_over(tmp_path: Path) -> Non
     )
     assert sorted(p.name for p in spool.iterdir()) == ["lost+found", "registry-proxy-spool"]
     assert spool_location(settings_with_spool(tmp_path, spool)).path == spool
+
+
+async def test_bytes_read_back_from_their_place_are_appended_without_writing_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob fetched in pieces: the download reads placed bytes back, hashes them and appends
+    them. They are in the file already, so only that very read-back object is appended without
+    a write; any other bytes appended there are written (what readers see is what was hashed)."""
+    writes: list[tuple[int, bytes]] = []
+    original = spool._pwrite_all
+
+    def counted(fd: int, data: bytes, offset: int) -> None:
+        writes.append((offset, bytes(data)))
+        original(fd, data, offset)
+
+    monkeypatch.setattr(spool, "_pwrite_all", counted)
+    buffer = SpoolBuffer(tmp_path)
+    await buffer.append(b"abc")
+    await buffer.place(3, b"def")
+    await buffer.place(6, b"ghi")
+    placed = await buffer.read_placed(3, 3)
+    await buffer.append(placed)
+    assert writes == [(0, b"abc"), (3, b"def"), (6, b"ghi")]  # nothing written again
+    await buffer.read_placed(6, 3)
+    await buffer.append(b"GHI")  # equal length, other bytes: written where they go
+    assert writes[-1] == (6, b"GHI")
+    assert await buffer.read(0, 9) == b"abcdefGHI"
+    buffer.close()

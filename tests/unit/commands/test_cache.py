@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.fakehub import FakeHub, ImageInfo, IndexInfo
-from support.proxy_app import Client, ProxyFactory, cache_command
+from support.proxy_app import Client, ProxyFactory, cache_command, downloads_settled
 from support.settings import settings_with
 
 from proxy.cache.keys import blob_key, manifest_key
@@ -44,6 +44,7 @@ async def pull(client: Client, repo: str, reference: str) -> None:
             blob = await client.get(f"/v2/{repo}/blobs/{described['digest']}")
             assert blob.status == 200
             await blob.read()
+    await downloads_settled(client)  # a pull is over once its blobs are stored
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import asyncio
 import gc
 import os
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
+from support.waiting import wait_until
 
 from proxy.storage.base import StorageError
 from proxy.storage.parts import OpenPart, read_parts
@@ -76,14 +77,6 @@ def reader(source: FakeObject, start: int = 0, end: int | None = None) -> AsyncI
 
 async def collect(stream: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in stream])
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):  # 10 s
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError(f"waited 10 s for {what}")
 
 
 @pytest.mark.parametrize(
