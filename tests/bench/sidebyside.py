@@ -616,9 +616,7 @@ class SideBySide:
                 stack.callback(server.stop)
                 url = server.url + image.blob_path
                 self._fill(url)
-                status = status_without_redirects(url)
-                if status != (307 if redirect else 200):
-                    raise MeasureError(f"{name} answers a warm blob GET with {status}")
+                self._await_status(name, url, 307 if redirect else 200)
                 self.results.start_measuring()
                 rate = curl_throughput(
                     url,
@@ -629,6 +627,22 @@ class SideBySide:
                 self.results.add(self.rows["s3_redirect" if redirect else "s3"], name, rate)
                 print(f"  warm blob from S3, {name}, redirect {redirect}: {rate} MB/s", flush=True)
         moto.reset()
+
+    @staticmethod
+    def _await_status(name: str, url: str, expected: int, timeout: float = 60.0) -> None:
+        """Wait until a GET of ``url`` answers ``expected``. registry-proxy serves a blob from
+        its download until it is stored (clients' last bytes go once verified, the S3 upload
+        completes after them): the redirect comes once the blob is in the bucket."""
+        statuses: list[int] = []
+
+        def answers_as_cached() -> bool:
+            statuses.append(status_without_redirects(url))
+            return statuses[-1] == expected
+
+        try:
+            wait_for(answers_as_cached, timeout, interval=0.2, what=f"{url} to answer {expected}")
+        except TimeoutError:
+            raise MeasureError(f"{name} answers a warm blob GET with {statuses[-1]}") from None
 
     def _fill(self, url: str, timeout: float = 120.0) -> None:
         """GET the blob once, then wait until the server has it: distribution commits a blob to
