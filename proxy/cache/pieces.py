@@ -440,23 +440,29 @@ class PieceDownload:
                 return RANGE_IGNORED
             if (span.start, span.end) != (piece.landed, piece.end - 1):
                 return f"answered bytes {span.start}-{span.end}"
-            buffer = bytearray()
+            # Chunks are collected and joined once per write (growing one buffer copied each
+            # byte about three times over: a measurable share of a cold pull's CPU).
+            chunks: list[bytes] = []
+            collected = 0
             try:
                 async for chunk in stream.chunks:
-                    buffer += chunk
-                    if len(buffer) >= WRITE_SIZE:
-                        await self._land(piece, buffer)
-                        buffer = bytearray()
+                    chunks.append(chunk)
+                    collected += len(chunk)
+                    if collected >= WRITE_SIZE:
+                        await self._land(piece, chunks)
+                        chunks, collected = [], 0
             except UpstreamUnavailable as exc:
                 return exc.detail
             finally:
-                if buffer:
-                    await self._land(piece, buffer)
+                if chunks:
+                    await self._land(piece, chunks)
         return None
 
-    async def _land(self, piece: Piece, data: bytes | bytearray) -> None:
-        """Write ``data`` at the piece's landed offset and move the offset on."""
-        data = bytes(data[: piece.end - piece.landed])  # never past the piece (chunked bodies)
+    async def _land(self, piece: Piece, chunks: list[bytes]) -> None:
+        """Write ``chunks`` at the piece's landed offset and move the offset on."""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(data) > piece.end - piece.landed:
+            data = data[: piece.end - piece.landed]  # never past the piece (chunked bodies)
         write = asyncio.ensure_future(self._store.place(piece.landed, data))
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)

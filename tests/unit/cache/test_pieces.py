@@ -123,10 +123,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self.data = bytearray()
         self.placed: set[int] = set()
+        self.placed_bytes = 0
 
     async def place(self, offset: int, data: bytes) -> None:
         assert offset not in self.placed
         self.placed.add(offset)
+        self.placed_bytes += len(data)
         self.data[len(self.data) :] = bytes(max(0, offset + len(data) - len(self.data)))
         self.data[offset : offset + len(data)] = data
 
@@ -219,3 +221,39 @@ async def test_the_consumer_reads_only_what_has_landed() -> None:
                 ranges.gate.set()  # the consumer caught up with what landed: let the retry go
     assert bytes(received) == BLOB
     assert ranges.second_piece_calls == 2
+
+
+class OverlongRanges(MemoryRanges):
+    """Ranged answers whose bodies run on past the range they announce (a chunked body the
+    upstream did not stop at the range's end), with bytes that belong nowhere."""
+
+    @contextlib.asynccontextmanager
+    async def __call__(
+        self, first: int | None, last: int | None, url: str | None
+    ) -> AsyncIterator[BlobStream]:
+        async with super().__call__(first, last, url) as stream:
+
+            async def overlong() -> AsyncIterator[bytes]:
+                async for chunk in stream.chunks:
+                    yield chunk
+                yield b"X" * 100_000
+
+            yield BlobStream(stream.size, overlong(), stream.content_range, stream.url)
+
+
+async def test_a_piece_never_lands_past_its_end() -> None:
+    ranges = OverlongRanges(BLOB)
+    store = MemoryStore()
+    head = len(BLOB) // 4
+    async with open_in_pieces(
+        ranges,
+        digest=Digest(hashlib.sha256(BLOB).hexdigest()),
+        settings=PieceSettings(pieces=4, threshold=MiB),
+        budget=PieceBudget(8),
+        store=store,
+        observer=Counts(),
+        size_hint=len(BLOB),
+    ) as (size, chunks):
+        received = b"".join([chunk async for chunk in chunks])
+    assert (size, received) == (len(BLOB), BLOB)
+    assert store.placed_bytes == len(BLOB) - head  # each piece exactly, nothing beyond
