@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from support.binaries import missing_binaries, wait_for
 from support.moto import CREDENTIALS, MotoServer
 from support.oci_image import Skopeo
+from support.proxy_process import ProxyProcess
 
 from . import eviction
 from .docker_pull import DockerPuller, docker_unavailable
@@ -616,6 +617,11 @@ class SideBySide:
                 stack.callback(server.stop)
                 url = server.url + image.blob_path
                 self._fill(url)
+                if isinstance(server, ProxyProcess):
+                    # Its clients' last bytes go once the blob verified; the upload to the
+                    # bucket completes after. Until then GETs are served from the download's
+                    # spool on local disk, which is not what this row measures.
+                    self._await_fetched(server, image.biggest_blob)
                 self._await_status(name, url, 307 if redirect else 200)
                 self.results.start_measuring()
                 rate = curl_throughput(
@@ -627,6 +633,19 @@ class SideBySide:
                 self.results.add(self.rows["s3_redirect" if redirect else "s3"], name, rate)
                 print(f"  warm blob from S3, {name}, redirect {redirect}: {rate} MB/s", flush=True)
         moto.reset()
+
+    @staticmethod
+    def _await_fetched(server: ProxyProcess, digest: str, timeout: float = 60.0) -> None:
+        """Wait until registry-proxy logged the end of its download of ``digest`` (the blob
+        stored, the download let go: later requests read the cache)."""
+
+        def fetched() -> bool:
+            for line in server.log_path.read_text(errors="replace").splitlines():
+                if '"blob.fetched"' in line and digest in line:
+                    return True
+            return False
+
+        wait_for(fetched, timeout, interval=0.1, what=f"registry-proxy to store {digest}")
 
     @staticmethod
     def _await_status(name: str, url: str, expected: int, timeout: float = 60.0) -> None:
