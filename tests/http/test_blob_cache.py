@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.fakehub import FakeHub
-from support.faulty_storage import GatedCommits
+from support.faulty_storage import FaultyStorage
 from support.proxy_app import ProxyFactory, blob_path, cached_blobs, downloads_settled
 
 from proxy.cache.keys import blob_key
@@ -48,7 +48,8 @@ async def test_clients_get_their_last_byte_once_verified_while_the_blob_is_store
     storage. The blob is cached once the storing ends, and a client meanwhile is served from
     the download without going upstream again."""
     digest = fakehub.add_blob(LAYER, repo="library/golang")
-    storage = GatedCommits(tmp_path / "gated")
+    storage = FaultyStorage(tmp_path / "gated")
+    storage.commit_gate = asyncio.Event()
     client = await make_proxy(fakehub, storage_backend=storage)
     response = await client.get(blob_path(digest))
     body = asyncio.ensure_future(response.read())
@@ -58,7 +59,7 @@ async def test_clients_get_their_last_byte_once_verified_while_the_blob_is_store
     assert await storage.stat(blob_key(Digest.parse(digest))) is None  # not stored yet
     again = await client.get(blob_path(digest))
     assert await again.read() == LAYER
-    storage.gate.set()
+    storage.commit_gate.set()
     await downloads_settled(client)
     assert await storage.stat(blob_key(Digest.parse(digest))) is not None
     assert fakehub.cdn_gets(digest) == 1

@@ -14,13 +14,17 @@ from proxy.storage.localfile import LocalFile
 
 
 class FaultyStorage(FilesystemStorage):
-    """A filesystem backend whose operations named in ``failing`` raise StorageError."""
+    """A filesystem backend whose operations named in ``failing`` raise StorageError. With a
+    ``commit_gate``, blob writers hold their commit (the fsync and rename that store a verified
+    blob) until it is set; ``committing`` is set once one is held."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.failing: set[str] = set()
         self.calls: dict[str, int] = {}
         self.local_files = True
+        self.commit_gate: asyncio.Event | None = None
+        self.committing = asyncio.Event()
 
     def _enter(self, operation: str) -> None:
         self.calls[operation] = self.calls.get(operation, 0) + 1
@@ -70,6 +74,9 @@ class FaultyStorage(FilesystemStorage):
 
             async def _commit(self) -> None:
                 storage._enter("commit")
+                if storage.commit_gate is not None:
+                    storage.committing.set()
+                    await storage.commit_gate.wait()
                 await super()._commit()
 
         inner.__class__ = Writer
@@ -107,33 +114,3 @@ class GatedWrites(FilesystemStorage):
             self.writing.set()
             await self.gate.wait()
         return await super().put(key, data, content_type=content_type, overwrite=overwrite)
-
-
-class GatedCommits(FilesystemStorage):
-    """A filesystem backend whose blob writers hold their commit (the fsync and rename that
-    store a verified blob) until ``gate`` is set; ``committing`` is set once one is held."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.gate = asyncio.Event()
-        self.committing = asyncio.Event()
-
-    async def writer(
-        self,
-        key: str,
-        expected_hex: str,
-        expected_size: int | None = None,
-        *,
-        content_type: str | None = None,
-    ) -> BlobWriter:
-        inner = await super().writer(key, expected_hex, expected_size, content_type=content_type)
-        storage = self
-
-        class Writer(type(inner)):  # type: ignore[misc]
-            async def _commit(self) -> None:
-                storage.committing.set()
-                await storage.gate.wait()
-                await super()._commit()
-
-        inner.__class__ = Writer
-        return inner
